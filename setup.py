@@ -1,0 +1,11 @@
+from setuptools import setup
+
+setup(
+    name="imnet",
+    version="0.1.0",
+    description="A small, readable, fast and provably correct ImageNet training and evaluation reference.",
+    packages=["imnet"],
+    python_requires=">=3.10",
+    install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "pillow>=9.1"],
+    extras_require={"test": ["pytest"]},
+)
