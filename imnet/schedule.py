@@ -1,0 +1,65 @@
+"""Learning-rate schedule as a pure function of the optimizer step, plus the batch-size scaling rule.
+
+``step`` counts optimizer steps from 0 (the LR used by the first update is ``lr_at(0, ...)``);
+W = warmup_steps, T = total_steps, s = warmup_start_factor, eta = base_lr.
+
+Linear warmup (Goyal et al. 2017, "Accurate, Large Minibatch SGD: Training ImageNet in 1 Hour"):
+
+    lr(t) = eta * (s + (1 - s) * t / W)                                      for t < W
+
+then one of
+
+    cosine   lr(t) = min_lr + (eta - min_lr) * (1 + cos(pi * (t - W) / (T - W))) / 2
+             (Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts",
+             without restarts; reaches min_lr at t = T and stays there after)
+    step     lr(t) = eta * gamma ** (number of milestones <= t)     (He et al. 2016: /10 every 30 epochs)
+    constant lr(t) = eta
+
+Per step, this equals torch's ``SequentialLR([LinearLR(start_factor=s, total_iters=W),
+CosineAnnealingLR(T_max=T - W, eta_min=min_lr)], milestones=[W])`` stepped once per iteration
+(torch's LinearLR needs s > 0; here s = 0 is allowed), and ``MultiStepLR(milestones, gamma)`` for
+"step" without warmup.
+
+Linear scaling rule (Goyal et al. 2017): lr = base_lr * global_batch / base_batch, where the global
+batch is per-GPU batch x GPUs x gradient-accumulation steps (the samples behind one optimizer step).
+The square-root rule, base_lr * sqrt(global_batch / base_batch), is the usual choice for
+Adam-type optimizers at very large batch (Krizhevsky 2014; You et al. 2020, LAMB).
+"""
+
+import bisect
+import math
+
+__all__ = ["scale_lr", "lr_at", "set_lr"]
+
+
+def scale_lr(base_lr, global_batch, base_batch=256, rule="linear"):
+    """The LR for ``global_batch`` given ``base_lr`` tuned at ``base_batch``.
+    rule: "linear" (Goyal et al. 2017), "sqrt", or "none" (no scaling)."""
+    if rule == "linear":
+        return base_lr * global_batch / base_batch
+    if rule == "sqrt":
+        return base_lr * math.sqrt(global_batch / base_batch)
+    if rule == "none":
+        return base_lr
+    raise ValueError(f"unknown LR scaling rule {rule!r}; expected 'linear', 'sqrt' or 'none'")
+
+
+def lr_at(step, *, base_lr, total_steps, warmup_steps=0, warmup_start_factor=0.0, sched="cosine",
+          min_lr=0.0, milestones=(), gamma=0.1):
+    """LR for optimizer step ``step`` (0-based). See the module docstring for the formulas."""
+    if sched not in ("cosine", "step", "constant"):
+        raise ValueError(f"unknown schedule {sched!r}; expected 'cosine', 'step' or 'constant'")
+    if step < warmup_steps:
+        return base_lr * (warmup_start_factor + (1.0 - warmup_start_factor) * step / warmup_steps)
+    if sched == "cosine":
+        progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
+        return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    if sched == "step":
+        return base_lr * gamma ** bisect.bisect_right(sorted(milestones), step)
+    return base_lr
+
+
+def set_lr(optimizer, lr):
+    """Write ``lr`` into every param group, times the group's optional ``"lr_scale"`` (e.g. layer decay)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr * group.get("lr_scale", 1.0)
