@@ -135,8 +135,8 @@ def find_classes(root) -> list[str]:
             raise DataError(
                 f"{root!r} holds {len(loose)} image files but no class subfolders; images must be sorted into "
                 f"one folder per class ({_LAYOUT}), the class being the folder name. A freshly extracted "
-                f"ImageNet validation set is flat like this: move each image into the folder of its class using "
-                f"the labels of the ILSVRC2012 devkit (for example with the widely used valprep.sh script).")
+                f"ImageNet validation set is flat like this: arrange it with `python -m imnet.prepare val --flat "
+                f"{root} --labels LOC_val_solution.csv --out ROOT/val` (symlinks into one folder per class).")
         raise DataError(f"{root!r} has no class subfolders (it is empty or holds only hidden or non-image "
                         f"files). The expected layout is {_LAYOUT}.")
     empty = [c for c in classes if _first_image(os.path.join(root, c)) is None]

@@ -1,0 +1,458 @@
+"""imnet.transforms against torchvision and closed forms.
+
+Test images are generated: smooth, photo-like content (gradients, blurred shapes, a little texture) so
+that JPEG and PSNR comparisons mean something.
+"""
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+import torchvision.transforms as T
+import torchvision.transforms.v2 as T2
+from PIL import Image, ImageFilter
+
+import imnet.transforms as tr
+
+INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+def photo(width, height, seed=0):
+    """Smooth RGB content: per-channel gradients + blurred random ellipses + low-amplitude texture."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
+    img = np.zeros((height, width, 3))
+    for c in range(3):
+        a, b, ph = rng.uniform(-1, 1, 3)
+        img[..., c] = 128 + 60 * (a * x / width + b * y / height) + 20 * np.sin(2 * np.pi * (x / width * 3 + ph))
+    im = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    layer = Image.new("RGB", im.size)
+    from PIL import ImageDraw
+    draw = ImageDraw.Draw(layer)
+    for _ in range(12):
+        cx, cy = rng.uniform(0, width), rng.uniform(0, height)
+        r = rng.uniform(0.05, 0.3) * min(width, height)
+        draw.ellipse((cx - r, cy - r * rng.uniform(0.5, 1.5), cx + r, cy + r), fill=tuple(rng.integers(0, 255, 3).tolist()))
+    layer = layer.filter(ImageFilter.GaussianBlur(max(2.0, min(width, height) / 40)))
+    out = Image.blend(im, layer, 0.5)
+    noise = rng.normal(0, 3, (height, width, 3))
+    return Image.fromarray(np.clip(np.asarray(out) + noise, 0, 255).astype(np.uint8))
+
+
+def save(im, path, fmt="JPEG", **kw):
+    im.save(path, fmt, **({"quality": 95} if fmt == "JPEG" and not kw else kw))
+    return str(path)
+
+
+def psnr(a, b):
+    mse = (a.double() - b.double()).pow(2).mean().item()
+    return float("inf") if mse == 0 else 10 * math.log10(255.0 ** 2 / mse)
+
+
+def ks_stat(a, b):
+    """Two-sample Kolmogorov-Smirnov statistic D = sup |F_a - F_b| (ties handled on the pooled grid)."""
+    a, b = np.sort(np.asarray(a, float)), np.sort(np.asarray(b, float))
+    grid = np.concatenate([a, b])
+    fa = np.searchsorted(a, grid, side="right") / len(a)
+    fb = np.searchsorted(b, grid, side="right") / len(b)
+    return np.abs(fa - fb).max()
+
+
+def ks_critical(n, m, alpha=1e-3):
+    """Asymptotic critical value: c(alpha) sqrt((n + m) / (n m)), c(alpha) = sqrt(-ln(alpha / 2) / 2)."""
+    return math.sqrt(-math.log(alpha / 2) / 2) * math.sqrt((n + m) / (n * m))
+
+
+def box_stats(sampler, height, width, n, seed):
+    torch.manual_seed(seed)
+    area, logr = [], []
+    for _ in range(n):
+        top, left, h, w = sampler(height, width)
+        area.append(h * w / (height * width))
+        logr.append(math.log(w / h))
+    return np.array(area), np.array(logr)
+
+
+def tv_sampler(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    return T.RandomResizedCrop.get_params(torch.empty(1, height, width), list(scale), list(ratio))
+
+
+def uniform_ratio_sampler(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """A plausible but wrong RandomResizedCrop: aspect ratio uniform instead of log-uniform."""
+    for _ in range(10):
+        a = height * width * torch.empty(1).uniform_(*scale).item()
+        r = torch.empty(1).uniform_(*ratio).item()
+        w, h = int(round(math.sqrt(a * r))), int(round(math.sqrt(a / r)))
+        if 0 < w <= width and 0 < h <= height:
+            return int(torch.randint(0, height - h + 1, (1,))), int(torch.randint(0, width - w + 1, (1,))), h, w
+    return 0, 0, height, width
+
+
+# ----------------------------------------------------------------------------------------- RandomResizedCrop
+
+def test_rrc_box_inside_image():
+    torch.manual_seed(0)
+    for height, width in [(375, 500), (500, 333), (64, 64), (10, 1000), (1000, 10), (1, 1), (2, 300)]:
+        for _ in range(300):
+            top, left, h, w = tr.rrc_params(height, width)
+            assert 0 < h and 0 < w and top >= 0 and left >= 0
+            assert top + h <= height and left + w <= width
+
+
+@pytest.mark.parametrize("size", [(375, 500), (500, 333), (10, 1000), (1000, 10), (3, 2)])
+def test_rrc_same_boxes_as_torchvision_for_same_seed(size):
+    """Same RNG draws in the same order: the boxes (fallback included) are torchvision's."""
+    for scale, ratio in [((0.08, 1.0), (3 / 4, 4 / 3)), ((0.9, 1.0), (0.9, 1.1)), ((0.25, 1.0), (0.5, 2.0))]:
+        torch.manual_seed(1)
+        ours = [tr.rrc_params(*size, scale, ratio) for _ in range(200)]
+        torch.manual_seed(1)
+        ref = [tuple(tv_sampler(*size, scale, ratio)) for _ in range(200)]
+        assert ours == ref
+
+
+def test_rrc_fallback_equals_torchvision_on_extreme_aspect_ratios():
+    for height, width in [(10, 1000), (1000, 10), (7, 300)]:
+        # a big minimal area makes all 10 tries fail on such thin images -> fallback centre crop
+        torch.manual_seed(0)
+        ours = tr.rrc_params(height, width, (0.9, 1.0), (3 / 4, 4 / 3))
+        torch.manual_seed(0)
+        ref = tuple(tv_sampler(height, width, (0.9, 1.0), (3 / 4, 4 / 3)))
+        assert ours == ref
+        top, left, h, w = ours
+        if width > height:  # clamped to the largest ratio 4/3, full height, centred
+            assert (h, w) == (height, int(round(height * 4 / 3))) and left == (width - w) // 2 and top == 0
+        else:
+            assert (h, w) == (int(round(width / (3 / 4))), width) and top == (height - h) // 2 and left == 0
+
+
+@pytest.mark.parametrize("size", [(375, 500), (300, 300)])
+def test_rrc_distribution_matches_torchvision(size):
+    n = 6000
+    a1, r1 = box_stats(tr.rrc_params, *size, n, seed=10)
+    a2, r2 = box_stats(tv_sampler, *size, n, seed=20)  # independent draws
+    crit = ks_critical(n, n)
+    assert ks_stat(a1, a2) < crit
+    assert ks_stat(r1, r2) < crit
+    # the log ratio spans [log 3/4, log 4/3] (up to rounding of w and h)
+    assert r1.min() >= math.log(3 / 4) - 0.02 and r1.max() <= math.log(4 / 3) + 0.02
+
+
+def test_ks_rejects_a_uniform_ratio_sampler():
+    """The distribution test has teeth: a uniform (not log-uniform) aspect ratio is rejected."""
+    n = 6000
+    _, r_bad = box_stats(uniform_ratio_sampler, 375, 500, n, seed=10)
+    _, r_ref = box_stats(tv_sampler, 375, 500, n, seed=20)
+    assert ks_stat(r_bad, r_ref) > 1.5 * ks_critical(n, n)
+
+
+# ----------------------------------------------------------------------------------------- eval
+
+def test_resolve_eval_sizes():
+    assert tr.resolve_eval_sizes() == (256, 224)
+    assert tr.resolve_eval_sizes(384) == (438, 384)
+    assert tr.resolve_eval_sizes(224, crop_pct=0.95) == (235, 224)
+    assert tr.resolve_eval_sizes(224, resize_size=232) == (232, 224)
+    assert tr.resolve_eval_sizes(224, crop_pct=1.0) == (224, 224)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("wh,crop,resize", [((500, 375), 224, None), ((333, 500), 224, None),
+                                             ((640, 480), 384, 438), ((96, 80), 64, None), ((80, 96), 64, 60)])
+def test_eval_equals_torchvision_without_draft(tmp_path, interpolation, wh, crop, resize):
+    path = save(photo(*wh), tmp_path / "a.JPEG")
+    ours = tr.eval_transform(crop, resize, interpolation=interpolation, draft=False)(path)
+    resize_size, _ = tr.resolve_eval_sizes(crop, resize)
+    img = Image.open(path).convert("RGB")
+    # exactly torchvision's tensor pipeline (same antialiased uint8 kernel), padding case included
+    ref_t = T2.Compose([T2.PILToTensor(), T2.Resize(resize_size, INTERP[interpolation], antialias=True),
+                        T2.CenterCrop(crop)])(img)
+    assert ours.shape == (3, crop, crop) and ours.dtype == torch.uint8 and ours.is_contiguous()
+    assert torch.equal(ours, ref_t)
+    # and within resampling rounding of the classic PIL pipeline
+    ref_pil = T.Compose([T.Resize(resize_size, INTERP[interpolation]), T.CenterCrop(crop), T.PILToTensor()])(img)
+    diff = (ours.int() - ref_pil.int()).abs()
+    assert diff.max() <= (1 if interpolation == "bilinear" else 2)
+    assert (diff > 0).float().mean() < 0.2
+
+
+def test_eval_on_pil_input_equals_path_input(tmp_path):
+    path = save(photo(300, 200), tmp_path / "a.JPEG")
+    f = tr.eval_transform(64, draft=False)
+    assert torch.equal(f(path), f(Image.open(path)))
+
+
+@pytest.mark.parametrize("crop", [224, 64])
+def test_eval_draft_psnr(tmp_path, crop):
+    path = save(photo(1200, 900, seed=3), tmp_path / "big.JPEG")
+    resize, _ = tr.resolve_eval_sizes(crop)
+    assert tr.draft_factor(1200, 900, *tr.eval_geometry(1200, 900, resize, crop)[:2]) > 1  # draft is used
+    fast = tr.eval_transform(crop, draft=True)(path)
+    full = tr.eval_transform(crop, draft=False)(path)
+    assert fast.shape == full.shape == (3, crop, crop)
+    assert psnr(fast, full) >= 30
+    assert not torch.equal(fast, full)  # it really took the other path
+
+
+def test_draft_factor_and_reduced_decode(tmp_path):
+    assert tr.draft_factor(500, 375, 224, 224) == 1
+    assert tr.draft_factor(448, 448, 224, 224) == 2
+    assert tr.draft_factor(447, 900, 224, 224) == 1
+    assert tr.draft_factor(1800, 1800, 224, 224) == 8
+    assert tr.draft_factor(900, 1000, 224, 224) == 4
+    path = save(photo(803, 601), tmp_path / "a.JPEG")
+    src = tr.Source(path)
+    assert src.draft(4) == pytest.approx(1 / 4)
+    assert src.open().size == (math.ceil(803 / 4), math.ceil(601 / 4))
+    assert tr.Source(Image.open(path)).draft(4) == 1.0  # a caller's PIL image is left alone
+
+
+def test_jpeg_header_matches_pil(tmp_path):
+    for i, (w, h) in enumerate([(500, 375), (17, 1001), (1, 1)]):
+        for kw in ({"quality": 90}, {"quality": 75, "progressive": True}, {"quality": 80, "optimize": True}):
+            p = save(photo(w, h), tmp_path / f"{i}.jpg", **kw)
+            assert tr.jpeg_header(open(p, "rb").read()) == (w, h, 3)
+    p = save(photo(40, 30).convert("L"), tmp_path / "g.jpg")
+    assert tr.jpeg_header(open(p, "rb").read()) == (40, 30, 1)
+    p = save(photo(40, 30), tmp_path / "x.png", "PNG")
+    assert tr.jpeg_header(open(p, "rb").read()) is None
+
+
+# ----------------------------------------------------------------------------------------- train: fast vs reference
+
+def reference_train(img, crop, interpolation="bilinear", scale=(0.08, 1.0)):
+    return T.Compose([T.RandomResizedCrop(crop, scale=scale, interpolation=INTERP[interpolation]),
+                      T.RandomHorizontalFlip(), T.PILToTensor()])(img)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_train_full_decode_path_equals_reference_up_to_resampling(tmp_path, interpolation):
+    path = save(photo(500, 375, seed=1), tmp_path / "a.JPEG")
+    img = Image.open(path).convert("RGB")
+    f = tr.train_transform(224, interpolation=interpolation)
+    for seed in range(8):
+        torch.manual_seed(seed)
+        ours = f(path)
+        torch.manual_seed(seed)
+        ref = reference_train(img, 224, interpolation)
+        assert ours.shape == (3, 224, 224) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        assert psnr(ours, ref) >= 40
+
+
+def test_train_draft_path_equals_reference_up_to_resampling(tmp_path):
+    """Small crops from a big JPEG: most boxes allow 1/2-1/8 decoding; same box, same flip, PSNR >= 30."""
+    path = save(photo(1024, 768, seed=2), tmp_path / "big.JPEG")
+    img = Image.open(path).convert("RGB")
+    fast, slow = tr.train_transform(64), tr.train_transform(64, draft=False)
+    drafted = 0
+    for seed in range(12):
+        torch.manual_seed(seed)
+        top, left, h, w = tr.rrc_params(768, 1024)
+        drafted += tr.draft_factor(w, h, 64, 64) > 1
+        torch.manual_seed(seed)
+        a = fast(path)
+        torch.manual_seed(seed)
+        b = slow(path)
+        torch.manual_seed(seed)
+        ref = reference_train(img, 64)
+        assert psnr(a, ref) >= 30 and psnr(b, ref) >= 40
+    assert drafted >= 8
+
+
+def test_train_boxes_are_torchvision_boxes(tmp_path):
+    """The transform draws exactly torchvision's box and flip: compare against a reference that resizes
+    with the same kernel, so equality is exact."""
+    path = save(photo(320, 240, seed=4), tmp_path / "a.png", "PNG")
+    img = Image.open(path).convert("RGB")
+    f = tr.train_transform(48, draft=False)
+    ref_tf = T2.Compose([T2.PILToTensor(), T2.RandomResizedCrop(48, antialias=True), T2.RandomHorizontalFlip()])
+    for seed in range(20):
+        torch.manual_seed(seed)
+        ours = f(path)
+        torch.manual_seed(seed)
+        assert torch.equal(ours, ref_tf(img))
+
+
+def test_train_determinism_under_manual_seed(tmp_path):
+    path = save(photo(500, 375), tmp_path / "a.JPEG")
+    f = tr.train_transform(64)
+    torch.manual_seed(123)
+    a = [f(path) for _ in range(3)]
+    torch.manual_seed(123)
+    b = [f(path) for _ in range(3)]
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert not torch.equal(a[0], a[1])
+
+
+def test_flip_probability(tmp_path):
+    """hflip=0.5: the flip coin follows torch's global RNG like RandomHorizontalFlip; p=0 never flips."""
+    path = save(photo(40, 40), tmp_path / "a.png", "PNG")
+    full = tr.train_transform(40, scale=(1.0, 1.0), ratio=(1.0, 1.0), draft=False, hflip=0.0)
+    flip = tr.train_transform(40, scale=(1.0, 1.0), ratio=(1.0, 1.0), draft=False, hflip=1.0)
+    base = full(path)
+    assert torch.equal(flip(path), base.flip(-1))
+    half = tr.train_transform(40, scale=(1.0, 1.0), ratio=(1.0, 1.0), draft=False)
+    torch.manual_seed(0)
+    flips = sum(torch.equal(half(path), base.flip(-1)) for _ in range(200))
+    assert 70 <= flips <= 130  # Binomial(200, 0.5): mean 100, sd 7
+
+
+@pytest.mark.parametrize("name,tv", [("ra", lambda: T.RandAugment(2, 9)), ("ta_wide", T.TrivialAugmentWide),
+                                     ("imagenet", lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))])
+def test_auto_augment_wraps_torchvision(tmp_path, name, tv):
+    """Crop + flip, then torchvision's op on the uint8 tensor, all from the same global RNG stream."""
+    path = save(photo(300, 200), tmp_path / "a.JPEG")
+    plain, aug = tr.train_transform(64), tr.train_transform(64, auto_augment=name)
+    for seed in range(5):
+        torch.manual_seed(seed)
+        ours = aug(path)
+        torch.manual_seed(seed)
+        ref = tv()(plain(path))
+        assert ours.shape == (3, 64, 64) and ours.dtype == torch.uint8
+        assert torch.equal(ours, ref)
+    with pytest.raises(ValueError):
+        tr.train_transform(64, auto_augment="bogus")
+    assert tr.train_transform(64, auto_augment="none")._aa is None
+
+
+# ----------------------------------------------------------------------------------------- modes and bad input
+
+def mode_files(tmp_path):
+    base = photo(120, 90, seed=5)
+    files = {}
+    files["rgb.JPEG"] = save(base, tmp_path / "rgb.JPEG")
+    files["cmyk.JPEG"] = save(base.convert("CMYK"), tmp_path / "cmyk.JPEG")
+    files["grey.JPEG"] = save(base.convert("L"), tmp_path / "grey.JPEG")
+    files["png_named.JPEG"] = save(base, tmp_path / "png_named.JPEG", "PNG")
+    files["palette.png"] = save(base.convert("P"), tmp_path / "palette.png", "PNG")
+    rgba = base.convert("RGBA")
+    rgba.putalpha(128)
+    files["rgba.png"] = save(rgba, tmp_path / "rgba.png", "PNG")
+    files["la.png"] = save(base.convert("LA"), tmp_path / "la.png", "PNG")
+    return files
+
+
+@pytest.mark.parametrize("kind", ["train", "eval"])
+def test_every_mode_gives_rgb_uint8(tmp_path, kind):
+    for name, path in mode_files(tmp_path).items():
+        f = tr.train_transform(48) if kind == "train" else tr.eval_transform(48)
+        torch.manual_seed(0)
+        x = f(path)
+        assert x.shape == (3, 48, 48) and x.dtype == torch.uint8 and x.is_contiguous(), name
+        # content is the image's: compare with the reference on PIL's RGB conversion
+        img = Image.open(path).convert("RGB")
+        torch.manual_seed(0)
+        ref = reference_train(img, 48) if kind == "train" else \
+            T.Compose([T.Resize(54), T.CenterCrop(48), T.PILToTensor()])(img)
+        assert psnr(x, ref) >= 35, name
+        if name in ("grey.JPEG", "la.png"):
+            assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def test_unreadable_input_raises(tmp_path):
+    good = save(photo(100, 80), tmp_path / "a.JPEG")
+    data = open(good, "rb").read()
+    (tmp_path / "trunc.JPEG").write_bytes(data[: len(data) // 2])
+    (tmp_path / "empty.JPEG").write_bytes(b"")
+    (tmp_path / "text.JPEG").write_bytes(b"this is not an image\n" * 20)
+    for f in (tr.train_transform(32), tr.eval_transform(32)):
+        for name in ("trunc.JPEG", "empty.JPEG", "text.JPEG"):
+            with pytest.raises(Exception):
+                f(str(tmp_path / name))
+        with pytest.raises(Exception):
+            f(str(tmp_path / "missing.JPEG"))
+
+
+# ----------------------------------------------------------------------------------------- device side
+
+def test_normalize_equals_torchvision():
+    torch.manual_seed(0)
+    batch = torch.randint(0, 256, (4, 3, 20, 24), dtype=torch.uint8)
+    ref_tf = T.Compose([T.ToTensor(), T.Normalize(tr.IMAGENET_MEAN, tr.IMAGENET_STD)])
+    ref = torch.stack([ref_tf(Image.fromarray(x.permute(1, 2, 0).numpy())) for x in batch])
+    out = tr.normalize(batch)
+    assert out.dtype == torch.float32 and out.shape == batch.shape
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    cl = tr.normalize(batch, channels_last=True)
+    assert cl.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(cl, ref, rtol=1e-5, atol=1e-5)
+    bf = tr.normalize(batch, dtype=torch.bfloat16)
+    assert bf.dtype == torch.bfloat16
+    torch.testing.assert_close(bf.float(), ref, rtol=1e-2, atol=1e-2)
+    other = tr.normalize(batch, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    torch.testing.assert_close(other, batch.float() / 127.5 - 1, rtol=1e-5, atol=1e-5)
+
+
+def erased_mask(before, after):
+    return (before != after).any(0)
+
+
+def test_random_erase_semantics():
+    n, c, h, w = 400, 3, 32, 40
+    x = torch.full((n, c, h, w), 7.0)
+    g = torch.Generator().manual_seed(0)
+    out = tr.random_erase(x.clone(), p=0.5, mode="const", generator=g)
+    fracs, erased = [], 0
+    for k in range(n):
+        m = (out[k] != 7.0).any(0)
+        if m.any():
+            erased += 1
+            rows, cols = m.any(1).nonzero().flatten(), m.any(0).nonzero().flatten()
+            hh, ww = rows.max() - rows.min() + 1, cols.max() - cols.min() + 1
+            assert m.sum() == hh * ww  # one full rectangle ...
+            assert (out[k][:, m] == 0).all()  # ... of zeros, on every channel
+            fracs.append(float(hh * ww) / (h * w))
+    assert abs(erased - n * 0.5) < 4 * math.sqrt(n * 0.25)  # per-sample probability p
+    assert 0.02 - 0.01 <= min(fracs) and max(fracs) <= 1 / 3 + 0.03
+    # in place, returns its input
+    y = torch.zeros(2, 3, 8, 8)
+    assert tr.random_erase(y, p=1.0) is y
+    assert torch.equal(tr.random_erase(torch.ones(5, 3, 8, 8), p=0.0), torch.ones(5, 3, 8, 8))
+    with pytest.raises(ValueError):
+        tr.random_erase(torch.ones(1, 3, 8, 8), mode="bogus")
+
+
+def test_random_erase_area_matches_torchvision_and_noise_is_normal():
+    n, h, w = 3000, 24, 32
+    x = torch.zeros(n, 3, h, w)
+    tr.random_erase(x, p=1.0, mode="pixel", generator=torch.Generator().manual_seed(1))
+    mask = (x != 0).any(1)
+    ours = mask.flatten(1).sum(1).numpy() / (h * w)
+    torch.manual_seed(2)
+    img = torch.zeros(3, h, w)
+    ref = []
+    for _ in range(n):
+        i, j, eh, ew, _ = T.RandomErasing.get_params(img, scale=(0.02, 1 / 3), ratio=(0.3, 3.3))
+        ref.append(eh * ew / (h * w) if (eh, ew) != (h, w) else 0.0)
+    assert ks_stat(ours, ref) < ks_critical(n, n)
+    vals = x[mask.unsqueeze(1).expand_as(x)]
+    assert abs(vals.mean().item()) < 0.02 and abs(vals.std().item() - 1) < 0.02  # per-pixel N(0, 1)
+    # per-pixel and per-channel: neighbours and channels differ
+    k = int(mask.flatten(1).sum(1).argmax())
+    region = x[k][:, mask[k]]
+    assert not torch.equal(region[0], region[1])
+
+
+def test_random_erase_generator_determinism():
+    x = torch.randn(16, 3, 16, 16)
+    a = tr.random_erase(x.clone(), p=0.5, generator=torch.Generator().manual_seed(3))
+    b = tr.random_erase(x.clone(), p=0.5, generator=torch.Generator().manual_seed(3))
+    c = tr.random_erase(x.clone(), p=0.5, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+# ----------------------------------------------------------------------------------------- copyability
+
+def test_module_copies_alone(tmp_path):
+    """The file alone, imported from an empty folder, works (and names no other imnet module)."""
+    import importlib.util
+    shutil.copy(tr.__file__, tmp_path / "transforms_copy.py")
+    spec = importlib.util.spec_from_file_location("transforms_copy", tmp_path / "transforms_copy.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.normalize(torch.zeros(1, 3, 8, 8, dtype=torch.uint8)).shape == (1, 3, 8, 8)
+    assert mod.resolve_eval_sizes() == (256, 224)
+    src = open(tr.__file__).read()
+    assert "import imnet" not in src and "from imnet" not in src and "from ." not in src
