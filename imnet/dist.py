@@ -1,0 +1,137 @@
+"""Distributed plumbing: torchrun's environment -> process group, reductions, rank-0 printing.
+
+torchrun sets RANK, LOCAL_RANK and WORLD_SIZE (and MASTER_ADDR/PORT) for every process; plain
+``python train.py`` sets none of them and runs as a single process with no process group at all.
+NCCL is the backend on CUDA, gloo on the CPU.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import sys
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class DistInfo:
+    rank: int = 0
+    local_rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+    control_group: object = None  # a gloo group for small host-side agreements (stop / save flags)
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def env_world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
+    """Read torchrun's environment, pick the device, and start the process group when WORLD_SIZE > 1."""
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    world_size = env_world_size()
+    if device in (None, "auto"):
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    info = DistInfo(rank, local_rank, world_size, dev)
+    if world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if dev.type == "cuda" else "gloo"
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                device_id=dev if dev.type == "cuda" else None)
+        # Host-side flags (preemption, timed saves) are agreed on over gloo so that checking them never
+        # synchronises the GPU.
+        info.control_group = dist.new_group(backend="gloo")
+    return info
+
+
+def cleanup() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def print0(*args, **kwargs) -> None:
+    """print on rank 0 only (flushes, so logs interleave sensibly under torchrun)."""
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, **kwargs, flush=True)
+
+
+def eprint0(*args) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(*args, file=sys.stderr, flush=True)
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
+
+
+def broadcast_object(obj, src: int = 0):
+    """rank ``src``'s Python object on every rank."""
+    if not dist.is_initialized():
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def gather_object(obj) -> list:
+    """Every rank's ``obj``, in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [obj]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+class Flags:
+    """Host-side boolean flags (stop, save) that all ranks agree on, without a per-step wait.
+
+    ``post(flags)`` starts an asynchronous MAX all-reduce of this rank's flags; the result is read by the
+    next ``post`` (one step later), so every rank acts on the same step and nothing blocks the GPU.
+    Single-process runs skip the collective entirely.
+    """
+
+    def __init__(self, info: DistInfo, n: int = 2):
+        self.info = info
+        self.n = n
+        self._pending = None
+        self._buf = None
+
+    def post(self, flags: list[bool]) -> list[bool]:
+        if not self.info.distributed:
+            return list(flags)
+        agreed = [False] * self.n
+        if self._pending is not None:
+            self._pending.wait()
+            agreed = [bool(v) for v in self._buf.tolist()]
+        self._buf = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+        self._pending = dist.all_reduce(self._buf, op=dist.ReduceOp.MAX, group=self.info.control_group, async_op=True)
+        return agreed
+
+    def drain(self) -> list[bool]:
+        """Wait for the last posted flags and return them (used at the end of an epoch)."""
+        if self._pending is None:
+            return [False] * self.n
+        self._pending.wait()
+        self._pending = None
+        return [bool(v) for v in self._buf.tolist()]

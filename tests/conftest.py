@@ -1,0 +1,45 @@
+"""Shared fixtures: small generated ImageFolder trees with a learnable signal."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # train.py and eval.py live at the repository root
+
+# A few threads per test process: the machine has 2 cores and tests also start subprocesses.
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+COLOURS = [(220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40), (160, 60, 200)]
+
+
+def make_imagefolder(root: Path, num_classes: int = 3, train_per_class: int = 24, val_per_class: int = 7,
+                     size: int = 40, seed: int = 0) -> Path:
+    """train/ and val/ of JPEGs whose class is a colour blob on noise: a tiny CNN learns it in a few epochs."""
+    rng = np.random.default_rng(seed)
+    for split, n in (("train", train_per_class), ("val", val_per_class)):
+        for c in range(num_classes):
+            d = root / split / f"class_{c}"
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                h, w = size + int(rng.integers(-4, 9)), size + int(rng.integers(-4, 9))
+                img = rng.integers(0, 120, size=(h, w, 3)).astype(np.float32)
+                cy, cx = rng.integers(h // 4, 3 * h // 4), rng.integers(w // 4, 3 * w // 4)
+                yy, xx = np.mgrid[:h, :w]
+                blob = ((yy - cy) ** 2 + (xx - cx) ** 2) < (min(h, w) * 0.35) ** 2
+                img[blob] = 0.3 * img[blob] + 0.7 * np.array(COLOURS[c % len(COLOURS)], np.float32)
+                Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(d / f"{split}_{c}_{i}.JPEG", quality=90)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """3 classes, 72 train / 21 val images (val is odd-sized on purpose)."""
+    return make_imagefolder(tmp_path_factory.mktemp("tiny_data"))

@@ -1,0 +1,86 @@
+"""engine.train_one_epoch on a tiny model: fp16 loss scaling unscales before clipping, skipped inf steps,
+accumulation, and the NaN guard."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+from imnet import engine
+from imnet.metrics import Meter
+
+
+def tiny_model() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 3))
+
+
+def batches(n: int, batch: int = 4):
+    g = torch.Generator().manual_seed(1)
+    return [(torch.randint(0, 256, (batch, 3, 16, 16), dtype=torch.uint8, generator=g),
+             torch.randint(0, 3, (batch,), generator=g), []) for _ in range(n)]
+
+
+def run(model, loader, steps, scaler=None, clip=0.0, accum=1, lr=0.5):
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    parts = engine.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, lr_at=lambda s: lr,
+                         device=torch.device("cpu"), num_classes=3, scaler=scaler, clip_grad=clip, accum_steps=accum)
+    prog = engine.Progress()
+    engine.train_one_epoch(parts, loader, prog, steps, Meter("cpu"), lambda *a: False, lambda *a: None, log_every=0)
+    return model, prog
+
+
+def test_fp16_scaler_unscales_before_clipping():
+    """With loss scaling, clipping must see the true gradients: the result equals the unscaled run.
+
+    If clipping came before unscaling, the clip would act on gradients 2**10 times too large and the
+    update would be 2**10 times too small, which this comparison would catch."""
+    loader = batches(3)
+    plain, _ = run(tiny_model(), loader, 3, clip=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    scaled, _ = run(tiny_model(), loader, 3, scaler=scaler, clip=0.05)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    moved = tiny_model()
+    assert any(not torch.allclose(a, b) for a, b in zip(moved.parameters(), plain.parameters()))
+
+
+def test_fp16_scaler_skips_steps_with_inf_gradients():
+    model = tiny_model()
+    with torch.no_grad():
+        model[-1].weight.mul_(1e20)  # a finite loss near 1e20, which the 2**100 scale pushes past fp32's range
+    before = copy.deepcopy(model.state_dict())
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**100)
+    run(model, batches(1), 1, scaler=scaler, clip=1.0)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), "an overflowing step must leave the weights alone"
+    assert scaler.get_scale() < 2.0**100  # and the scale backs off
+
+
+def test_accumulation_matches_one_big_batch():
+    small = batches(4, batch=4)
+    big = [(torch.cat([small[i][0], small[i + 1][0]]), torch.cat([small[i][1], small[i + 1][1]]), [])
+           for i in (0, 2)]
+    a, prog = run(tiny_model(), small, 2, accum=2)
+    b, _ = run(tiny_model(), big, 2)
+    assert prog.global_step == 2
+    for x, y in zip(a.parameters(), b.parameters()):
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+
+
+def test_nonfinite_loss_raises_with_the_step():
+    model = tiny_model()
+    with torch.no_grad():
+        model[-1].bias.fill_(float("nan"))
+    with pytest.raises(engine.NonFiniteLoss) as e:
+        run(model, batches(2), 2)
+    assert e.value.step == 0
+
+
+def test_step_seed_depends_only_on_its_inputs():
+    assert engine.step_seed(0, 1, 2, 3) == engine.step_seed(0, 1, 2, 3)
+    seeds = {engine.step_seed(s, e, m, r) for s in (0, 1) for e in (0, 1) for m in (0, 1) for r in (0, 1)}
+    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)
