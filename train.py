@@ -523,6 +523,9 @@ def end_of_epoch(args, parts, prog, meter, val_loader, info, t0, bad_counter) ->
     if (prog.epoch + 1) % args.eval_every == 0 or last:
         v = engine.evaluate(parts.eval_model, val_loader, info.device, parts.amp_dtype, args.channels_last)
         row.update(val_loss=v["loss"], val_top1=v["top1"], val_top5=v["top5"], val_count=v["count"])
+        for path in v["unreadable"]:
+            print(f"warning: unreadable validation image {path}: it was replaced by another image, so this "
+                  f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
         if parts.ema is not None:
             e = engine.evaluate(parts.ema.module, val_loader, info.device, parts.amp_dtype, args.channels_last)
             row.update(ema_val_loss=e["loss"], ema_val_top1=e["top1"], ema_val_top5=e["top5"])

@@ -135,8 +135,7 @@ def train_one_epoch(p: Parts, loader, prog: Progress, steps_per_epoch: int, mete
 
             # Bookkeeping on the device only: no host synchronisation here.
             loss_d = loss.detach()
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss_d),
-                                    torch.tensor(prog.global_step, device=p.device), first_bad)
+            first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss_d), prog.global_step)
             meter.update(loss_d, logits.detach() if hard is not None else None, hard, n=labels.shape[0])
             window["loss"] += loss_d
             window["n"] += 1
@@ -190,12 +189,16 @@ def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, cha
     """
     model.eval()
     meter = Meter(device)
-    for images, labels, _bad in loader:
+    bad = []
+    for images, labels, bad_paths in loader:
+        bad.extend(bad_paths)
         images, labels = to_device(images, labels, device, channels_last=channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
         meter.update(cross_entropy(logits, labels), logits, labels, n=labels.shape[0])
-    return meter.compute(distributed=True)
+    result = meter.compute(distributed=True)
+    result["unreadable"] = sorted(set(bad))  # this rank's; their slots held substitute images
+    return result
 
 
 def is_finite_number(x) -> bool:

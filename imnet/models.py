@@ -9,12 +9,15 @@ into that class the same way.
 from __future__ import annotations
 
 import difflib
+import types
 
 import torch
 import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 from torchvision.ops import stochastic_depth
+
+from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
 
 # DeiT widths (Touvron et al. 2021, Table 1): patch 16, depth 12, MLP ratio 4.
 DEIT = {
@@ -68,40 +71,22 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     return model
 
 
-def _block_forward_with_drop_path(block: EncoderBlock, rate: float):
+def _forward_with_drop_path(self: EncoderBlock, inp: torch.Tensor) -> torch.Tensor:
     """EncoderBlock.forward with stochastic depth on both residual branches (pre-norm ViT)."""
-
-    def forward(inp: torch.Tensor) -> torch.Tensor:
-        x = block.ln_1(inp)
-        x, _ = block.self_attention(x, x, x, need_weights=False)
-        x = inp + stochastic_depth(block.dropout(x), rate, "row", block.training)
-        y = block.mlp(block.ln_2(x))
-        return x + stochastic_depth(y, rate, "row", block.training)
-
-    return forward
+    x = self.ln_1(inp)
+    x, _ = self.self_attention(x, x, x, need_weights=False)
+    x = inp + stochastic_depth(self.dropout(x), self.drop_path_rate, "row", self.training)
+    y = self.mlp(self.ln_2(x))
+    return x + stochastic_depth(y, self.drop_path_rate, "row", self.training)
 
 
 def add_vit_drop_path(model: VisionTransformer, drop_path: float) -> None:
     """Give a torchvision ViT stochastic depth, rate growing linearly with depth (DeiT's rule).
 
-    Only each block's ``forward`` changes; parameters and state_dict keys stay torchvision's.
+    Only each block's ``forward`` changes, bound as a method so that ``copy.deepcopy`` (the EMA copy)
+    binds it to the copied block; parameters and state_dict keys stay torchvision's.
     """
     blocks = [m for m in model.encoder.layers if isinstance(m, EncoderBlock)]
     for i, block in enumerate(blocks):
-        rate = drop_path * i / max(len(blocks) - 1, 1)
-        block.forward = _block_forward_with_drop_path(block, rate)
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module under DistributedDataParallel (``.module``) and torch.compile (``._orig_mod``)."""
-    while True:
-        if hasattr(model, "_orig_mod"):
-            model = model._orig_mod
-        elif isinstance(model, nn.parallel.DistributedDataParallel):
-            model = model.module
-        else:
-            return model
-
-
-def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+        block.drop_path_rate = drop_path * i / max(len(blocks) - 1, 1)
+        block.forward = types.MethodType(_forward_with_drop_path, block)

@@ -1,0 +1,63 @@
+"""models.build_model: torchvision names, DeiT, stochastic depth, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torchvision
+from torchvision.models import VisionTransformer
+
+from imnet import models
+
+
+def test_torchvision_names_build_and_load_into_torchvision():
+    m = models.build_model("resnet18", 7)
+    torchvision.models.resnet18(num_classes=7).load_state_dict(m.state_dict(), strict=True)
+
+
+def test_drop_path_is_passed_to_models_that_have_it():
+    assert models.build_model("convnext_tiny", 3, drop_path=0.0).features[1][0].stochastic_depth.p == 0.0
+    assert models.build_model("convnext_tiny", 3).features[-1][-1].stochastic_depth.p > 0  # its own default
+    with pytest.raises(ValueError, match="no stochastic depth"):
+        models.build_model("resnet18", 3, drop_path=0.1)
+    with pytest.raises(ValueError, match="Did you mean resnet50"):
+        models.build_model("resnet5", 3)
+
+
+def test_deit_is_torchvisions_vit_and_its_drop_path_follows_deepcopy():
+    torch.manual_seed(0)
+    m = models.build_model("deit_tiny", 3, drop_path=0.2, image_size=32)
+    ref = VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
+                            num_classes=3)
+    ref.load_state_dict(m.state_dict(), strict=True)
+    torch.nn.init.normal_(m.heads.head.weight)  # torchvision zero-initialises the head
+    rates = [b.drop_path_rate for b in m.encoder.layers]
+    assert rates[0] == 0.0 and rates[-1] == pytest.approx(0.2) and rates == sorted(rates)
+
+    x = torch.randn(64, 3, 32, 32)
+    m.eval()
+    ref.load_state_dict(m.state_dict())
+    ref.eval()
+    torch.testing.assert_close(m(x), ref(x))  # no dropping in eval mode: the same network
+    m.train()
+    torch.manual_seed(1)
+    a = m(x)
+    torch.manual_seed(2)
+    assert not torch.allclose(a, m(x))  # random depth in train mode
+
+    # The EMA keeps a deepcopy: its blocks must run on the copy's weights, not the original's.
+    twin = copy.deepcopy(m).eval()
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.mul_(0.5)
+    m.eval()
+    assert not torch.allclose(twin(x), m(x))
+    ref.load_state_dict(twin.state_dict())
+    torch.testing.assert_close(twin(x), ref(x))
+
+
+def test_unwrap_strips_compile():
+    m = models.build_model("resnet18", 3)
+    assert models.unwrap(torch.compile(m)) is m
