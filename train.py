@@ -58,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
     g.add_argument("--max-bad-images", default="0.001",
                    help="unreadable images tolerated before stopping: a count (10) or a fraction of the set (0.001)")
-    g.add_argument("--fake-data", action="store_true", help="random uint8 tensors instead of files (throughput runs)")
+    g.add_argument("--fake-data", action="store_true",
+                   help="random uint8 tensors instead of files, 100 steps per epoch (throughput runs)")
     g.add_argument("--num-classes", type=int, default=1000, help="classes for --fake-data")
 
     g = p.add_argument_group("model")
@@ -213,8 +214,9 @@ def build_data(args, r, info):
     train_tf, eval_tf = build_transforms(args, r)
     if args.fake_data:
         classes = [f"class{i}" for i in range(args.num_classes)]
-        train_set = data.FakeData(args.num_classes, args.train_crop_size, length=max(50 * r["global_batch"], 1000))
-        val_set = data.FakeData(args.num_classes, r["val_crop"], length=max(2 * r["global_batch"], 500))
+        # An "epoch" of 100 optimizer steps; --epochs sets the length of the throughput run.
+        train_set = data.FakeData(args.num_classes, args.train_crop_size, length=100 * r["global_batch"])
+        val_set = data.FakeData(args.num_classes, r["val_crop"], length=10 * r["global_batch"])
     else:
         train_dir, val_dir, classes = data.check_data_root(args.data)
         train_set = data.ImageFolder(train_dir, classes, train_tf, seed=args.seed)

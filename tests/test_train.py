@@ -231,3 +231,28 @@ def test_bf16_autocast_trains_on_cpu_and_resnet_checkpoint_loads_into_torchvisio
     assert any(v.dtype == torch.float32 for v in state["model"].values())  # weights stay fp32 under autocast
     net = torchvision.models.resnet18(num_classes=3)
     net.load_state_dict(state["model"], strict=True)
+
+
+def test_dry_run_prints_the_plan_and_trains_nothing(data, tmp_path, capsys):
+    out = tmp_path / "dry"
+    assert train.main(["--data", str(data), "--model", "resnet18", "--batch-size", "4", "--accum-steps", "2",
+                       "--lr-base", "0.1", "--epochs", "4", "--warmup-epochs", "1", "--opt", "adamw",
+                       "--decay-norm-bias", "--weight-decay", "0.05", "--workers", "0", "--output", str(out),
+                       "--dry-run"]) == 0
+    text = capsys.readouterr().out
+    assert "global batch 8" in text
+    assert f"learning rate {0.1 * 8 / 256:.6g}" in text
+    assert "parameter groups" in text and "train transform" in text and "eval policy: resize 256" in text
+    assert "LR at steps: 0: " in text
+    assert "WARNING" in text and "weight decay" in text.lower()  # AdamW decaying norms and biases
+    assert not out.exists() or not (out / "last.pt").exists()
+
+
+def test_fake_data_throughput_run(tmp_path):
+    out = tmp_path / "fake"
+    assert train.main(["--fake-data", "--num-classes", "5", "--model", "resnet18", "--epochs", "1",
+                       "--batch-size", "4", "--train-crop-size", "32", "--val-crop-size", "32", "--workers", "0",
+                       "--output", str(out), "--quiet"]) == 0
+    row = read_summary(out)[0]
+    assert int(row["epoch"]) == 1 and float(row["train_loss"]) > 0 and int(float(row["bad_images"])) == 0
+    assert load(out / "last.pt")["global_step"] == 100
