@@ -29,8 +29,8 @@ def topk_correct(logits, target, ks=(1, 5)):
         raise TypeError("topk_correct needs integer class targets; pass soft_targets.argmax(1) if needed")
     target_logit = logits.gather(1, target.view(-1, 1).long())
     rank = (~(logits < target_logit)).sum(dim=1) - 1  # the target itself is never < itself: remove it
-    k = torch.as_tensor(ks, device=logits.device)
-    return (rank.unsqueeze(1) < k).sum(dim=0)
+    # Python-int comparisons: no small host-to-device copy (and wait) on every call.
+    return torch.stack([(rank < k).sum() for k in ks])
 
 
 class Meter:

@@ -53,12 +53,25 @@ def normalize(batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32, 
     """
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    m = torch.tensor(mean, dtype=torch.float64)
-    s = torch.tensor(std, dtype=torch.float64)
-    scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, -1, 1, 1).to(batch.device)
-    shift = (-m / s).to(torch.float32).view(1, -1, 1, 1).to(batch.device)
+    scale, shift = _affine(tuple(mean), tuple(std), batch.device)
     x = batch.to(torch.float32).mul_(scale).add_(shift)  # = (x - 255 m) / (255 s), two in-place passes
     return x if dtype == torch.float32 else x.to(dtype)
+
+
+_AFFINE_CACHE = {}
+
+
+def _affine(mean, std, device):
+    """(1 / (255 std), -mean / std) as (1, C, 1, 1) fp32 tensors on ``device``, made once per device: a fresh
+    host-to-device copy on every batch would make the host wait for the GPU each step."""
+    key = (mean, std, str(device))
+    if key not in _AFFINE_CACHE:
+        m = torch.tensor(mean, dtype=torch.float64)
+        s = torch.tensor(std, dtype=torch.float64)
+        scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, -1, 1, 1).to(device)
+        shift = (-m / s).to(torch.float32).view(1, -1, 1, 1).to(device)
+        _AFFINE_CACHE[key] = (scale, shift)
+    return _AFFINE_CACHE[key]
 
 
 def random_erase(x, p=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), mode="pixel", generator=None):
