@@ -140,10 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    """Two passes: find --recipe, install its values as defaults, then parse for real (explicit flags win)."""
+    """Two passes: find --recipe, install its values as defaults, then parse for real (explicit flags win).
+    Without --data, --fake-data or --recipe, the run is the demo recipe (so `python train.py` just works)."""
     parser = build_parser()
-    if not argv:
-        argv = ["--recipe", "demo"]
+    if not any(a.split("=")[0] in ("--data", "--fake-data", "--recipe", "-h", "--help") for a in argv):
+        argv = ["--recipe", "demo", *argv]  # no data named: the demo (its dataset is generated on first use)
     pre, _ = parser.parse_known_args(argv)
     if pre.recipe:
         recipe = {k: v for k, v in RECIPES[pre.recipe].items() if not k.startswith("_")}

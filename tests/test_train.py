@@ -184,7 +184,7 @@ def bad_setup(capsys, args) -> str:
 def test_bad_setups_are_refused_with_a_message(data, tmp_path, capsys):
     tiny = ["--model", "mobilenet_v3_small", "--train-crop-size", "32", "--val-crop-size", "32", "--workers", "0",
             "--output", str(tmp_path / "o")]
-    assert "No data" in bad_setup(capsys, tiny)
+    assert "No data" in bad_setup(capsys, tiny + ["--recipe", "resnet50_classic"])
     assert "does not exist" in bad_setup(capsys, tiny + ["--data", str(tmp_path / "nowhere")])
 
     no_val = tmp_path / "no_val"
