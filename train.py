@@ -56,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="shorter side before the centre crop (default: floor(val_crop_size / crop_pct))")
     g.add_argument("--crop-pct", type=float, default=None, help="centre crop fraction (default 0.875: 224 -> 256)")
     g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
+    g.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
+                   help="RandomResizedCrop area fraction range (0.08-1 for ImageNet; larger for small objects)")
     g.add_argument("--max-bad-images", default="0.001",
                    help="unreadable images tolerated before stopping: a count (10) or a fraction of the set (0.001)")
     g.add_argument("--fake-data", action="store_true",
@@ -170,6 +172,8 @@ def resolve(args: argparse.Namespace, world_size: int) -> dict:
     for name in ("epochs", "batch_size", "accum_steps", "train_crop_size", "val_crop_size", "ema_every"):
         if getattr(args, name) < 1:
             raise SetupError(f"--{name.replace('_', '-')} must be at least 1 (got {getattr(args, name)}).")
+    if not 0 < args.crop_scale[0] <= args.crop_scale[1] <= 1:
+        raise SetupError(f"--crop-scale {args.crop_scale[0]} {args.crop_scale[1]}: need 0 < MIN <= MAX <= 1.")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
         raise SetupError(f"--crop-pct must be in (0, 1] (got {args.crop_pct}); 0.875 gives the classic 224/256.")
     if args.mixup < 0 or args.cutmix < 0 or not 0 <= args.label_smoothing < 1:
@@ -203,7 +207,8 @@ def default_output(args) -> Path:
 
 
 def build_transforms(args, r):
-    train_tf = train_transform(crop_size=args.train_crop_size, interpolation=args.interpolation,
+    train_tf = train_transform(crop_size=args.train_crop_size, scale=tuple(args.crop_scale),
+                               interpolation=args.interpolation,
                                auto_augment=args.auto_augment, ra_num_ops=args.ra_num_ops,
                                ra_magnitude=args.ra_magnitude)
     eval_tf = eval_transform(crop_size=r["val_crop"], resize_size=r["val_resize"], interpolation=args.interpolation)

@@ -1,0 +1,117 @@
+"""Recipe audit: warnings for the classic ImageNet training mistakes, printed by ``train.py --dry-run``.
+
+``audit(cfg)`` looks only at the resolved configuration; it never builds a model or reads data. Each warning
+says what is wrong, why it matters and how to fix it. The checks:
+
+1. Weight decay on norms and biases with AdamW. Decoupled weight decay (Loshchilov & Hutter 2019) pulls every
+   decayed parameter towards zero by ``lr * wd * w`` per step; for LayerNorm/BatchNorm scales that means
+   shrinking the features the next layer sees, and biases and position embeddings have no scale invariance
+   to excuse it. ViT/DeiT/Swin/ConvNeXt recipes exclude them (0.05 is a large decay).
+2. No warmup with a large global batch: the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch
+   SGD: Training ImageNet in 1 Hour") breaks in the first epochs, when the weights change fastest; they needed
+   a gradual 5-epoch warmup from batch 1024 up (8k in the paper) to match the small-batch accuracy.
+3. Eval policy (resize, crop, interpolation) different from the recipe's: published accuracies depend on it
+   by several tenths of a point (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"), so the
+   run is not comparable with the expected number.
+4. Label smoothing applied twice: once in the soft targets of MixUp/CutMix and again in the loss; the
+   effective smoothing is then about 2 eps, and the recipe's tuning no longer holds.
+5. LR not rescaled after changing the global batch (GPUs, per-GPU batch or accumulation): an explicit
+   ``--lr`` equal to the recipe's LR at its reference batch, while the global batch differs.
+6. A requested global batch that world size x accumulation steps does not divide: the per-process batch is
+   rounded, so the run silently uses a different global batch (and LR scaling) than requested.
+"""
+
+from __future__ import annotations
+
+import math
+
+from imnet.recipes import META, RECIPES
+
+REFERENCE_GPUS = 8
+LARGE_BATCH = 1024
+
+
+def _eval_policy(d: dict) -> tuple[int, int, str]:
+    """(resize, crop, interpolation) as transforms.resolve_eval_sizes resolves them:
+    resize given -> resize; else crop_pct given -> floor(crop / crop_pct); else floor(crop / 0.875)."""
+    crop = d.get("val_crop_size") or 224
+    if d.get("val_resize_size"):
+        resize = d["val_resize_size"]
+    else:
+        resize = math.floor(crop / (d.get("crop_pct") or 0.875))
+    return int(resize), int(crop), d.get("interpolation") or "bilinear"
+
+
+def audit(cfg: dict, recipe: dict | None = None) -> list[str]:
+    """Warnings (one paragraph each) for ``cfg``, the resolved train.py arguments plus the derived
+    ``global_batch``, ``world_size``, ``lr`` (resolved), ``lr_given``, ``loss_label_smoothing``,
+    ``mix_label_smoothing`` and ``global_batch_requested`` (None unless ``--global-batch``).
+
+    ``recipe`` defaults to ``RECIPES[cfg["recipe"]]`` when cfg names one; the recipe-relative checks
+    (eval policy, LR rescaling) are skipped without a recipe.
+    """
+    name = cfg.get("recipe")
+    if recipe is None and name in RECIPES:
+        recipe = RECIPES[name]
+    gpus = META[name]["gpus"] if name in META else REFERENCE_GPUS
+    warnings = []
+
+    wd = cfg.get("weight_decay") or 0.0
+    if cfg.get("opt") == "adamw" and cfg.get("decay_norm_bias") and wd > 0:
+        warnings.append(
+            f"Weight decay {wd:g} also applies to norm weights, biases and embeddings with AdamW "
+            f"(--decay-norm-bias). Decoupled decay shrinks these towards zero every step, which removes "
+            f"normalisation scales and offsets the network needs; transformer and ConvNeXt recipes exclude "
+            f"them and their accuracies assume it. Fix: drop --decay-norm-bias.")
+
+    global_batch = cfg.get("global_batch") or 0
+    if global_batch >= LARGE_BATCH and not cfg.get("warmup_epochs"):
+        warnings.append(
+            f"No LR warmup with a global batch of {global_batch}. With the linearly scaled LR, the first "
+            f"updates are large while the weights change fastest; Goyal et al. 2017 needed a gradual warmup "
+            f"(5 epochs) for batches of 1024 and more to match small-batch accuracy, and without it training "
+            f"can diverge or lose accuracy. Fix: --warmup-epochs 5 (or a smaller global batch).")
+
+    if cfg.get("loss_label_smoothing", 0) > 0 and cfg.get("mix_label_smoothing", 0) > 0:
+        warnings.append(
+            f"Label smoothing is applied twice: {cfg['mix_label_smoothing']:g} in the MixUp/CutMix soft "
+            f"targets and {cfg['loss_label_smoothing']:g} again in the loss, so the effective smoothing is "
+            f"about their sum and the recipe's tuning no longer holds. Fix: smooth in one place only (the "
+            f"mixer's targets when mixing is on).")
+
+    requested = cfg.get("global_batch_requested")
+    divisor = (cfg.get("world_size") or 1) * (cfg.get("accum_steps") or 1)
+    if requested is not None and requested % divisor:
+        per_process = requested // divisor
+        warnings.append(
+            f"--global-batch {requested} is not divisible by world size x accumulation steps = {divisor}: "
+            f"each process gets {per_process} images per micro-step and the real global batch is "
+            f"{per_process * divisor}, so the run and its LR scaling differ from what was asked. Fix: pick a "
+            f"global batch that is a multiple of {divisor}, or change --accum-steps or the number of GPUs.")
+
+    if recipe is None:
+        return warnings
+
+    mine, theirs = _eval_policy(cfg), _eval_policy(recipe)
+    if mine != theirs:
+        warnings.append(
+            f"Eval policy resize {mine[0]} / crop {mine[1]} / {mine[2]} differs from recipe '{name}': resize "
+            f"{theirs[0]} / crop {theirs[1]} / {theirs[2]}. Accuracy depends on the eval resize, crop and "
+            f"interpolation by several tenths of a point, so this run is not comparable with the recipe's "
+            f"expected top-1. Fix: drop --val-resize-size / --val-crop-size / --crop-pct / --interpolation, "
+            f"or compare against a baseline evaluated the same way.")
+
+    if "lr_base" in recipe and "batch_size" in recipe:
+        ref_batch = recipe["batch_size"] * gpus * recipe.get("accum_steps", 1)
+        ref_lr = recipe["lr_base"] * ref_batch / 256
+        lr = cfg.get("lr")
+        if (cfg.get("lr_given") and lr is not None and math.isclose(lr, ref_lr, rel_tol=1e-9)
+                and global_batch and global_batch != ref_batch):
+            scaled = ref_lr * global_batch / ref_batch
+            warnings.append(
+                f"--lr {lr:g} is recipe '{name}''s LR for its global batch of {ref_batch}, but this run's "
+                f"global batch is {global_batch} (world size x batch size x accumulation steps). By the "
+                f"linear scaling rule (Goyal et al. 2017) the LR should follow the batch: {scaled:g}; an "
+                f"unscaled LR under- or over-shoots the recipe's schedule. Fix: drop --lr (the recipe's "
+                f"--lr-base is scaled automatically) or pass --lr {scaled:g}.")
+    return warnings

@@ -1,0 +1,293 @@
+"""recipes.md agrees with imnet.recipes, every recipe and every documented command dry-runs, and the audit
+warns exactly when it should."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+import train
+from imnet.audit import _eval_policy, audit
+from imnet.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
+                           reference_lr, torchvision_ema_decay)
+from imnet.transforms import resolve_eval_sizes
+
+from conftest import make_imagefolder
+
+REPO = Path(__file__).resolve().parents[1]
+MD = (REPO / "recipes.md").read_text()
+PLACEHOLDER = "/path/to/imagenet"
+
+
+# ------------------------------------------------------------------------------------------ parsing recipes.md
+
+def parse_table(md: str) -> dict[str, dict[str, str]]:
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows
+
+
+def parse_commands(md: str) -> list[list[str]]:
+    """Every `torchrun ...` / `python train.py ...` line inside a ```sh block, as argv lists."""
+    commands, in_sh = [], False
+    for line in md.splitlines():
+        if line.startswith("```"):
+            in_sh = line.strip() == "```sh" and not in_sh
+            continue
+        if in_sh and (line.startswith("torchrun ") or line.startswith("python train.py")):
+            commands.append(shlex.split(line))
+    return commands
+
+
+def train_args(cmd: list[str]) -> list[str]:
+    """The arguments that train.py receives from a documented command line."""
+    return cmd[cmd.index("train.py") + 1:]
+
+
+def nproc(cmd: list[str]) -> int:
+    for a in cmd:
+        if a.startswith("--nproc_per_node="):
+            return int(a.split("=")[1])
+    return 1
+
+
+def recipe_of(args: list[str]) -> str:
+    return args[args.index("--recipe") + 1] if "--recipe" in args else "demo"  # no arguments: the demo
+
+
+def flag(args: list[str], name: str, default=None):
+    return args[args.index(name) + 1] if name in args else default
+
+
+TABLE = parse_table(MD)
+COMMANDS = parse_commands(MD)
+
+
+def test_table_matches_code():
+    assert set(TABLE) == set(RECIPES), "every recipe in code has a row in recipes.md and vice versa"
+    for name, row in TABLE.items():
+        r, m = RECIPES[name], META[name]
+        assert row["model"] == r["model"]
+        assert int(row["epochs"]) == r["epochs"]
+        assert int(row["GPUs"]) == m["gpus"]
+        assert int(row["batch/GPU"]) == r["batch_size"]
+        assert int(row["accum"]) == r.get("accum_steps", 1)
+        assert int(row["global batch"]) == reference_global_batch(name)
+        assert row["optimizer"] == r["opt"]
+        assert math.isclose(float(row["lr_base"]), r["lr_base"], rel_tol=1e-5)
+        assert math.isclose(float(row["LR"]), reference_lr(name), rel_tol=1e-5)
+        assert math.isclose(float(row["weight decay"]), r["weight_decay"], rel_tol=1e-5)
+        assert int(row["train crop"]) == r["train_crop_size"]
+        assert (int(row["eval resize"]), int(row["eval crop"]), row["interpolation"]) == _eval_policy(r)
+        assert float(row["expected top-1"]) == m["expected_top1"]
+        assert row["approx."] == ("lower bound" if name == "demo" else "yes" if m["approximate"] else "no")
+        hours = gpu_hours(name)
+        assert row["GPU-hours"] == ("-" if hours is None else str(round(hours)))
+
+
+def test_sources_and_notes_are_in_the_doc():
+    flat = " ".join(MD.split())
+    for name, m in META.items():
+        assert f"### {name}" in MD
+        if name != "demo":
+            assert " ".join(m["source"].split()) in flat, name
+            assert " ".join(m["note"].split()) in flat, name
+    assert META["demo"]["expected_top1"] == DEMO_MIN_TOP1
+
+
+def test_recipe_numbers_are_the_sources_numbers():
+    """Closed-form checks against the published commands (see the comments in imnet/recipes.py)."""
+    expected = {  # name: (global batch, LR at that batch) as in the sources
+        "resnet50": (1024, 0.5), "resnet101": (1024, 0.5), "resnext50_32x4d": (1024, 0.5),
+        "mobilenet_v3_large": (1024, 0.5), "efficientnet_b0": (1024, 0.5), "resnet50_classic": (256, 0.1),
+        "regnet_y_8gf": (512, 0.4), "convnext_tiny": (1024, 1e-3), "vit_b_16": (4096, 3e-3),
+        "swin_t": (1024, 1e-3), "deit_small": (1024, 5e-4 * 1024 / 512), "deit_tiny": (1024, 5e-4 * 1024 / 512)}
+    for name, (batch, lr) in expected.items():
+        assert reference_global_batch(name) == batch, name
+        assert math.isclose(reference_lr(name), lr, rel_tol=1e-12), name
+    # torchvision's EMA: per update of every 32 steps, decay 1 - (1 - 0.99998) * batch * 32 / epochs
+    for batch, epochs in [(1024, 600), (4096, 300), (1024, 300)]:
+        per_step = torchvision_ema_decay(batch, epochs)
+        assert math.isclose(per_step ** 32, 1 - 2e-5 * batch * 32 / epochs, rel_tol=1e-12)
+    assert RECIPES["resnet50"]["ema_every"] == 32
+    assert math.isclose(RECIPES["resnet50"]["ema_decay"] ** 32, 1 - 2e-5 * 1024 * 32 / 600, rel_tol=1e-12)
+    assert torchvision_ema_decay(10 ** 9, 1) == 0.0  # alpha is capped at 1
+    assert math.isclose(gpu_hours("resnet50"), 600 * IMAGENET_TRAIN_IMAGES / META["resnet50"]["img_per_s"] / 3600)
+
+
+def test_eval_policy_resolution_matches_transforms():
+    for resize, crop, pct in [(None, 224, None), (232, 224, None), (None, 224, 0.875), (None, 224, 0.95),
+                              (None, 56, None), (64, 56, 0.5)]:
+        cfg = {"val_resize_size": resize, "val_crop_size": crop, "crop_pct": pct}
+        assert _eval_policy(cfg)[:2] == tuple(resolve_eval_sizes(crop, resize, pct))
+
+
+def test_commands_cover_every_recipe_on_8_and_1_gpus():
+    by_recipe: dict[str, list[list[str]]] = {}
+    for cmd in COMMANDS:
+        by_recipe.setdefault(recipe_of(train_args(cmd)), []).append(cmd)
+    assert set(by_recipe) == set(RECIPES)
+    for name, cmds in by_recipe.items():
+        if name == "demo":
+            assert [train_args(c) for c in cmds] == [[], []], "the demo runs with no arguments"
+            continue
+        assert sorted(nproc(c) for c in cmds) == [1, 8], name
+        for cmd in cmds:
+            args = train_args(cmd)
+            assert flag(args, "--data") == PLACEHOLDER
+            batch = int(flag(args, "--batch-size", RECIPES[name]["batch_size"]))
+            accum = int(flag(args, "--accum-steps", RECIPES[name].get("accum_steps", 1)))
+            assert nproc(cmd) * batch * accum == reference_global_batch(name), cmd
+            assert "--lr" not in args, "commands rely on --lr-base scaling"
+
+
+# ------------------------------------------------------------------------------------------------- dry runs
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    """A few real tiny JPEGs, hard-linked until train/ holds one global batch of the largest recipe
+    (vit_b_16 on one GPU: 4096 images). Dry runs list files but decode none."""
+    root = make_imagefolder(tmp_path_factory.mktemp("tiny"), num_classes=3, train_per_class=4, val_per_class=3,
+                            size=32)
+    need = max(reference_global_batch(n) for n in RECIPES)
+    for d in sorted((root / "train").iterdir()):
+        files = sorted(d.iterdir())
+        for k in range(need // 3 + 1 - len(files)):
+            os.link(files[k % len(files)], d / f"link_{k}.JPEG")
+    return root
+
+
+def dry_run(args: list[str], root: Path, capsys) -> str:
+    args = [str(root) if a == PLACEHOLDER else a for a in args]
+    if not args:  # `python train.py`: the demo; point it at the tiny data instead of generating the demo set
+        args = ["--recipe", "demo"]
+    if "--data" not in args:
+        args += ["--data", str(root)]
+    capsys.readouterr()
+    rc = train.main(args + ["--dry-run"])
+    out = capsys.readouterr()
+    assert rc == 0, out.out[-2000:] + out.err[-2000:]
+    return out.out
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(train_args(c)[:2] + [f"x{nproc(c)}"]) for c in COMMANDS])
+def test_every_documented_command_dry_runs(cmd, tiny_root, capsys):
+    """Each command of recipes.md, in-process with --dry-run on tiny data (one process: the 1-GPU commands
+    run exactly as documented; the 8-GPU ones with an eighth of the global batch)."""
+    args = train_args(cmd)
+    name = recipe_of(args)
+    out = dry_run(args, tiny_root, capsys)
+    assert "WARNING" not in out, out
+    world = 1
+    batch = int(flag(args, "--batch-size", RECIPES[name]["batch_size"]))
+    accum = int(flag(args, "--accum-steps", RECIPES[name].get("accum_steps", 1)))
+    global_batch = world * batch * accum
+    assert f"= global batch {global_batch}" in out
+    lr = RECIPES[name]["lr_base"] * global_batch / 256
+    assert f"learning rate {lr:.6g}" in out
+    if nproc(cmd) == 1 and name != "demo":
+        assert global_batch == reference_global_batch(name)
+        assert math.isclose(lr, reference_lr(name), rel_tol=1e-12)
+    r = RECIPES[name]
+    assert f"eval policy: resize {r['val_resize_size']} -> centre crop {r['val_crop_size']} ({r['interpolation']})" \
+        in out
+
+
+def test_audit_warnings_reach_the_dry_run_output(tiny_root, capsys):
+    out = dry_run(["--recipe", "resnet50", "--data", PLACEHOLDER, "--lr", "0.5", "--val-resize-size", "256"],
+                  tiny_root, capsys)
+    warnings = [line for line in out.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2, out
+    assert any("--lr 0.5" in w and "0.0625" in w for w in warnings)  # 0.5 x 128 / 1024 on one process
+    assert any("Eval policy" in w for w in warnings)
+
+
+# ---------------------------------------------------------------------------------------------------- audit
+
+DEFAULTS = vars(train.build_parser().parse_args([]))
+
+
+def config(name: str, world_size: int | None = None, lr: float | None = None, **flags) -> dict:
+    """The cfg train.py gives audit(): resolved flags of recipe `name` (plus `flags`) and the derived values."""
+    cfg = {**DEFAULTS, **RECIPES[name], "recipe": name, **flags}
+    world = META[name]["gpus"] if world_size is None else world_size
+    requested = cfg.get("global_batch")
+    if requested is not None:
+        cfg["batch_size"] = requested // (world * cfg["accum_steps"])
+    global_batch = cfg["batch_size"] * world * cfg["accum_steps"]
+    mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0
+    cfg.update(global_batch=global_batch, global_batch_requested=requested, world_size=world,
+               lr=lr if lr is not None else cfg["lr_base"] * global_batch / 256, lr_given=lr is not None,
+               loss_label_smoothing=0.0 if mixing else cfg["label_smoothing"],
+               mix_label_smoothing=cfg["label_smoothing"] if mixing else 0.0)
+    return cfg
+
+
+@pytest.mark.parametrize("name", sorted(RECIPES))
+def test_audit_silent_on_shipped_recipes(name):
+    assert audit(config(name)) == []
+    assert audit(config(name), RECIPES[name]) == []
+    # the source's LR given explicitly at the reference batch is fine too
+    assert audit(config(name, lr=reference_lr(name))) == []
+
+
+def one(warnings: list[str], needle: str) -> str:
+    assert len(warnings) == 1 and needle in warnings[0], warnings
+    assert "Fix:" in warnings[0], "every warning says how to fix it"
+    return warnings[0]
+
+
+def test_audit_adamw_decay_on_norms():
+    one(audit(config("convnext_tiny", decay_norm_bias=True)), "norm weights, biases")
+    assert audit(config("convnext_tiny", decay_norm_bias=True, weight_decay=0.0)) == []
+    assert audit(config("regnet_y_8gf")) == []  # SGD decaying everything is the classic recipe, not a mistake
+
+
+def test_audit_no_warmup_with_large_batch():
+    one(audit(config("resnet50", warmup_epochs=0)), "No LR warmup with a global batch of 1024")
+    assert audit(config("resnet50", world_size=4, warmup_epochs=0)) == []  # 512
+    one(audit(config("resnet50_classic", batch_size=128)), "No LR warmup with a global batch of 1024")
+
+
+def test_audit_eval_policy_differs():
+    one(audit(config("resnet50", val_resize_size=256)), "differs from recipe 'resnet50'")
+    one(audit(config("resnet50", interpolation="bicubic")), "bicubic")
+    one(audit(config("resnet50", val_resize_size=None, crop_pct=0.875)), "resize 256")
+    # the same policy spelled differently is not a difference: 224 / 0.875 = 256
+    assert audit(config("deit_small", val_resize_size=None, crop_pct=0.875)) == []
+    assert audit(config("deit_small", val_resize_size=None)) == []
+
+
+def test_audit_label_smoothing_twice():
+    cfg = config("deit_tiny")
+    cfg["loss_label_smoothing"] = 0.1
+    one(audit(cfg), "applied twice")
+
+
+def test_audit_lr_not_rescaled():
+    w = one(audit(config("resnet50", world_size=4, lr=0.5)), "--lr 0.5")
+    assert "global batch of 1024" in w and "512" in w and "0.25" in w
+    one(audit(config("resnet50", world_size=1, accum_steps=4, lr=0.5)), "--lr 0.5")  # 512 via accumulation
+    assert audit(config("resnet50", world_size=4, lr=0.25)) == []  # rescaled by hand
+    assert audit(config("resnet50", world_size=4)) == []  # scaled from --lr-base
+    assert audit(config("resnet50", world_size=1, accum_steps=8, lr=0.5)) == []  # 1 GPU x 8 = 1024
+
+
+def test_audit_global_batch_not_divisible():
+    one(audit(config("resnet50", world_size=8, global_batch=1020, lr=None)), "not divisible")
+    one(audit(config("resnet50", world_size=6, global_batch=1024)), "not divisible by world size")
+    assert audit(config("resnet50", world_size=8, global_batch=1024)) == []
+    assert audit(config("resnet50", world_size=4, accum_steps=2, global_batch=1024)) == []
