@@ -160,7 +160,7 @@ def test_data_errors_explain(tmp_path):
     flat = tmp_path / "flat"
     for k in range(3):
         save(flat / f"ILSVRC2012_val_{k:08d}.JPEG", k, fmt="JPEG")
-    with pytest.raises(DataError, match=r"3 image files but no class subfolders.*valprep"):
+    with pytest.raises(DataError, match=r"3 image files but no class subfolders.*python -m imnet.prepare val"):
         find_classes(flat)
 
     root = tmp_path / "root"
