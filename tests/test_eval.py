@@ -9,6 +9,7 @@ import json
 import os
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,8 +25,8 @@ from imnet import transforms
 CLASSES = ["class_0", "class_1", "class_2"]
 POLICY = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear",
           "mean": list(transforms.IMAGENET_MEAN), "std": list(transforms.IMAGENET_STD)}
-PYTHON = str(REPO / ".venv" / "bin" / "python")
-TORCHRUN = str(REPO / ".venv" / "bin" / "torchrun")
+PYTHON = sys.executable  # the interpreter running the tests, whatever venv it lives in
+TORCHRUN_ARGS = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def random_resnet(seed):
@@ -308,7 +309,7 @@ def test_torchrun_two_processes_counts_each_image_once(tiny_data, ckpt, tmp_path
     """21 images over 2 ranks (10 + 11, last batches partial): same count, top-1 and predictions as 1 process."""
     common = ["--checkpoint", ckpt, "--data", tiny_data, "--batch-size", 4, "--workers", 0]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([TORCHRUN, "--nproc_per_node=2", "--master_addr", "127.0.0.1", "--master_port",
+    result = subprocess.run([*TORCHRUN_ARGS, "--nproc_per_node=2", "--master_addr", "127.0.0.1", "--master_port",
                              str(free_port()), str(REPO / "eval.py"), *map(str, common), "--json",
                              str(tmp_path / "two.json"), "--predictions", str(tmp_path / "two.csv")],
                             capture_output=True, text=True, env=env, timeout=240)
