@@ -32,9 +32,10 @@ from __future__ import annotations
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
-# What `python train.py` (no arguments) must reach on the demo dataset: val top-1 in percent, non-EMA weights.
-# Measured over several seeds on a 2-core CPU; see recipes.md ("demo").
-DEMO_MIN_TOP1 = 45.0
+# What `python train.py` (no arguments) must reach on the demo dataset: final val top-1 in percent.
+# Measured on the 2-core CPU: seed 0 63.25 (2 threads), seeds 1 and 2 61.75 and 62.50 (1 thread each);
+# the margin covers other seeds and other CPUs' floating-point paths. See recipes.md ("demo").
+DEMO_MIN_TOP1 = 55.0
 
 
 def torchvision_ema_decay(global_batch: int, epochs: int, decay: float = 0.99998, steps: int = 32) -> float:
@@ -136,12 +137,15 @@ _DEIT = dict(
 RECIPES["deit_small"] = dict(_DEIT, model="deit_small")
 RECIPES["deit_tiny"] = dict(_DEIT, model="deit_tiny")
 
-# The demo: `python train.py` on the generated dataset (imnet.demo), a few minutes on a 2-core CPU.
+# The demo: `python train.py` on the generated dataset (imnet.demo), under 4 minutes on a 2-core CPU (3.5 min
+# measured, generation included). 32 px keeps a ResNet-18 step cheap; AdamW learned this task from scratch in
+# far fewer steps than SGD did here; crop scale (0.6, 1) because the default minimum of 0.08 often crops the
+# single object out of these small images (8 epochs, seed 0: 57.5% with 0.35, 70.5% with 0.6, 56% with 1.0).
 RECIPES["demo"] = dict(
-    model="resnet18", epochs=8, batch_size=32, opt="adamw", lr_base=2e-3 * 256 / 32, weight_decay=0.05,
+    model="resnet18", epochs=7, batch_size=32, opt="adamw", lr_base=2e-3 * 256 / 32, weight_decay=0.05,
     decay_norm_bias=False, sched="cosine", warmup_epochs=1, warmup_start_factor=0.1, min_lr=0.0,
     label_smoothing=0.1, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0,
-    train_crop_size=32, crop_scale=[0.35, 1.0], val_resize_size=36, val_crop_size=32, interpolation="bilinear",
+    train_crop_size=32, crop_scale=[0.6, 1.0], val_resize_size=36, val_crop_size=32, interpolation="bilinear",
     ema=False, amp="none", channels_last=True, workers=0,
 )
 
