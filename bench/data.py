@@ -32,8 +32,9 @@ from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from imnet.transforms import (IMAGENET_MEAN, IMAGENET_STD, draft_factor, eval_transform,  # noqa: E402
-                              normalize, rrc_params, train_transform)
+from imnet.fastjpeg import draft_factor  # noqa: E402
+from imnet.transforms import (IMAGENET_MEAN, IMAGENET_STD, eval_transform, normalize, rrc_params,  # noqa: E402
+                              train_transform)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_DATA = os.path.normpath(os.path.join(HERE, "..", "..", "shared", "data", "imagenet-sample", "val"))

@@ -1,45 +1,56 @@
-"""Image transforms: file or PIL image in, uint8 CHW RGB tensor out (plus the device-side float steps).
+"""Image transforms for ImageNet classifiers: file or PIL image in, uint8 CHW RGB tensor out, plus the
+device-side float steps.
 
 Data workers only decode, crop, resize and flip, and hand back uint8 tensors; conversion to float,
 normalization and random erasing happen on the device, on the whole batch (`normalize`, `random_erase`).
 A uint8 batch is 4x smaller to move between processes and to the accelerator than a float one.
 
-Two speed levers keep the statistics of the augmentation unchanged:
-
-* **Reduced-size JPEG decoding.** A baseline JPEG stores 8x8 blocks of DCT coefficients; libjpeg can run a
-  smaller inverse DCT and decode the image at 1/2, 1/4 or 1/8 of its size for a fraction of the cost
-  (PIL's `Image.draft`). The crop box is always drawn on the full-size geometry; the decoder scale is then
-  chosen per image as the smallest one at which the box is still at least as large as the output in both
-  directions, so the resampling only ever shrinks, as it would from the full image. The box is mapped to
-  the reduced image with sub-pixel precision (PIL's `resize(box=...)`), so the geometry is exact and only
-  the resampling differs a little (PSNR well above 30 dB, see the tests).
-* **Full-size decoding straight into a tensor.** When no reduced scale fits, `torchvision.io.decode_jpeg`
-  (libjpeg-turbo) decodes RGB and greyscale JPEGs into an HWC-strided tensor without a PIL round trip, and
-  the crop is resized by torch's vectorized uint8 antialiased kernel (about 2x faster than PIL's resize,
-  within 1 grey level of it). Everything else - CMYK, palette, alpha, PNG data behind a .JPEG name -
-  goes through PIL and `convert("RGB")`.
+* Training: RandomResizedCrop (`rrc_params`, Szegedy et al. 2015) -> horizontal flip -> optional
+  RandAugment / TrivialAugment / AutoAugment (`TrainTransform`).
+* Evaluation: resize the shorter side, keep the centre square (`eval_geometry`, `EvalTransform`).
 
 All randomness of the train transform comes from torch's global RNG, drawn in the same order as
-torchvision's `RandomResizedCrop.get_params` and `RandomHorizontalFlip`, so that seeding torch before a
-call fixes the sample.
+torchvision's ``RandomResizedCrop.get_params`` and ``RandomHorizontalFlip``, so seeding torch before a call
+fixes the sample, and the same seed gives torchvision's boxes and flips.
+
+This file works on its own (standard library, torch, torchvision, PIL): images are decoded by PIL and
+resized by torchvision's antialiased uint8 kernel, so the output is torchvision's tensor pipeline pixel for
+pixel. When the companion module `fastjpeg` sits next to it, the same boxes are decoded and resized faster
+(libjpeg-turbo straight into a tensor, then the same kernel: the same pixels, as long as PIL's and
+torchvision's JPEG decoders agree, as libjpeg-turbo builds do), and with ``draft`` JPEGs may be decoded at
+a reduced DCT size (on by default for training, opt-in for evaluation). The geometry and the random draws
+are the same with or without it.
 """
-import io
+import functools
+import importlib
 import math
-import os
 
 import torch
-import torch.nn.functional as F
 import torchvision.transforms as T
-import torchvision.transforms.functional as TF
+import torchvision.transforms.v2.functional as TF
 from PIL import Image
-from torchvision.io import ImageReadMode, decode_jpeg
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
-_PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 _TV_INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
-_DRAFT_FACTORS = (8, 4, 2)  # the DCT scalings libjpeg offers (besides 1)
+
+
+def _optional_sibling(name):
+    """The module ``name`` next to this file (inside its package, or top-level beside a lone copy), or None
+    when there is none. Imported by name, not by an import statement, so that this file also works copied
+    alone and names no other module of its package: that is what makes it copyable. A sibling that exists
+    but fails to import raises, rather than silently running the slow path."""
+    full = f"{__package__}.{name}" if __package__ else name
+    try:
+        return importlib.import_module(full)
+    except ModuleNotFoundError as e:
+        if e.name != full:
+            raise
+        return None
+
+
+fastjpeg = _optional_sibling("fastjpeg")
 
 
 # ----------------------------------------------------------------------------------------- device side
@@ -53,25 +64,21 @@ def normalize(batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32, 
     """
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
-    scale, shift = _affine(tuple(mean), tuple(std), batch.device)
+    scale, shift = _affine(tuple(map(float, mean)), tuple(map(float, std)), str(batch.device))
     x = batch.to(torch.float32).mul_(scale).add_(shift)  # = (x - 255 m) / (255 s), two in-place passes
     return x if dtype == torch.float32 else x.to(dtype)
 
 
-_AFFINE_CACHE = {}
-
-
+# Cached per (mean, std, device): made on the host and copied to the accelerator once, not on every batch,
+# where the copy would make the host wait for the device each step.
+@functools.lru_cache(maxsize=64)
 def _affine(mean, std, device):
-    """(1 / (255 std), -mean / std) as (1, C, 1, 1) fp32 tensors on ``device``, made once per device: a fresh
-    host-to-device copy on every batch would make the host wait for the GPU each step."""
-    key = (mean, std, str(device))
-    if key not in _AFFINE_CACHE:
-        m = torch.tensor(mean, dtype=torch.float64)
-        s = torch.tensor(std, dtype=torch.float64)
-        scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, -1, 1, 1).to(device)
-        shift = (-m / s).to(torch.float32).view(1, -1, 1, 1).to(device)
-        _AFFINE_CACHE[key] = (scale, shift)
-    return _AFFINE_CACHE[key]
+    """(1 / (255 std), -mean / std) as (1, C, 1, 1) fp32 tensors on ``device``, computed in fp64."""
+    m = torch.tensor(mean, dtype=torch.float64)
+    s = torch.tensor(std, dtype=torch.float64)
+    scale = (1.0 / (255.0 * s)).to(torch.float32).view(1, -1, 1, 1).to(device)
+    shift = (-m / s).to(torch.float32).view(1, -1, 1, 1).to(device)
+    return scale, shift
 
 
 def random_erase(x, p=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), mode="pixel", generator=None):
@@ -182,117 +189,20 @@ def eval_geometry(width, height, resize_size, crop_size):
     return new_w, new_h, int(round((new_w - crop_size) / 2.0)), int(round((new_h - crop_size) / 2.0))
 
 
-def draft_factor(box_w, box_h, out_w, out_h):
-    """Largest DCT reduction k in (8, 4, 2) with the box, seen at 1/k, still >= the output in both
-    directions (so resampling only shrinks); 1 if none."""
-    for k in _DRAFT_FACTORS:
-        if box_w / k >= out_w and box_h / k >= out_h:
-            return k
-    return 1
-
-
 # ----------------------------------------------------------------------------------------- decoding
 
-def jpeg_header(data):
-    """(width, height, components) from a JPEG's start-of-frame segment, or None if ``data`` is not a
-    JPEG we can read that way. Walking the segment lengths costs microseconds, a tenth of ``Image.open``."""
-    if data[:3] != b"\xff\xd8\xff":
-        return None
-    i, n = 2, len(data)
-    while i + 9 < n:
-        if data[i] != 0xFF:
-            return None
-        marker = data[i + 1]
-        if marker == 0xFF:  # fill byte
-            i += 1
-        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
-            i += 2
-        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: P, Y, X, Nf
-            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
-            return (width, height, data[i + 9]) if width and height else None
-        elif marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
-            return None
-        else:
-            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
-    return None
+def load_rgb(src):
+    """Path or PIL image -> RGB PIL image, as torchvision's ``pil_loader`` (open, ``convert("RGB")``)."""
+    if isinstance(src, Image.Image):
+        return src if src.mode == "RGB" else src.convert("RGB")
+    with open(src, "rb") as f:
+        return Image.open(f).convert("RGB")
 
 
-class Source:
-    """An image to transform: its size, and how to decode it.
-
-    Files are read once into memory. A baseline/progressive RGB or greyscale JPEG of sane size is
-    recognised from its header alone and can go to libjpeg-turbo; anything else (CMYK/YCCK, PNG behind a
-    .JPEG name, palette, alpha, a PIL image passed in, a huge image that PIL's decompression-bomb check
-    must see) is opened by PIL.
-    """
-
-    def __init__(self, src):
-        self.data, self.pil = None, None
-        if isinstance(src, Image.Image):
-            self.pil = src
-        elif isinstance(src, (str, os.PathLike)):
-            with open(src, "rb") as f:
-                self.data = f.read()
-            head = jpeg_header(self.data)
-            limit = Image.MAX_IMAGE_PIXELS
-            if head is not None and head[2] in (1, 3) and (limit is None or head[0] * head[1] <= limit):
-                self.size = head[:2]
-                return
-            self.pil = Image.open(io.BytesIO(self.data))
-        else:
-            raise TypeError(f"expected a path or a PIL image, got {type(src).__name__}")
-        self.size = self.pil.size
-
-    def open(self):
-        if self.pil is None:
-            self.pil = Image.open(io.BytesIO(self.data))
-        return self.pil
-
-    def draft(self, k):
-        """Reduced-size decoding at 1/k (only for JPEG files we read ourselves; a PIL image passed in is
-        left untouched). -> the scale actually applied: 1 / k, or 1.0 when not possible."""
-        if k == 1 or self.data is None:
-            return 1.0
-        im = self.open()
-        if im.format != "JPEG":
-            return 1.0
-        res = im.draft("RGB", (im.size[0] // k, im.size[1] // k))
-        return 1.0 if res is None else res[1][2] / self.size[0]  # PIL gives the full extent in reduced pixels
-
-    def rgb_pil(self):
-        return _rgb(self.open())
-
-    def rgb_tensor(self):
-        """Full-size RGB decode -> uint8 (3, H, W) tensor with HWC strides. libjpeg-turbo
-        (`torchvision.io.decode_jpeg`) straight into the tensor when the header allowed it, else PIL's
-        ``convert("RGB")`` (an error from libjpeg-turbo also goes to PIL, which reports it its way)."""
-        if self.pil is None:
-            try:
-                return decode_jpeg(torch.frombuffer(bytearray(self.data), dtype=torch.uint8),
-                                   mode=ImageReadMode.RGB)
-            except RuntimeError:
-                pass
-        return _hwc_tensor(self.rgb_pil())
-
-
-def _rgb(im):
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
-def _hwc_tensor(im):
-    """RGB PIL image -> uint8 (3, H, W) tensor with HWC strides (a view over a fresh buffer)."""
-    buf = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
-    return buf.view(im.size[1], im.size[0], 3).permute(2, 0, 1)
-
-
-def _resize_tensor(x, size, interpolation):
-    """uint8 (3, H, W) -> uint8 (3, *size), antialiased (PIL-like) with torch's vectorized uint8 kernel
-    (the same one torchvision's ``Resize(antialias=True)`` calls). The kernel's fast path wants a
-    channels_last-contiguous input: a crop view of a decoded HWC image is not, so it is packed first
-    (a cheap copy that makes the resize about 1.7x faster). The result has HWC strides."""
-    x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)
-    out = F.interpolate(x, size=tuple(size), mode=interpolation, align_corners=False, antialias=True)
-    return out[0]
+def _open(src):
+    """-> the image as an object with ``.size = (width, height)``: fastjpeg's `Source`, which reads only the
+    header now and decodes once the box is known, or else the decoded RGB PIL image."""
+    return fastjpeg.Source(src) if fastjpeg is not None else load_rgb(src)
 
 
 # ----------------------------------------------------------------------------------------- transforms
@@ -320,18 +230,23 @@ def _auto_augment(name, num_ops, magnitude):
 
 
 def _check_interpolation(interpolation):
-    if interpolation not in _PIL_RESAMPLE:
+    if interpolation not in _TV_INTERP:
         raise ValueError(f"interpolation must be 'bilinear' or 'bicubic', got {interpolation!r}")
 
 
 class TrainTransform:
-    """RandomResizedCrop (see `rrc_params`) -> horizontal flip -> optional auto-augment -> uint8 tensor.
+    """RandomResizedCrop (`rrc_params`) -> horizontal flip with probability ``hflip`` -> optional
+    auto-augment (`_auto_augment`) -> contiguous uint8 (3, crop_size, crop_size).
 
-    The box is drawn on the full-size image. With ``draft`` the JPEG is decoded at the smallest DCT scale
-    at which the box still covers at least ``crop_size`` pixels in both directions, and the (sub-pixel)
-    box is resized by PIL; otherwise the image is decoded at full size (`Source.rgb_tensor`) and the integer box
-    is resized by torch. Either way the result equals torchvision's ``RandomResizedCrop`` +
-    ``RandomHorizontalFlip`` up to resampling, with the same boxes for the same seed.
+    The box is drawn on the full-size image and resized to the output with antialiasing: exactly
+    torchvision's ``PILToTensor`` -> ``v2.RandomResizedCrop(antialias=True)`` -> ``v2.RandomHorizontalFlip``
+    for the same seed. With `fastjpeg` and ``draft`` (the default), a JPEG is instead decoded at the smallest
+    DCT scale at which the box still covers ``crop_size`` pixels in both directions, and the box, mapped to
+    that scale with sub-pixel precision, is resampled by PIL: same box and flip, slightly different pixels,
+    several times less decoding work. Without `fastjpeg`, ``draft`` has no effect.
+
+    ``transform(src, crop_size=c)`` makes a ``c x c`` crop for that call (e.g. progressive resizing, where
+    the size depends on the epoch); the random draws do not depend on the size.
     """
 
     def __init__(self, crop_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear",
@@ -342,18 +257,16 @@ class TrainTransform:
         self.auto_augment = auto_augment
         self._aa = _auto_augment(auto_augment, ra_num_ops, ra_magnitude)
 
-    def __call__(self, src):
-        img = Source(src)
+    def __call__(self, src, crop_size=None):
+        c = self.crop_size if crop_size is None else int(crop_size)
+        img = _open(src)
         width, height = img.size
         top, left, h, w = rrc_params(height, width, self.scale, self.ratio)
-        c = self.crop_size
-        s = img.draft(draft_factor(w, h, c, c)) if self.draft else 1.0
-        if s < 1.0:
-            box = (left * s, top * s, (left + w) * s, (top + h) * s)
-            x = _hwc_tensor(img.rgb_pil().resize((c, c), _PIL_RESAMPLE[self.interpolation], box=box))
+        if fastjpeg is not None:
+            x = img.resized_crop(top, left, h, w, (c, c), self.interpolation, self.draft)
         else:
-            x = img.rgb_tensor()[:, top:top + h, left:left + w]
-            x = _resize_tensor(x, (c, c), self.interpolation)
+            x = TF.resized_crop(TF.pil_to_tensor(img), top, left, h, w, [c, c], _TV_INTERP[self.interpolation],
+                                antialias=True)
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             x = x.flip(-1)
         x = x.contiguous()
@@ -368,36 +281,34 @@ class TrainTransform:
 
 
 class EvalTransform:
-    """Resize the shorter side to ``resize_size``, centre-crop ``crop_size`` -> uint8 tensor.
+    """Resize the shorter side to ``resize_size``, keep the centre ``crop_size`` square -> contiguous uint8
+    (3, crop_size, crop_size).
 
-    Geometry exactly as torchvision's ``Resize(resize_size)`` + ``CenterCrop(crop_size)`` (`eval_geometry`).
-    Full-size decodes are resized by torch's antialiased uint8 kernel: the output equals torchvision's
-    tensor pipeline ``PILToTensor`` -> ``Resize(antialias=True)`` -> ``CenterCrop`` pixel for pixel, and
-    its PIL pipeline within 1 grey level. With ``draft`` a JPEG whose size allows it is decoded at the
-    smallest DCT scale that stays >= the resized image, and only the kept square is resampled by PIL
-    (``resize(box=...)`` with the crop mapped back to source coordinates, sub-pixel exact).
+    By default the output is the canonical one: torchvision's tensor pipeline ``PILToTensor`` ->
+    ``v2.Resize(resize_size, antialias=True)`` -> ``v2.CenterCrop(crop_size)`` pixel for pixel (zero padding
+    included when the crop is larger than the resized image), and its classic PIL pipeline ``Resize`` ->
+    ``CenterCrop`` -> ``PILToTensor`` within 2 grey levels (the two resampling kernels round differently).
+
+    ``draft=True`` (needs `fastjpeg`, ignored without it) trades those exact pixels for speed: a JPEG at
+    least k = 2, 4 or 8 times larger than the resized image is decoded at 1/k, and only the kept square,
+    mapped back to source coordinates, is resampled by PIL. Same geometry, PSNR above 30 dB against the
+    canonical output, but not bit-identical, so accuracies measured that way are not exactly comparable.
     """
 
-    def __init__(self, crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=True):
+    def __init__(self, crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=False):
         _check_interpolation(interpolation)
         self.resize_size, self.crop_size = resolve_eval_sizes(crop_size, resize_size, crop_pct)
         self.interpolation, self.draft = interpolation, bool(draft)
 
     def __call__(self, src):
-        img = Source(src)
+        img = _open(src)
         width, height = img.size
         c = self.crop_size
         new_w, new_h, left, top = eval_geometry(width, height, self.resize_size, c)
-        fits = c <= new_w and c <= new_h
-        s = img.draft(draft_factor(width, height, new_w, new_h)) if self.draft and fits else 1.0
-        if s < 1.0:
-            sx, sy = width / new_w, height / new_h
-            box = (left * sx * s, top * sy * s, min(width, (left + c) * sx) * s, min(height, (top + c) * sy) * s)
-            return _hwc_tensor(img.rgb_pil().resize((c, c), _PIL_RESAMPLE[self.interpolation], box=box)).contiguous()
-        x = _resize_tensor(img.rgb_tensor(), (new_h, new_w), self.interpolation)
-        if not fits:  # crop larger than the resized image: torchvision pads with zeros
-            return TF.center_crop(x, [c, c]).contiguous()
-        return x[:, top:top + c, left:left + c].contiguous()
+        if fastjpeg is not None:
+            return img.resize_center_crop(new_w, new_h, left, top, c, self.interpolation, self.draft)
+        x = TF.resize(TF.pil_to_tensor(img), [new_h, new_w], _TV_INTERP[self.interpolation], antialias=True)
+        return TF.center_crop(x, [c, c]).contiguous()  # at (left, top), or zero-padded if it does not fit
 
     def __repr__(self):
         return (f"EvalTransform(resize_size={self.resize_size}, crop_size={self.crop_size}, "
@@ -411,6 +322,6 @@ def train_transform(crop_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), inte
                           draft)
 
 
-def eval_transform(crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=True):
+def eval_transform(crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=False):
     """Evaluation transform: path or PIL image -> uint8 (3, crop_size, crop_size). See `EvalTransform`."""
     return EvalTransform(crop_size, resize_size, crop_pct, interpolation, draft)

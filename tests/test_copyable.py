@@ -1,4 +1,11 @@
-"""Each copyable module works when copied alone into an empty folder (DESIGN.md, "Copyable modules")."""
+"""Each copyable module works when copied alone into an empty folder.
+
+The copyable modules (transforms, mixing, losses, schedule, ema, optim, metrics) are meant to be copied
+into another project one file at a time, so each imports only the standard library, torch, torchvision,
+numpy and PIL, never another imnet module. transforms.py also has an optional companion, fastjpeg.py:
+copied alone it decodes with PIL and gives torchvision's boxes and pixels; with fastjpeg.py beside it, it
+uses it.
+"""
 
 import ast
 import json
@@ -20,6 +27,25 @@ x = m.normalize(torch.full((1, 3, 2, 2), 255, dtype=torch.uint8))
 expected = (1 - torch.tensor(m.IMAGENET_MEAN)) / torch.tensor(m.IMAGENET_STD)
 assert torch.allclose(x[0, :, 0, 0], expected)
 assert m.resolve_eval_sizes(224) == (256, 224)
+# without fastjpeg: PIL decode + torchvision resize, torchvision's boxes and flips for the same seed
+assert m.fastjpeg is None
+import torchvision.transforms as T, torchvision.transforms.v2 as T2
+from PIL import Image
+path = photo_jpeg(400, 300)
+img = Image.open(path).convert("RGB")
+ref = T2.Compose([T2.PILToTensor(), T2.RandomResizedCrop(64, antialias=True), T2.RandomHorizontalFlip()])
+f = m.train_transform(64)
+for seed in range(10):
+    torch.manual_seed(seed)
+    box = m.rrc_params(300, 400)
+    torch.manual_seed(seed)
+    assert box == tuple(T.RandomResizedCrop.get_params(torch.empty(1, 300, 400), [0.08, 1.0], [3 / 4, 4 / 3]))
+    torch.manual_seed(seed)
+    x = f(path)
+    torch.manual_seed(seed)
+    assert x.shape == (3, 64, 64) and torch.equal(x, ref(img)), seed
+ref = T2.Compose([T2.PILToTensor(), T2.Resize(73, antialias=True), T2.CenterCrop(64)])
+assert torch.equal(m.eval_transform(64)(path), ref(img))
 """,
     "mixing": """
 t = m.one_hot(torch.tensor([1]), 4, smoothing=0.1)
@@ -60,24 +86,73 @@ assert r["loss"] == 2.0 and r["top1"] == 50.0 and r["count"] == 2, r
 """,
 }
 
+# transforms.py with fastjpeg.py copied beside it: it finds and uses it (a JPEG much larger than the crop is
+# decoded at reduced size, with the same boxes; without draft, the pixels are still torchvision's).
+WITH_FASTJPEG = """
+import os
+import torchvision.transforms.v2 as T2
+from PIL import Image, JpegImagePlugin
+assert m.fastjpeg is not None
+assert os.path.dirname(m.fastjpeg.__file__) == os.path.dirname(m.__file__), m.fastjpeg.__file__
+path = photo_jpeg(1024, 768)
+img = Image.open(path).convert("RGB")
+ref = T2.Compose([T2.PILToTensor(), T2.RandomResizedCrop(64, antialias=True), T2.RandomHorizontalFlip()])
+results, draft = [], JpegImagePlugin.JpegImageFile.draft
+def spy(self, mode, size):
+    results.append(draft(self, mode, size))
+    return results[-1]
+JpegImagePlugin.JpegImageFile.draft = spy
+try:
+    fast, exact, differ = m.train_transform(64), m.train_transform(64, draft=False), 0
+    for seed in range(8):
+        torch.manual_seed(seed)
+        a = fast(path)
+        torch.manual_seed(seed)
+        b = exact(path)
+        torch.manual_seed(seed)
+        assert torch.equal(b, ref(img)), seed
+        differ += not torch.equal(a, b)
+finally:
+    JpegImagePlugin.JpegImageFile.draft = draft
+assert sum(r is not None for r in results) >= 4 and differ >= 4, (results, differ)
+"""
+
+# A JPEG of photo-like content (gradients + noise) in a fresh folder: photo_jpeg(width, height) -> path.
+HELPERS = """
+def photo_jpeg(width, height):
+    import os, tempfile
+    import numpy as np
+    from PIL import Image
+    y, x = np.mgrid[0:height, 0:width]
+    img = np.stack([128 + 60 * (x / width - y / height) + 30 * np.sin(x / (17 + 5 * c)) for c in range(3)], -1)
+    img = img + np.random.default_rng(0).normal(0, 6, img.shape)
+    path = os.path.join(tempfile.mkdtemp(), "photo.JPEG")
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return path
+"""
+
 
 RUNNER = """
-import json, math, sys, traceback
+import json, math, os, sys, traceback
 sys.modules["imnet"] = None  # the editable install of imnet must not be reachable
 import torch
 results = {}
-for name, folder, smoke in json.loads(sys.argv[1]):
+for key, name, folder, smoke in json.loads(sys.argv[1]):
     sys.path.insert(0, folder)
     try:
         m = __import__(name)
         assert m.__file__.startswith(folder), m.__file__
-        exec(smoke, {"m": m, "torch": torch, "math": math})
-        results[name] = "ok"
+        scope = {"m": m, "torch": torch, "math": math}
+        exec(sys.argv[2], scope)
+        exec(smoke, scope)
+        results[key] = "ok"
     except BaseException:
-        results[name] = traceback.format_exc()
+        results[key] = traceback.format_exc()
     finally:
         sys.path.remove(folder)
-        sys.modules.pop(name, None)
+        inside = os.path.join(folder, "")
+        for mod in [k for k, v in sys.modules.items() if (getattr(v, "__file__", None) or "").startswith(inside)]:
+            del sys.modules[mod]
 print(json.dumps(results))
 """
 
@@ -94,15 +169,21 @@ def _imports(source):
 def smoke_results(tmp_path_factory):
     """Copy each module alone into its own empty folder, then import and smoke-test them all in one fresh
     interpreter (one torch import instead of seven: ~5 s instead of ~35 s of CPU on this machine).
-    transforms, the only one that imports torchvision, runs last so it cannot mask a missing import."""
+    transforms, the only one that imports torchvision, runs last so it cannot mask a missing import; then
+    transforms once more, with fastjpeg.py beside it."""
     jobs = []
     for name in sorted(SMOKE, key=lambda n: (n == "transforms", n)):
         if (IMNET / f"{name}.py").exists():
             folder = tmp_path_factory.mktemp(f"copy_{name}")
             shutil.copy(IMNET / f"{name}.py", folder / f"{name}.py")
-            jobs.append((name, str(folder), SMOKE[name]))
+            jobs.append((name, name, str(folder), SMOKE[name]))
+    if (IMNET / "transforms.py").exists() and (IMNET / "fastjpeg.py").exists():
+        folder = tmp_path_factory.mktemp("copy_transforms_fastjpeg")
+        for name in ("transforms", "fastjpeg"):
+            shutil.copy(IMNET / f"{name}.py", folder / f"{name}.py")
+        jobs.append(("transforms+fastjpeg", "transforms", str(folder), WITH_FASTJPEG))
     with tempfile.TemporaryDirectory() as empty:
-        result = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(jobs)], cwd=empty,
+        result = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(jobs), HELPERS], cwd=empty,
                                 capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -118,3 +199,12 @@ def test_module_works_alone(name, smoke_results):
         assert not module.startswith("imnet"), f"{name}.py imports {module}"
         assert module.split(".")[0] in ALLOWED, f"{name}.py imports {module}"
     assert smoke_results[name] == "ok", smoke_results[name]
+
+
+def test_fastjpeg_is_copyable_with_transforms(smoke_results):
+    """fastjpeg.py follows the same import rule (and does not import transforms: no cycle), and a copy of
+    transforms.py finds and uses a copy of fastjpeg.py beside it."""
+    for module, level in _imports((IMNET / "fastjpeg.py").read_text()):
+        assert level == 0, "fastjpeg.py has a relative import"
+        assert module.split(".")[0] in ALLOWED and module != "transforms", f"fastjpeg.py imports {module}"
+    assert smoke_results["transforms+fastjpeg"] == "ok", smoke_results["transforms+fastjpeg"]

@@ -11,8 +11,9 @@ import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2 as T2
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, JpegImagePlugin
 
+import imnet.fastjpeg as fj
 import imnet.transforms as tr
 
 INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
@@ -188,7 +189,7 @@ def test_eval_on_pil_input_equals_path_input(tmp_path):
 def test_eval_draft_psnr(tmp_path, crop):
     path = save(photo(1200, 900, seed=3), tmp_path / "big.JPEG")
     resize, _ = tr.resolve_eval_sizes(crop)
-    assert tr.draft_factor(1200, 900, *tr.eval_geometry(1200, 900, resize, crop)[:2]) > 1  # draft is used
+    assert fj.draft_factor(1200, 900, *tr.eval_geometry(1200, 900, resize, crop)[:2]) > 1  # draft is used
     fast = tr.eval_transform(crop, draft=True)(path)
     full = tr.eval_transform(crop, draft=False)(path)
     assert fast.shape == full.shape == (3, crop, crop)
@@ -196,28 +197,91 @@ def test_eval_draft_psnr(tmp_path, crop):
     assert not torch.equal(fast, full)  # it really took the other path
 
 
+# Canonical evaluation pixels: JPEGs large enough that a reduced-size decode would apply at both sizes
+# (shorter side >= 2 x 320), RGB and greyscale, quality 90.
+EVAL_SIZES = [(224, 256, "bilinear"), (288, 320, "bicubic")]
+
+
+@pytest.fixture(scope="module")
+def draftable_jpegs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("draftable")
+    files = []
+    for i, (w, h) in enumerate([(1100, 800), (700, 1000)]):
+        im = photo(w, h, seed=20 + i)
+        files.append(save(im, folder / f"rgb{i}.JPEG", quality=90))
+        files.append(save(im.convert("L"), folder / f"grey{i}.JPEG", quality=90))
+    return files
+
+
+@pytest.mark.parametrize("crop,resize,interpolation", EVAL_SIZES)
+def test_eval_default_is_canonical_on_draftable_jpegs(draftable_jpegs, crop, resize, interpolation):
+    """Default eval = torchvision's tensor pipeline exactly, PIL pipeline within 2 levels, even where a
+    reduced-size decode would be possible."""
+    f = tr.eval_transform(crop, resize) if interpolation == "bilinear" else \
+        tr.eval_transform(crop, resize, interpolation=interpolation)
+    assert f.draft is False and "draft=False" in repr(f)
+    for path in draftable_jpegs:
+        img = Image.open(path).convert("RGB")
+        new_w, new_h = tr.eval_geometry(*img.size, resize, crop)[:2]
+        assert fj.draft_factor(*img.size, new_w, new_h) > 1  # a reduced decode would apply here
+        ours = f(path)
+        ref_t = T2.Compose([T2.PILToTensor(), T2.Resize(resize, INTERP[interpolation], antialias=True),
+                            T2.CenterCrop(crop)])(img)
+        assert ours.shape == (3, crop, crop) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        assert torch.equal(ours, ref_t), path
+        ref_pil = T.Compose([T.Resize(resize, INTERP[interpolation]), T.CenterCrop(crop), T.PILToTensor()])(img)
+        assert (ours.int() - ref_pil.int()).abs().max() <= 2, path
+
+
+def test_eval_draft_is_opt_in_and_takes_the_reduced_path(draftable_jpegs, monkeypatch):
+    """PIL's JPEG draft is never asked for by default; with draft=True it is, it reduces the decode, and
+    the output differs from the canonical one (within PSNR 30 dB)."""
+    results = []
+    draft = JpegImagePlugin.JpegImageFile.draft
+
+    def spy(self, mode, size):
+        results.append(draft(self, mode, size))
+        return results[-1]
+
+    monkeypatch.setattr(JpegImagePlugin.JpegImageFile, "draft", spy)
+    for crop, resize, interpolation in EVAL_SIZES:
+        canonical = tr.eval_transform(crop, resize, interpolation=interpolation)
+        fast = tr.eval_transform(crop, resize, interpolation=interpolation, draft=True)
+        assert "draft=True" in repr(fast)
+        for path in draftable_jpegs:
+            a = canonical(path)
+            assert results == []
+            b = fast(path)
+            assert len(results) == 1 and results[0] is not None
+            assert results[0][1][2] <= Image.open(path).size[0] // 2  # decoded at 1/2 or less
+            results.clear()
+            assert b.shape == a.shape and b.is_contiguous()
+            assert not torch.equal(a, b)
+            assert psnr(a, b) >= 30
+
+
 def test_draft_factor_and_reduced_decode(tmp_path):
-    assert tr.draft_factor(500, 375, 224, 224) == 1
-    assert tr.draft_factor(448, 448, 224, 224) == 2
-    assert tr.draft_factor(447, 900, 224, 224) == 1
-    assert tr.draft_factor(1800, 1800, 224, 224) == 8
-    assert tr.draft_factor(900, 1000, 224, 224) == 4
+    assert fj.draft_factor(500, 375, 224, 224) == 1
+    assert fj.draft_factor(448, 448, 224, 224) == 2
+    assert fj.draft_factor(447, 900, 224, 224) == 1
+    assert fj.draft_factor(1800, 1800, 224, 224) == 8
+    assert fj.draft_factor(900, 1000, 224, 224) == 4
     path = save(photo(803, 601), tmp_path / "a.JPEG")
-    src = tr.Source(path)
+    src = fj.Source(path)
     assert src.draft(4) == pytest.approx(1 / 4)
     assert src.open().size == (math.ceil(803 / 4), math.ceil(601 / 4))
-    assert tr.Source(Image.open(path)).draft(4) == 1.0  # a caller's PIL image is left alone
+    assert fj.Source(Image.open(path)).draft(4) == 1.0  # a caller's PIL image is left alone
 
 
 def test_jpeg_header_matches_pil(tmp_path):
     for i, (w, h) in enumerate([(500, 375), (17, 1001), (1, 1)]):
         for kw in ({"quality": 90}, {"quality": 75, "progressive": True}, {"quality": 80, "optimize": True}):
             p = save(photo(w, h), tmp_path / f"{i}.jpg", **kw)
-            assert tr.jpeg_header(open(p, "rb").read()) == (w, h, 3)
+            assert fj.jpeg_header(open(p, "rb").read()) == (w, h, 3)
     p = save(photo(40, 30).convert("L"), tmp_path / "g.jpg")
-    assert tr.jpeg_header(open(p, "rb").read()) == (40, 30, 1)
+    assert fj.jpeg_header(open(p, "rb").read()) == (40, 30, 1)
     p = save(photo(40, 30), tmp_path / "x.png", "PNG")
-    assert tr.jpeg_header(open(p, "rb").read()) is None
+    assert fj.jpeg_header(open(p, "rb").read()) is None
 
 
 # ----------------------------------------------------------------------------------------- train: fast vs reference
@@ -250,7 +314,7 @@ def test_train_draft_path_equals_reference_up_to_resampling(tmp_path):
     for seed in range(12):
         torch.manual_seed(seed)
         top, left, h, w = tr.rrc_params(768, 1024)
-        drafted += tr.draft_factor(w, h, 64, 64) > 1
+        drafted += fj.draft_factor(w, h, 64, 64) > 1
         torch.manual_seed(seed)
         a = fast(path)
         torch.manual_seed(seed)
@@ -284,6 +348,20 @@ def test_train_determinism_under_manual_seed(tmp_path):
     b = [f(path) for _ in range(3)]
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert not torch.equal(a[0], a[1])
+
+
+def test_train_crop_size_override(tmp_path):
+    """transform(src, crop_size=c) is the transform built with crop_size=c: same draws, same pixels."""
+    path = save(photo(1024, 768, seed=6), tmp_path / "a.JPEG")
+    f, g = tr.train_transform(224), tr.train_transform(96)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        a = f(path, crop_size=96)
+        rng_a = torch.get_rng_state()
+        torch.manual_seed(seed)
+        b = g(path)
+        assert a.shape == (3, 96, 96) and torch.equal(a, b) and torch.equal(rng_a, torch.get_rng_state())
+    assert f.crop_size == 224 and f(path).shape == (3, 224, 224)
 
 
 def test_flip_probability(tmp_path):
@@ -456,3 +534,35 @@ def test_module_copies_alone(tmp_path):
     assert mod.resolve_eval_sizes() == (256, 224)
     src = open(tr.__file__).read()
     assert "import imnet" not in src and "from imnet" not in src and "from ." not in src
+
+
+def load_lone_copy(folder):
+    """transforms.py copied alone into ``folder`` and imported from there (no fastjpeg beside it)."""
+    import importlib.util
+    shutil.copy(tr.__file__, folder / "transforms_alone.py")
+    spec = importlib.util.spec_from_file_location("transforms_alone", folder / "transforms_alone.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_lone_copy_gives_torchvision_boxes_and_pixels(tmp_path):
+    """Without fastjpeg: PIL decode + torchvision resize, the same boxes and flips for the same seed, and
+    the same pixels as imnet's transforms without draft (whose decoders differ, whose result does not)."""
+    mod = load_lone_copy(tmp_path)
+    assert mod.fastjpeg is None and tr.fastjpeg is fj
+    files = dict(mode_files(tmp_path))
+    files["big.JPEG"] = save(photo(1024, 768, seed=7), tmp_path / "big.JPEG")
+    ref_tf = T2.Compose([T2.PILToTensor(), T2.RandomResizedCrop(48, antialias=True), T2.RandomHorizontalFlip()])
+    lone, ours = mod.train_transform(48), tr.train_transform(48, draft=False)
+    for name, path in files.items():
+        img = Image.open(path).convert("RGB")
+        for seed in range(4):
+            torch.manual_seed(seed)
+            a = lone(path)
+            torch.manual_seed(seed)
+            assert torch.equal(a, ref_tf(img)), name
+            torch.manual_seed(seed)
+            assert torch.equal(a, ours(path)), name
+        assert torch.equal(mod.eval_transform(48)(path), tr.eval_transform(48)(path)), name
+        assert torch.equal(mod.eval_transform(48, draft=True)(path), tr.eval_transform(48)(path)), name

@@ -1,0 +1,178 @@
+"""Fast decode-and-resize for `transforms`: the same crops, computed with less work.
+
+`transforms` uses this module when it sits next to it (in imnet, or copied beside a copy of transforms.py)
+and works without it. The crop geometry and the random draws are decided by `transforms` either way; this
+module only changes how the pixels of a given box are produced. Two levers:
+
+* **Full-size decoding straight into a tensor.** ``torchvision.io.decode_jpeg`` (libjpeg-turbo) decodes RGB
+  and greyscale JPEGs into an HWC-strided uint8 tensor without a PIL round trip, and the box is resized by
+  torch's vectorized uint8 antialiased kernel - the kernel torchvision's ``Resize(antialias=True)`` calls,
+  so the pixels are those of torchvision's tensor pipeline, about 2x faster than PIL's resize. Everything
+  else (CMYK/YCCK, palette, alpha, PNG data behind a .JPEG name, a PIL image passed in) is decoded by PIL
+  and ``convert("RGB")``.
+* **Reduced-size ("draft") JPEG decoding**, opt-in per call. A baseline JPEG stores 8x8 blocks of DCT
+  coefficients, and libjpeg can run a smaller inverse DCT to decode the image at 1/2, 1/4 or 1/8 of its
+  size for a fraction of the cost (PIL's ``Image.draft``). The largest factor k is chosen at which the box,
+  seen at 1/k, still covers the output in both directions (`draft_factor`), so resampling only ever
+  shrinks, as it would from the full image; the box is mapped to the reduced image with sub-pixel
+  precision (PIL's ``resize(box=...)``). The geometry stays exact; the pixels differ a little from a
+  full-size decode (PSNR well above 30 dB), since the IDCT has already low-passed the image.
+
+Depends on torch, torchvision and PIL only.
+"""
+import io
+import os
+
+import torch
+import torch.nn.functional as F
+import torchvision.transforms.functional as TF
+from PIL import Image
+from torchvision.io import ImageReadMode, decode_jpeg
+
+DRAFT_FACTORS = (8, 4, 2)  # the DCT scalings libjpeg offers besides 1, largest first
+_PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+
+def draft_factor(box_w, box_h, out_w, out_h):
+    """Largest k in `DRAFT_FACTORS` with ``box_w / k >= out_w`` and ``box_h / k >= out_h``, else 1: a box
+    decoded at 1/k still has at least as many pixels as the output in both directions."""
+    for k in DRAFT_FACTORS:
+        if box_w / k >= out_w and box_h / k >= out_h:
+            return k
+    return 1
+
+
+def jpeg_header(data):
+    """(width, height, components) from a JPEG's start-of-frame segment, or None if ``data`` is not a
+    JPEG we can read that way. Walking the segment lengths costs microseconds, a tenth of ``Image.open``."""
+    if data[:3] != b"\xff\xd8\xff":
+        return None
+    i, n = 2, len(data)
+    while i + 9 < n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= marker <= 0xD7 or marker == 0x01:  # stand-alone markers
+            i += 2
+        elif 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn: P, Y, X, Nf
+            height, width = int.from_bytes(data[i + 5:i + 7], "big"), int.from_bytes(data[i + 7:i + 9], "big")
+            return (width, height, data[i + 9]) if width and height else None
+        elif marker in (0xD9, 0xDA):  # end of image / start of scan before any frame header
+            return None
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def hwc_tensor(im):
+    """RGB PIL image -> uint8 (3, H, W) tensor with HWC strides (a view over a fresh buffer)."""
+    buf = torch.frombuffer(bytearray(im.tobytes()), dtype=torch.uint8)
+    return buf.view(im.size[1], im.size[0], 3).permute(2, 0, 1)
+
+
+def resize_tensor(x, size, interpolation):
+    """uint8 (3, H, W) -> uint8 (3, *size), antialiased, with the kernel of torchvision's
+    ``Resize(antialias=True)`` (same output). Its fast path wants a channels_last-contiguous input; a crop
+    view of a decoded HWC image is not, so it is packed first, a cheap copy that makes the resize about
+    1.7x faster. The result has HWC strides."""
+    x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(x, size=tuple(size), mode=interpolation, align_corners=False, antialias=True)
+    return out[0]
+
+
+def _rgb(im):
+    return im if im.mode == "RGB" else im.convert("RGB")
+
+
+class Source:
+    """An image to transform: its ``size`` (width, height), and the decoders that may produce its pixels.
+
+    A file is read once into memory. A baseline/progressive RGB or greyscale JPEG within PIL's
+    decompression-bomb limit is recognised from its header alone (no PIL object is made unless needed) and
+    can go to libjpeg-turbo; anything else, and a PIL image passed in, is handled by PIL.
+    """
+
+    def __init__(self, src):
+        self.data, self.pil = None, None
+        if isinstance(src, Image.Image):
+            self.pil = src
+        elif isinstance(src, (str, os.PathLike)):
+            with open(src, "rb") as f:
+                self.data = f.read()
+            head = jpeg_header(self.data)
+            limit = Image.MAX_IMAGE_PIXELS
+            if head is not None and head[2] in (1, 3) and (limit is None or head[0] * head[1] <= limit):
+                self.size = head[:2]
+                return
+            self.pil = Image.open(io.BytesIO(self.data))  # PIL sees huge images: its bomb check applies
+        else:
+            raise TypeError(f"expected a path or a PIL image, got {type(src).__name__}")
+        self.size = self.pil.size
+
+    def open(self):
+        if self.pil is None:
+            self.pil = Image.open(io.BytesIO(self.data))
+        return self.pil
+
+    def draft(self, k):
+        """Ask for decoding at 1/k (only JPEG files read here; a PIL image passed in is left untouched).
+        -> the scale actually applied: 1 / k, or 1.0 when not possible."""
+        if k == 1 or self.data is None:
+            return 1.0
+        im = self.open()
+        if im.format != "JPEG":
+            return 1.0
+        res = im.draft("RGB", (im.size[0] // k, im.size[1] // k))
+        return 1.0 if res is None else res[1][2] / self.size[0]  # PIL gives the full extent in reduced pixels
+
+    def rgb_pil(self):
+        return _rgb(self.open())
+
+    def rgb_tensor(self):
+        """Full-size RGB decode -> uint8 (3, H, W) tensor with HWC strides: libjpeg-turbo straight into the
+        tensor when the header allowed it, else PIL's ``convert("RGB")``. An error from libjpeg-turbo also
+        sends the file to PIL, which then reports it its own way."""
+        if self.pil is None:
+            try:
+                return decode_jpeg(torch.frombuffer(bytearray(self.data), dtype=torch.uint8),
+                                   mode=ImageReadMode.RGB)
+            except RuntimeError:
+                pass
+        return hwc_tensor(self.rgb_pil())
+
+    def resized_crop(self, top, left, height, width, size, interpolation="bilinear", draft=True):
+        """The box ``(top, left, height, width)`` of the image, resized to ``size = (out_h, out_w)``
+        -> uint8 (3, out_h, out_w), HWC strides.
+
+        Without draft, or when no reduced scale keeps the box at least as large as the output, this equals
+        torchvision's ``resized_crop(pil_to_tensor(image), ..., antialias=True)``. Otherwise the JPEG is
+        decoded at 1/k and the box, scaled by 1/k, is resampled by PIL."""
+        out_h, out_w = size
+        s = self.draft(draft_factor(width, height, out_w, out_h)) if draft else 1.0
+        if s < 1.0:
+            box = (left * s, top * s, (left + width) * s, (top + height) * s)
+            return hwc_tensor(self.rgb_pil().resize((out_w, out_h), _PIL_RESAMPLE[interpolation], box=box))
+        x = self.rgb_tensor()[:, top:top + height, left:left + width]
+        return resize_tensor(x, (out_h, out_w), interpolation)
+
+    def resize_center_crop(self, new_w, new_h, left, top, crop, interpolation="bilinear", draft=False):
+        """The image resized to ``new_w x new_h``, then the ``crop x crop`` square at ``(left, top)``, its
+        centre -> contiguous uint8 (3, crop, crop).
+
+        Without draft this equals torchvision's ``center_crop(resize(pil_to_tensor(image), [new_h, new_w],
+        antialias=True), [crop, crop])``, zero padding included when the crop is larger than the resized
+        image. With draft, a JPEG at least k times larger than ``new_w x new_h`` is decoded at 1/k and only
+        the kept square, mapped back to source coordinates (sub-pixel exact), is resampled by PIL."""
+        width, height = self.size
+        fits = crop <= new_w and crop <= new_h
+        s = self.draft(draft_factor(width, height, new_w, new_h)) if draft and fits else 1.0
+        if s < 1.0:
+            sx, sy = width / new_w, height / new_h
+            box = (left * sx * s, top * sy * s, min(width, (left + crop) * sx) * s, min(height, (top + crop) * sy) * s)
+            return hwc_tensor(self.rgb_pil().resize((crop, crop), _PIL_RESAMPLE[interpolation], box=box)).contiguous()
+        x = resize_tensor(self.rgb_tensor(), (new_h, new_w), interpolation)
+        if not fits:  # torchvision pads with zeros
+            return TF.center_crop(x, [crop, crop]).contiguous()
+        return x[:, top:top + crop, left:left + crop].contiguous()
