@@ -1,0 +1,207 @@
+"""Export a train.py checkpoint as plain weights for others: ``python -m imnet.export RUN/best.pt -o model.pth``.
+
+A checkpoint carries the optimizer state, RNG states, history and so on (a ResNet-18 best.pt is about
+90 MB, its weights 45 MB). The export is the model's state_dict alone (``--ema``: the EMA weights), written
+atomically (temporary file + os.replace), plus its class names, one per line, in ``<output stem>.classes.txt``
+next to it. The class file is always written: without it output i of the model means nothing, and a plain
+state_dict cannot carry the names (an extra key would break ``load_state_dict(strict=True)``).
+
+Before writing, the weights are loaded with ``strict=True`` into the very constructor the printed line uses,
+so the printed line is known to work. Then the file's sha256 and that line are printed, e.g.::
+
+    model = torchvision.models.resnet18(num_classes=10); model.load_state_dict(torch.load("model.pth", weights_only=True))
+
+DeiT models are torchvision's ``VisionTransformer`` at the DeiT widths (Touvron et al. 2021, Table 1), so
+their line names that class; ViT/DeiT lines carry ``image_size`` (the training crop), on which the position
+embedding's shape depends.
+
+Every load uses ``torch.load(..., weights_only=True)``. Bad input (a missing, empty or foreign file, ``--ema``
+without EMA weights, an output that cannot be written) prints one paragraph to stderr and exits with code 2.
+This module depends on torch, torchvision and the standard library only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import torch
+import torchvision
+from torchvision.models.vision_transformer import VisionTransformer
+
+# DeiT widths (Touvron et al. 2021, Table 1): patch 16, depth 12, MLP ratio 4; as in train.py's models.
+DEIT = {"deit_tiny": dict(num_heads=3, hidden_dim=192), "deit_small": dict(num_heads=6, hidden_dim=384)}
+
+
+class ExportError(Exception):
+    """Bad input; the message says what is wrong and what to do."""
+
+
+def load_checkpoint(path: Path) -> dict:
+    if not path.exists():
+        raise ExportError(f"'{path}' does not exist. Give a checkpoint written by train.py, e.g. RUN/best.pt "
+                          f"or RUN/last.pt in the run's --output folder.")
+    if not path.is_file():
+        raise ExportError(f"'{path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
+    if path.stat().st_size == 0:
+        raise ExportError(f"'{path}' is empty (0 bytes). train.py writes checkpoints atomically, so this file "
+                          f"was truncated or created elsewhere; use another checkpoint of the run (best.pt or "
+                          f"last.pt).")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises several types for truncated files and foreign pickles
+        first = (str(e).strip().splitlines() or [""])[0][:300]
+        raise ExportError(f"'{path}' cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
+                          f"{first}). It is corrupt or truncated, not a torch file, or holds objects other than "
+                          f"tensors and plain Python types, which are refused for safety.") from None
+    if not isinstance(ckpt, dict):
+        raise ExportError(f"'{path}' holds a {type(ckpt).__name__}, not a train.py checkpoint (a dict with "
+                          f"'model', 'classes' and 'config').")
+    if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
+        raise ExportError(f"'{path}' is already a plain state_dict (perhaps an exported model), not a train.py "
+                          f"checkpoint; there is nothing to export.")
+    config = ckpt.get("config") or ckpt.get("args")
+    missing = []
+    if not (isinstance(ckpt.get("model"), dict) and ckpt["model"]):
+        missing.append("model")
+    if not (isinstance(ckpt.get("classes"), (list, tuple)) and ckpt["classes"]):
+        missing.append("classes")
+    if not (isinstance(config, dict) and isinstance(config.get("model"), str)):
+        missing.append("config")
+    if missing:
+        raise ExportError(f"'{path}' is not a train.py checkpoint: it lacks {', '.join(map(repr, missing))} "
+                          f"(its keys: {', '.join(sorted(map(str, ckpt))[:12]) or 'none'}). train.py's "
+                          f"checkpoints hold the model's state_dict under 'model', the class names under "
+                          f"'classes' and the run's settings, with the model name, under 'config'.")
+    return ckpt
+
+
+def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, object, dict]:
+    """(the expression's callable name, the callable, keyword arguments) that build ``name`` as train.py did."""
+    if name in DEIT:
+        d = DEIT[name]
+        return "VisionTransformer", VisionTransformer, dict(
+            image_size=image_size, patch_size=16, num_layers=12, num_heads=d["num_heads"],
+            hidden_dim=d["hidden_dim"], mlp_dim=4 * d["hidden_dim"], num_classes=num_classes)
+    if name not in torchvision.models.list_models(module=torchvision.models):
+        raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
+                          f"({torchvision.__version__}) nor deit_tiny/deit_small, so no torchvision line can "
+                          f"load it. Export with the torchvision version the run was trained with.")
+    kwargs: dict = {"num_classes": num_classes}
+    if name.startswith("vit_"):
+        kwargs["image_size"] = image_size
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=True)  # train.py builds them without auxiliary heads
+    return name, getattr(torchvision.models, name), kwargs
+
+
+def write_atomic(path: Path, write) -> None:
+    """``write(file)`` into a temporary file in the target folder, fsync, then rename over ``path``: a kill
+    leaves the old file or the new one, never a torn one."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def export(src: Path, out: Path, ema: bool) -> dict:
+    """Write the plain state_dict and the class file; return what to print."""
+    ckpt = load_checkpoint(src)
+    config = ckpt.get("config") or ckpt.get("args")
+    name, classes = config["model"], [str(c) for c in ckpt["classes"]]
+    if ema:
+        e = ckpt.get("ema")
+        if not (isinstance(e, dict) and isinstance(e.get("module"), dict) and e["module"]):
+            raise ExportError(f"'{src}' has no EMA weights (its run was trained without --ema). Export the "
+                              f"regular weights: drop --ema.")
+        state = e["module"]
+    else:
+        state = ckpt["model"]
+    if any(("\n" in c or "\r" in c) for c in classes):
+        raise ExportError("A class name contains a line break, so the class file (one name per line) cannot "
+                          "hold it. Rename that class folder.")
+
+    image_size = int(config.get("train_crop_size") or 224)
+    fn_name, fn, kwargs = constructor(name, len(classes), image_size)
+    # Own contiguous copies: the file then holds these tensors only, not storages shared with anything else.
+    weights = OrderedDict((k, v.detach().clone(memory_format=torch.contiguous_format) if torch.is_tensor(v) else v)
+                          for k, v in state.items())
+    if hasattr(state, "_metadata"):  # per-module versions, read by load_state_dict (e.g. BatchNorm's)
+        weights._metadata = state._metadata
+    call = f"torchvision.models.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    try:
+        fn(**kwargs).load_state_dict(weights, strict=True)
+    except Exception as e:
+        first = (str(e).strip().splitlines() or [""])[0][:400]
+        raise ExportError(f"The {'EMA' if ema else 'model'} weights in '{src}' do not load into {call} "
+                          f"({type(e).__name__}: {first}). The checkpoint's model name, class list and weights "
+                          f"disagree.") from None
+
+    classes_path = out.with_suffix(".classes.txt")
+    for p in (out, classes_path):
+        if p.exists() and p.resolve() == src.resolve():
+            raise ExportError(f"The output '{p}' is the checkpoint itself; choose another -o.")
+        if p.is_dir():
+            raise ExportError(f"The output '{p}' is a folder; give a file name, e.g. -o {p / 'model.pth'}.")
+    try:
+        write_atomic(out, lambda f: torch.save(weights, f))
+        write_atomic(classes_path, lambda f: f.write("".join(c + "\n" for c in classes).encode("utf-8")))
+    except OSError as e:
+        raise ExportError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
+                          f"'{out.parent}' exists and is writable, or choose another -o.") from None
+    load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
+    return {"out": out, "classes_path": classes_path, "name": name, "num_classes": len(classes),
+            "sha256": sha256(out), "size": out.stat().st_size, "src_size": src.stat().st_size,
+            "line": f"model = {call}; model.load_state_dict({load})", "ema": ema}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(
+        prog="python -m imnet.export",
+        description="Write a train.py checkpoint's weights as a plain state_dict (no optimizer state), print its "
+                    "sha256 and the torchvision line that loads it. The class names go to <output stem>.classes.txt.")
+    p.add_argument("checkpoint", type=Path, help="a train.py checkpoint, e.g. RUN/best.pt")
+    p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the regular ones")
+    p.add_argument("-o", "--output", type=Path, required=True, help="the file to write, e.g. model.pth")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        r = export(args.checkpoint, args.output, args.ema)
+    except ExportError as e:
+        print(f"imnet.export: {e}", file=sys.stderr)
+        return 2
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    print(f"wrote {r['out']} ({mb(r['size'])}; the checkpoint is {mb(r['src_size'])}): the "
+          f"{'EMA' if r['ema'] else 'regular'} weights of {r['name']}, {r['num_classes']} classes")
+    print(f"class names, line i = output i: {r['classes_path']}")
+    print(f"sha256: {r['sha256']}")
+    print("load it with:")
+    print("import torch, torchvision")
+    print(r["line"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

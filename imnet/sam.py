@@ -1,0 +1,183 @@
+"""Sharpness-Aware Minimization (SAM) and its adaptive variant (ASAM), wrapping any base optimizer.
+
+SAM (Foret et al. 2021, "Sharpness-Aware Minimization for Efficiently Improving Generalization", ICLR)
+minimizes the worst loss in a ball of radius rho around the weights, max_{||e|| <= rho} L(w + e). A
+first-order solution of the inner maximum gives the update, with g = grad L(w):
+
+    e   = rho * g / ||g||_2                       (one global 2-norm over all parameters)
+    g'  = grad L(w + e)
+    w  <- base_optimizer_step(w, g')              (the step is taken from w, not from w + e)
+
+ASAM (Kwon et al. 2021, "ASAM: Adaptive Sharpness-Aware Minimization for Scale-Invariant Learning of
+Deep Neural Networks", ICML) measures the ball in the coordinates T_w^-1 w, which makes the sharpness
+invariant to rescaling weights that leaves the function unchanged (e.g. before a BatchNorm):
+
+    T_w = |w| + eta                               (elementwise)
+    e   = rho * T_w^2 g / ||T_w g||_2
+
+Kwon et al. use rho about 10x larger than SAM's (0.5 vs 0.05 for their CIFAR runs) and eta = 0.01. Their
+code applies T_w only to tensors named "weight" (T = 1 for biases); here T_w applies to every parameter
+given, because a parameter list carries no names. Pass the biases to a second SAM(adaptive=False) object if
+you want the reference behaviour exactly.
+
+A zero first-pass gradient gives e = 0 (no NaN). A non-finite one (an fp16 overflow) gives e = NaN for
+every parameter on purpose: the second pass then produces NaN gradients, which GradScaler.step() detects, so
+the step is skipped and the scale lowered, exactly as for an overflow without SAM. ``descend`` restores the
+saved weights by copy, so no NaN survives the step; use ``keep_buffers`` so none reaches BatchNorm's
+running statistics either.
+
+The loop stays visible; ``SAM`` only moves the weights out and back.
+
+Plain (fp32, or bf16 autocast, which needs no scaler)::
+
+    sam = SAM(optimizer, rho=0.05)              # or SAM(model.parameters(), ...)
+    loss = criterion(model(x), y)               # first pass at w (log this loss)
+    loss.backward()
+    sam.ascend()                                # w -> w + e; clears p.grad
+    with keep_buffers(model):                   # BatchNorm statistics are not updated at w + e
+        criterion(model(x), y).backward()       # second pass: same x, y (same augmentation, same mixup)
+    sam.descend()                               # w + e -> w; p.grad is g'
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional: clips g'
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+
+fp16 with ``scaler = torch.amp.GradScaler()``::
+
+    with torch.autocast("cuda", torch.float16):
+        loss = criterion(model(x), y)
+    scaler.scale(loss).backward()               # p.grad = s * g
+    sam.ascend()                                # NO unscale_ here (see below)
+    with keep_buffers(model), torch.autocast("cuda", torch.float16):
+        loss2 = criterion(model(x), y)
+    scaler.scale(loss2).backward()              # p.grad = s * g'
+    sam.descend()
+    scaler.unscale_(optimizer)                  # the one unscale_ of this step, on g'
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional
+    scaler.step(optimizer)                      # skipped if g' (or, through NaN, g) overflowed
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+
+Why no unscale_ before ``ascend``: GradScaler allows one ``unscale_`` per ``step()``; calling it on the first
+pass would leave the second pass's gradients scaled while the scaler believes them unscaled, and
+``step`` would apply s * g'. The first pass does not need unscaling: the ascent direction is invariant to the
+scale, rho * (s g) / ||s g|| = rho * g / ||g|| (also for ASAM, T_w s g is linear in s), and with s a power of
+two it is even bitwise the same. Only the norm returned by ``ascend`` is s * ||g||; divide it by
+``scaler.get_scale()`` to log it. (Unscaling manually, ``p.grad.div_(scaler.get_scale())``, also works and
+changes nothing but that norm.)
+
+Gradient clipping clips the second gradient g', after the second backward (and after ``unscale_``) and before
+the base step. The first gradient needs none: global-norm clipping only rescales g, which the ascent ignores.
+
+DDP: the first backward must NOT run under ``model.no_sync()``. Its all-reduce gives every rank the same
+global gradient, so ``ascend`` computes ||g|| from the all-reduced gradients and every rank moves to the same
+w + e. The second backward is all-reduced as usual; ``descend`` restores the same w everywhere. (Running the
+first backward under no_sync is a different algorithm, per-replica "m-sharpness" (Foret et al., Sec. 4.1):
+each rank ascends along its own gradient. It stays consistent across ranks, because w is restored and g' is
+all-reduced, but it is not the SAM step on the global batch.)
+
+Gradient accumulation is refused (``check_accum_steps``): the ascent needs the gradient of the whole
+(global) batch before the second pass starts, so every micro-batch would need its first pass, then the
+ascent from the accumulated gradient, then every micro-batch's second pass. The micro-batches (with their
+augmentation and mixing) would have to be kept or recomputed until the ascent, which an accumulating loop
+does not do. Ascending per micro-batch instead is m-sharpness with m = the micro-batch, again not SAM on
+the batch.
+
+Costs: two forward/backward passes per step and one copy of the parameters (the saved w). Dropout and
+stochastic depth draw new masks in the second pass; that is the usual practice.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+
+__all__ = ["SAM", "keep_buffers", "check_accum_steps"]
+
+
+class SAM:
+    """Moves the weights to w + e(w) and back; the base optimizer steps with the gradient taken at w + e.
+
+    ``params``: an optimizer (its param_groups' parameters are used) or an iterable of parameters.
+    ``rho``: radius of the neighbourhood. ``adaptive``: ASAM with T_w = |w| + ``eta``.
+    """
+
+    def __init__(self, params, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
+        if rho < 0 or eta < 0:
+            raise ValueError(f"SAM needs rho >= 0 and eta >= 0, got rho={rho}, eta={eta}")
+        if isinstance(params, torch.optim.Optimizer):
+            params = [p for group in params.param_groups for p in group["params"]]
+        self.params = list(params)
+        self.rho = rho
+        self.adaptive = adaptive
+        self.eta = eta
+        self._saved = None  # [(parameter, its value w)] between ascend and descend
+
+    @torch.no_grad()
+    def ascend(self) -> torch.Tensor:
+        """w -> w + e from the gradients in p.grad (parameters without one are skipped). Sets p.grad to
+        None so that the second backward starts from zero. Returns ||g|| (ASAM: ||T_w g||), as a tensor."""
+        if self._saved is not None:
+            raise RuntimeError("SAM.ascend() called twice without descend() in between")
+        params = [p for p in self.params if p.grad is not None]
+        if not params:
+            self._saved = []
+            return torch.zeros(())
+        device = params[0].device  # model parallelism: reduce the per-tensor norms on one device
+        if self.adaptive:
+            t = [p.abs().add_(self.eta) for p in params]
+            tg = [ti * p.grad for ti, p in zip(t, params)]
+        else:
+            tg = [p.grad for p in params]
+        # Per-tensor norms in at least float32 (fp16 squares overflow above 256), combined in float64.
+        norm = torch.linalg.vector_norm(torch.stack([
+            torch.linalg.vector_norm(x, dtype=torch.promote_types(x.dtype, torch.float32)).to(device, torch.float64)
+            for x in tg]))
+        # No .item(): no host sync. rho / 0 = inf is computed but not selected when g = 0.
+        scale = torch.where(norm == 0, 0.0, self.rho / norm)
+        scale = torch.where(torch.isfinite(norm), scale, math.nan)  # see the module docstring (fp16 overflow)
+        self._saved = []
+        for i, p in enumerate(params):
+            # ASAM's T_w^2 g is T_w * (T_w g), reusing the product already formed for the norm.
+            e = (t[i] * tg[i] if self.adaptive else tg[i]) * scale.to(p.device)
+            self._saved.append((p, p.detach().clone()))
+            p.add_(e.to(p.dtype))
+            p.grad = None
+        return norm
+
+    @torch.no_grad()
+    def descend(self) -> None:
+        """w + e -> w. Call after the second backward and before the base optimizer's step. The weights
+        are copied back rather than computed as (w + e) - e, which rounds and would keep NaN."""
+        if self._saved is None:
+            raise RuntimeError("SAM.descend() called without ascend() before it")
+        for p, w in self._saved:
+            p.copy_(w)
+        self._saved = None
+
+
+@contextlib.contextmanager
+def keep_buffers(model: torch.nn.Module):
+    """Restore every buffer of ``model`` on exit (BatchNorm's running statistics and batch count).
+
+    Wrap the second forward in it: that pass runs at perturbed weights and would otherwise count every
+    batch twice into the running statistics (and, after an fp16 overflow, write NaN into them). The
+    forward itself still normalizes with the batch statistics, so g' is unchanged."""
+    saved = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, value in saved:
+                b.copy_(value)
+
+
+def check_accum_steps(accum_steps: int) -> None:
+    """Raise ValueError for accum_steps > 1 (see the module docstring for why)."""
+    if accum_steps > 1:
+        raise ValueError(
+            f"SAM does not support gradient accumulation (accum_steps={accum_steps}): the ascent w + e needs "
+            f"the gradient of the whole batch before the second pass, so every micro-batch would have to be "
+            f"kept (or recomputed) until all first passes are done, and ascending per micro-batch is a "
+            f"different algorithm (m-sharpness). Use accum_steps=1 with a batch that fits, or more processes.")

@@ -1,0 +1,177 @@
+"""python -m imnet.export: plain state_dict out of a train.py checkpoint (regular or EMA weights), smaller than
+the checkpoint, sha256 printed, the printed torchvision line works, class file next to it; bad input exits 2
+with a message and no traceback."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+from conftest import REPO
+
+CLASSES = ["cat", "dog", "fish"]
+
+
+def run_export(*args) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "imnet.export", *map(str, args)], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+def state_of(model_fn, seed, **kwargs):
+    torch.manual_seed(seed)
+    return model_fn(**kwargs).state_dict()
+
+
+@pytest.fixture(scope="module")
+def resnet_ckpt(tmp_path_factory) -> Path:
+    """What train.py writes, in miniature: model, EMA, classes, config, and a large optimizer state."""
+    model = state_of(torchvision.models.resnet18, 0, num_classes=3)
+    ema = state_of(torchvision.models.resnet18, 1, num_classes=3)
+    n = sum(v.numel() for v in model.values() if v.is_floating_point())
+    ckpt = {"model": model, "ema": {"module": ema, "num_updates": 10, "decay": 0.999},
+            "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(n)}}, "param_groups": []},
+            "classes": CLASSES, "config": {"model": "resnet18", "train_crop_size": 176}, "epoch": 3}
+    path = tmp_path_factory.mktemp("ckpt") / "best.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def printed_sha(stdout: str) -> str:
+    m = re.search(r"^sha256: ([0-9a-f]{64})$", stdout, re.M)
+    assert m, stdout
+    return m.group(1)
+
+
+def run_printed_line(stdout: str):
+    """Execute the two printed lines (import + constructor/load) and return the model they build."""
+    lines = stdout.splitlines()
+    code = "\n".join(lines[lines.index("load it with:") + 1:])
+    assert code.startswith("import torch, torchvision\nmodel = torchvision.models."), code
+    namespace: dict = {}
+    exec(code, namespace)
+    return namespace["model"]
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["model", "ema"])
+def test_export_writes_the_plain_state_dict(resnet_ckpt, tmp_path, ema):
+    out = tmp_path / "model.pth"
+    r = run_export(resnet_ckpt, *(["--ema"] if ema else []), "-o", out)
+    assert r.returncode == 0, r.stderr
+
+    ckpt = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
+    expected = ckpt["ema"]["module"] if ema else ckpt["model"]
+    other = ckpt["model"] if ema else ckpt["ema"]["module"]
+    exported = torch.load(out, map_location="cpu", weights_only=True)
+    torchvision.models.resnet18(num_classes=3).load_state_dict(exported, strict=True)
+    assert list(exported) == list(expected)
+    assert all(torch.equal(exported[k], expected[k]) for k in expected)
+    assert not all(torch.equal(exported[k], other[k]) for k in expected)  # the right one of the two
+
+    assert out.stat().st_size < 0.6 * resnet_ckpt.stat().st_size  # the optimizer state is gone
+    assert printed_sha(r.stdout) == hashlib.sha256(out.read_bytes()).hexdigest()
+    assert (tmp_path / "model.classes.txt").read_text() == "cat\ndog\nfish\n"
+    assert f'torchvision.models.resnet18(num_classes=3); model.load_state_dict(torch.load("{out}", ' \
+           f'weights_only=True))' in r.stdout
+    model = run_printed_line(r.stdout)
+    assert all(torch.equal(v, expected[k]) for k, v in model.state_dict().items())
+    assert not [p for p in tmp_path.iterdir() if ".tmp" in p.name]  # no temporary file left
+
+
+def test_deit_line_names_vision_transformer_with_the_training_crop(tmp_path):
+    from torchvision.models.vision_transformer import VisionTransformer
+    kwargs = dict(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
+                  num_classes=3)
+    src = tmp_path / "last.pt"
+    # "args" instead of "config": older checkpoints name the settings so.
+    torch.save({"model": state_of(VisionTransformer, 0, **kwargs), "ema": None, "classes": CLASSES,
+                "args": {"model": "deit_tiny", "train_crop_size": 32}}, src)
+    out = tmp_path / "deit.pth"
+    r = run_export(src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert ("model = torchvision.models.VisionTransformer(image_size=32, patch_size=16, num_layers=12, "
+            "num_heads=3, hidden_dim=192, mlp_dim=768, num_classes=3)") in r.stdout
+    model = run_printed_line(r.stdout)
+    assert isinstance(model, VisionTransformer) and model.image_size == 32
+    assert printed_sha(r.stdout) == hashlib.sha256(out.read_bytes()).hexdigest()
+
+
+def bad_cases(tmp: Path, good: Path) -> dict:
+    """name -> (argv, a word the message must contain)."""
+    (tmp / "empty.pt").write_bytes(b"")
+    (tmp / "garbage.pt").write_bytes(b"this is not a torch file\n" * 10)
+    torch.save({"weight": torch.zeros(2)}, tmp / "plain.pt")
+    torch.save({"epoch": 3, "note": "hello"}, tmp / "foreign.pt")
+    no_ema = torch.load(good, map_location="cpu", weights_only=True)
+    no_ema["ema"] = None
+    del no_ema["optimizer"]  # keeps the files small
+    torch.save(no_ema, tmp / "no_ema.pt")
+    wrong = dict(no_ema, classes=["a", "b", "c", "d"])  # 4 names, a 3-way classifier
+    torch.save(wrong, tmp / "mismatch.pt")
+    (tmp / "a_file").write_text("x")
+    (tmp / "a_dir.pth").mkdir()
+    out = tmp / "out.pth"
+    return {
+        "missing": ([tmp / "nope.pt", "-o", out], "does not exist"),
+        "empty": ([tmp / "empty.pt", "-o", out], "empty"),
+        "garbage": ([tmp / "garbage.pt", "-o", out], "cannot be read"),
+        "plain_state_dict": ([tmp / "plain.pt", "-o", out], "plain state_dict"),
+        "foreign_dict": ([tmp / "foreign.pt", "-o", out], "not a train.py checkpoint"),
+        "ema_without_ema": ([tmp / "no_ema.pt", "--ema", "-o", out], "no EMA"),
+        "weights_do_not_fit": ([tmp / "mismatch.pt", "-o", out], "do not load"),
+        "missing_output_folder": ([good, "-o", tmp / "no" / "such" / "dir" / "m.pth"], "Cannot write"),
+        "output_under_a_file": ([good, "-o", tmp / "a_file" / "m.pth"], "Cannot write"),
+        "output_is_a_folder": ([good, "-o", tmp / "a_dir.pth"], "folder"),
+        "output_is_the_input": ([good, "-o", good], "checkpoint itself"),
+        "no_output": ([good], "-o"),
+    }
+
+
+CASES = ["missing", "empty", "garbage", "plain_state_dict", "foreign_dict", "ema_without_ema", "weights_do_not_fit",
+         "missing_output_folder", "output_under_a_file", "output_is_a_folder", "output_is_the_input", "no_output"]
+
+
+@pytest.fixture(scope="module")
+def bad(tmp_path_factory, resnet_ckpt):
+    tmp = tmp_path_factory.mktemp("bad")
+    return tmp, bad_cases(tmp, resnet_ckpt)
+
+
+def call_main(argv) -> int:
+    """In-process: any exception other than SystemExit propagates and fails the test, which is exactly the
+    condition for a traceback when run as ``python -m imnet.export`` (whose last line is sys.exit(main()))."""
+    from imnet.export import main
+    try:
+        return main([str(a) for a in argv])
+    except SystemExit as e:
+        return e.code
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_exits_2_with_a_message(bad, resnet_ckpt, case, capsys):
+    tmp, cases = bad
+    argv, word = cases[case]
+    size_before = resnet_ckpt.stat().st_size
+    assert call_main(argv) == 2
+    captured = capsys.readouterr()
+    assert word in captured.err and captured.out == "", captured
+    assert len(captured.err.strip().splitlines()) <= 3, captured.err  # one paragraph (argparse: usage + error)
+    assert not (tmp / "out.pth").exists() and not (tmp / "out.classes.txt").exists()
+    assert not [p for p in tmp.iterdir() if ".tmp" in p.name]
+    assert resnet_ckpt.stat().st_size == size_before
+
+
+@pytest.mark.parametrize("case", ["garbage", "ema_without_ema"])
+def test_bad_input_from_the_command_line_has_no_traceback(bad, case):
+    argv, word = bad[1][case]
+    r = run_export(*argv)
+    assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr and word in r.stderr, r.stderr
+    assert r.stderr.startswith("imnet.export: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
