@@ -1,6 +1,6 @@
 """Recipe audit: warnings for the classic ImageNet training mistakes, printed by ``train.py --dry-run``.
 
-``audit(cfg)`` looks only at the resolved configuration; it never builds a model or reads data. Each warning
+``audit(cfg)`` looks only at the resolved `imnet.config.Config`; it never builds a model or reads data. Each warning
 says what is wrong, why it matters and how to fix it. The checks:
 
 1. Weight decay on norms and biases with AdamW. Decoupled weight decay (Loshchilov & Hutter 2019) pulls every
@@ -25,62 +25,56 @@ from __future__ import annotations
 
 import math
 
+from imnet.config import Config, resolve_eval_policy
 from imnet.recipes import META, RECIPES
 
 REFERENCE_GPUS = 8
 LARGE_BATCH = 1024
 
 
-def _eval_policy(d: dict) -> tuple[int, int, str]:
-    """(resize, crop, interpolation) as transforms.resolve_eval_sizes resolves them:
-    resize given -> resize; else crop_pct given -> floor(crop / crop_pct); else floor(crop / 0.875)."""
-    crop = d.get("val_crop_size") or 224
-    if d.get("val_resize_size"):
-        resize = d["val_resize_size"]
-    else:
-        resize = math.floor(crop / (d.get("crop_pct") or 0.875))
-    return int(resize), int(crop), d.get("interpolation") or "bilinear"
+def recipe_policy(recipe: dict):
+    """The evaluation policy a recipe's own settings resolve to (same resolver as train.py and eval.py)."""
+    return resolve_eval_policy({}, {"crop_size": recipe.get("val_crop_size"), "resize_size": recipe.get("val_resize_size"),
+                                    "crop_pct": recipe.get("crop_pct"), "interpolation": recipe.get("interpolation")})
 
 
-def audit(cfg: dict, recipe: dict | None = None) -> list[str]:
-    """Warnings (one paragraph each) for ``cfg``, the resolved train.py arguments plus the derived
-    ``global_batch``, ``world_size``, ``lr`` (resolved), ``lr_given``, ``loss_label_smoothing``,
-    ``mix_label_smoothing`` and ``global_batch_requested`` (None unless ``--global-batch``).
+def audit(cfg: Config, recipe: dict | None = None) -> list[str]:
+    """Warnings (one paragraph each) for a resolved run configuration.
 
-    ``recipe`` defaults to ``RECIPES[cfg["recipe"]]`` when cfg names one; the recipe-relative checks
-    (eval policy, LR rescaling) are skipped without a recipe.
+    ``recipe`` defaults to ``RECIPES[cfg.recipe]`` when cfg names one; the recipe-relative checks (eval
+    policy, LR rescaling) are skipped without a recipe.
     """
-    name = cfg.get("recipe")
+    name = cfg.recipe
     if recipe is None and name in RECIPES:
         recipe = RECIPES[name]
     gpus = META[name]["gpus"] if name in META else REFERENCE_GPUS
     warnings = []
 
-    wd = cfg.get("weight_decay") or 0.0
-    if cfg.get("opt") == "adamw" and cfg.get("decay_norm_bias") and wd > 0:
+    wd = cfg.weight_decay or 0.0
+    if cfg.opt == "adamw" and cfg.decay_norm_bias and wd > 0:
         warnings.append(
             f"Weight decay {wd:g} also applies to norm weights, biases and embeddings with AdamW "
             f"(--decay-norm-bias). Decoupled decay shrinks these towards zero every step, which removes "
             f"normalisation scales and offsets the network needs; transformer and ConvNeXt recipes exclude "
             f"them and their accuracies assume it. Fix: drop --decay-norm-bias.")
 
-    global_batch = cfg.get("global_batch") or 0
-    if global_batch >= LARGE_BATCH and not cfg.get("warmup_epochs"):
+    global_batch = cfg.global_batch_size
+    if global_batch >= LARGE_BATCH and not cfg.warmup_epochs:
         warnings.append(
             f"No LR warmup with a global batch of {global_batch}. With the linearly scaled LR, the first "
             f"updates are large while the weights change fastest; Goyal et al. 2017 needed a gradual warmup "
             f"(5 epochs) for batches of 1024 and more to match small-batch accuracy, and without it training "
             f"can diverge or lose accuracy. Fix: --warmup-epochs 5 (or a smaller global batch).")
 
-    if cfg.get("loss_label_smoothing", 0) > 0 and cfg.get("mix_label_smoothing", 0) > 0:
+    if cfg.loss_label_smoothing > 0 and cfg.mix_label_smoothing > 0:
         warnings.append(
-            f"Label smoothing is applied twice: {cfg['mix_label_smoothing']:g} in the MixUp/CutMix soft "
-            f"targets and {cfg['loss_label_smoothing']:g} again in the loss, so the effective smoothing is "
+            f"Label smoothing is applied twice: {cfg.mix_label_smoothing:g} in the MixUp/CutMix soft "
+            f"targets and {cfg.loss_label_smoothing:g} again in the loss, so the effective smoothing is "
             f"about their sum and the recipe's tuning no longer holds. Fix: smooth in one place only (the "
             f"mixer's targets when mixing is on).")
 
-    requested = cfg.get("global_batch_requested")
-    divisor = (cfg.get("world_size") or 1) * (cfg.get("accum_steps") or 1)
+    requested = cfg.global_batch
+    divisor = cfg.world_size * cfg.accum_steps
     if requested is not None and requested % divisor:
         per_process = requested // divisor
         warnings.append(
@@ -92,7 +86,8 @@ def audit(cfg: dict, recipe: dict | None = None) -> list[str]:
     if recipe is None:
         return warnings
 
-    mine, theirs = _eval_policy(cfg), _eval_policy(recipe)
+    p, q = cfg.eval_policy, recipe_policy(recipe)
+    mine, theirs = (p.resize_size, p.crop_size, p.interpolation), (q.resize_size, q.crop_size, q.interpolation)
     if mine != theirs:
         warnings.append(
             f"Eval policy resize {mine[0]} / crop {mine[1]} / {mine[2]} differs from recipe '{name}': resize "
@@ -104,9 +99,8 @@ def audit(cfg: dict, recipe: dict | None = None) -> list[str]:
     if "lr_base" in recipe and "batch_size" in recipe:
         ref_batch = recipe["batch_size"] * gpus * recipe.get("accum_steps", 1)
         ref_lr = recipe["lr_base"] * ref_batch / 256
-        lr = cfg.get("lr")
-        if (cfg.get("lr_given") and lr is not None and math.isclose(lr, ref_lr, rel_tol=1e-9)
-                and global_batch and global_batch != ref_batch):
+        lr = cfg.peak_lr
+        if cfg.lr_given and math.isclose(lr, ref_lr, rel_tol=1e-9) and global_batch != ref_batch:
             scaled = ref_lr * global_batch / ref_batch
             warnings.append(
                 f"--lr {lr:g} is recipe '{name}''s LR for its global batch of {ref_batch}, but this run's "

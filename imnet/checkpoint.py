@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import random
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -53,12 +54,64 @@ def load(path: str | os.PathLike) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated files and foreign pickles
-        raise CheckpointError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {str(e).splitlines()[0][:300]}. "
+        first_line = (str(e).splitlines() or ["(no message)"])[0][:300]  # an empty file gives an empty message
+        raise CheckpointError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {first_line}. "
                               f"The file is corrupt, truncated, or holds objects other than tensors and plain "
                               f"Python types (which imnet refuses to unpickle for safety).") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict.")
     return ckpt
+
+
+# ------------------------------------------------------------------------------------------ the schema
+
+VERSION = 2  # bump when a key changes meaning; read_state refuses other versions with a message
+
+# What every train.py checkpoint holds. "model" is a plain state_dict that loads strictly into the torchvision
+# constructor; "config" is the run's resolved imnet.config.Config as a dict (with its "eval_policy").
+REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step_in_epoch", "global_step")
+
+
+@dataclass
+class Progress:
+    """Where a run is: the epoch in progress (0-based), optimizer steps done in it and in the whole run, one
+    summary row per finished epoch, and the best validation top-1 so far (-1 before any evaluation)."""
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    history: list = field(default_factory=list)
+    best_top1: float = -1.0
+
+
+def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict, classes: list,
+               ema: dict | None = None, scaler: dict | None = None, meter: dict | None = None,
+               rngs: list | None = None, bad_images: dict | None = None, imnet_version: str = "") -> dict:
+    """The one place that builds a checkpoint (state_dicts in, a plain dict out)."""
+    return {"version": VERSION, "imnet_version": imnet_version, "model": model, "ema": ema, "optimizer": optimizer,
+            "scaler": scaler, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch,
+            "global_step": progress.global_step, "history": list(progress.history), "best_top1": progress.best_top1,
+            "metrics": progress.history[-1] if progress.history else None, "meter": meter, "rng": rngs or [],
+            "bad_images": bad_images, "config": config, "classes": list(classes)}
+
+
+def read_state(path: str | os.PathLike) -> dict:
+    """The one place that reads a checkpoint: `load`, then check that it is a train.py checkpoint of this
+    schema version. Raises CheckpointError with the fix otherwise."""
+    state = load(path)
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        hint = (" It looks like a plain state_dict: use --model NAME --weights-file FILE."
+                if state and all(torch.is_tensor(v) for v in state.values()) else "")
+        raise CheckpointError(f"'{path}' is not a train.py checkpoint (it has no {', '.join(missing)} entries).{hint}")
+    if state["version"] != VERSION:
+        raise CheckpointError(f"'{path}' was written with checkpoint format {state['version']}; this imnet reads "
+                              f"format {VERSION}. Its weights are the plain state_dict under 'model'.")
+    return state
+
+
+def progress_of(state: dict) -> Progress:
+    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], list(state.get("history") or []),
+                    state.get("best_top1", -1.0))
 
 
 def rng_state() -> dict:

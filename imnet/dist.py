@@ -37,14 +37,28 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
+class DeviceError(Exception):
+    """The requested device does not exist here (printed as one paragraph, exit code 2)."""
+
+
 def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
-    """Read torchrun's environment, pick the device, and start the process group when WORLD_SIZE > 1."""
+    """Read torchrun's environment, pick the device, and start the process group when WORLD_SIZE > 1.
+
+    ``auto`` and ``cuda`` mean this process's GPU under torchrun (cuda:LOCAL_RANK), so ranks never share one;
+    ``auto`` falls back to the CPU."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = env_world_size()
     if device in (None, "auto"):
         device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    elif device.startswith("cuda") and not torch.cuda.is_available():
+        raise DeviceError(f"--device {device}: CUDA is not available here; use --device cpu (or auto).")
+    elif device == "cuda":
+        device = f"cuda:{local_rank}"
+    try:
+        dev = torch.device(device)
+    except RuntimeError as e:
+        raise DeviceError(f"--device {device}: {e}. Use auto, cpu, cuda or cuda:N.") from None
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
     info = DistInfo(rank, local_rank, world_size, dev)
@@ -74,24 +88,10 @@ def eprint0(*args) -> None:
         print(*args, file=sys.stderr, flush=True)
 
 
-def barrier() -> None:
-    if dist.is_initialized():
-        dist.barrier()
-
-
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     if dist.is_initialized():
         dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t
-
-
-def broadcast_object(obj, src: int = 0):
-    """rank ``src``'s Python object on every rank."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=src)
-    return box[0]
 
 
 def gather_object(obj) -> list:

@@ -1,9 +1,9 @@
-"""train_one_epoch and evaluate.
+"""One optimizer step (`train_step`) and one evaluation pass (`evaluate`); the epoch loop is in train.py.
 
-One optimizer step, in order (DESIGN.md, "Data flow"): uint8 batch -> device, float + normalize ->
+One optimizer step, in order (docs/design.md, "One training step"): uint8 batch -> device, float + normalize ->
 RandomErasing / MixUp / CutMix -> forward under autocast -> fp32 loss on soft targets -> backward (scaled for
 fp16; no gradient all-reduce on non-final accumulation micro-steps) -> unscale + clip -> optimizer step ->
-LR for the next step -> EMA update. Metrics stay on the device; the host reads them only at log time.
+EMA update. Metrics stay on the device; the host reads them only at log time.
 
 Determinism: the randomness of a micro-step (mixing, erasing, dropout, stochastic depth) comes from
 generators reseeded from (seed, epoch, micro-step, rank), and the augmentation of each sample from
@@ -14,26 +14,45 @@ run would have done, without replaying any RNG history.
 from __future__ import annotations
 
 import contextlib
-import math
-import time
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from imnet import dist
 from imnet.data import to_device
 from imnet.losses import cross_entropy
 from imnet.metrics import Meter
 from imnet.schedule import set_lr
-from imnet.transforms import random_erase
+from imnet.transforms import normalize, random_erase
+from imnet.tta import make_views
 
 
 class NonFiniteLoss(Exception):
     def __init__(self, step: int):
         super().__init__(step)
         self.step = step
+
+
+class NonFiniteGuard:
+    """Remembers the first optimizer step whose loss was NaN or infinite, on the device.
+
+    ``update`` is a masked fill on the device (no host synchronisation per step); ``check`` reads the one
+    number back and raises NonFiniteLoss naming the step. train.py checks at log time and before every save,
+    so a checkpoint is never written after a NaN."""
+
+    def __init__(self, device):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        self.first_bad.masked_fill_((self.first_bad < 0) & ~torch.isfinite(loss), step)
+
+    def check(self) -> None:
+        step = int(self.first_bad)
+        if step >= 0:
+            raise NonFiniteLoss(step)
 
 
 def step_seed(seed: int, epoch: int, micro_step: int, rank: int) -> int:
@@ -43,35 +62,15 @@ def step_seed(seed: int, epoch: int, micro_step: int, rank: int) -> int:
 
 @dataclass
 class Parts:
-    """What a training step needs, built once in train.py."""
+    """The objects an optimizer step acts on, built once in train.py (settings are read from the Config)."""
     model: nn.Module              # the plain module that owns the weights
     train_model: nn.Module        # what runs forward/backward: model, or DDP / torch.compile around it
-    eval_model: nn.Module         # model, or a compiled view of it (never DDP: ranks see uneven eval shards)
     optimizer: torch.optim.Optimizer
-    lr_at: Callable[[int], float]
     device: torch.device
-    num_classes: int
+    rank: int = 0
     mixer: object = None          # imnet.mixing.Mixer or None
     scaler: object = None         # torch.amp.GradScaler for fp16, else None
     ema: object = None            # imnet.ema.ModelEma or None
-    amp_dtype: torch.dtype | None = None
-    channels_last: bool = False
-    accum_steps: int = 1
-    clip_grad: float = 0.0
-    label_smoothing: float = 0.0  # applied in the loss only when the mixer does not fold it into targets
-    random_erase: float = 0.0
-    seed: int = 0
-    rank: int = 0
-    world_size: int = 1
-
-
-@dataclass
-class Progress:
-    epoch: int = 0          # epoch in progress (0-based)
-    step_in_epoch: int = 0  # optimizer steps done in this epoch
-    global_step: int = 0    # optimizer steps done in the run
-    history: list = field(default_factory=list)
-    best_top1: float = -1.0
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -80,126 +79,111 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def forward_loss(p: Parts, images: torch.Tensor, labels: torch.Tensor, gen: torch.Generator):
-    """Augment on the device, forward, loss. Returns (loss, logits, hard labels or None)."""
-    if p.random_erase > 0:
-        images = random_erase(images, p.random_erase, generator=gen)
-    if p.mixer is not None and p.mixer.enabled:
-        images, targets = p.mixer(images, labels, generator=gen)
-        smoothing, hard = 0.0, None  # smoothing is folded into the soft targets already
-    else:
-        targets, smoothing, hard = labels, p.label_smoothing, labels
-    with autocast(p.device, p.amp_dtype):
-        logits = p.train_model(images)
-    loss = cross_entropy(logits, targets, label_smoothing=smoothing)
-    return loss, logits, hard
-
-
-def train_one_epoch(p: Parts, loader, prog: Progress, steps_per_epoch: int, meter: Meter,
-                    after_step: Callable[[Progress, list], bool], log_step: Callable[[Progress, dict], None],
-                    log_every: int) -> bool:
-    """Run optimizer steps ``prog.step_in_epoch .. steps_per_epoch-1`` of ``prog.epoch``.
-
-    ``loader`` yields uint8 batches already positioned at the resume point. ``after_step(prog, bad_paths,
-    first_bad)`` runs on the host after every optimizer step (preemption, timed checkpoints, bad-image
-    budget) and returns True to stop. Returns True if stopped early; raises NonFiniteLoss on a NaN/inf loss.
-    """
-    p.train_model.train()
-    window = {"loss": torch.zeros((), device=p.device), "n": 0, "data_time": 0.0, "t0": time.perf_counter()}
-    first_bad = torch.full((), -1, dtype=torch.int64, device=p.device)
-    it = iter(loader)
-    set_lr(p.optimizer, p.lr_at(prog.global_step))
-    grad_norm = None
-    while prog.step_in_epoch < steps_per_epoch:
-        bad_paths = []
-        for micro in range(p.accum_steps):
-            t_data = time.perf_counter()
-            images, labels, bad = next(it)
-            window["data_time"] += time.perf_counter() - t_data
-            bad_paths.extend(bad)
-            images, labels = to_device(images, labels, p.device, channels_last=p.channels_last)
-
-            micro_step = prog.step_in_epoch * p.accum_steps + micro
-            s = step_seed(p.seed, prog.epoch, micro_step, p.rank)
-            torch.manual_seed(s)  # dropout / stochastic depth
-            # Mixing and erasing draw their scalars from a CPU generator: no value is read back from the GPU.
-            gen = torch.Generator().manual_seed(s ^ 0x5DEECE66D)
-
-            last_micro = micro == p.accum_steps - 1
-            sync = contextlib.nullcontext() if last_micro or not hasattr(p.train_model, "no_sync") \
-                else p.train_model.no_sync()
-            with sync:
-                loss, logits, hard = forward_loss(p, images, labels, gen)
-                scaled = loss / p.accum_steps
-                (p.scaler.scale(scaled) if p.scaler is not None else scaled).backward()
-
-            # Bookkeeping on the device only: no host synchronisation here.
-            loss_d = loss.detach()
-            first_bad.masked_fill_((first_bad < 0) & ~torch.isfinite(loss_d), prog.global_step)
-            meter.update(loss_d, logits.detach() if hard is not None else None, hard, n=labels.shape[0])
-            window["loss"] += loss_d
-            window["n"] += 1
-
-        if p.scaler is not None:
-            if p.clip_grad > 0:
-                p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the scaled ones
-                grad_norm = nn.utils.clip_grad_norm_(p.model.parameters(), p.clip_grad)
-            p.scaler.step(p.optimizer)  # skipped if the gradients hold inf/NaN
-            p.scaler.update()
+def train_step(cfg, parts: Parts, batches: list, epoch: int, step: int, global_step: int, meter: Meter):
+    """Optimizer step ``global_step`` (step ``step`` of ``epoch``) over ``cfg.accum_steps`` host micro-batches
+    ``[(uint8 images, labels), ...]``. Returns (mean loss of the micro-batches as a device tensor, gradient
+    norm before clipping or None). Nothing here reads a value back from the device."""
+    p = parts
+    set_lr(p.optimizer, cfg.lr_at(global_step))
+    losses = []
+    for micro, (images, labels) in enumerate(batches):
+        images, labels = to_device(images, labels, p.device, channels_last=cfg.channels_last)
+        s = step_seed(cfg.seed, epoch, step * cfg.accum_steps + micro, p.rank)
+        torch.manual_seed(s)  # dropout / stochastic depth
+        # Mixing and erasing draw their scalars from a CPU generator: no value is read back from the GPU.
+        gen = torch.Generator().manual_seed(s ^ 0x5DEECE66D)
+        if cfg.random_erase > 0:
+            images = random_erase(images, cfg.random_erase, generator=gen)
+        if p.mixer is not None and p.mixer.enabled:
+            images, targets = p.mixer(images, labels, generator=gen)
+            smoothing, hard = 0.0, None  # smoothing is folded into the soft targets already
         else:
-            if p.clip_grad > 0:
-                grad_norm = nn.utils.clip_grad_norm_(p.model.parameters(), p.clip_grad)
-            p.optimizer.step()
-        p.optimizer.zero_grad(set_to_none=True)
-        prog.global_step += 1
-        prog.step_in_epoch += 1
-        set_lr(p.optimizer, p.lr_at(prog.global_step))
-        if p.ema is not None:
-            p.ema.update(p.model, prog.global_step)
+            targets, smoothing, hard = labels, cfg.loss_label_smoothing, labels
 
-        last = prog.step_in_epoch == steps_per_epoch
-        if log_every and (prog.step_in_epoch % log_every == 0 or last):
-            check_finite(first_bad)
-            n = max(window["n"], 1)
-            elapsed = time.perf_counter() - window["t0"]
-            log_step(prog, {"loss": (window["loss"] / n).item(),
-                            "grad_norm": float(grad_norm) if grad_norm is not None else None,
-                            "micro_batches": window["n"], "elapsed": elapsed,
-                            "data_share": window["data_time"] / max(elapsed, 1e-9)})
-            window = {"loss": torch.zeros((), device=p.device), "n": 0, "data_time": 0.0, "t0": time.perf_counter()}
-        if after_step(prog, bad_paths, first_bad):
-            return True
-    check_finite(first_bad)
-    return False
+        # Only the last micro-batch all-reduces the gradients: the others accumulate locally.
+        last = micro == len(batches) - 1
+        sync = contextlib.nullcontext() if last or not hasattr(p.train_model, "no_sync") else p.train_model.no_sync()
+        with sync:
+            with autocast(p.device, cfg.amp_dtype):
+                logits = p.train_model(images)
+            loss = cross_entropy(logits, targets, label_smoothing=smoothing)
+            scaled = loss / cfg.accum_steps
+            (p.scaler.scale(scaled) if p.scaler is not None else scaled).backward()
+        meter.update(loss.detach(), logits.detach() if hard is not None else None, hard, n=labels.shape[0])
+        losses.append(loss.detach())
+
+    grad_norm = None
+    if p.scaler is not None and cfg.clip_grad > 0:
+        p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the scaled ones
+    if cfg.clip_grad > 0:
+        grad_norm = nn.utils.clip_grad_norm_(p.model.parameters(), cfg.clip_grad)
+    if p.scaler is not None:
+        p.scaler.step(p.optimizer)  # skipped if the gradients hold inf/NaN
+        p.scaler.update()
+    else:
+        p.optimizer.step()
+    p.optimizer.zero_grad(set_to_none=True)
+    if p.ema is not None:
+        p.ema.update(p.model, global_step + 1)
+    return torch.stack(losses).mean(), grad_norm
 
 
-def check_finite(first_bad: torch.Tensor) -> None:
-    """Raise NonFiniteLoss if a NaN/inf loss was seen (one host read; called at log and save time)."""
-    step = int(first_bad)
-    if step >= 0:
-        raise NonFiniteLoss(step)
+@dataclass
+class EvalResult:
+    """Figures summed over all ranks, plus this rank's per-image predictions (in its sampler's order)."""
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: torch.Tensor   # (C, C) int64 [true, predicted top-1], all ranks
+    top_idx: torch.Tensor     # (n, k) this rank's top-k classes per image
+    top_prob: torch.Tensor    # (n, k) their probabilities
+    labels: torch.Tensor      # (n,)
+    unreadable: list          # this rank's unreadable files (their slots held substitute images)
+    views: int = 1
+
+    def metrics(self) -> dict:
+        return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count}
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, loader, device: torch.device, amp_dtype=None, channels_last=False) -> dict:
+def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes: int, tta: str = "none",
+             amp_dtype=None, channels_last: bool = False) -> EvalResult:
     """Loss, top-1, top-5 (percent) and count over this rank's shard, summed over all ranks.
 
     The eval sampler gives every image to exactly one rank with no padding, and Meter sums counts (not
-    means) across ranks, so the figures equal a single-process evaluation whatever the world size.
+    means) across ranks, so the figures equal a single-process evaluation whatever the world size. With
+    test-time views (``tta``: see `imnet.tta`) the softmax probabilities of the views are averaged and the
+    loss is the cross-entropy of that average. Nothing is read back to the host inside the loop.
     """
     model.eval()
     meter = Meter(device)
-    bad = []
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    k = min(5, num_classes)
+    top_idx, top_prob, all_labels, bad, v = [], [], [], [], 1
     for images, labels, bad_paths in loader:
-        bad.extend(bad_paths)
-        images, labels = to_device(images, labels, device, channels_last=channels_last)
+        bad += bad_paths
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        views, v = make_views(images, tta)
+        x = normalize(views, policy.mean, policy.std, channels_last=channels_last)
         with autocast(device, amp_dtype):
-            logits = model(images)
-        meter.update(cross_entropy(logits, labels), logits, labels, n=labels.shape[0])
-    result = meter.compute(distributed=True)
-    result["unreadable"] = sorted(set(bad))  # this rank's; their slots held substitute images
-    return result
-
-
-def is_finite_number(x) -> bool:
-    return x is not None and math.isfinite(x)
+            logits = model(x).float()
+        if v == 1:
+            scores, probs = logits, logits.softmax(dim=1)
+            loss = cross_entropy(logits, labels)
+        else:  # cross-entropy of the averaged distribution; tiny floor so that p = 0 gives a large, finite loss
+            scores = probs = logits.softmax(dim=1).view(images.shape[0], v, -1).mean(dim=1)
+            loss = F.nll_loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
+        meter.update(loss, scores, labels, n=labels.shape[0])
+        ranked = scores.topk(k, dim=1).indices
+        confusion += torch.bincount(labels * num_classes + ranked[:, 0], minlength=num_classes ** 2)
+        top_idx.append(ranked)
+        top_prob.append(probs.gather(1, ranked))
+        all_labels.append(labels)
+    m = meter.compute(distributed=True)
+    dist.all_reduce_sum(confusion)
+    cat = lambda xs, shape: torch.cat(xs).cpu() if xs else torch.zeros(shape)
+    return EvalResult(m["loss"], m["top1"], m["top5"], m["count"], confusion.view(num_classes, num_classes).cpu(),
+                      cat(top_idx, (0, k)).long(), cat(top_prob, (0, k)), cat(all_labels, (0,)).long(),
+                      sorted(set(bad)), v)

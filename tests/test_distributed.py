@@ -21,7 +21,7 @@ import torch
 from conftest import REPO, make_imagefolder
 from imnet import data as imdata
 from imnet import engine, models
-from imnet.transforms import eval_transform
+from imnet.config import EvalPolicy
 
 COMMON = ["--model", "convnext_tiny", "--drop-path", "0", "--epochs", "1", "--train-crop-size", "32",
           "--val-crop-size", "32", "--val-resize-size", "36", "--opt", "sgd", "--lr", "0.01", "--momentum", "0.9",
@@ -87,7 +87,8 @@ def test_two_processes_equal_one_process_with_twice_the_batch(single, ddata, tmp
                  *COMMON, "--data", str(ddata), "--batch-size", "4", "--output", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert state["global_step"] == 6 and state["global_batch"] == 8 and state["world_size"] == 2
+    run = state["config"]
+    assert state["global_step"] == 6 and run["global_batch_size"] == 8 and run["world_size"] == 2
     assert_close_weights(weights(single), state["model"])
     # The weights actually moved: equality is not the trivial kind.
     init = models.build_model("convnext_tiny", 3, drop_path=0.0)
@@ -98,12 +99,13 @@ def test_two_processes_equal_one_process_with_twice_the_batch(single, ddata, tmp
     assert metrics["val_count"] == 15
     model = models.build_model("convnext_tiny", 3, drop_path=0.0)
     model.load_state_dict(state["model"])
-    val = imdata.ImageFolder(ddata / "val", state["classes"], eval_transform(32, 36))
+    policy = EvalPolicy(36, 32)
+    val = imdata.ImageFolder(ddata / "val", state["classes"], policy.transform())
     loader = imdata.build_loader(val, imdata.EvalSampler(len(val)), batch_size=4, workers=0)
-    ref = engine.evaluate(model, loader, torch.device("cpu"))
-    assert ref["count"] == 15
-    assert metrics["val_top1"] == ref["top1"] and metrics["val_top5"] == ref["top5"]
-    assert metrics["val_loss"] == pytest.approx(ref["loss"], rel=1e-5)
+    ref = engine.evaluate(model, loader, torch.device("cpu"), policy, 3)
+    assert ref.count == 15
+    assert metrics["val_top1"] == ref.top1 and metrics["val_top5"] == ref.top5
+    assert metrics["val_loss"] == pytest.approx(ref.loss, rel=1e-5)
 
 
 def test_accumulation_equals_the_full_batch(single, ddata, tmp_path):

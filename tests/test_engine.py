@@ -1,9 +1,10 @@
-"""engine.train_one_epoch on a tiny model: fp16 loss scaling unscales before clipping, skipped inf steps,
+"""engine.train_step on a tiny model: fp16 loss scaling unscales before clipping, skipped inf steps,
 accumulation, and the NaN guard."""
 
 from __future__ import annotations
 
 import copy
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -25,12 +26,18 @@ def batches(n: int, batch: int = 4):
 
 
 def run(model, loader, steps, scaler=None, clip=0.0, accum=1, lr=0.5):
+    """`steps` optimizer steps as train.py runs them, with the NaN guard checked at the end."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
-    parts = engine.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, lr_at=lambda s: lr,
-                         device=torch.device("cpu"), num_classes=3, scaler=scaler, clip_grad=clip, accum_steps=accum)
-    prog = engine.Progress()
-    engine.train_one_epoch(parts, loader, prog, steps, Meter("cpu"), lambda *a: False, lambda *a: None, log_every=0)
-    return model, prog
+    cfg = SimpleNamespace(lr_at=lambda s: lr, accum_steps=accum, clip_grad=clip, channels_last=False, seed=0,
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None)
+    parts = engine.Parts(model=model, train_model=model, optimizer=opt, device=torch.device("cpu"), scaler=scaler)
+    guard, it = engine.NonFiniteGuard("cpu"), iter(loader)
+    for step in range(steps):
+        micro = [next(it)[:2] for _ in range(accum)]
+        loss, _ = engine.train_step(cfg, parts, micro, 0, step, step, Meter("cpu"))
+        guard.update(loss, step)
+    guard.check()
+    return model, SimpleNamespace(global_step=steps)
 
 
 def test_fp16_scaler_unscales_before_clipping():

@@ -20,7 +20,8 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import eval as imnet_eval
-from imnet import transforms
+from imnet import benchmark, checkpoint, transforms, tta
+from imnet.config import EvalPolicy
 
 CLASSES = ["class_0", "class_1", "class_2"]
 POLICY = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear",
@@ -46,16 +47,13 @@ def random_resnet(seed):
 
 
 def make_checkpoint(path, classes=CLASSES, policy=POLICY, ema=True, model_seed=0):
-    ckpt = {
-        "model": random_resnet(model_seed).state_dict(),
-        "ema": {"module": random_resnet(model_seed + 1).state_dict(), "num_updates": 10, "decay": 0.99} if ema else None,
-        "args": {"model": "resnet18", "train_crop_size": 32, "val_crop_size": policy["crop_size"],
-                 "val_resize_size": policy["resize_size"], "interpolation": policy["interpolation"]},
-        "classes": list(classes),
-        "eval_policy": dict(policy),
-        "metrics": {"epoch": 0, "val_top1": 50.0, "val_top5": 100.0, "val_loss": 1.0, "ema_val_top1": None},
-        "epoch": 1, "global_step": 10, "imnet_version": "0.1.0",
-    }
+    """A checkpoint in train.py's schema (imnet.checkpoint.make_state) around a random resnet18."""
+    ckpt = checkpoint.make_state(
+        model=random_resnet(model_seed).state_dict(), optimizer={},
+        ema={"module": random_resnet(model_seed + 1).state_dict(), "num_updates": 10, "decay": 0.99} if ema else None,
+        progress=checkpoint.Progress(epoch=1, global_step=10, history=[
+            {"epoch": 0, "val_top1": 50.0, "val_top5": 100.0, "val_loss": 1.0, "ema_val_top1": None}]),
+        config={"model": "resnet18", "train_crop_size": 32, "eval_policy": dict(policy)}, classes=classes)
     torch.save(ckpt, path)
     return Path(path)
 
@@ -228,14 +226,14 @@ def test_policy_resolution():
     """Flags override the stored policy; --crop-size alone keeps the stored crop/resize ratio."""
     parse = lambda *a: imnet_eval.build_parser().parse_args([str(x) for x in a])
     stored = dict(POLICY, resize_size=256, crop_size=224)
-    resolve = lambda *a: imnet_eval.resolve_policy(parse(*a), stored)
-    assert (resolve()["resize_size"], resolve()["crop_size"]) == (256, 224)  # the checkpoint's
-    assert resolve("--crop-size", 288)["resize_size"] == 329  # floor(288 * 256 / 224)
-    assert resolve("--crop-size", 224, "--crop-pct", 0.95)["resize_size"] == 235  # floor(224 / 0.95)
-    assert resolve("--resize-size", 300, "--crop-size", 288)["resize_size"] == 300
-    assert resolve("--interpolation", "bicubic")["interpolation"] == "bicubic"
+    resolve = lambda *a: imnet_eval.resolve_policy(parse(*a), EvalPolicy.from_dict(stored))
+    assert (resolve().resize_size, resolve().crop_size) == (256, 224)  # the checkpoint's
+    assert resolve("--crop-size", 288).resize_size == 329  # floor(288 * 256 / 224)
+    assert resolve("--crop-size", 224, "--crop-pct", 0.95).resize_size == 235  # floor(224 / 0.95)
+    assert resolve("--resize-size", 300, "--crop-size", 288).resize_size == 300
+    assert resolve("--interpolation", "bicubic").interpolation == "bicubic"
     no_ckpt = imnet_eval.resolve_policy(parse(), None)  # a bare weights file: the classic 224 / 256
-    assert (no_ckpt["resize_size"], no_ckpt["crop_size"], no_ckpt["mean"]) == (256, 224, POLICY["mean"])
+    assert (no_ckpt.resize_size, no_ckpt.crop_size, list(no_ckpt.mean)) == (256, 224, POLICY["mean"])
 
 
 def test_normalization_mismatch_is_warned(three_images, ckpt, capsys):
@@ -257,19 +255,19 @@ def ten_crop_reference(image, resize, crop, interpolation=v2.InterpolationMode.B
 def test_ten_crop_views_equal_torchvision():
     """Our uint8 10-crop equals torchvision's FiveCrop plus mirrors, and the tiles round-trip through make_views."""
     image = Image.fromarray(torch.randint(0, 256, (45, 60, 3), dtype=torch.uint8).numpy())  # odd margins
-    ours = imnet_eval.TenCrop(32, 40, "bicubic")
+    ours = tta.TenCrop(32, 40, "bicubic")
     mine = ours.views(image)
     assert mine.dtype == torch.uint8
     assert torch.equal(mine, ten_crop_reference(image, 40, 32, v2.InterpolationMode.BICUBIC))
     tiles = ours(image)
     assert tiles.shape == (3, 320, 32)
-    views, v = imnet_eval.make_views(tiles.unsqueeze(0).repeat(2, 1, 1, 1), "10crop")
+    views, v = tta.make_views(tiles.unsqueeze(0).repeat(2, 1, 1, 1), "10crop")
     assert v == 10 and torch.equal(views, torch.cat([mine, mine]))
 
 
 def test_flip_views():
     images = torch.randint(0, 256, (3, 3, 8, 8), dtype=torch.uint8)
-    views, v = imnet_eval.make_views(images, "flip")
+    views, v = tta.make_views(images, "flip")
     assert v == 2 and views.shape == (6, 3, 8, 8)
     assert torch.equal(views[0::2], images) and torch.equal(views[1::2], images.flip(-1))
 
@@ -401,5 +399,5 @@ def test_bench_reports_sane_fields(ckpt, tmp_path, capsys):
 
 def test_flop_count_matches_published_resnet18_figure():
     """torchvision lists ResNet-18 at 1.81 GFLOPS per 224px image, counting multiply-accumulates (our gmacs)."""
-    gflops = imnet_eval.forward_flops(torchvision.models.resnet18().eval(), 224, torch.device("cpu"))
+    gflops = benchmark.forward_flops(torchvision.models.resnet18().eval(), 224, torch.device("cpu"))
     assert gflops / 2 == pytest.approx(1.81, abs=0.01)

@@ -3,6 +3,8 @@ warns exactly when it should."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import math
 import os
 import re
@@ -12,7 +14,8 @@ from pathlib import Path
 import pytest
 
 import train
-from imnet.audit import _eval_policy, audit
+from imnet import config as imconfig
+from imnet.audit import audit, recipe_policy
 from imnet.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
                            reference_lr, torchvision_ema_decay)
 from imnet.transforms import resolve_eval_sizes
@@ -91,7 +94,9 @@ def test_table_matches_code():
         assert math.isclose(float(row["LR"]), reference_lr(name), rel_tol=1e-5)
         assert math.isclose(float(row["weight decay"]), r["weight_decay"], rel_tol=1e-5)
         assert int(row["train crop"]) == r["train_crop_size"]
-        assert (int(row["eval resize"]), int(row["eval crop"]), row["interpolation"]) == _eval_policy(r)
+        p = recipe_policy(r)
+        assert (int(row["eval resize"]), int(row["eval crop"]), row["interpolation"]) == \
+            (p.resize_size, p.crop_size, p.interpolation)
         assert float(row["expected top-1"]) == m["expected_top1"]
         assert row["approx."] == ("lower bound" if name == "demo" else "yes" if m["approximate"] else "no")
         hours = gpu_hours(name)
@@ -131,8 +136,8 @@ def test_recipe_numbers_are_the_sources_numbers():
 def test_eval_policy_resolution_matches_transforms():
     for resize, crop, pct in [(None, 224, None), (232, 224, None), (None, 224, 0.875), (None, 224, 0.95),
                               (None, 56, None), (64, 56, 0.5)]:
-        cfg = {"val_resize_size": resize, "val_crop_size": crop, "crop_pct": pct}
-        assert _eval_policy(cfg)[:2] == tuple(resolve_eval_sizes(crop, resize, pct))
+        p = recipe_policy({"val_resize_size": resize, "val_crop_size": crop, "crop_pct": pct})
+        assert (p.resize_size, p.crop_size) == tuple(resolve_eval_sizes(crop, resize, pct))
 
 
 def test_commands_cover_every_recipe_on_8_and_1_gpus():
@@ -217,23 +222,12 @@ def test_audit_warnings_reach_the_dry_run_output(tiny_root, capsys):
 
 # ---------------------------------------------------------------------------------------------------- audit
 
-DEFAULTS = vars(train.build_parser().parse_args([]))
-
-
-def config(name: str, world_size: int | None = None, lr: float | None = None, **flags) -> dict:
-    """The cfg train.py gives audit(): resolved flags of recipe `name` (plus `flags`) and the derived values."""
-    cfg = {**DEFAULTS, **RECIPES[name], "recipe": name, **flags}
-    world = META[name]["gpus"] if world_size is None else world_size
-    requested = cfg.get("global_batch")
-    if requested is not None:
-        cfg["batch_size"] = requested // (world * cfg["accum_steps"])
-    global_batch = cfg["batch_size"] * world * cfg["accum_steps"]
-    mixing = cfg["mixup"] > 0 or cfg["cutmix"] > 0
-    cfg.update(global_batch=global_batch, global_batch_requested=requested, world_size=world,
-               lr=lr if lr is not None else cfg["lr_base"] * global_batch / 256, lr_given=lr is not None,
-               loss_label_smoothing=0.0 if mixing else cfg["label_smoothing"],
-               mix_label_smoothing=cfg["label_smoothing"] if mixing else 0.0)
-    return cfg
+def config(name: str, world_size: int | None = None, lr: float | None = None, **flags) -> imconfig.Config:
+    """The Config train.py gives audit(): recipe `name` on its reference world size (or `world_size`), with
+    `flags` as if given on the command line (None: given as "unset"), resolved by the real resolver."""
+    below, given = train.parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"]
+                                    + (["--lr", str(lr)] if lr is not None else []))
+    return imconfig.resolve(below, {**given, **flags}, META[name]["gpus"] if world_size is None else world_size)
 
 
 @pytest.mark.parametrize("name", sorted(RECIPES))
@@ -272,8 +266,7 @@ def test_audit_eval_policy_differs():
 
 
 def test_audit_label_smoothing_twice():
-    cfg = config("deit_tiny")
-    cfg["loss_label_smoothing"] = 0.1
+    cfg = dataclasses.replace(config("deit_tiny"), loss_label_smoothing=0.1)
     one(audit(cfg), "applied twice")
 
 

@@ -87,10 +87,14 @@ def test_learns_and_writes_what_is_specified(reference, data):
     last = load(reference / "last.pt")
     assert last["classes"] == ["class_0", "class_1", "class_2"]
     assert last["epoch"] == 3 and last["step_in_epoch"] == 0 and last["global_step"] == 18
-    for key in ("model", "ema", "optimizer", "scaler", "rng", "args", "eval_policy", "metrics", "imnet_version",
-                "sampler_seed", "meter"):
+    for key in ("version", "model", "ema", "optimizer", "scaler", "rng", "config", "metrics", "imnet_version",
+                "meter", "history", "bad_images"):
         assert key in last, key
-    assert last["eval_policy"]["resize_size"] == 36 and last["eval_policy"]["crop_size"] == 32
+    policy = last["config"]["eval_policy"]
+    assert policy["resize_size"] == 36 and policy["crop_size"] == 32 and policy["decode"] == "full"
+    assert last["config"]["seed"] == 3 and last["config"]["model"] == "deit_tiny"
+    # The run folder's config.json is the checkpoint's Config.
+    assert json.loads((reference / "config.json").read_text())["global_batch_size"] == last["config"]["global_batch_size"] == 8
     # The "model" entry is a plain torchvision state_dict: no module. / _orig_mod. prefixes.
     # deit_tiny is torchvision's VisionTransformer class (torchvision has no deit_tiny builder).
     net = VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,

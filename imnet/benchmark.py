@@ -1,0 +1,69 @@
+"""Inference benchmark: forward FLOPs, throughput and latency per batch size (``eval.py --bench``)."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from imnet.transforms import normalize
+
+
+def forward_flops(model, crop_size, device):
+    """Forward FLOPs (in G) for one image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    FlopCounterMode counts 2 FLOPs per multiply-accumulate (a matmul of m x k by k x n is 2mkn). Papers and
+    model cards usually quote multiply-accumulates under the name "FLOPs" (ResNet-50: 4.1 G), so both are
+    reported: ``gflops`` and ``gmacs`` = gflops / 2.
+    """
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, 3, crop_size, crop_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with torch.inference_mode(), counter:
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def percentile(sorted_values, q):
+    """Nearest-rank percentile (no interpolation): the smallest value with at least q% of the data at or below it."""
+    return sorted_values[max(math.ceil(q / 100 * len(sorted_values)) - 1, 0)]
+
+
+@torch.inference_mode()
+def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=False, warmup=5, iters=20):
+    """For each batch size: ``warmup`` untimed batches, then ``iters`` timed ones of uint8 -> normalize -> forward.
+
+    Each timed batch ends with a device synchronisation, so a latency is the full time of one batch;
+    throughput is images / total timed time.
+    """
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def forward(images):
+        x = normalize(images, policy.mean, policy.std, channels_last=channels_last)
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            return model(x)
+
+    rows = []
+    for bs in batch_sizes:
+        images = torch.randint(0, 256, (bs, 3, policy.crop_size, policy.crop_size), dtype=torch.uint8, device=device)
+        for _ in range(warmup):
+            forward(images)
+        sync()
+        times = []
+        for _ in range(iters):
+            start = time.perf_counter()
+            forward(images)
+            sync()
+            times.append(time.perf_counter() - start)
+        times.sort()
+        rows.append({"batch_size": bs, "img_per_s": bs * iters / sum(times), "p50_ms": 1e3 * percentile(times, 50),
+                     "p95_ms": 1e3 * percentile(times, 95), "iters": iters})
+    return rows
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"

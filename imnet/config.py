@@ -1,0 +1,354 @@
+"""Settings, resolved once: the evaluation policy (`EvalPolicy`) and a training run's `Config`.
+
+Every derived number of a run - global batch, scaled learning rate, evaluation resize/crop, whether label
+smoothing is folded into the MixUp/CutMix targets, steps per epoch - is computed here, once, into a frozen
+object that everything else reads. train.py prints it (``--dry-run``), writes it to ``OUTPUT/config.json``,
+stores it in every checkpoint and compares it on resume; ``--config FILE`` starts a run from such a file.
+
+Layers of settings, lowest first: argparse defaults < ``--recipe NAME`` < ``--config FILE`` < flags given on
+the command line. The evaluation policy has one more rule, because three flags describe two numbers
+(resize and crop): see `resolve_eval_policy`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from imnet.schedule import lr_at, scale_lr
+from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
+
+DEFAULT_CROP_PCT = 0.875  # 224 -> 256, the classic AlexNet/ResNet evaluation
+DECODE_MODES = ("full", "reduced")
+AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class ConfigError(Exception):
+    """Contradictory or impossible settings; printed as one paragraph with exit code 2."""
+
+
+# ------------------------------------------------------------------------------------------ eval policy
+
+@dataclass(frozen=True)
+class EvalPolicy:
+    """How validation images become model inputs: resize the shorter side to ``resize_size``
+    (``interpolation``, antialiased), keep the centre ``crop_size`` square, normalize with ``mean``/``std``.
+
+    ``decode="full"`` (the default) decodes every JPEG at full size, so the pixels equal torchvision's
+    ``Resize`` + ``CenterCrop`` tensor pipeline exactly: the pipeline published accuracies are compared with.
+    ``decode="reduced"`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is large enough (faster;
+    a few files change by tens of grey levels), an opt-in that the printed policy names.
+    """
+    resize_size: int
+    crop_size: int
+    interpolation: str = "bilinear"
+    mean: tuple = IMAGENET_MEAN
+    std: tuple = IMAGENET_STD
+    decode: str = "full"
+
+    @property
+    def crop_pct(self) -> float:
+        return self.crop_size / self.resize_size
+
+    def transform(self):
+        """The worker-side transform: file -> uint8 (3, crop, crop)."""
+        return eval_transform(crop_size=self.crop_size, resize_size=self.resize_size,
+                              interpolation=self.interpolation, draft=self.decode == "reduced")
+
+    def describe(self) -> str:
+        fmt = lambda v: ", ".join(f"{x:.4g}" for x in v)
+        return (f"resize {self.resize_size} (shorter side, {self.interpolation}) -> centre crop {self.crop_size} "
+                f"(crop_pct {self.crop_pct:.4f}); mean ({fmt(self.mean)}), std ({fmt(self.std)}); "
+                f"{self.decode} decode")
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d.update(mean=list(self.mean), std=list(self.std), crop_pct=self.crop_pct)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict | None) -> "EvalPolicy | None":
+        if not d:
+            return None
+        return cls(int(d["resize_size"]), int(d["crop_size"]), d.get("interpolation", "bilinear"),
+                   tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
+                   tuple(float(v) for v in d.get("std", IMAGENET_STD)), d.get("decode", "full"))
+
+
+def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> EvalPolicy:
+    """The one resolver of the evaluation policy, used by train.py, eval.py and the audit.
+
+    ``given`` holds the flags the user set explicitly (keys ``crop_size``, ``resize_size``, ``crop_pct``,
+    ``interpolation``, ``mean``, ``std``, ``decode``; absent or None = not given). ``base`` is what they
+    override: a recipe's or config file's settings (a dict with the same keys) in train.py, the
+    checkpoint's policy in eval.py. Precedence:
+
+    1. crop = given crop, else base crop, else 224.
+    2. resize = given resize (it wins over a given crop_pct); else floor(crop / given crop_pct); else, when
+       the crop was given and the base has a resize, floor(crop / base crop_pct) (a 224/256 policy asked at
+       288 resizes to 329, keeping the ratio); else the base resize (when the crop was not given); else
+       floor(crop / base crop_pct or 0.875).
+    3. interpolation, mean, std, decode: given, else base, else bilinear / ImageNet's / full.
+
+    A resize smaller than the crop (the centre crop would be padded with black) raises ConfigError.
+    """
+    given = {k: v for k, v in given.items() if v is not None}
+    if isinstance(base, EvalPolicy):
+        base = base.to_dict()
+    base = {k: v for k, v in (base or {}).items() if v is not None}
+    crop = int(given.get("crop_size") or base.get("crop_size") or 224)
+    base_pct = base.get("crop_pct")
+    if base.get("resize_size") and base.get("crop_size"):
+        base_pct = base["crop_size"] / base["resize_size"]
+    if "resize_size" in given:
+        resize = given["resize_size"]
+    elif "crop_pct" in given:
+        resize = _resize_for(crop, given["crop_pct"])
+    elif "crop_size" in given and base_pct:
+        resize = _resize_for(crop, base_pct)
+    elif base.get("resize_size"):
+        resize = base["resize_size"]
+    else:
+        resize = _resize_for(crop, base.get("crop_pct") or DEFAULT_CROP_PCT)
+    pick = lambda key, default: given.get(key, base.get(key, default))
+    policy = EvalPolicy(int(resize), crop, pick("interpolation", "bilinear"),
+                        tuple(float(v) for v in pick("mean", IMAGENET_MEAN)),
+                        tuple(float(v) for v in pick("std", IMAGENET_STD)), pick("decode", "full"))
+    if policy.resize_size < policy.crop_size:
+        raise ConfigError(f"The evaluation resize {policy.resize_size} is smaller than the crop {policy.crop_size}: "
+                          f"the centre crop would be padded with black. Give a resize >= the crop (or a crop_pct "
+                          f"<= 1), e.g. resize {_resize_for(policy.crop_size, DEFAULT_CROP_PCT)} for crop "
+                          f"{policy.crop_size}.")
+    if policy.decode not in DECODE_MODES:
+        raise ConfigError(f"decode must be one of {DECODE_MODES}, not {policy.decode!r}.")
+    return policy
+
+
+def _resize_for(crop: int, crop_pct: float) -> int:
+    if not 0 < crop_pct <= 1:
+        raise ConfigError(f"crop_pct must be in (0, 1] (got {crop_pct}); 0.875 gives the classic 224 -> 256.")
+    return int(math.floor(crop / crop_pct))
+
+
+# ------------------------------------------------------------------------------------------ training
+
+@dataclass(frozen=True)
+class Config:
+    """Everything a training run does, resolved once. Fields up to ``quiet`` are train.py's flags (see
+    ``python train.py --help``) except the four evaluation flags (`EVAL_FLAGS`), which live resolved in
+    ``eval_policy``; the rest are derived in `resolve` and `Config.with_data`."""
+    # data
+    data: str | None
+    workers: int
+    train_crop_size: int
+    interpolation: str            # train and evaluation resampling
+    crop_scale: tuple
+    max_bad_images: str
+    fake_data: bool
+    num_classes: int
+    # model
+    model: str
+    drop_path: float | None
+    channels_last: bool
+    compile: bool
+    sync_bn: bool
+    # optimization
+    epochs: int
+    batch_size: int
+    global_batch: int | None
+    accum_steps: int
+    opt: str
+    lr: float | None
+    lr_base: float
+    momentum: float
+    nesterov: bool
+    weight_decay: float
+    decay_norm_bias: bool
+    clip_grad: float
+    # schedule
+    sched: str
+    warmup_epochs: float
+    warmup_start_factor: float
+    min_lr: float
+    lr_milestones: tuple
+    lr_gamma: float
+    # regularization
+    label_smoothing: float
+    mixup: float
+    cutmix: float
+    mix_prob: float
+    switch_prob: float
+    auto_augment: str
+    ra_num_ops: int
+    ra_magnitude: int
+    random_erase: float
+    ema: bool
+    ema_decay: float
+    ema_every: int
+    ema_warmup: bool
+    # mixed precision, distributed
+    amp: str
+    device: str
+    seed: int
+    deterministic: bool
+    # checkpointing, logging
+    output: str
+    resume: str | None
+    save_every_minutes: float
+    stop_at_step: int | None
+    eval_every: int
+    log_every: int
+    recipe: str | None
+    config: str | None
+    dry_run: bool
+    quiet: bool
+    # ---- derived
+    world_size: int
+    global_batch_size: int        # the global batch used: world_size x batch_size x accum_steps
+    peak_lr: float                # --lr as given, or --lr-base x global_batch_size / 256
+    lr_given: bool
+    eval_policy: EvalPolicy
+    mixing: bool
+    loss_label_smoothing: float   # smoothing in the loss (0 when the mixer folds it into soft targets)
+    mix_label_smoothing: float
+    train_images: int = 0
+    val_images: int = 0
+    classes: int = 0
+    steps_per_epoch: int = 0
+
+    @property
+    def total_steps(self) -> int:
+        return self.epochs * self.steps_per_epoch
+
+    @property
+    def amp_dtype(self):
+        return AMP_DTYPES[self.amp]
+
+    def lr_at(self, step: int) -> float:
+        """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`."""
+        spe = self.steps_per_epoch
+        return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps,
+                     warmup_steps=round(self.warmup_epochs * spe), warmup_start_factor=self.warmup_start_factor,
+                     sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
+                     gamma=self.lr_gamma)
+
+    def with_data(self, train_images: int, val_images: int, classes: int) -> "Config":
+        """The same Config with the data's sizes and the steps per epoch they give.
+
+        Each rank reads floor(train_images / world_size) images per epoch (the sampler drops the rest), in
+        micro-batches of batch_size, accum_steps of them per optimizer step."""
+        if train_images < self.global_batch_size:
+            raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
+                              f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
+        steps = train_images // self.world_size // self.batch_size // self.accum_steps
+        return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
+                                   steps_per_epoch=steps)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["eval_policy"] = self.eval_policy.to_dict()
+        return d
+
+    def flags(self) -> dict:
+        """The flag values that reproduce this Config through ``--config``: the evaluation policy is written
+        resolved (resize and crop), so that re-reading it cannot apply the precedence rules a second time."""
+        names = {f.name for f in dataclasses.fields(self)[:FLAG_FIELDS]}
+        d = {k: v for k, v in self.to_dict().items() if k in names}
+        p = self.eval_policy
+        d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
+                 config=None, dry_run=False)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
+EVAL_FLAGS = ("val_crop_size", "val_resize_size", "crop_pct", "val_decode")  # -> Config.eval_policy
+
+
+def flag_names() -> list[str]:
+    return [f.name for f in dataclasses.fields(Config)[:FLAG_FIELDS]] + list(EVAL_FLAGS)
+
+
+def resolve(below: dict, given: dict, world_size: int) -> Config:
+    """-> the run's Config, from every flag's value below the command line (argparse default, recipe, config
+    file), the flags given on the command line, and the world size. Contradictions raise ConfigError."""
+    f = {**below, **given}
+    for name in ("epochs", "batch_size", "accum_steps", "train_crop_size", "val_crop_size", "ema_every", "log_every"):
+        if f[name] is not None and f[name] < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {f[name]}).")
+    if not 0 < f["crop_scale"][0] <= f["crop_scale"][1] <= 1:
+        raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need 0 < MIN <= MAX <= 1.")
+    if f["mixup"] < 0 or f["cutmix"] < 0 or not 0 <= f["label_smoothing"] < 1:
+        raise ConfigError("--mixup and --cutmix must be >= 0 and --label-smoothing in [0, 1).")
+    if f["sched"] == "step" and sorted(f["lr_milestones"]) != list(f["lr_milestones"]):
+        raise ConfigError(f"--lr-milestones must be increasing (got {f['lr_milestones']}).")
+    if f["warmup_epochs"] >= f["epochs"] and f["warmup_epochs"] > 0:
+        raise ConfigError(f"--warmup-epochs {f['warmup_epochs']} is not shorter than --epochs {f['epochs']}: "
+                          f"the run would never leave warmup.")
+    if f["ema"] and not 0 < f["ema_decay"] < 1:
+        raise ConfigError(f"--ema-decay must be in (0, 1) (got {f['ema_decay']}).")
+    if f["eval_every"] < 0:
+        raise ConfigError(f"--eval-every must be >= 0 (got {f['eval_every']}); 0 evaluates after the last epoch only.")
+
+    requested = f["global_batch"]
+    if requested is not None:
+        per = requested // (world_size * f["accum_steps"])
+        if per < 1:
+            raise ConfigError(f"--global-batch {requested} is smaller than world size {world_size} x accum steps "
+                              f"{f['accum_steps']}.")
+        f["batch_size"] = per
+    total = f["batch_size"] * world_size * f["accum_steps"]
+    lr_given = f["lr"] is not None  # recipes give --lr-base; only the user (or a config file) sets --lr
+    lr = f["lr"] if f["lr"] is not None else scale_lr(f["lr_base"], total)
+
+    eval_keys = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "crop_pct": "crop_pct",
+                 "interpolation": "interpolation", "val_decode": "decode"}
+    policy = resolve_eval_policy({ours: given[flag] for flag, ours in eval_keys.items() if flag in given},
+                                 {ours: below[flag] for flag, ours in eval_keys.items()})
+    if fixed_input_size(f["model"]) and policy.crop_size != f["train_crop_size"]:
+        raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for "
+                          f"--train-crop-size {f['train_crop_size']}), but the evaluation crop is "
+                          f"{policy.crop_size}. Use --val-crop-size {f['train_crop_size']} (and a resize >= it), "
+                          f"or train at the evaluation size.")
+
+    mixing = f["mixup"] > 0 or f["cutmix"] > 0
+    for key in ("crop_scale", "lr_milestones"):
+        f[key] = tuple(f[key])
+    for key in EVAL_FLAGS:
+        del f[key]
+    return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given, eval_policy=policy, mixing=mixing,
+                  loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
+                  mix_label_smoothing=f["label_smoothing"] if mixing else 0.0)
+
+
+def fixed_input_size(model: str) -> bool:
+    """Models whose input size is fixed when they are built: torchvision's ViT (and DeiT, built on it)."""
+    return model.startswith("vit_") or model.startswith("deit_")
+
+
+def read_config_file(path: str) -> dict:
+    """The flag values stored in a run's ``config.json`` (derived values are recomputed, not read)."""
+    try:
+        with open(path) as fh:
+            d = json.load(fh)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"Cannot read --config {path}: {e}. Pass a config.json written by train.py.") from None
+    if not isinstance(d, dict):
+        raise ConfigError(f"--config {path} holds a {type(d).__name__}, not a JSON object of settings.")
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(Config)} - set(EVAL_FLAGS))
+    if unknown:
+        raise ConfigError(f"--config {path} has unknown settings {unknown}; was it written by another version?")
+    return {k: v for k, v in d.items() if k in flag_names()}
+
+
+def write_config_file(cfg: Config, path: Path) -> None:
+    """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values."""
+    d = cfg.to_dict()
+    d.update(cfg.flags())
+    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
+    tmp.write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
+    tmp.replace(path)

@@ -1,0 +1,139 @@
+"""One resolved Config and one EvalPolicy: flag/recipe/config-file precedence, contradictions refused before any
+work, and the config.json round trip."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import eval as imnet_eval
+import train
+from conftest import make_imagefolder
+from imnet import config
+from imnet.config import ConfigError, EvalPolicy, resolve_eval_policy
+
+
+def resolved(*argv: str, world_size: int = 1) -> config.Config:
+    """What train.py resolves for this command line (before the data is read)."""
+    below, given = train.parse_args(list(argv) + ["--data", "unused", "--output", "runs/x"])
+    return config.resolve(below, given, world_size)
+
+
+def sizes(cfg: config.Config) -> tuple[int, int, str]:
+    p = cfg.eval_policy
+    return p.resize_size, p.crop_size, p.interpolation
+
+
+# ------------------------------------------------------------------------------------------ precedence
+
+def test_recipe_policy_and_explicit_flags_over_it():
+    assert sizes(resolved("--recipe", "resnet50")) == (232, 224, "bilinear")
+    # --crop-pct recomputes the resize the recipe set: floor(224 / 0.95) = 235 (it used to stay 232).
+    assert sizes(resolved("--recipe", "resnet50", "--crop-pct", "0.95")) == (235, 224, "bilinear")
+    # ... unless the resize is given too: an explicit resize beats an explicit crop_pct.
+    assert sizes(resolved("--recipe", "resnet50", "--crop-pct", "0.95", "--val-resize-size", "240"))[:2] == (240, 224)
+    # A new crop alone keeps the recipe's crop/resize ratio: floor(288 / (224 / 232)) = 298.
+    assert sizes(resolved("--recipe", "resnet50", "--val-crop-size", "288"))[:2] == (298, 288)
+    assert sizes(resolved("--recipe", "resnet50", "--interpolation", "bicubic"))[2] == "bicubic"
+    assert sizes(resolved("--recipe", "deit_small")) == (256, 224, "bicubic")
+    # No recipe: the classic 0.875.
+    assert sizes(resolved("--val-crop-size", "64"))[:2] == (73, 64)
+    assert sizes(resolved("--val-crop-size", "64", "--crop-pct", "1.0"))[:2] == (64, 64)
+
+
+def test_resolver_rules_directly():
+    base = EvalPolicy(256, 224, "bicubic")
+    assert resolve_eval_policy({}, base) == base
+    assert resolve_eval_policy({"crop_size": 288}, base).resize_size == 329  # floor(288 * 256 / 224)
+    assert resolve_eval_policy({"crop_pct": 1.0}, base).resize_size == 224
+    assert resolve_eval_policy({"resize_size": 300, "crop_pct": 0.5}, base).resize_size == 300
+    assert resolve_eval_policy({"decode": "reduced"}, base).decode == "reduced"
+    assert resolve_eval_policy({}, None) == EvalPolicy(256, 224)
+    with pytest.raises(ConfigError, match="smaller than the crop"):
+        resolve_eval_policy({"resize_size": 200}, base)
+    with pytest.raises(ConfigError, match="crop_pct"):
+        resolve_eval_policy({"crop_pct": 1.5}, base)
+
+
+def test_derived_values_live_in_the_config():
+    cfg = resolved("--recipe", "resnet50", world_size=4)
+    assert cfg.global_batch_size == 4 * 128 and cfg.peak_lr == pytest.approx(0.5 * 512 / 1024)
+    assert cfg.mixing and cfg.loss_label_smoothing == 0.0 and cfg.mix_label_smoothing == 0.1
+    cfg = resolved("--recipe", "resnet50", "--global-batch", "256", world_size=2)
+    assert cfg.batch_size == 128 and cfg.global_batch_size == 256
+    cfg = cfg.with_data(train_images=1000, val_images=50, classes=10)
+    assert cfg.steps_per_epoch == 1000 // 2 // 128 and cfg.total_steps == 600 * 3
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.lr = 1.0
+    with pytest.raises(ConfigError, match="fewer than one global batch"):
+        cfg.with_data(train_images=100, val_images=1, classes=1)
+
+
+# ------------------------------------------------------------------------------------------ refused up front
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("cfg_data"), num_classes=2, train_per_class=8, val_per_class=2)
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--model", "deit_tiny", "--train-crop-size", "32", "--val-crop-size", "48", "--val-resize-size", "56"],
+     "takes inputs of one size only"),
+    (["--recipe", "deit_tiny", "--train-crop-size", "32", "--val-crop-size", "384", "--warmup-epochs", "0"],
+     "takes inputs of one size only"),
+    (["--model", "resnet18", "--val-crop-size", "64", "--val-resize-size", "48"], "smaller than the crop"),
+    (["--model", "resnet18", "--crop-pct", "1.2"], "crop_pct must be in (0, 1]"),
+    (["--model", "resnet18", "--eval-every", "-1"], "--eval-every"),
+])
+def test_contradictions_exit_2_before_any_work(data, tmp_path, capsys, argv, needle):
+    out = tmp_path / "run"
+    code = train.main(argv + ["--data", str(data), "--output", str(out), "--epochs", "1", "--workers", "0"])
+    captured = capsys.readouterr()
+    assert code == 2, captured.err
+    assert needle in captured.err and "Traceback" not in captured.err
+    assert not out.exists()  # nothing written: the run stopped at setup, before any training step
+
+
+# ------------------------------------------------------------------------------------------ config.json
+
+@pytest.mark.parametrize("argv", [
+    ["--recipe", "resnet50", "--crop-pct", "0.95"],
+    ["--recipe", "deit_tiny", "--global-batch", "512", "--lr", "0.001", "--epochs", "7"],
+    ["--model", "resnet18", "--val-crop-size", "64", "--mixup", "0.2", "--label-smoothing", "0.1", "--val-decode",
+     "reduced", "--lr-milestones", "2", "4"],
+])
+def test_config_file_round_trip(argv, tmp_path):
+    """A run started from a written config.json resolves to the same Config; flags given beside it win."""
+    first = resolved(*argv, world_size=2)
+    config.write_config_file(first, tmp_path / "config.json")
+    assert json.loads((tmp_path / "config.json").read_text())["peak_lr"] == first.peak_lr
+    again = resolved("--config", str(tmp_path / "config.json"), world_size=2)
+    assert dataclasses.replace(again, config=None) == first
+    changed = resolved("--config", str(tmp_path / "config.json"), "--epochs", "30", world_size=2)
+    assert changed.epochs == 30 and dataclasses.replace(changed, epochs=first.epochs, config=None) == first
+
+
+def test_config_file_errors_are_one_paragraph(tmp_path, capsys):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"no_such_flag": 1}')
+    assert train.main(["--config", str(bad)]) == 2
+    assert "unknown settings ['no_such_flag']" in capsys.readouterr().err
+    bad.write_text("not json")
+    assert train.main(["--config", str(bad)]) == 2
+    assert "Cannot read --config" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------------------------ eval.py
+
+def test_eval_uses_the_same_resolver_and_canonical_pixels_by_default():
+    parse = lambda *a: imnet_eval.build_parser().parse_args(list(a))
+    stored = EvalPolicy(232, 224, "bilinear")
+    assert imnet_eval.resolve_policy(parse(), stored) == stored
+    assert imnet_eval.resolve_policy(parse("--crop-pct", "0.95"), stored).resize_size == 235
+    policy = imnet_eval.resolve_policy(parse(), None)
+    assert policy.decode == "full" and policy.transform().draft is False
+    assert imnet_eval.resolve_policy(parse("--decode", "reduced"), None).transform().draft is True
+    assert "full decode" in policy.describe()
