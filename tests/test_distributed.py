@@ -2,7 +2,7 @@
 distributed evaluation, and the --sync-bn refusal. Each run is a few SGD steps of a BatchNorm-free model.
 
 torch's SyncBatchNorm refuses CPU tensors, so the equivalence is proven with convnext_tiny (LayerNorm) and
---drop-path 0 (DESIGN.md, correctness item 3): plain DDP over 2 processes with batch b must then equal one
+--drop-path 0 (docs/design.md, "What the tests prove"): plain DDP over 2 processes with batch b must then equal one
 process with batch 2b, because the sampler hands rank r the samples r, r+2, ... of each global batch and
 each sample's augmentation depends only on (seed, epoch, index).
 """
