@@ -1,12 +1,14 @@
-"""Datasets, samplers and loaders: from an ImageFolder tree to normalized batches on the device.
+"""Datasets, samplers and loaders: from a list of image files to normalized batches on the device.
 
-The path of one training batch (see DESIGN.md, "Data flow"):
+The path of one training batch:
 
     TrainSampler -> (index, epoch) -> ImageFolder[(index, epoch)] in a worker: the transform decodes and
     augments one file into a uint8 CHW tensor -> collate: one uint8 NCHW batch (+ labels, + bad paths)
-    -> pinned memory -> to_device / CudaPrefetcher: copy, then float + normalize on the device.
+    -> pinned memory -> to_device: copy, then float + normalize on the device.
 
-Three decisions shape this module:
+Which folders and files make a data set, and the messages when they do not, are imnet.folders' job; this
+module keeps the seeds, the datasets (ImageFolder, FakeData), the samplers, the batches (collate,
+build_loader, to_device) and the accounting of unreadable images. Four decisions shape it:
 
 * **uint8 until the device.** Workers ship uint8 batches, 4x fewer bytes than float32 through shared memory,
   the pinned copy and the PCIe bus; the conversion to float and the normalization run on the accelerator,
@@ -18,10 +20,16 @@ Three decisions shape this module:
 * **A bad file never stops a run by itself.** Unreadable images are replaced by another, deterministic
   sample and reported by path with the batch; the training loop counts them (BadImageCounter) and stops
   with a clear message only beyond ``--max-bad-images``.
+* **No Python object per sample.** ImageFolder keeps its 1.28 million (path, label) pairs in three numpy
+  arrays (SampleIndex), not in a list of tuples: forked DataLoader workers read them without copying a page,
+  where touching a tuple's reference count would give each worker a private copy (over 200 MB on ImageNet).
+
+docs/design.md puts these decisions in the context of the whole program.
 """
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import math
 import os
@@ -32,10 +40,11 @@ import numpy as np
 import torch
 from PIL import Image
 
+# DataError is defined in imnet.folders; imnet.data.DataError is the same class. find_classes and
+# check_data_root are re-exported only until train.py and eval.py import them from imnet.folders.
+from imnet.folders import DataError, check_data_root, find_classes  # noqa: F401
+from imnet.folders import display_path, order_listing, short_list, walk_images
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
-
-# The extensions torchvision's ImageFolder accepts; matched case-insensitively (ImageNet uses ".JPEG").
-IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 # Decompression-bomb bound, in pixels (width x height), enforced while the transform opens a file.
 # 2**27 = 134 million pixels is about 400 MB once decoded to RGB: far above ordinary photographs (a 60 MP
@@ -47,11 +56,6 @@ MAX_IMAGE_PIXELS = 2**27
 # First word of the entropy given to SeedSequence, so that the shuffle seed of (seed, epoch) can never equal
 # the augmentation seed of some (seed, epoch, index, attempt): SeedSequence pads short entropy with zeros.
 _SHUFFLE, _AUGMENT = 1, 2
-
-
-class DataError(Exception):
-    """A problem with the data or the data flags. The message is one paragraph: what is wrong and how to fix
-    it; train.py and eval.py print it and exit with code 2, without a traceback."""
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -76,114 +80,6 @@ def _check_seed(seed: int) -> int:
 
 
 # --------------------------------------------------------------------------------------------------------
-# Folder checks
-
-
-def _is_image(name: str) -> bool:
-    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
-
-
-def _walk_images(folder: str):
-    """Yield the image files under `folder`, recursively, in a fixed (sorted) order; hidden files and hidden
-    folders (.DS_Store, .ipynb_checkpoints, anything starting with '.') are skipped. The order is
-    torchvision's ImageFolder order minus hidden entries, so indices agree with torchvision's."""
-    listing = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = [d for d in dirnames if not d.startswith(".")]  # do not descend into hidden folders
-        listing.append((dirpath, filenames))
-    for dirpath, filenames in sorted(listing):
-        for name in sorted(filenames):
-            if _is_image(name):
-                yield os.path.join(dirpath, name)
-
-
-def _first_image(folder: str) -> str | None:
-    return next(_walk_images(folder), None)
-
-
-def _names(items, limit: int = 8) -> str:
-    """'a', 'b', 'c' and 12 more."""
-    items = list(items)
-    shown = ", ".join(repr(x) for x in items[:limit])
-    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
-
-
-_LAYOUT = "ROOT/<class name>/<image file>, e.g. ROOT/n01440764/n01440764_10026.JPEG"
-
-
-def find_classes(root) -> list[str]:
-    """The sorted class-folder names under `root` (one subfolder per class, any depth of images below).
-
-    Hidden entries are ignored. Raises DataError if `root` is missing or not a folder, has no class folders
-    (with a specific message for a flat folder of images, the usual state of a freshly extracted ImageNet
-    val set), or has class folders without a single image file (listed by name)."""
-    root = os.fspath(root)
-    if not os.path.exists(root):
-        raise DataError(f"The folder {root!r} does not exist. Check the path (and --data); the expected "
-                        f"layout is {_LAYOUT}.")
-    if not os.path.isdir(root):
-        raise DataError(f"{root!r} is a file, not a folder. Pass the folder that holds one subfolder per "
-                        f"class: {_LAYOUT}.")
-    try:
-        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    except OSError as exc:
-        raise DataError(f"Cannot list {root!r} ({exc}). Check the path and its permissions.") from exc
-    classes = sorted(e.name for e in entries if e.is_dir())
-    if not classes:
-        loose = [e.name for e in entries if e.is_file() and _is_image(e.name)]
-        if loose:
-            raise DataError(
-                f"{root!r} holds {len(loose)} image files but no class subfolders; images must be sorted into "
-                f"one folder per class ({_LAYOUT}), the class being the folder name. A freshly extracted "
-                f"ImageNet validation set is flat like this: arrange it with `python -m imnet.prepare val --flat "
-                f"{root} --labels LOC_val_solution.csv --out ROOT/val` (symlinks into one folder per class).")
-        raise DataError(f"{root!r} has no class subfolders (it is empty or holds only hidden or non-image "
-                        f"files). The expected layout is {_LAYOUT}.")
-    empty = [c for c in classes if _first_image(os.path.join(root, c)) is None]
-    if empty:
-        raise DataError(
-            f"{len(empty)} of the {len(classes)} class folders in {root!r} contain no image file: "
-            f"{_names(empty)}. Accepted extensions are {', '.join(IMG_EXTENSIONS)} (any case). Put the images "
-            f"back, or delete these folders from both train/ and val/ if the classes are not wanted.")
-    return classes
-
-
-def check_data_root(data_root) -> tuple[str, str, list[str]]:
-    """Validate a dataset root `data_root/{train,val}/<class>/<image>` before any work is done.
-
-    Returns (train_dir, val_dir, classes). Raises DataError with a fix when the root or one of the splits is
-    missing, a split has no or empty class folders, or val/ and train/ do not have the same class folders
-    (both differences listed): a label index is a position in the sorted class list, so the two splits
-    must agree exactly or val accuracy would silently compare the wrong classes."""
-    root = os.fspath(data_root)
-    if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
-        raise DataError(f"The data root {root!r} {what}. Pass --data the folder that holds train/ and val/, "
-                        f"each laid out as {_LAYOUT.replace('ROOT', 'train')}.")
-    train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
-    missing = [name + "/" for name, d in (("train", train_dir), ("val", val_dir)) if not os.path.isdir(d)]
-    if missing:
-        found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        hint = (f" It contains the folders {_names(found)}." if found else " It contains no folders.")
-        if found and not any(n in ("train", "val") for n in found):
-            hint += " If these are class folders, you passed a split itself: pass its parent folder instead."
-        raise DataError(f"The data root {root!r} has no {' and no '.join(missing)} folder.{hint} --data must "
-                        f"point at a folder with train/ and val/ inside, each laid out as "
-                        f"{_LAYOUT.replace('ROOT', 'train')} (rename e.g. 'validation' to 'val').")
-    classes = find_classes(train_dir)
-    val_classes = find_classes(val_dir)
-    if classes != val_classes:
-        only_val = sorted(set(val_classes) - set(classes))
-        only_train = sorted(set(classes) - set(val_classes))
-        raise DataError(
-            f"train/ and val/ in {root!r} do not have the same class folders ({len(classes)} in train/, "
-            f"{len(val_classes)} in val/). Only in val/: {_names(only_val) or 'none'}. Only in train/: "
-            f"{_names(only_train) or 'none'}. Labels are positions in the sorted class list, so both splits "
-            f"must hold exactly the same class folder names: add or remove folders until they match.")
-    return train_dir, val_dir, classes
-
-
-# --------------------------------------------------------------------------------------------------------
 # Datasets
 
 
@@ -202,9 +98,118 @@ def _pil_guard(max_pixels: int):
             Image.MAX_IMAGE_PIXELS = previous
 
 
+class SampleIndex:
+    """The relative path and the label of every sample, in three flat buffers (one bytes object, two numpy
+    arrays) and no Python object per sample.
+
+    * `blob` (bytes): every path relative to the data root, file-system encoded (os.fsencode, so a name that
+      is not valid UTF-8 round-trips through surrogateescape) and NUL-terminated, concatenated in order;
+    * `offsets` (int64, n + 1): where path i starts in the blob; it ends at offsets[i + 1] - 1, before its NUL;
+    * `labels` (int32, n): the class index of each sample.
+
+    Why: a list of 1.28 million (path, label) tuples is 2.6 million Python objects. Every read of one changes
+    its reference count, so each forked DataLoader worker gradually copies every page of them (copy on
+    write): 217 MB of private memory per worker on ImageNet, 1.7 GB with 8 workers per GPU. Here the
+    per-sample data lives in three buffers that nobody writes after the build: workers share them with the
+    parent (bench/memory.py measures both: ~1.4 MB growth per worker, bookkeeping included). ImageNet's train
+    split takes ~40 MB of paths ("n01440764/n01440764_10026.JPEG" is 30 bytes + its NUL), 10 MB of offsets
+    and 5 MB of labels, once for all workers.
+
+    Why concatenated bytes + offsets rather than a fixed-width numpy 'S' array: an 'S' array pads every path
+    to the longest one, so one deep or long file name inflates all 1.28 million entries, and it strips
+    trailing NUL bytes; offsets cost 8 bytes a path whatever the lengths. int32 labels leave room for any
+    number of classes (int16 would save 2.5 MB on ImageNet and stop at 32,767).
+
+    Build it with from_listings, which sorts; the arrays are read-only.
+    """
+
+    def __init__(self, blob: bytes, offsets: np.ndarray, labels: np.ndarray):
+        if len(offsets) != len(labels) + 1 or (len(labels) and offsets[-1] != len(blob)):
+            raise ValueError("offsets must hold one more entry than labels and end at the length of blob")
+        self.blob = bytes(blob)
+        self.offsets = np.ascontiguousarray(offsets, dtype=np.int64)
+        self.labels = np.ascontiguousarray(labels, dtype=np.int32)
+        self.offsets.flags.writeable = False
+        self.labels.flags.writeable = False
+
+    @classmethod
+    def from_listings(cls, listings) -> "SampleIndex":
+        """The index of the classes in `listings`, an iterable of (class folder name, listing) in label order,
+        where a listing is the (reldir, file names) pairs imnet.folders.walk_images yields for that class
+        folder (any iterable of pairs, e.g. a synthetic one). Within a class the order is
+        folders.order_listing's, i.e. torchvision's ImageFolder order; the classes follow each other."""
+        paths: list[str] = []
+        counts: list[int] = []
+        for name, listing in listings:
+            prefix = name + os.sep
+            files = order_listing(listing)
+            paths += [prefix + f for f in files]
+            counts.append(len(files))
+        blob = os.fsencode("\0".join(paths) + "\0") if paths else b""
+        del paths  # the per-sample strings are gone before any worker is forked
+        ends = np.flatnonzero(np.frombuffer(blob, dtype=np.uint8) == 0)
+        if len(ends) != sum(counts):  # impossible unless a name holds a NUL byte, which no file system allows
+            raise ValueError("a file name contains a NUL byte")
+        offsets = np.concatenate([np.zeros(1, np.int64), ends + 1])
+        labels = np.repeat(np.arange(len(counts), dtype=np.int32), counts)
+        return cls(blob, offsets, labels)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def _check(self, i: int) -> int:
+        n = len(self.labels)
+        if not -n <= i < n:
+            raise IndexError(f"sample index {i} out of range for {n} samples")
+        return i + n if i < 0 else int(i)
+
+    def relpath(self, i: int) -> str:
+        """Path of sample i relative to the root (os.fsdecode: undecodable bytes become surrogates)."""
+        i = self._check(i)
+        return os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1] - 1])
+
+    def label(self, i: int) -> int:
+        return int(self.labels[self._check(i)])
+
+    def class_counts(self, num_classes: int) -> np.ndarray:
+        return np.bincount(self.labels, minlength=num_classes)
+
+    @property
+    def nbytes(self) -> int:
+        """Memory held by the index (shared by forked workers)."""
+        return len(self.blob) + self.offsets.nbytes + self.labels.nbytes
+
+
+class _SampleView(collections.abc.Sequence):
+    """ds.samples: (path, label) pairs on demand; see ImageFolder.samples."""
+
+    def __init__(self, dataset: "ImageFolder"):
+        self._dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self._dataset)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self[k] for k in range(*i.indices(len(self)))]
+        return self._dataset.path(i), self._dataset.label(i)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+
 class ImageFolder(torch.utils.data.Dataset):
     """Images under `root/<class>/...` for the given class list; ``ds[(index, epoch)] -> (uint8 CHW, label,
     bad)`` where `bad` is a tuple of the paths that could not be read for this item (usually empty).
+
+    The samples are those of torchvision's ImageFolder, in its order (so indices agree), minus what
+    imnet.folders' walker leaves out: hidden entries, and entries with an image name that are not regular
+    files (FIFOs, sockets, devices, broken links) or folder links that loop. The latter are listed in
+    `skipped`, as (path, reason), for the caller to report (folders.describe_skipped). The index is a
+    SampleIndex (`index`): no Python object per sample, so forked workers share it. Access:
+    ``len(ds)``, ``ds.path(i)`` (the root joined with the file's relative path: absolute when the root is),
+    ``ds.label(i)``, ``ds.targets`` (numpy int32 labels), ``ds.classes``, ``ds.root``.
 
     `transform(path) -> uint8 CHW tensor` decodes and augments one file (imnet.transforms). Before each call
     torch's global CPU RNG is seeded with ``derive_seed(2, seed, epoch, index, attempt)`` and restored
@@ -221,26 +226,46 @@ class ImageFolder(torch.utils.data.Dataset):
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_tries: int = 32):
-        self.root = os.fspath(root)
+        root = os.fspath(root)
+        self.root = os.fsdecode(root) if isinstance(root, bytes) else root
         self.classes = list(classes)
         self.transform = transform
         self.seed = _check_seed(seed)
         self.max_pixels = max_pixels
         self.max_tries = max_tries
-        self.samples: list[tuple[str, int]] = []
-        empty = []
-        for label, name in enumerate(self.classes):
-            found = [(path, label) for path in _walk_images(os.path.join(self.root, name))]
-            if not found:
-                empty.append(name)
-            self.samples += found
+        self.skipped: list[tuple[str, str]] = []
+        self.index = SampleIndex.from_listings(
+            (name, walk_images(os.path.join(self.root, name), self.skipped)) for name in self.classes)
+        counts = self.index.class_counts(len(self.classes))
+        empty = [name for name, count in zip(self.classes, counts) if count == 0]
         if empty:
-            raise DataError(f"{len(empty)} class folders of {self.root!r} are missing or hold no image file: "
-                            f"{_names(empty)}. Run check_data_root on the data root first, which explains the "
-                            f"expected layout.")
+            raise DataError(f"{len(empty)} class folders of {display_path(self.root)!r} are missing or hold no "
+                            f"image file: {short_list(empty)}. Run check_data_root on the data root first, which "
+                            f"explains the expected layout.")
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.index)
+
+    def path(self, i: int) -> str:
+        """The file of sample i: the root joined with its path relative to the root."""
+        return os.path.join(self.root, self.index.relpath(i))
+
+    def label(self, i: int) -> int:
+        return self.index.label(i)
+
+    @property
+    def targets(self) -> np.ndarray:
+        """The label of every sample (read-only int32 array), like torchvision's `targets` list."""
+        return self.index.labels
+
+    @property
+    def samples(self) -> collections.abc.Sequence:
+        """torchvision's `samples`, as a read-only sequence of (path, label) built on demand: ``ds.samples[i]``
+        costs what path(i) and label(i) cost, and nothing is stored. It materialises tuples only as you ask
+        for them: ``list(ds.samples)`` builds the whole list of tuples that SampleIndex exists to avoid
+        (over 200 MB on ImageNet, copied page by page into every worker that then reads it), so keep that to
+        tests and one-off scripts; code that runs in workers uses path(i) and label(i)."""
+        return _SampleView(self)
 
     def _read(self, path: str, seed: int) -> torch.Tensor:
         generator = torch.default_generator  # CPU only: torch.manual_seed would also reseed every GPU
@@ -257,7 +282,8 @@ class ImageFolder(torch.utils.data.Dataset):
         bad: list[str] = []
         for attempt in range(self.max_tries):
             seed = derive_seed(_AUGMENT, self.seed, epoch, index, attempt)
-            path, label = self.samples[index if attempt == 0 else seed % len(self.samples)]
+            sample = index if attempt == 0 else seed % len(self.index)
+            path, label = self.path(sample), self.label(sample)
             try:
                 image = self._read(path, seed)
             except Exception as exc:  # anything a broken file can make PIL/torchvision raise
@@ -271,9 +297,10 @@ class ImageFolder(torch.utils.data.Dataset):
                                 f"{getattr(image, 'dtype', type(image))} {tuple(getattr(image, 'shape', ()))}")
             return image, label, tuple(bad)
         raise DataError(
-            f"Could not read sample {index} of {self.root!r} nor any of the {self.max_tries - 1} replacements "
-            f"tried ({_names(bad, 4)}); the last error was {type(error).__name__}: {error}. Either most files "
-            f"are unreadable (check the copy of the data set) or the transform fails on every image.") from error
+            f"Could not read sample {index} of {display_path(self.root)!r} nor any of the {self.max_tries - 1} "
+            f"replacements tried ({short_list(bad, 4)}); the last error was {type(error).__name__}: "
+            f"{display_path(str(error))}. Either most files are unreadable (check the copy of the data set) or "
+            f"the transform fails on every image.") from error
 
 
 class FakeData(torch.utils.data.Dataset):
@@ -439,52 +466,6 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
     return normalize(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last), labels
 
 
-class CudaPrefetcher:
-    """Iterate a loader yielding (images, labels, bad) already on the device and normalized, copying and
-    normalizing batch k+1 on a side CUDA stream while the model computes on batch k.
-
-    On a non-CUDA device it is plain iteration through to_device. The loader should pin memory, or the
-    copies cannot overlap with compute."""
-
-    def __init__(self, loader, device, channels_last: bool = False, dtype: torch.dtype = torch.float32):
-        self.loader, self.device = loader, torch.device(device)
-        self.channels_last, self.dtype = channels_last, dtype
-
-    def __len__(self) -> int:
-        return len(self.loader)
-
-    def _to_device(self, batch):
-        images, labels, bad = batch
-        return (*to_device(images, labels, self.device, self.channels_last, self.dtype), bad)
-
-    def __iter__(self):
-        if self.device.type != "cuda":
-            for batch in self.loader:
-                yield self._to_device(batch)
-            return
-        stream = torch.cuda.Stream(self.device)
-        main = torch.cuda.current_stream(self.device)
-        batches = iter(self.loader)
-
-        def load_next():
-            batch = next(batches, None)
-            if batch is None:
-                return None
-            with torch.cuda.stream(stream):
-                return self._to_device(batch)
-
-        upcoming = load_next()
-        while upcoming is not None:
-            main.wait_stream(stream)  # the copy of this batch is finished before the model reads it
-            images, labels, bad = upcoming
-            # Made on the side stream, used on the main one: keep the allocator from reusing their memory
-            # for the next copy before the main stream is done with them.
-            images.record_stream(main)
-            labels.record_stream(main)
-            upcoming = load_next()
-            yield images, labels, bad
-
-
 # --------------------------------------------------------------------------------------------------------
 # Counting bad images
 
@@ -509,14 +490,15 @@ def parse_max_bad(value, total: int) -> int:
 
 
 def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
-    """A short reason why `path` cannot be read, found by opening it with PIL again (used in messages)."""
+    """A short reason why `path` cannot be read, found by opening it with PIL again (used in messages;
+    printable even when the file name is not valid UTF-8)."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
         with _pil_guard(max_pixels), Image.open(path) as image:
             image.load()
     except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
+        return display_path(f"{type(exc).__name__}: {exc}")  # the error may quote a non-UTF-8 file name
     return "PIL reads it; the transform failed on it"
 
 
@@ -526,7 +508,7 @@ class BadImageCounter:
         counter = BadImageCounter(parse_max_bad(args.max_bad_images, len(train_set)), total=len(train_set))
         for images, labels, bad in loader:
             for path in counter.update(bad):   # the newly seen ones, to name in the log
-                log(f"skipped unreadable image {path}")
+                log(f"skipped unreadable image {display_path(path)}")
 
     Files are counted once however often they are met (every epoch meets them again). update() raises
     DataError once more than `max_bad` distinct files were seen by this process. With several ranks each
@@ -554,7 +536,7 @@ class BadImageCounter:
         if count <= self.max_bad:
             return
         of_total = f" out of {self.total}" if self.total else ""
-        first = "; ".join(f"{p} ({why_unreadable(p)})" for p in list(self.paths)[:5])
+        first = "; ".join(f"{display_path(p)} ({why_unreadable(p)})" for p in list(self.paths)[:5])
         raise DataError(
             f"Too many unreadable images: {count} distinct files{of_total} could not be read, more than the "
             f"{self.max_bad} allowed by --max-bad-images. Each was skipped and replaced by another image. "

@@ -6,6 +6,8 @@ That survives JPEG, CMYK, greyscale, palette and resizing, so a test can tell wh
 """
 
 import io
+import os
+import pickle
 import struct
 import warnings
 import zlib
@@ -17,10 +19,10 @@ import torchvision.transforms as T
 from torchvision.datasets.folder import make_dataset
 from PIL import Image
 
-from imnet import data
-from imnet.data import (BadImageCounter, CudaPrefetcher, DataError, EvalSampler, FakeData, ImageFolder,
-                        TrainSampler, build_loader, check_data_root, collate, find_classes, parse_max_bad,
-                        to_device)
+from imnet import data, folders
+from imnet.data import (BadImageCounter, EvalSampler, FakeData, ImageFolder, SampleIndex, TrainSampler,
+                        build_loader, collate, parse_max_bad, to_device)
+from imnet.folders import DataError, check_data_root, find_classes
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -141,8 +143,40 @@ def test_listing_ignores_hidden_and_non_images(tree):
     assert sorted(p for p, _ in ds.samples) == sorted([*good, *bad])
     assert all(label == label_of(p, classes) for p, label in ds.samples)
     # torchvision's order (and so its indices), minus the hidden entries torchvision would include
-    reference = make_dataset(str(split), {c: i for i, c in enumerate(classes)}, data.IMG_EXTENSIONS)
-    assert ds.samples == [(p, i) for p, i in reference if "/." not in p]
+    reference = make_dataset(str(split), {c: i for i, c in enumerate(classes)}, folders.IMG_EXTENSIONS)
+    assert list(ds.samples) == [(p, i) for p, i in reference if "/." not in p]
+
+
+def test_sample_index_is_compact_and_exact(tree):
+    # A synthetic listing, as folders.walk_images yields it: (reldir, unsorted names) per folder.
+    listings = [("b", [("sub", ["x.png"]), ("", ["2.jpg", "10.jpg", "1.jpg"])]), ("a", [("", [])]),
+                ("c", [("", [os.fsdecode(b"\xff.jpg")])])]
+    index = SampleIndex.from_listings(listings)
+    expected = ["b/1.jpg", "b/10.jpg", "b/2.jpg", "b/sub/x.png", os.fsdecode(b"c/\xff.jpg")]
+    assert len(index) == 5 and [index.relpath(i) for i in range(5)] == expected
+    assert [index.label(i) for i in range(5)] == index.labels.tolist() == [0, 0, 0, 0, 2]
+    assert index.blob == b"b/1.jpg\0b/10.jpg\0b/2.jpg\0b/sub/x.png\0c/\xff.jpg\0"
+    assert index.offsets.tolist() == [0, 8, 17, 25, 37, 45]
+    assert index.labels.dtype == np.int32 and index.offsets.dtype == np.int64
+    assert index.class_counts(3).tolist() == [4, 0, 1] and index.nbytes == 45 + 6 * 8 + 5 * 4
+    assert index.relpath(-1) == expected[-1] and index.label(-5) == 0
+    for wrong in (5, -6):
+        with pytest.raises(IndexError):
+            index.relpath(wrong)
+    with pytest.raises(ValueError):
+        index.labels[0] = 1  # read-only: nothing writes to the pages the workers share
+    copy = pickle.loads(pickle.dumps(index))  # spawned workers receive it pickled
+    assert [copy.relpath(i) for i in range(5)] == expected and len(SampleIndex.from_listings([])) == 0
+
+    split = tree[0]
+    ds = ImageFolder(split, find_classes(split), simple_transform)
+    n = len(ds)
+    assert isinstance(ds.targets, np.ndarray) and ds.targets.tolist() == [ds.label(i) for i in range(n)]
+    assert ds.samples[-1] == (ds.path(n - 1), ds.label(n - 1)) and ds.samples[1:3] == list(ds.samples)[1:3]
+    assert all(ds.path(i) == os.path.join(ds.root, ds.index.relpath(i)) for i in range(n))
+    # No per-sample Python objects: no attribute of the dataset or of its index is a container of n items.
+    for obj in (ds, ds.index):
+        assert not [k for k, v in vars(obj).items() if isinstance(v, (list, tuple, dict)) and len(v) == n]
 
 
 def test_data_errors_explain(tmp_path):
@@ -406,7 +440,7 @@ def test_to_device_equals_float_in_worker_normalization():
     assert to_device(uint8, labels, "cpu", dtype=torch.bfloat16)[0].dtype == torch.bfloat16
 
 
-def test_fake_data_loader_and_prefetcher_fallback():
+def test_fake_data_loader():
     fake = FakeData(num_classes=10, image_size=16, length=23)
     image, label, bad = fake[(22, 3)]
     assert image.dtype == torch.uint8 and image.shape == (3, 16, 16) and label == 2 and bad == ()
@@ -417,8 +451,4 @@ def test_fake_data_loader_and_prefetcher_fallback():
     assert workers.persistent_workers and workers.prefetch_factor == 4
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [8, 8, 7]
-    prefetched = list(CudaPrefetcher(loader, "cpu", channels_last=True))
-    assert len(prefetched) == 3
-    for (images, labels, bad), (raw, raw_labels, raw_bad) in zip(prefetched, batches):
-        expected, _ = to_device(raw, raw_labels, "cpu", channels_last=True)
-        assert torch.equal(images, expected) and torch.equal(labels, raw_labels) and bad == raw_bad == []
+    assert all(bad == [] for _, _, bad in batches)
