@@ -129,7 +129,7 @@ def test_two_node_launch_on_loopback(single, ddata, tmp_path):
         _, err = p.communicate(timeout=600)
         assert p.returncode == 0, err[-3000:]
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
-    assert state["world_size"] == 2 and state["global_step"] == 6
+    assert state["config"]["world_size"] == 2 and state["global_step"] == 6
     assert_close_weights(weights(single), state["model"])
 
 
