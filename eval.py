@@ -4,6 +4,7 @@
     torchrun --nproc_per_node=8 eval.py --checkpoint RUN/best.pt --data /datasets/imagenet --use-ema
     python eval.py --model resnet50 --weights-file resnet50-0676ba61.pth --data /datasets/imagenet/val \\
         --resize-size 256 --crop-size 224
+    python eval.py --weights ResNet50_Weights.IMAGENET1K_V2 --data /datasets/imagenet   # a published number
     python eval.py --model resnet50 --bench --batch-sizes 1 32 256 --amp bf16 --channels-last
 
 What it guarantees, and why each piece is there:
@@ -18,6 +19,13 @@ What it guarantees, and why each piece is there:
   it ("resize policy mismatch", "normalization mismatch"). Changing the test resolution is legitimate
   (Touvron et al. 2019, "Fixing the train-test resolution discrepancy", show that a larger test crop often
   helps), but the figure is then not the one of the training log, and a paper must say so.
+- **Published numbers are checked with their own policy.** ``--weights NAME`` evaluates torchvision's
+  published weights with the resize, crop and interpolation of their own ``transforms`` and prints the
+  accuracies their card publishes beside the measured ones.
+- **Another resolution for ViT/DeiT.** Their position embedding has one length per image size; evaluated at
+  another ``--crop-size`` it is interpolated (bicubic, torchvision's ``interpolate_embeddings``), with a note:
+  the figure is then that of a model never trained at that size (fine-tune it at the size for the real
+  figure: train.py --init-from).
 - **Classes cannot be mixed up.** The data's class folders must be exactly the checkpoint's classes;
   otherwise the run is refused and the difference listed. Labels follow the checkpoint's class order.
 - **Loading cannot run code.** Files are read with ``torch.load(weights_only=True)`` only.
@@ -38,10 +46,13 @@ import argparse
 import csv
 import json
 import os
+import re
 import sys
 import time
 
 import torch
+import torchvision
+from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
 from imnet import benchmark, checkpoint, config, data, dist, engine, folders, models
 from imnet.config import AMP_DTYPES, ConfigError, EvalPolicy
@@ -65,6 +76,9 @@ def build_parser():
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
     g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
                    "published weights); classes are the sorted class folders of the data")
+    g.add_argument("--weights", metavar="NAME", help="torchvision's published weights, e.g. "
+                   "ResNet50_Weights.IMAGENET1K_V2 (downloaded once into torchvision's cache), evaluated with the "
+                   "policy of their card; prints the published acc@1/acc@5 beside the measured ones")
     g.add_argument("--num-classes", type=int, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
@@ -107,13 +121,15 @@ def build_parser():
 
 def check_flags(args):
     """Contradictions that argparse cannot express."""
-    if args.checkpoint and args.weights_file:
-        raise EvalError("--checkpoint and --weights-file both give weights; use one of them.")
+    given = [f for f, v in (("--checkpoint", args.checkpoint), ("--weights-file", args.weights_file),
+                            ("--weights", args.weights)) if v]
+    if len(given) > 1:
+        raise EvalError(f"{' and '.join(given)} all give weights; use one of them.")
     if args.weights_file and not args.model:
         raise EvalError("--weights-file needs --model NAME (a plain state_dict does not say which network it is).")
-    if not (args.checkpoint or args.weights_file or (args.bench and args.model)):
-        raise EvalError("nothing to evaluate: give --checkpoint PATH, or --model NAME --weights-file FILE "
-                        "(--bench also accepts --model NAME alone, with random weights).")
+    if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
+        raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
+                        "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if args.use_ema and not args.checkpoint:
         raise EvalError("--use-ema reads the EMA weights of a train.py checkpoint; give --checkpoint.")
     if not args.bench and not args.data:
@@ -150,6 +166,18 @@ def load_source(args):
         info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": "ema" if args.use_ema else "model",
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
         return run["model"], state, list(ckpt["classes"]), EvalPolicy.from_dict(run.get("eval_policy")), info
+    if args.weights:
+        try:
+            weights = models.torchvision_weights(args.weights)
+            name = args.model or model_of(weights)
+            models.torchvision_weights(args.weights, name)  # --model, when given, must be the weights' network
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        t = weights.transforms()
+        policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
+        published = weights.meta.get("_metrics", {}).get("ImageNet-1K")
+        return name, weights.get_state_dict(progress=True, check_hash=True), None, policy, {
+            "weights": args.weights, "published": published, "categories": weights.meta.get("categories")}
     if args.weights_file:
         state = checkpoint.load(args.weights_file)
         for key in ("model", "state_dict"):  # a checkpoint from train.py or another codebase
@@ -160,12 +188,30 @@ def load_source(args):
     return args.model, None, None, None, {"weights": "random"}
 
 
+def model_of(weights) -> str:
+    """The torchvision model name whose weights enum ``weights`` belongs to."""
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_weights(name) is type(weights):
+            return name
+    raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
+
+
 def build_model(name, state, num_classes, image_size):
-    """The torchvision model with the weights loaded strictly (every key, every shape)."""
+    """The torchvision model with the weights loaded strictly (every key, every shape), except that a ViT's
+    position embedding trained at another size is interpolated to ``image_size`` (with a note)."""
     try:
         model = models.build_model(name, num_classes, image_size=image_size or 224)
     except ValueError as e:
         raise EvalError(str(e)) from None
+    pos = "encoder.pos_embedding"
+    if state is not None and isinstance(model, VisionTransformer) and pos in state \
+            and state[pos].shape != model.state_dict()[pos].shape:
+        before = int((state[pos].shape[1] - 1) ** 0.5)
+        state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+        dist.eprint0(f"eval.py: note: the position embedding was interpolated from a {before}x{before} to a "
+                     f"{model.image_size // model.patch_size}x{model.image_size // model.patch_size} patch grid "
+                     f"(bicubic): this model was not trained at {model.image_size}px, so the figure is that of "
+                     f"an untuned resolution change (fine-tune at this size with train.py --init-from).")
     if state is not None:
         try:
             model.load_state_dict(state, strict=True)
@@ -217,36 +263,69 @@ def policy_warnings(p: EvalPolicy, stored: EvalPolicy | None):
 
 
 # -------------------------------------------------------------------------------------------- reports
-def class_report(confusion, classes, show):
-    """Per-class top-1 (percent) and the most frequent confusions, from the confusion matrix."""
+def class_names(classes, val_dir):
+    """Human names of the classes, {wnid: name}, when they are ImageNet's: from ``LOC_synset_mapping.txt``
+    (Kaggle's ImageNet release; lines "n01440764 tench, Tinca tinca") in the data root or the val folder, else,
+    when the classes are 1,000 wnids, from torchvision's weight metadata, whose category list is in sorted
+    wnid order (the order of the class folders). None otherwise."""
+    for folder in (val_dir, os.path.dirname(os.path.abspath(val_dir))):
+        mapping = os.path.join(folder, "LOC_synset_mapping.txt")
+        if os.path.isfile(mapping):
+            with open(mapping) as f:
+                names = dict(line.rstrip("\n").split(" ", 1) for line in f if " " in line)
+            return {c: names[c] for c in classes if c in names} or None
+    if len(classes) == 1000 and all(re.fullmatch(r"n\d{8}", c) for c in classes):
+        categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]  # no download
+        return dict(zip(sorted(classes), categories))
+    return None
+
+
+def class_report(confusion, classes, show, names=None):
+    """Per-class top-1 (percent) and the most frequent confusions, from the confusion matrix (with the
+    classes' human names when ``names`` has them)."""
+    names = names or {}
     counts = confusion.sum(dim=1)
     correct = confusion.diagonal()
-    per_class = {name: {"top1": 100.0 * int(correct[i]) / max(int(counts[i]), 1), "count": int(counts[i])}
-                 for i, name in enumerate(classes)}
+    per_class = {c: {"top1": 100.0 * int(correct[i]) / max(int(counts[i]), 1), "count": int(counts[i]),
+                     **({"name": names[c]} if c in names else {})} for i, c in enumerate(classes)}
     off = confusion.clone()
     off.fill_diagonal_(0)
     values, flat = off.flatten().topk(min(show, off.numel()))
-    pairs = [{"true": classes[i // len(classes)], "predicted": classes[i % len(classes)], "count": int(n),
-              "share_of_true": 100.0 * int(n) / max(int(counts[i // len(classes)]), 1)}
-             for n, i in zip(values.tolist(), flat.tolist()) if n > 0]
+    pairs = []
+    for n, i in zip(values.tolist(), flat.tolist()):
+        if n > 0:
+            t, p = classes[i // len(classes)], classes[i % len(classes)]
+            pairs.append({"true": t, "predicted": p, "count": int(n),
+                          "share_of_true": 100.0 * int(n) / max(int(counts[i // len(classes)]), 1),
+                          **({"true_name": names[t], "predicted_name": names[p]} if t in names and p in names
+                             else {})})
     return per_class, pairs
 
 
-def write_predictions(path, dataset, order, top_idx, top_prob, labels, classes):
-    """CSV rows in dataset order: the file (relative to the val folder), its true class, the top-5 with probabilities."""
+def write_predictions(path, dataset, order, top_idx, top_prob, labels, classes, names=None):
+    """CSV rows in dataset order: the file (relative to the val folder), its true class, the top-5 with
+    probabilities; with ``names``, a human-name column after each class column."""
     rows = sorted(zip(order, top_idx.tolist(), top_prob.tolist(), labels.tolist()))
     k = top_idx.shape[1]
+    cls = (lambda c: [classes[c], names.get(classes[c], "")]) if names else (lambda c: [classes[c]])
+    head = (lambda h: [h, h.replace("class", "name")]) if names else (lambda h: [h])
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["file", "true_class"] + [f"{h}{j}" for j in range(1, k + 1) for h in ("class", "prob")])
+        writer.writerow(["file", *head("true_class")] + [v for j in range(1, k + 1)
+                                                         for v in (*head(f"class{j}"), f"prob{j}")])
         for index, idx, prob, label in rows:
             file = os.path.relpath(dataset.path(index), dataset.root)
-            writer.writerow([file, classes[label]] + [v for c, p in zip(idx, prob) for v in (classes[c], f"{p:.6f}")])
+            writer.writerow([file, *cls(label)] + [v for c, p in zip(idx, prob) for v in (*cls(c), f"{p:.6f}")])
 
 
 def print_report(r, show):
     print(f"top-1 {r['top1']:.3f}%  top-5 {r['top5']:.3f}%  loss {r['loss']:.4f}  images {r['count']}  "
           f"({r['seconds']:.1f} s)")
+    published = r.get("published")
+    if published:
+        print(f"published by torchvision for {r['weights']}: acc@1 {published['acc@1']:.3f}%  acc@5 "
+              f"{published['acc@5']:.3f}%  (measured - published: {r['top1'] - published['acc@1']:+.3f} / "
+              f"{r['top5'] - published['acc@5']:+.3f})")
     recorded = r.get("recorded") or {}
     key = "ema_val_top1" if r["weights"] == "ema" else "val_top1"
     if recorded.get(key) is not None:
@@ -257,10 +336,13 @@ def print_report(r, show):
               f"rows describe the replacements. Repair them: {_listing(r['bad_images'])}", file=sys.stderr)
     ranked = sorted(r["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))
     title = "per-class top-1" if len(ranked) <= show else f"per-class top-1, the {show} worst of {len(ranked)}"
-    print(f"{title}: " + ", ".join(f"{c} {v['top1']:.1f}% ({v['count']})" for c, v in ranked[:show]))
+    named = lambda c, name: f"{c} ({name})" if name else c
+    print(f"{title}: " + ", ".join(f"{named(c, v.get('name'))} {v['top1']:.1f}% ({v['count']})"
+                                   for c, v in ranked[:show]))
     if r["confused_pairs"]:
         print("most confused (true -> predicted): " + ", ".join(
-            f"{p['true']} -> {p['predicted']} {p['count']} ({p['share_of_true']:.1f}%)" for p in r["confused_pairs"]))
+            f"{named(p['true'], p.get('true_name'))} -> {named(p['predicted'], p.get('predicted_name'))} "
+            f"{p['count']} ({p['share_of_true']:.1f}%)" for p in r["confused_pairs"]))
 
 
 def run_bench(args, name, model, policy, device):
@@ -286,11 +368,9 @@ def run_bench(args, name, model, policy, device):
 def run(args, info):
     name, state, classes, stored, source = load_source(args)
     policy = resolve_policy(args, stored)
-    label = args.checkpoint or args.weights_file or f"random {name}"
-    image_size = source.get("image_size") or policy.crop_size
-    if config.fixed_input_size(name) and image_size != policy.crop_size:
-        raise EvalError(f"{name} takes {image_size}px inputs only (its position embedding has a fixed size); "
-                        f"use --crop-size {image_size}.")
+    label = args.checkpoint or args.weights_file or args.weights or f"random {name}"
+    # ViT/DeiT are built at the evaluation crop; weights of another size get an interpolated position embedding.
+    image_size = policy.crop_size if config.fixed_input_size(name) else source.get("image_size") or policy.crop_size
 
     if args.bench:
         num_classes = len(classes) if classes else args.num_classes
@@ -306,6 +386,10 @@ def run(args, info):
     data_classes = folders.find_classes(val_dir)
     if classes is None:
         classes = data_classes  # torchvision's ImageNet weights index the classes in sorted wnid order, like find_classes
+        if args.weights and len(classes) != len(source.get("categories") or classes):
+            raise EvalError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
+                            f"{len(classes)} class folders; evaluate on the full validation set (for ImageNet, "
+                            f"1,000 folders named by wnid).")
     else:
         check_classes(data_classes, classes, val_dir, label)
     model = build_model(name, state, len(classes), image_size)
@@ -337,8 +421,9 @@ def run(args, info):
     bad = sorted({p for g in gathered for p in g[4]})
     if result.count != len(dataset):  # the exactness guarantee; a failure here is a bug, not bad input
         raise RuntimeError(f"counted {result.count} images but the set has {len(dataset)}")
-    per_class, pairs = class_report(result.confusion, classes, args.show)
-    report = {**result.metrics(), "model": name, **source, "data": os.path.abspath(val_dir),
+    names = class_names(classes, val_dir)
+    per_class, pairs = class_report(result.confusion, classes, args.show, names)
+    report = {**result.metrics(), "model": name, **{k: v for k, v in source.items() if k != "categories"}, "data": os.path.abspath(val_dir),
               "policy": policy.to_dict(), "tta": args.tta, "views_per_image": result.views, "amp": args.amp,
               "world_size": info.world_size, "seconds": elapsed, "bad_images": bad, "per_class": per_class,
               "confused_pairs": pairs}
@@ -348,7 +433,7 @@ def run(args, info):
             json.dump(report, f, indent=2)
     if args.predictions:
         merged = [torch.cat([g[i] for g in gathered]) for i in (1, 2, 3)]
-        write_predictions(args.predictions, dataset, [i for g in gathered for i in g[0]], *merged, classes)
+        write_predictions(args.predictions, dataset, [i for g in gathered for i in g[0]], *merged, classes, names)
     return 0
 
 

@@ -33,6 +33,7 @@ from imnet.metrics import Meter
 from imnet.mixing import Mixer
 from imnet.optim import build_optimizer, count_param_groups, param_groups
 from imnet.recipes import RECIPES
+from imnet.sam import SAM
 from imnet.transforms import train_transform
 
 
@@ -60,7 +61,12 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--crop-pct", type=float, default=None,
                    help="centre crop fraction; recomputes the resize unless --val-resize-size is given "
                         "(default 0.875: 224 -> 256)")
-    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], default="bilinear",
+                   help="resampling of the training crops and of the evaluation resize")
+    g.add_argument("--train-interpolation", choices=["bilinear", "bicubic"], default=None,
+                   help="RandomResizedCrop resampling only (default: --interpolation)")
+    g.add_argument("--val-interpolation", choices=["bilinear", "bicubic"], default=None,
+                   help="evaluation resize resampling only (default: --interpolation)")
     g.add_argument("--val-decode", choices=config.DECODE_MODES, default="full",
                    help="full: canonical pixels (torchvision's Resize + CenterCrop); reduced: faster DCT-scaled "
                         "JPEG decoding, not the published pipeline")
@@ -75,6 +81,15 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet50", help="any torchvision classification model name, deit_tiny, deit_small")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the model's own)")
+    g.add_argument("--init-from", metavar="PATH", default=None,
+                   help="start a NEW run (fresh optimizer and schedule, epoch 0) from these weights: a train.py "
+                        "checkpoint or a plain state_dict (.pth). Keys must match, except the classifier head "
+                        "(re-initialised when the classes differ) and a ViT position embedding (interpolated to "
+                        "--train-crop-size)")
+    g.add_argument("--init-ema", action="store_true", help="take the EMA weights of the --init-from checkpoint")
+    g.add_argument("--weights", metavar="NAME", default=None,
+                   help="like --init-from, from torchvision's published weights, e.g. ResNet50_Weights.IMAGENET1K_V2 "
+                        "(downloaded once into torchvision's cache, torch.hub.get_dir()/checkpoints)")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="NHWC memory format (faster convolutions on GPUs and on this CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -96,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=False,
                    help="also decay normalization weights, biases and tokens (off: they are excluded)")
     g.add_argument("--clip-grad", type=float, default=0.0, help="max global gradient norm (0: off)")
+    g.add_argument("--sam", type=float, default=0.0, metavar="RHO",
+                   help="Sharpness-Aware Minimization with radius RHO, e.g. 0.05 (0: off); two forward/backward "
+                        "passes per step; not with --accum-steps > 1")
+    g.add_argument("--sam-adaptive", action="store_true", help="adaptive SAM (ASAM; use a larger RHO, e.g. 0.5)")
 
     g = p.add_argument_group("schedule")
     g.add_argument("--sched", choices=["cosine", "step", "constant"], default="cosine", help="LR schedule")
@@ -183,7 +202,8 @@ def build_datasets(cfg: Config):
         return (classes, data.FakeData(cfg.num_classes, cfg.train_crop_size, length=100 * cfg.global_batch_size),
                 data.FakeData(cfg.num_classes, cfg.eval_policy.crop_size, length=10 * cfg.global_batch_size))
     train_dir, val_dir, classes = folders.check_data_root(cfg.data)
-    train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale, interpolation=cfg.interpolation,
+    train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale,
+                               interpolation=cfg.train_interpolation or cfg.interpolation,
                                auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
                                ra_magnitude=cfg.ra_magnitude)
     return (classes, data.ImageFolder(train_dir, classes, train_tf, seed=cfg.seed),
@@ -205,6 +225,28 @@ def build_model(cfg: Config, num_classes: int, info) -> nn.Module:
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def init_weights(cfg: Config, model: nn.Module, classes: list) -> dict:
+    """--init-from / --weights: copy the initial weights into the fresh model (`imnet.models.load_init`:
+    strict keys and shapes, except the classifier head and a ViT position embedding). -> what the log says."""
+    try:
+        state, source_classes, source = models.init_source(cfg.init_from, cfg.weights, cfg.model, cfg.init_ema,
+                                                           progress=not cfg.quiet)
+        done = models.load_init(models.unwrap(model), cfg.model, state, cfg.train_crop_size, source_classes, classes)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    return {"source": source, **done}
+
+
+def init_line(report: dict) -> str:
+    s = f"initial weights: {report['source']}: {len(report['loaded'])} tensors loaded"
+    if report["interpolated"]:
+        s += f"; interpolated to this image size: {', '.join(report['interpolated'])}"
+    if report["reinitialised"]:
+        s += (f"; classifier head re-initialised (other classes): {', '.join(report['reinitialised'])} (the "
+              f"initial weights' head was not used)")
+    return s
 
 
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
@@ -253,6 +295,18 @@ def check_compatible(state: dict, cfg: Config, classes: list, path) -> list[str]
     return [f"{k}: {then[k]} -> {v}" for k, v in now.items() if k in then and k not in ignore and then[k] != v]
 
 
+def find_resume(cfg: Config) -> Path | None:
+    """The checkpoint this run continues from: --resume PATH, or OUTPUT/last.pt under --resume auto (also
+    implied after a torchrun --max-restarts restart), else None (a new run)."""
+    resume = cfg.resume
+    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
+        resume = "auto"  # torchrun --max-restarts: a restarted job continues by itself
+    if resume == "auto":
+        last = Path(cfg.output) / "last.pt"
+        return last if last.is_file() else None
+    return Path(resume) if resume else None
+
+
 # ----------------------------------------------------------------------------------------------- main
 
 def main(argv: list[str] | None = None) -> int:
@@ -299,10 +353,15 @@ def run(below: dict, given: dict) -> int:
         raise ConfigError(f"One epoch has fewer than one optimizer step: {len(sampler)} images per process, batch "
                           f"{cfg.batch_size} x accum {cfg.accum_steps}. Lower the batch or accumulation.")
     model = build_model(cfg, len(classes), info)
+    init_report = None
+    if (cfg.init_from or cfg.weights) and find_resume(cfg) is None:  # a resumed run has its own weights
+        init_report = init_weights(cfg, model, classes)
     groups = build_param_groups(cfg, model)
     if cfg.dry_run:
         if info.is_main:
             print(plan(cfg, groups, getattr(train_set, "transform", None)), flush=True)
+            if init_report:
+                print(init_line(init_report), flush=True)
         return 0
 
     optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
@@ -318,6 +377,7 @@ def run(below: dict, given: dict) -> int:
     parts = engine.Parts(
         model=model, train_model=train_model, optimizer=optimizer, device=info.device, rank=info.rank,
         scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
+        sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
         ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
         mixer=Mixer(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None)
@@ -330,12 +390,7 @@ def run(below: dict, given: dict) -> int:
         config.write_config_file(cfg, output / "config.json")
 
     # ------------------------------------------------------------------------------------- resume
-    resume = cfg.resume
-    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        resume = "auto"  # torchrun --max-restarts: a restarted job continues by itself
-    resume_path = Path(resume) if resume and resume != "auto" else None
-    if resume == "auto" and (output / "last.pt").is_file():
-        resume_path = output / "last.pt"
+    resume_path = find_resume(cfg)
     progress = Progress()
     if resume_path is not None:
         state = ckpt_io.read_state(resume_path)
@@ -360,6 +415,8 @@ def run(below: dict, given: dict) -> int:
     else:
         log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
                   val_images=len(val_set))
+        if init_report:
+            log.event("init", echo=init_line(init_report), **init_report)
     log.print(f"imnet {imnet.__version__}: {cfg.model} on {cfg.world_size} x {info.device.type}, global batch "
               f"{cfg.global_batch_size}, lr {cfg.peak_lr:.4g}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps "
               f"-> {output}")

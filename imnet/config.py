@@ -146,7 +146,8 @@ class Config:
     data: str | None
     workers: int
     train_crop_size: int
-    interpolation: str            # train and evaluation resampling
+    interpolation: str            # train and evaluation resampling (each overridable below)
+    train_interpolation: str | None  # RandomResizedCrop resampling; None: as ``interpolation``
     crop_scale: tuple
     max_bad_images: str
     fake_data: bool
@@ -154,6 +155,9 @@ class Config:
     # model
     model: str
     drop_path: float | None
+    init_from: str | None         # initial weights: a checkpoint or state_dict file (a new run, not a resume)
+    init_ema: bool                # ... its EMA weights
+    weights: str | None           # initial weights: a torchvision weights name
     channels_last: bool
     compile: bool
     sync_bn: bool
@@ -170,6 +174,8 @@ class Config:
     weight_decay: float
     decay_norm_bias: bool
     clip_grad: float
+    sam: float                    # SAM's rho (0: off)
+    sam_adaptive: bool            # ASAM
     # schedule
     sched: str
     warmup_epochs: float
@@ -261,12 +267,12 @@ class Config:
         d = {k: v for k, v in self.to_dict().items() if k in names}
         p = self.eval_policy
         d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
-                 config=None, dry_run=False)
+                 val_interpolation=p.interpolation, config=None, dry_run=False)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
 FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
-EVAL_FLAGS = ("val_crop_size", "val_resize_size", "crop_pct", "val_decode")  # -> Config.eval_policy
+EVAL_FLAGS = ("val_crop_size", "val_resize_size", "crop_pct", "val_decode", "val_interpolation")  # -> eval_policy
 
 
 def flag_names() -> list[str]:
@@ -307,8 +313,26 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
     eval_keys = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "crop_pct": "crop_pct",
                  "interpolation": "interpolation", "val_decode": "decode"}
-    policy = resolve_eval_policy({ours: given[flag] for flag, ours in eval_keys.items() if flag in given},
-                                 {ours: below[flag] for flag, ours in eval_keys.items()})
+    # --val-interpolation overrides --interpolation (which sets both) at the same layer.
+    pick = lambda layer: {**layer, "interpolation": layer.get("val_interpolation") or layer.get("interpolation")}
+    given_e, below_e = pick(given), pick(below)
+    policy = resolve_eval_policy({ours: given_e[flag] for flag, ours in eval_keys.items() if flag in given_e},
+                                 {ours: below_e.get(flag) for flag, ours in eval_keys.items()})
+    if f["init_from"] and f["weights"]:
+        raise ConfigError(f"--init-from {f['init_from']} and --weights {f['weights']} both give initial weights; "
+                          f"use one of them.")
+    if f["init_ema"] and not f["init_from"]:
+        raise ConfigError("--init-ema takes the EMA weights of the --init-from checkpoint; give --init-from PATH.")
+    if f["sam"] < 0:
+        raise ConfigError(f"--sam is SAM's radius rho and must be >= 0 (got {f['sam']}; 0 turns SAM off).")
+    if f["sam_adaptive"] and not f["sam"]:
+        raise ConfigError("--sam-adaptive chooses ASAM for --sam RHO; give --sam too (ASAM uses rho about 10x "
+                          "SAM's, e.g. 0.5).")
+    if f["sam"] > 0 and f["accum_steps"] > 1:
+        raise ConfigError(f"--sam with --accum-steps {f['accum_steps']}: SAM's ascent needs the gradient of the "
+                          f"whole batch before its second pass, so every micro-batch would have to be kept until "
+                          f"all first passes are done (and ascending per micro-batch is another algorithm, "
+                          f"m-sharpness). Use --accum-steps 1 with a batch that fits, or more processes.")
     if fixed_input_size(f["model"]) and policy.crop_size != f["train_crop_size"]:
         raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for "
                           f"--train-crop-size {f['train_crop_size']}), but the evaluation crop is "

@@ -25,6 +25,7 @@ from imnet import dist
 from imnet.data import to_device
 from imnet.losses import cross_entropy
 from imnet.metrics import Meter
+from imnet.sam import keep_buffers
 from imnet.schedule import set_lr
 from imnet.transforms import normalize, random_erase
 from imnet.tta import make_views
@@ -71,6 +72,7 @@ class Parts:
     mixer: object = None          # imnet.mixing.Mixer or None
     scaler: object = None         # torch.amp.GradScaler for fp16, else None
     ema: object = None            # imnet.ema.ModelEma or None
+    sam: object = None            # imnet.sam.SAM around the optimizer's parameters, or None
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -109,6 +111,8 @@ def train_step(cfg, parts: Parts, batches: list, epoch: int, step: int, global_s
             loss = cross_entropy(logits, targets, label_smoothing=smoothing)
             scaled = loss / cfg.accum_steps
             (p.scaler.scale(scaled) if p.scaler is not None else scaled).backward()
+        if p.sam is not None:  # accum_steps is 1 (config refuses more): this is the whole batch
+            sam_second_pass(p, images, targets, smoothing, cfg.amp_dtype)
         meter.update(loss.detach(), logits.detach() if hard is not None else None, hard, n=labels.shape[0])
         losses.append(loss.detach())
 
@@ -126,6 +130,24 @@ def train_step(cfg, parts: Parts, batches: list, epoch: int, step: int, global_s
     if p.ema is not None:
         p.ema.update(p.model, global_step + 1)
     return torch.stack(losses).mean(), grad_norm
+
+
+def sam_second_pass(p: Parts, images, targets, smoothing: float, amp_dtype) -> None:
+    """SAM (imnet/sam.py): from the first pass's gradient g, move to w + e, take the gradient of the same
+    batch (same augmentation, same mixing) there, and come back to w with that gradient in p.grad.
+
+    The first backward above was all-reduced (it is the last micro-step, not under no_sync), so every DDP
+    rank ascends to the same w + e. Under fp16 the gradients stay scaled until the one unscale_ before the
+    clip: the ascent direction does not depend on the scale. The second pass must not update BatchNorm's
+    running statistics (``keep_buffers``); it draws new dropout / stochastic-depth masks from the step's
+    seeded generator, so it is as reproducible as the first."""
+    p.sam.ascend()
+    with keep_buffers(p.model):
+        with autocast(p.device, amp_dtype):
+            logits = p.train_model(images)
+        loss = cross_entropy(logits, targets, label_smoothing=smoothing)
+        (p.scaler.scale(loss) if p.scaler is not None else loss).backward()
+    p.sam.descend()
 
 
 @dataclass

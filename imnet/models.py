@@ -15,7 +15,7 @@ import torch
 import torchvision
 from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
-from torchvision.ops import stochastic_depth
+from torchvision.ops import StochasticDepth, stochastic_depth
 
 from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
 
@@ -27,6 +27,9 @@ DEIT = {
 
 # torchvision families whose constructors take ``stochastic_depth_prob``.
 _DROP_PATH_FAMILIES = ("convnext", "efficientnet", "swin", "maxvit")
+# ... of which these builders set it themselves (swin_t passes 0.2, maxvit_t 0.2), so passing it again is a
+# TypeError ("got multiple values"): they are built with their own rate and rescaled (`set_drop_path`).
+_FIXED_DROP_PATH = ("swin", "maxvit")
 
 
 def model_names() -> list[str]:
@@ -52,7 +55,7 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     is_vit = name.startswith("vit_") or name in DEIT
     if is_vit:
         kwargs["image_size"] = image_size
-    if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES):
+    if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES) and not name.startswith(_FIXED_DROP_PATH):
         kwargs["stochastic_depth_prob"] = drop_path
     elif drop_path and not is_vit:
         raise ValueError(f"--drop-path {drop_path}: model '{name}' has no stochastic depth in torchvision. "
@@ -68,7 +71,22 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
         model = torchvision.models.get_model(name, weights=None, **kwargs)
     if is_vit and drop_path:
         add_vit_drop_path(model, drop_path)
+    if drop_path is not None and name.startswith(_FIXED_DROP_PATH):
+        set_drop_path(model, drop_path)
     return model
+
+
+def set_drop_path(model: nn.Module, drop_path: float) -> None:
+    """Rescale every StochasticDepth rate so that the deepest block's rate is ``drop_path``.
+
+    Swin (p_i = rate * i / (N - 1) over the N blocks) and MaxViT (p = linspace(0, rate, layers)) both use
+    rules linear in the rate whose largest value is the rate itself, so multiplying every p_i by
+    drop_path / max p_i gives exactly the model their builders would make with ``stochastic_depth_prob =
+    drop_path``."""
+    layers = [m for m in model.modules() if isinstance(m, StochasticDepth)]
+    top = max((m.p for m in layers), default=0.0)
+    for m in layers:
+        m.p = m.p * drop_path / top if top > 0 else 0.0
 
 
 def _forward_with_drop_path(self: EncoderBlock, inp: torch.Tensor) -> torch.Tensor:
@@ -90,3 +108,128 @@ def add_vit_drop_path(model: VisionTransformer, drop_path: float) -> None:
     for i, block in enumerate(blocks):
         block.drop_path_rate = drop_path * i / max(len(blocks) - 1, 1)
         block.forward = types.MethodType(_forward_with_drop_path, block)
+
+
+# --------------------------------------------------------------------------------------- initial weights
+#
+# Starting a run from weights trained elsewhere (train.py --init-from / --weights, eval.py at another size):
+# every tensor is copied with its exact key and shape, except two that legitimately change with the task:
+# the classifier head (its shape follows the number of classes) and a ViT's position embedding (its length
+# follows the image size).
+
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefix every key with these
+
+
+def head_keys(name: str, image_size: int = 224) -> set[str]:
+    """The state_dict keys of ``name``'s classifier head: the tensors whose shape depends on the number of
+    classes. Found by building the model for 1 and for 2 classes on the meta device (no memory, no
+    initialisation work) and comparing shapes, which holds for every torchvision family without a table of
+    head names (``fc``, ``classifier.1``, ``heads.head``, ``head``, squeezenet's ``classifier.1`` conv...)."""
+    try:
+        with torch.device("meta"):
+            one, two = (build_model(name, k, image_size=image_size).state_dict() for k in (1, 2))
+    except (NotImplementedError, RuntimeError):  # a builder that computes its widths with tensors (regnet)
+        one, two = (build_model(name, k, image_size=image_size).state_dict() for k in (1, 2))
+    return {k for k in one if one[k].shape != two[k].shape}
+
+
+def _strip(state: dict) -> dict:
+    out = {}
+    for k, v in state.items():
+        for prefix in _WRAPPER_PREFIXES:
+            k = k[len(prefix):] if k.startswith(prefix) else k
+        out[k] = v
+    return out
+
+
+def init_source(path: str | None = None, weights: str | None = None, model: str | None = None,
+                use_ema: bool = False, progress: bool = True) -> tuple[dict, list | None, str]:
+    """-> (state_dict, its class names or None, a description) from ``path`` (an imnet checkpoint, a plain
+    state_dict such as torchvision's ``.pth``, or a dict holding one under "model"/"state_dict") or from
+    ``weights``, a torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``, fetched by
+    torchvision's own download and cache (``torch.hub.get_dir()/checkpoints``). ValueError when unusable."""
+    from imnet import checkpoint
+    if weights is not None:
+        w = torchvision_weights(weights, model)
+        return w.get_state_dict(progress=progress, check_hash=True), None, f"torchvision weights {weights}"
+    ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when missing or corrupt
+    if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: the schema check of read_state
+        ckpt = checkpoint.read_state(path)
+        if use_ema:
+            if not ckpt.get("ema"):
+                raise ValueError(f"--init-ema: {path} has no EMA weights (its run had no --ema); drop --init-ema.")
+            return ckpt["ema"]["module"], list(ckpt["classes"]), f"EMA weights of {path}"
+        return ckpt["model"], list(ckpt["classes"]), f"weights of {path}"
+    if use_ema:
+        raise ValueError(f"--init-ema reads the EMA weights of a train.py checkpoint, but {path} is a plain "
+                         f"state_dict; drop --init-ema.")
+    for key in ("model", "state_dict"):  # checkpoints of other codebases
+        if isinstance(ckpt.get(key), dict):
+            ckpt = ckpt[key]
+    return ckpt, None, f"state_dict {path}"
+
+
+def torchvision_weights(name: str, model: str | None = None):
+    """The torchvision weights enum called ``name`` (checked to belong to ``model`` when given)."""
+    try:
+        w = torchvision.models.get_weight(name)
+    except (ValueError, KeyError, AttributeError):
+        raise ValueError(f"--weights {name}: not a torchvision weights name. Names look like "
+                         f"ResNet50_Weights.IMAGENET1K_V2; torchvision.models.get_model_weights('resnet50') "
+                         f"lists a model's.") from None
+    if model is not None:
+        try:
+            own = torchvision.models.get_model_weights(model)
+        except (ValueError, KeyError):
+            own = None
+        if type(w) is not own:
+            raise ValueError(f"--weights {name} are weights of another network than --model {model}; use "
+                             f"--model with the weights' own network (e.g. {type(w).__name__} -> "
+                             f"{type(w).__name__.replace('_Weights', '').lower()}).")
+    return w
+
+
+def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, source_classes: list | None = None,
+              classes: list | None = None) -> dict:
+    """Copy ``state`` into ``model`` (built by `build_model` for ``classes``): every key must exist on both
+    sides with the same shape, except
+
+    - the classifier head (`head_keys`): loaded when its shape fits and the classes are the same ones (when
+      both lists are known); otherwise the model keeps its freshly initialised head;
+    - a ViT/DeiT position embedding of another length (weights trained at another image size): interpolated
+      bicubically on its 2-D grid by torchvision's ``interpolate_embeddings`` (the class token is kept), as
+      in Dosovitskiy et al. 2021 ("An Image is Worth 16x16 Words", Sec. 3.2) and Touvron et al. 2021 (DeiT,
+      fine-tuning at 384).
+
+    Returns {"loaded", "reinitialised", "interpolated"} key lists. Raises ValueError naming the keys when the
+    weights do not fit (missing or unexpected keys, or a shape mismatch outside the head)."""
+    from torchvision.models.vision_transformer import interpolate_embeddings
+    state = _strip(state)
+    own = model.state_dict()
+    head = head_keys(name, image_size)
+    missing = sorted(set(own) - set(state) - head)
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"The initial weights do not fit {name}: " + "; ".join(
+            f"{label} {len(keys)} tensors ({', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''})"
+            for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
+            + ". Are they weights of another model? Pass the --model they were trained as.")
+    interpolated = []
+    pos = "encoder.pos_embedding"
+    if isinstance(model, VisionTransformer) and state[pos].shape != own[pos].shape:
+        try:
+            state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+        except ValueError as e:
+            raise ValueError(f"Cannot interpolate the position embedding of the initial weights: {e}") from None
+        interpolated = [pos]
+    wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)} here" for k in sorted(own)
+             if k not in head and state[k].shape != own[k].shape]
+    if wrong:
+        raise ValueError(f"The initial weights do not fit {name}: {len(wrong)} tensors outside the classifier head "
+                         f"have other shapes: {'; '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''}. Are they "
+                         f"weights of another variant of the model?")
+    same_classes = source_classes is None or classes is None or list(source_classes) == list(classes)
+    keep_head = same_classes and all(k in state and state[k].shape == own[k].shape for k in head)
+    take = [k for k in own if k not in head or keep_head]
+    model.load_state_dict({**own, **{k: state[k] for k in take}}, strict=True)
+    return {"loaded": take, "reinitialised": sorted(set(own) - set(take)), "interpolated": interpolated}
