@@ -55,8 +55,9 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     is_vit = name.startswith("vit_") or name in DEIT
     if is_vit:
         kwargs["image_size"] = image_size
-    if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES) and not name.startswith(_FIXED_DROP_PATH):
-        kwargs["stochastic_depth_prob"] = drop_path
+    if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES):
+        if not name.startswith(_FIXED_DROP_PATH):
+            kwargs["stochastic_depth_prob"] = drop_path
     elif drop_path and not is_vit:
         raise ValueError(f"--drop-path {drop_path}: model '{name}' has no stochastic depth in torchvision. "
                          f"Use --drop-path 0, or a ConvNeXt, EfficientNet, Swin, MaxViT or ViT/DeiT model.")

@@ -137,3 +137,21 @@ def test_eval_uses_the_same_resolver_and_canonical_pixels_by_default():
     assert policy.decode == "full" and policy.transform().draft is False
     assert imnet_eval.resolve_policy(parse("--decode", "reduced"), None).transform().draft is True
     assert "full decode" in policy.describe()
+
+
+def test_train_and_val_interpolation_flags(tmp_path):
+    data = make_imagefolder(tmp_path / "d", num_classes=2, train_per_class=2, val_per_class=1)
+    train_of = lambda cfg: train.build_datasets(dataclasses.replace(cfg, data=str(data)))[1].transform.interpolation
+    cfg = resolved("--recipe", "deit_small")  # bicubic for both
+    assert (cfg.eval_policy.interpolation, train_of(cfg)) == ("bicubic", "bicubic")
+    cfg = resolved("--recipe", "deit_small", "--train-interpolation", "bilinear")
+    assert (cfg.eval_policy.interpolation, train_of(cfg)) == ("bicubic", "bilinear")
+    cfg = resolved("--recipe", "deit_small", "--val-interpolation", "bilinear")
+    assert (cfg.eval_policy.interpolation, train_of(cfg)) == ("bilinear", "bicubic")
+    cfg = resolved("--interpolation", "bicubic", "--val-interpolation", "bilinear", "--train-interpolation", "bilinear")
+    assert (cfg.interpolation, cfg.eval_policy.interpolation, train_of(cfg)) == ("bicubic", "bilinear", "bilinear")
+    # the round trip through config.json keeps them
+    path = tmp_path / "config.json"
+    config.write_config_file(cfg, path)
+    again = resolved("--config", str(path))
+    assert (again.eval_policy.interpolation, again.train_interpolation) == ("bilinear", "bilinear")

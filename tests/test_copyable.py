@@ -84,6 +84,14 @@ meter.update(torch.tensor(2.0), logits, torch.tensor([1, 2]))
 r = meter.compute()
 assert r["loss"] == 2.0 and r["top1"] == 50.0 and r["count"] == 2, r
 """,
+    "sam": """
+w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+w.grad = torch.tensor([3.0, 4.0])
+sam = m.SAM([w], rho=0.5)
+assert float(sam.ascend()) == 5.0 and torch.allclose(w.detach(), torch.tensor([1.3, 2.4])) and w.grad is None
+sam.descend()
+assert torch.equal(w.detach(), torch.tensor([1.0, 2.0]))
+""",
 }
 
 # transforms.py with fastjpeg.py copied beside it: it finds and uses it (a JPEG much larger than the crop is

@@ -61,3 +61,25 @@ def test_deit_is_torchvisions_vit_and_its_drop_path_follows_deepcopy():
 def test_unwrap_strips_compile():
     m = models.build_model("resnet18", 3)
     assert models.unwrap(torch.compile(m)) is m
+
+
+def test_drop_path_on_swin_and_maxvit_builds_the_requested_rate():
+    # Their builders set stochastic_depth_prob themselves (passing it again was a TypeError): the built
+    # rates must be those of torchvision's rules at the requested rate.
+    from torchvision.ops import StochasticDepth
+    rates = lambda m: [x.p for x in m.modules() if isinstance(x, StochasticDepth)]
+    swin = rates(models.build_model("swin_t", 3, drop_path=0.3))
+    assert swin == pytest.approx([0.3 * i / 11 for i in range(12)])  # p_i = rate * i / (blocks - 1)
+    maxvit = rates(models.build_model("maxvit_t", 3, drop_path=0.3))
+    # linspace(0, rate, 11 layers), each layer's MBConv and two attention blocks sharing it
+    assert sorted(set(round(p, 12) for p in maxvit)) == pytest.approx([0.3 * i / 10 for i in range(11)])
+    assert rates(models.build_model("swin_t", 3, drop_path=0.0)) == [0.0] * 12
+    assert max(rates(models.build_model("swin_t", 3))) == pytest.approx(0.2)  # None keeps the model's own
+
+
+def test_head_keys_are_the_tensors_shaped_by_the_number_of_classes():
+    assert models.head_keys("resnet18") == {"fc.weight", "fc.bias"}
+    assert models.head_keys("convnext_tiny") == {"classifier.2.weight", "classifier.2.bias"}
+    assert models.head_keys("deit_tiny", 32) == {"heads.head.weight", "heads.head.bias"}
+    assert models.head_keys("maxvit_t") == {"classifier.5.weight"}  # no bias
+    assert models.head_keys("regnet_y_400mf") == {"fc.weight", "fc.bias"}  # built on the CPU (not on meta)
