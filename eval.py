@@ -73,6 +73,8 @@ def build_parser():
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
                    "and evaluation policy are read from it")
     g.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    g.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA average (train.py "
+                   "--swa-start), with the BatchNorm statistics recomputed for it")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
     g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
                    "published weights); classes are the sorted class folders of the data")
@@ -130,8 +132,11 @@ def check_flags(args):
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
                         "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
-    if args.use_ema and not args.checkpoint:
-        raise EvalError("--use-ema reads the EMA weights of a train.py checkpoint; give --checkpoint.")
+    if (args.use_ema or args.use_swa) and not args.checkpoint:
+        raise EvalError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
+                        "--checkpoint.")
+    if args.use_ema and args.use_swa:
+        raise EvalError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
         raise EvalError("--data ROOT is required (the folder holding val/, or the val folder itself).")
     if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
@@ -163,7 +168,13 @@ def load_source(args):
                 raise EvalError(f"{args.checkpoint} has no EMA weights (the run was trained without --ema); "
                                 "drop --use-ema.")
             state = ckpt["ema"]["module"]
-        info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": "ema" if args.use_ema else "model",
+        if args.use_swa:
+            if not ckpt.get("swa") or int(ckpt["swa"]["n_averaged"]) == 0:
+                raise EvalError(f"{args.checkpoint} has no SWA average (the run had no --swa-start, or had not "
+                                f"reached it); drop --use-swa.")
+            state = {k[len("module."):]: v for k, v in ckpt["swa"].items() if k.startswith("module.")}
+        kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
+        info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
         return run["model"], state, list(ckpt["classes"]), EvalPolicy.from_dict(run.get("eval_policy")), info
     if args.weights:
@@ -327,7 +338,7 @@ def print_report(r, show):
               f"{published['acc@5']:.3f}%  (measured - published: {r['top1'] - published['acc@1']:+.3f} / "
               f"{r['top5'] - published['acc@5']:+.3f})")
     recorded = r.get("recorded") or {}
-    key = "ema_val_top1" if r["weights"] == "ema" else "val_top1"
+    key = {"ema": "ema_val_top1", "swa": "swa_val_top1"}.get(r["weights"], "val_top1")
     if recorded.get(key) is not None:
         print(f"training recorded {key} {recorded[key]:.3f}% at epoch {recorded.get('epoch')}")
     if r["bad_images"]:

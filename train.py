@@ -34,6 +34,7 @@ from imnet.mixing import Mixer
 from imnet.optim import build_optimizer, count_param_groups, param_groups
 from imnet.recipes import RECIPES
 from imnet.sam import SAM
+from torch.optim.swa_utils import AveragedModel, update_bn
 from imnet.transforms import train_transform
 
 
@@ -140,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-every", type=int, default=1, help="update the EMA every k optimizer steps (decay**k)")
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=False,
                    help="ramp the EMA decay up over the first steps")
+    g.add_argument("--swa-start", type=int, default=None, metavar="EPOCH",
+                   help="Stochastic Weight Averaging: from this epoch (1-based) on, train at --swa-lr and average "
+                        "the weights at the end of each epoch; BatchNorm statistics are recomputed over the "
+                        "training data before each evaluation of the average")
+    g.add_argument("--swa-lr", type=float, default=None, help="constant learning rate of the SWA epochs")
 
     g = p.add_argument_group("mixed precision")
     g.add_argument("--amp", choices=list(config.AMP_DTYPES), default="none",
@@ -381,6 +387,7 @@ def run(below: dict, given: dict) -> int:
         ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
         mixer=Mixer(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None)
+    swa = AveragedModel(model) if cfg.swa_start is not None else None  # a copy on the model's device
     meter = Meter(info.device)
     bad_counter = data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set))
 
@@ -400,6 +407,8 @@ def run(below: dict, given: dict) -> int:
         optimizer.load_state_dict(state["optimizer"])
         if parts.ema is not None and state.get("ema") is not None:
             parts.ema.load_state_dict(state["ema"])
+        if swa is not None and state.get("swa") is not None:
+            swa.load_state_dict(state["swa"])
         if parts.scaler is not None and state.get("scaler"):
             parts.scaler.load_state_dict(state["scaler"])
         progress = ckpt_io.progress_of(state)
@@ -432,6 +441,7 @@ def run(below: dict, given: dict) -> int:
             ckpt_io.save_atomic(ckpt_io.make_state(
                 model=model.state_dict(), optimizer=optimizer.state_dict(), progress=progress, config=cfg.to_dict(),
                 classes=classes, ema=parts.ema.state_dict() if parts.ema else None,
+                swa=swa.state_dict() if swa is not None else None,
                 scaler=parts.scaler.state_dict() if parts.scaler else None, meter=meter_state, rngs=rngs,
                 bad_images=bad_counter.state_dict(), imnet_version=imnet.__version__), output / name)
 
@@ -505,8 +515,11 @@ def run(below: dict, given: dict) -> int:
                     return 0
             nan_guard.check()
 
-            # End of the epoch: evaluate, then write last.pt (and best.pt when the top-1 improved).
-            row = epoch_row(cfg, parts, eval_model, val_loader, meter, progress.epoch, len(classes), bad_counter.count)
+            # End of the epoch: average (SWA), evaluate, then write last.pt (and best.pt when the top-1 improved).
+            if swa is not None and progress.epoch + 1 >= cfg.swa_start:
+                swa.update_parameters(model)
+            row = epoch_row(cfg, parts, eval_model, val_loader, meter, progress.epoch, len(classes), bad_counter.count,
+                            swa=swa, bn_data=(train_loader, sampler))
             row["epoch_time"] = time.time() - epoch_t0
             progress.history.append(row)
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
@@ -539,7 +552,7 @@ def run(below: dict, given: dict) -> int:
 
 
 def epoch_row(cfg: Config, parts, eval_model, val_loader, meter: Meter, epoch: int, num_classes: int,
-              bad_images: int) -> dict:
+              bad_images: int, swa=None, bn_data=None) -> dict:
     """The epoch's summary row: training figures, and the validation figures when this epoch evaluates."""
     train = meter.compute(distributed=True)
     row = {"epoch": epoch + 1, "train_loss": train["loss"],
@@ -558,7 +571,31 @@ def epoch_row(cfg: Config, parts, eval_model, val_loader, meter: Meter, epoch: i
     if parts.ema is not None:
         e = evaluate(parts.ema.module)
         row.update(ema_val_loss=e.loss, ema_val_top1=e.top1, ema_val_top5=e.top5)
+    if swa is not None and int(swa.n_averaged) > 0:
+        swa_batchnorm(cfg, swa, *bn_data, epoch, parts.device)
+        s = evaluate(swa.module)
+        row.update(swa_val_loss=s.loss, swa_val_top1=s.top1, swa_val_top5=s.top5)
     return row
+
+
+def swa_batchnorm(cfg: Config, swa: AveragedModel, loader, sampler, epoch: int, device) -> None:
+    """BatchNorm statistics for the averaged weights (Izmailov et al. 2018, "Averaging Weights Leads to Wider
+    Optima and Better Generalization", Sec. 3.2): the running means and variances of the snapshots do not
+    describe the activations of their average, so torch's ``update_bn`` recomputes them as plain averages
+    over one pass of the training data (this epoch's augmentation, from its first sample). Each rank sees
+    its shard; the ranks' statistics are then averaged (equal shard sizes: the mean is exact, the variance
+    is the mean of the ranks' variances). A model without BatchNorm skips the pass."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in swa.modules()):
+        return
+    sampler.set_epoch(epoch)
+    sampler.set_start(0)
+    with engine.autocast(device, cfg.amp_dtype):
+        update_bn((data.to_device(x, y, device, channels_last=cfg.channels_last)[0] for x, y, _ in loader), swa)
+    if cfg.world_size > 1:
+        for m in swa.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                for t in (m.running_mean, m.running_var):
+                    t.copy_(dist.all_reduce_sum(t.clone()) / cfg.world_size)
 
 
 def epoch_line(row: dict) -> str:
@@ -567,6 +604,8 @@ def epoch_line(row: dict) -> str:
         s += f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f}"
     if row.get("ema_val_top1") is not None:
         s += f"  EMA top-1 {row['ema_val_top1']:.2f}"
+    if row.get("swa_val_top1") is not None:
+        s += f"  SWA top-1 {row['swa_val_top1']:.2f}"
     return s
 
 

@@ -69,6 +69,8 @@ VERSION = 2  # bump when a key changes meaning; read_state refuses other version
 
 # What every train.py checkpoint holds. "model" is a plain state_dict that loads strictly into the torchvision
 # constructor; "config" is the run's resolved imnet.config.Config as a dict (with its "eval_policy").
+# "ema" is imnet.ema.ModelEma's state_dict, "swa" torch's AveragedModel's ("module."-prefixed weights with
+# the recomputed BatchNorm statistics, and "n_averaged"); both None when the run keeps none.
 REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step_in_epoch", "global_step")
 
 
@@ -84,11 +86,11 @@ class Progress:
 
 
 def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict, classes: list,
-               ema: dict | None = None, scaler: dict | None = None, meter: dict | None = None,
+               ema: dict | None = None, swa: dict | None = None, scaler: dict | None = None, meter: dict | None = None,
                rngs: list | None = None, bad_images: dict | None = None, imnet_version: str = "") -> dict:
     """The one place that builds a checkpoint (state_dicts in, a plain dict out)."""
-    return {"version": VERSION, "imnet_version": imnet_version, "model": model, "ema": ema, "optimizer": optimizer,
-            "scaler": scaler, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch,
+    return {"version": VERSION, "imnet_version": imnet_version, "model": model, "ema": ema, "swa": swa,
+            "optimizer": optimizer, "scaler": scaler, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch,
             "global_step": progress.global_step, "history": list(progress.history), "best_top1": progress.best_top1,
             "metrics": progress.history[-1] if progress.history else None, "meter": meter, "rng": rngs or [],
             "bad_images": bad_images, "config": config, "classes": list(classes)}

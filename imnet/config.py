@@ -197,6 +197,8 @@ class Config:
     ema_decay: float
     ema_every: int
     ema_warmup: bool
+    swa_start: int | None         # SWA: average the weights at the end of epochs swa_start.. (1-based)
+    swa_lr: float | None          # ... and train those epochs at this constant learning rate
     # mixed precision, distributed
     amp: str
     device: str
@@ -236,8 +238,11 @@ class Config:
         return AMP_DTYPES[self.amp]
 
     def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`."""
+        """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the
+        first step of epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
         spe = self.steps_per_epoch
+        if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
+            return self.swa_lr
         return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps,
                      warmup_steps=round(self.warmup_epochs * spe), warmup_start_factor=self.warmup_start_factor,
                      sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
@@ -318,6 +323,16 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     given_e, below_e = pick(given), pick(below)
     policy = resolve_eval_policy({ours: given_e[flag] for flag, ours in eval_keys.items() if flag in given_e},
                                  {ours: below_e.get(flag) for flag, ours in eval_keys.items()})
+    if f["swa_start"] is not None:
+        if not 1 <= f["swa_start"] <= f["epochs"]:
+            raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "
+                              f"{f['epochs']}): SWA averages the weights at the end of epochs swa_start..epochs.")
+        if f["swa_lr"] is None or f["swa_lr"] <= 0:
+            raise ConfigError("--swa-start needs --swa-lr LR > 0, the constant learning rate of the SWA epochs "
+                              "(Izmailov et al. use about the learning rate of the middle of the run, e.g. 0.05 "
+                              "for SGD at batch 256).")
+    elif f["swa_lr"] is not None:
+        raise ConfigError("--swa-lr is the learning rate of the SWA epochs; give --swa-start EPOCH too.")
     if f["init_from"] and f["weights"]:
         raise ConfigError(f"--init-from {f['init_from']} and --weights {f['weights']} both give initial weights; "
                           f"use one of them.")
