@@ -136,6 +136,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ra-num-ops", type=int, default=2, help="RandAugment ops per image")
     g.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude (of 31 bins)")
     g.add_argument("--random-erase", type=float, default=0.0, help="RandomErasing probability per image")
+    g.add_argument("--ra-reps", type=int, default=1, metavar="N",
+                   help="repeated augmentation (DeiT's RASampler): each image N times per epoch, differently "
+                        "augmented, on different processes when there are >= N; the epoch keeps its length, so it "
+                        "sees about 1/N of the images (1: off)")
     g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False, help="keep an EMA of the weights")
     g.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay per optimizer step")
     g.add_argument("--ema-every", type=int, default=1, help="update the EMA every k optimizer steps (decay**k)")
@@ -350,7 +354,8 @@ def run(below: dict, given: dict) -> int:
     # ------------------------------------------------------------------------------------- data, model
     classes, train_set, val_set = build_datasets(cfg)
     cfg = cfg.with_data(len(train_set), len(val_set), len(classes))
-    sampler = data.TrainSampler(len(train_set), info.world_size, info.rank, seed=cfg.seed, drop_last=True)
+    sampler = data.TrainSampler(len(train_set), info.world_size, info.rank, seed=cfg.seed, drop_last=True,
+                                repeats=cfg.ra_reps)
     pin = info.device.type == "cuda"
     train_loader = data.build_loader(train_set, sampler, cfg.batch_size, cfg.workers, pin_memory=pin, drop_last=True)
     val_loader = data.build_loader(val_set, data.EvalSampler(len(val_set), info.world_size, info.rank),

@@ -193,6 +193,7 @@ class Config:
     ra_num_ops: int
     ra_magnitude: int
     random_erase: float
+    ra_reps: int                  # repeated augmentation: copies of each image per epoch (1: off)
     ema: bool
     ema_decay: float
     ema_every: int
@@ -288,7 +289,8 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     """-> the run's Config, from every flag's value below the command line (argparse default, recipe, config
     file), the flags given on the command line, and the world size. Contradictions raise ConfigError."""
     f = {**below, **given}
-    for name in ("epochs", "batch_size", "accum_steps", "train_crop_size", "val_crop_size", "ema_every", "log_every"):
+    for name in ("epochs", "batch_size", "accum_steps", "train_crop_size", "val_crop_size", "ema_every", "log_every",
+                 "ra_reps"):
         if f[name] is not None and f[name] < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {f[name]}).")
     if not 0 < f["crop_scale"][0] <= f["crop_scale"][1] <= 1:

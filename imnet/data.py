@@ -73,6 +73,15 @@ def derive_seed(*words: int) -> int:
     return int(state) >> 1
 
 
+def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
+    """The seed of one sample's augmentation. ``repeat`` numbers the copies of an image within an epoch under
+    repeated augmentation (TrainSampler with repeats > 1), so that each copy gets its own crop; copy 0 has the
+    seed of (seed, epoch, index, attempt) alone, as without repeats."""
+    if repeat == 0:
+        return derive_seed(_AUGMENT, seed, epoch, index, attempt)
+    return derive_seed(_AUGMENT, seed, epoch, index, attempt, repeat)
+
+
 def _check_seed(seed: int) -> int:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
@@ -278,10 +287,10 @@ class ImageFolder(torch.utils.data.Dataset):
             generator.set_state(state)
 
     def __getitem__(self, key):
-        index, epoch = key if isinstance(key, tuple) else (key, 0)
+        index, epoch, repeat = (*key, 0)[:3] if isinstance(key, tuple) else (key, 0, 0)
         bad: list[str] = []
         for attempt in range(self.max_tries):
-            seed = derive_seed(_AUGMENT, self.seed, epoch, index, attempt)
+            seed = augment_seed(self.seed, epoch, index, attempt, repeat)
             sample = index if attempt == 0 else seed % len(self.index)
             path, label = self.path(sample), self.label(sample)
             try:
@@ -320,7 +329,7 @@ class FakeData(torch.utils.data.Dataset):
         return self.length
 
     def __getitem__(self, key):
-        index, _ = key if isinstance(key, tuple) else (key, 0)
+        index = key[0] if isinstance(key, tuple) else key
         return self.images[index % len(self.images)], index % len(self.classes), ()
 
 
@@ -340,6 +349,15 @@ class TrainSampler(torch.utils.data.Sampler):
     number of samples (DDP needs equal step counts; the few dropped samples change every epoch).
     drop_last=False pads by repeating the start of the permutation instead.
 
+    Repeated augmentation (``repeats`` = N > 1; Hoffer et al. 2020, "Augment your batch"; Berman et al.
+    2019, "Multigrain"; the RASampler of DeiT and of torchvision's references, which --ra-reps follows):
+    every index of the permutation is repeated N times in a row before the ranks take their positions, and
+    the items are (index, epoch, repeat), so that each copy gets its own augmentation (`augment_seed`).
+    With R >= N processes the N copies of an image sit in the same step on N different ranks. As in those
+    samplers the epoch is not N times longer: each rank still reads num_samples // R items, so an epoch
+    sees about num_samples / N distinct images, N times each (the sources also round the epoch down to a
+    multiple of 256 images; here it is a multiple of R, as without repeats).
+
     set_start(k) skips this rank's first k samples (mid-epoch resume: k = steps done x batch size) until a
     pass runs to its end; later passes start at 0 again. So both "set_start once after loading the
     checkpoint, then loop over epochs" and "set_epoch + set_start at the top of each epoch" work, and len()
@@ -348,8 +366,11 @@ class TrainSampler(torch.utils.data.Sampler):
     """
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
-                 drop_last: bool = True):
+                 drop_last: bool = True, repeats: int = 1):
         super().__init__()
+        if repeats < 1:
+            raise ValueError(f"repeats must be at least 1, got {repeats}")
+        self.repeats = int(repeats)
         if num_replicas < 1 or not 0 <= rank < num_replicas:
             raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
         if num_samples < num_replicas:
@@ -368,18 +389,28 @@ class TrainSampler(torch.utils.data.Sampler):
             raise ValueError(f"start must be in [0, {self.per_rank}] (samples per rank), got {start}")
         self.start = int(start)
 
-    def indices(self, epoch: int) -> list[int]:
-        """All indices this rank reads in `epoch`, ignoring set_start."""
+    def order(self, epoch: int) -> list[tuple[int, int]]:
+        """The epoch's (index, repeat) sequence over all ranks before truncation: the permutation, each index
+        repeated `repeats` times in a row (every index exactly `repeats` times)."""
         generator = torch.Generator().manual_seed(derive_seed(_SHUFFLE, self.seed, epoch))
         perm = torch.randperm(self.num_samples, generator=generator).tolist()
+        return [(i, k) for i in perm for k in range(self.repeats)]
+
+    def keys(self, epoch: int) -> list[tuple[int, int]]:
+        """All (index, repeat) pairs this rank reads in `epoch`, ignoring set_start."""
         total = self.per_rank * self.num_replicas
-        perm = (perm * 2)[:total]  # truncates (drop_last) or pads with the start of the permutation
-        return perm[self.rank::self.num_replicas]
+        order = self.order(epoch)
+        order = (order * 2)[:total]  # truncates (drop_last, repeats) or pads with the start of the permutation
+        return order[self.rank::self.num_replicas]
+
+    def indices(self, epoch: int) -> list[int]:
+        """All indices this rank reads in `epoch`, ignoring set_start."""
+        return [i for i, _ in self.keys(epoch)]
 
     def __iter__(self):
         epoch = self.epoch
-        for index in self.indices(epoch)[self.start:]:
-            yield index, epoch
+        for index, repeat in self.keys(epoch)[self.start:]:
+            yield (index, epoch) if self.repeats == 1 else (index, epoch, repeat)
         self.start = 0  # the resumed pass is complete: the next one is a whole epoch
 
     def __len__(self) -> int:

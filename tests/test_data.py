@@ -452,3 +452,66 @@ def test_fake_data_loader():
     batches = list(loader)
     assert [len(b[1]) for b in batches] == [8, 8, 7]
     assert all(bad == [] for _, _, bad in batches)
+
+
+def test_repeated_augmentation_sampler():
+    from collections import Counter
+    n, reps = 37, 3
+    for replicas in (1, 2, 4):
+        samplers = [TrainSampler(n, replicas, r, seed=7, repeats=reps) for r in range(replicas)]
+        # Before truncation (as DeiT's / torchvision's RASampler): every index exactly N times, in runs of N.
+        order = samplers[0].order(2)
+        assert Counter(i for i, _ in order) == {i: reps for i in range(n)}
+        assert all(order[k * reps + j] == (order[k * reps][0], j) for k in range(n) for j in range(reps))
+        # The epoch keeps its length: n // R items per rank, i.e. about n / N distinct images, N times each
+        # (the last one seen may be cut).
+        for s in samplers:
+            s.set_epoch(2)
+        shards = [list(s) for s in samplers]
+        assert all(len(x) == len(s) == n // replicas for x, s in zip(shards, samplers))
+        assert all(e == 2 for x in shards for _, e, _ in x)
+        seen = Counter((i, k) for x in shards for i, _, k in x)
+        assert max(seen.values()) == 1  # each copy once
+        counts = Counter(i for i, _ in seen)
+        assert sum(c == reps for c in counts.values()) >= len(counts) - 1
+        assert set(seen) == set(order[:replicas * (n // replicas)])
+        if replicas >= reps:  # the N copies of an image are read by N different ranks
+            ranks = {}
+            for r, x in enumerate(shards):
+                for i, _, _ in x:
+                    ranks.setdefault(i, []).append(r)
+            assert all(len(set(v)) == len(v) for v in ranks.values())
+            assert ranks[order[0][0]] == list(range(reps))  # the first image: ranks 0..N-1, in the first step
+    # repeats=1 is the plain sampler, item for item
+    assert list(TrainSampler(n, 2, 1, seed=7)) == list(TrainSampler(n, 2, 1, seed=7, repeats=1))
+    # resume mid-epoch: the same items from the start point on
+    full = TrainSampler(n, 2, 1, seed=7, repeats=reps)
+    full.set_epoch(1)
+    resumed = TrainSampler(n, 2, 1, seed=7, repeats=reps)
+    resumed.set_epoch(1)
+    resumed.set_start(5)
+    assert list(resumed) == list(full)[5:]
+    with pytest.raises(ValueError):
+        TrainSampler(n, repeats=0)
+
+
+def test_repeated_copies_get_different_crops_and_ranks_add_up(tree):
+    split = tree[0]
+    ds = ImageFolder(split, find_classes(split), augment, seed=5)
+    # copy 0 is the unrepeated sample (runs without --ra-reps are unchanged); copies 1, 2 differ from it
+    assert torch.equal(ds[(3, 1, 0)][0], ds[(3, 1)][0])
+    assert sum(not torch.equal(ds[(i, 1, 0)][0], ds[(i, 1, 1)][0]) for i in range(8)) >= 6
+    assert sum(not torch.equal(ds[(i, 1, 1)][0], ds[(i, 1, 2)][0]) for i in range(8)) >= 6
+    assert torch.equal(ds[(3, 1, 2)][0], ds[(3, 1, 2)][0])
+
+    def run(workers, replicas, rank, batch):
+        sampler = TrainSampler(len(ds), num_replicas=replicas, rank=rank, seed=5, repeats=2)
+        sampler.set_epoch(1)
+        return [b[0] for b in build_loader(ds, sampler, batch, workers, drop_last=True)]
+
+    single = run(0, 1, 0, 8)
+    assert all(torch.equal(a, b) for a, b in zip(single, run(2, 1, 0, 8)))  # whatever the workers
+    rank0, rank1 = run(2, 2, 0, 4), run(0, 2, 1, 4)
+    assert len(single) == len(rank0) == len(ds) // 8
+    for whole, r0, r1 in zip(single, rank0, rank1):  # 2 processes x b == 1 process x 2b
+        assert torch.equal(whole, torch.stack([r0, r1], 1).flatten(0, 1))

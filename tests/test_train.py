@@ -260,3 +260,19 @@ def test_fake_data_throughput_run(tmp_path):
     row = read_summary(out)[0]
     assert int(row["epoch"]) == 1 and float(row["train_loss"]) > 0 and int(float(row["bad_images"])) == 0
     assert load(out / "last.pt")["global_step"] == 100
+
+
+def test_repeated_augmentation_resumes_bitwise(data, tmp_path):
+    plain_args = BASE + ["--data", str(data), "--epochs", "2", "--workers", "2"]
+    args = plain_args + ["--ra-reps", "3"]
+    ref, cut = tmp_path / "ref", tmp_path / "cut"
+    assert train.main(args + ["--output", str(ref)]) == 0
+    assert train.main(args + ["--output", str(cut), "--stop-at-step", "8"]) == 0  # 2 steps into epoch 2
+    assert train.main(args + ["--output", str(cut), "--resume", "auto"]) == 0
+    a, b = load(ref / "last.pt"), load(cut / "last.pt")
+    assert a["global_step"] == b["global_step"] == 12  # the epoch keeps its length: 48 images / batch 8
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    plain = tmp_path / "plain"  # and the sampler is in use: without repeats the weights differ
+    assert train.main(plain_args + ["--output", str(plain)]) == 0
+    assert not torch.equal(load(plain / "last.pt")["model"]["conv_proj.weight"], a["model"]["conv_proj.weight"])
