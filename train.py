@@ -80,7 +80,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-classes", type=int, default=1000, help="classes for --fake-data")
 
     g = p.add_argument_group("model")
-    g.add_argument("--model", default="resnet50", help="any torchvision classification model name, deit_tiny, deit_small")
+    g.add_argument("--model", default="resnet50",
+                   help="any torchvision classification model name (torchvision.models.list_models(module="
+                        "torchvision.models); EfficientNet-Lite is not one), deit_tiny, deit_small")
     g.add_argument("--drop-path", type=float, default=None, help="stochastic depth rate (default: the model's own)")
     g.add_argument("--init-from", metavar="PATH", default=None,
                    help="start a NEW run (fresh optimizer and schedule, epoch 0) from these weights: a train.py "
@@ -366,7 +368,15 @@ def run(below: dict, given: dict) -> int:
     model = build_model(cfg, len(classes), info)
     init_report = None
     if (cfg.init_from or cfg.weights) and find_resume(cfg) is None:  # a resumed run has its own weights
-        init_report = init_weights(cfg, model, classes)
+        # --weights: rank 0 downloads into torchvision's cache first; the other ranks then read the cached file.
+        first = cfg.weights is not None and info.distributed
+        if first and not info.is_main:
+            torch.distributed.barrier()
+        try:
+            init_report = init_weights(cfg, model, classes)
+        finally:
+            if first and info.is_main:
+                torch.distributed.barrier()
     groups = build_param_groups(cfg, model)
     if cfg.dry_run:
         if info.is_main:

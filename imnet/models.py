@@ -1,4 +1,8 @@
-"""Models: any torchvision classifier by name, plus DeiT-Ti/S, with stochastic depth where it fits.
+"""Models: any torchvision classifier by name, plus DeiT-Ti/S, with stochastic depth where it fits; initial
+weights from a checkpoint, a state_dict or torchvision's published weights (`load_init`).
+
+torchvision's classifiers are those of ``torchvision.models.list_models(module=torchvision.models)``;
+EfficientNet-Lite, for one, is not among them (timm has it).
 
 Every model here is a plain torchvision module, so a checkpoint's ``"model"`` state_dict loads into
 ``torchvision.models.<name>(num_classes=K)`` with ``strict=True``. DeiT (Touvron et al. 2021, "Training
@@ -49,6 +53,9 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     if name not in model_names():
         close = difflib.get_close_matches(name, model_names(), n=3)
         hint = f" Did you mean {', '.join(close)}?" if close else ""
+        if "lite" in name.lower() and "efficientnet" in name.lower():
+            hint = (" EfficientNet-Lite is not in torchvision (timm has it); torchvision has efficientnet_b0 to "
+                    "efficientnet_b7 and efficientnet_v2_s/m/l.")
         raise ValueError(f"Unknown model '{name}'.{hint} Any torchvision classification model works "
                          f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small.")
     kwargs: dict = {"num_classes": num_classes}

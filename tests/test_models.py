@@ -83,3 +83,8 @@ def test_head_keys_are_the_tensors_shaped_by_the_number_of_classes():
     assert models.head_keys("deit_tiny", 32) == {"heads.head.weight", "heads.head.bias"}
     assert models.head_keys("maxvit_t") == {"classifier.5.weight"}  # no bias
     assert models.head_keys("regnet_y_400mf") == {"fc.weight", "fc.bias"}  # built on the CPU (not on meta)
+
+
+def test_efficientnet_lite_is_named_as_absent_from_torchvision():
+    with pytest.raises(ValueError, match="EfficientNet-Lite is not in torchvision"):
+        models.build_model("efficientnet_lite0", 3)
