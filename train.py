@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, update_bn
 
 import imnet
 from imnet import checkpoint as ckpt_io
@@ -34,7 +35,6 @@ from imnet.mixing import Mixer
 from imnet.optim import build_optimizer, count_param_groups, param_groups
 from imnet.recipes import RECIPES
 from imnet.sam import SAM
-from torch.optim.swa_utils import AveragedModel, update_bn
 from imnet.transforms import train_transform
 
 
