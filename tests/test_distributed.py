@@ -141,3 +141,19 @@ def test_sync_bn_on_cpu_is_refused_up_front(ddata, tmp_path):
     assert r.returncode != 0
     assert "--sync-bn needs CUDA" in r.stderr
     assert not (tmp_path / "o" / "last.pt").exists()
+
+
+def test_sam_and_repeated_augmentation_two_processes_equal_one(single, ddata, tmp_path):
+    """--sam under DDP ascends along the all-reduced gradient of the global batch, and --ra-reps spreads the
+    copies of an image over the ranks: 2 processes x 4 still equal 1 process x 8."""
+    extra = ["--sam", "0.05", "--ra-reps", "2"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
+    assert r.returncode == 0, r.stderr
+    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())],
+                 *COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_close_weights(weights(one), weights(two))
+    with pytest.raises(AssertionError):  # and the flags change the run (`single` is the same without them)
+        assert_close_weights(weights(single), weights(one), rel=1e-4)
