@@ -99,7 +99,11 @@ def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict
 def read_state(path: str | os.PathLike) -> dict:
     """The one place that reads a checkpoint: `load`, then check that it is a train.py checkpoint of this
     schema version. Raises CheckpointError with the fix otherwise."""
-    state = load(path)
+    return check_state(load(path), path)
+
+
+def check_state(state: dict, path) -> dict:
+    """``state`` (a loaded file) if it is a train.py checkpoint of this schema version, else CheckpointError."""
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         hint = (" It looks like a plain state_dict: use --model NAME --weights-file FILE."

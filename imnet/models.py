@@ -161,8 +161,8 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
         w = torchvision_weights(weights, model)
         return w.get_state_dict(progress=progress, check_hash=True), None, f"torchvision weights {weights}"
     ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when missing or corrupt
-    if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: the schema check of read_state
-        ckpt = checkpoint.read_state(path)
+    if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: read_state's schema check
+        ckpt = checkpoint.check_state(ckpt, path)
         if use_ema:
             if not ckpt.get("ema"):
                 raise ValueError(f"--init-ema: {path} has no EMA weights (its run had no --ema); drop --init-ema.")
