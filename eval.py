@@ -68,7 +68,7 @@ def build_parser():
     parser = argparse.ArgumentParser(
         description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
                     "distributed under torchrun), or benchmark inference with --bench.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+        formatter_class=config.HelpFormatter, allow_abbrev=False)
     g = parser.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
                    "and evaluation policy are read from it")
@@ -105,7 +105,8 @@ def build_parser():
                    help="autocast dtype (default none: the fp32 figure; bf16 is for GPUs)")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK if available, else cpu), cpu, cuda...")
+    g.add_argument("--device", default="auto",
+                   help="auto (cuda:LOCAL_RANK if available, else Apple's mps, else cpu), cpu, cuda, mps...")
 
     g = parser.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", help="write the results as a JSON object")
@@ -149,6 +150,28 @@ def check_flags(args):
             raise EvalError(f"--{flag.replace('_', '-')} must be positive, not {value}.")
     if args.bench and min(args.batch_sizes) < 1:
         raise EvalError("--batch-sizes must be positive.")
+    if args.workers < 0:
+        raise EvalError(f"--workers must be >= 0 (got {args.workers}); 0 decodes in the main process.")
+    if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes the outputs
+        for flag in ("json", "predictions"):
+            if getattr(args, flag):
+                check_writable(getattr(args, flag), f"--{flag}")
+
+
+def check_writable(path, flag):
+    """Up front, before minutes of evaluation: the output file can be created (a file that did not exist is
+    removed again)."""
+    if os.path.isdir(path):
+        raise EvalError(f"{flag} {path} is a folder; give a file path (e.g. {os.path.join(path, 'results.json')}).")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise EvalError(f"cannot write {flag} {path}: {e.strerror or e}. Give a path in an existing folder "
+                        f"that you can write to.") from None
+    if not existed:
+        os.remove(path)
 
 
 # ------------------------------------------------------------------------------------ weights & classes
@@ -459,7 +482,7 @@ def main(argv=None):
         finally:
             dist.cleanup()
     except (EvalError, ConfigError, folders.DataError, checkpoint.CheckpointError, dist.DeviceError) as e:
-        dist.eprint0(f"eval.py: error: {e}")
+        dist.eprint0(f"eval.py: error: {dist.message_of(e)}")
         return 2
 
 

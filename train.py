@@ -13,14 +13,38 @@ the epoch loop (train steps, logging, timed checkpoints, preemption, bad-image b
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import shutil
+import signal
 import sys
+import tempfile
 import time
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.optim.swa_utils import AveragedModel, update_bn
+
+def preempt_hook(point: str, count: int) -> None:
+    """Deterministic preemption for the test suite: with ``IMNET_TEST_SIGTERM=POINT:N`` in the environment, the
+    N-th time this process reaches the named point (startup, step, eval, save, exit) it sends SIGTERM to its whole
+    process group, exactly as a scheduler does - only when it leads its group (started with setsid), so that
+    it can never signal the shell or test runner that started it. Unset (always, outside tests): nothing."""
+    if os.environ.get("IMNET_TEST_SIGTERM") == f"{point}:{count}" and os.getpgrp() == os.getpid():
+        os.killpg(os.getpgrp(), signal.SIGTERM)
+
+
+# A scheduler's SIGTERM can come while torch is still importing, or after the run, while the interpreter shuts
+# down its workers. Until main() installs PreemptionSignals, and again after it, a signal is only recorded
+# here, so that neither turns into a kill (exit -15); main() reads the record.
+EARLY_SIGNALS: list[int] = []
+if __name__ == "__main__":
+    for _name in ("SIGTERM", "SIGUSR1"):
+        if hasattr(signal, _name):
+            signal.signal(getattr(signal, _name), lambda signum, frame: EARLY_SIGNALS.append(signum))
+    preempt_hook("startup", 1)
+
+import torch  # noqa: E402 (after the signal handlers, on purpose)
+from torch import nn  # noqa: E402
+from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import imnet
 from imnet import checkpoint as ckpt_io
@@ -41,10 +65,12 @@ from imnet.transforms import train_transform
 # ----------------------------------------------------------------------------------------------- flags
 
 def build_parser() -> argparse.ArgumentParser:
+    """The flags. Aliases in the spelling of timm's and torchvision's reference scripts: -b, -j, --output-dir,
+    --model-ema, --smoothing, --reprob."""
     p = argparse.ArgumentParser(
         description="Train a torchvision classifier on an ImageFolder tree (train/<class>/*, val/<class>/*). "
-                    "With no arguments, runs the demo recipe on a generated dataset.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter, allow_abbrev=False)
+                    "With no arguments at all, runs the demo recipe on a generated dataset.",
+        formatter_class=config.HelpFormatter, allow_abbrev=False)
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="fill defaults from a recipe (see recipes.md); explicit flags override; "
@@ -54,7 +80,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data", help="root folder holding train/ and val/ (class subfolders in each)")
-    g.add_argument("--workers", type=int, default=4, help="data loading processes per training process")
+    g.add_argument("--workers", "-j", type=int, default=4, help="data loading processes per training process")
     g.add_argument("--train-crop-size", type=int, default=224, help="RandomResizedCrop output size")
     g.add_argument("--val-crop-size", type=int, default=224, help="centre crop size for evaluation")
     g.add_argument("--val-resize-size", type=int, default=None,
@@ -100,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     g = p.add_argument_group("optimization")
     g.add_argument("--epochs", type=int, default=90, help="training epochs")
-    g.add_argument("--batch-size", type=int, default=32, help="images per process per micro-step")
+    g.add_argument("--batch-size", "-b", type=int, default=32, help="images per process per micro-step")
     g.add_argument("--global-batch", type=int, default=None,
                    help="total batch per optimizer step; sets --batch-size = global / (world size * accum steps)")
     g.add_argument("--accum-steps", type=int, default=1, help="micro-steps accumulated per optimizer step")
@@ -128,7 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr-gamma", type=float, default=0.1, help="step decay factor")
 
     g = p.add_argument_group("regularization")
-    g.add_argument("--label-smoothing", type=float, default=0.0, help="label smoothing epsilon")
+    g.add_argument("--label-smoothing", "--smoothing", type=float, default=0.0, help="label smoothing epsilon")
     g.add_argument("--mixup", type=float, default=0.0, help="MixUp alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="CutMix alpha (0: off)")
     g.add_argument("--mix-prob", type=float, default=1.0, help="probability of mixing a batch")
@@ -137,12 +163,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="RandAugment, TrivialAugment Wide or AutoAugment's ImageNet policy")
     g.add_argument("--ra-num-ops", type=int, default=2, help="RandAugment ops per image")
     g.add_argument("--ra-magnitude", type=int, default=9, help="RandAugment magnitude (of 31 bins)")
-    g.add_argument("--random-erase", type=float, default=0.0, help="RandomErasing probability per image")
+    g.add_argument("--random-erase", "--reprob", type=float, default=0.0, help="RandomErasing probability per image")
     g.add_argument("--ra-reps", type=int, default=1, metavar="N",
                    help="repeated augmentation (DeiT's RASampler): each image N times per epoch, differently "
                         "augmented, on different processes when there are >= N; the epoch keeps its length, so it "
                         "sees about 1/N of the images (1: off)")
-    g.add_argument("--ema", action=argparse.BooleanOptionalAction, default=False, help="keep an EMA of the weights")
+    g.add_argument("--ema", "--model-ema", action=argparse.BooleanOptionalAction, default=False,
+                   help="keep an EMA of the weights")
     g.add_argument("--ema-decay", type=float, default=0.9999, help="EMA decay per optimizer step")
     g.add_argument("--ema-every", type=int, default=1, help="update the EMA every k optimizer steps (decay**k)")
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=False,
@@ -154,16 +181,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--swa-lr", type=float, default=None, help="constant learning rate of the SWA epochs")
 
     g = p.add_argument_group("mixed precision")
-    g.add_argument("--amp", choices=list(config.AMP_DTYPES), default="none",
-                   help="autocast dtype; fp16 adds loss scaling. On CPUs without native bf16 keep none")
+    g.add_argument("--amp", choices=[*config.AMP_DTYPES, "auto"], default="none", nargs="?", const="auto",
+                   help="autocast dtype; fp16 adds loss scaling. A bare --amp (= auto) means bf16 on GPUs that "
+                        "have it, fp16 on older GPUs, and no autocast (fp32, with a note) on the CPU and MPS, where "
+                        "bf16 is slow without native support")
 
     g = p.add_argument_group("distributed")
-    g.add_argument("--device", default="auto", help="cuda, cuda:N or cpu (auto: cuda:LOCAL_RANK if available)")
+    g.add_argument("--device", default="auto",
+                   help="cuda, cuda:N, mps or cpu (auto: cuda:LOCAL_RANK if available, else Apple's mps, else cpu)")
     g.add_argument("--seed", type=int, default=0, help="seed of weights, data order, augmentation and mixing")
     g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
 
     g = p.add_argument_group("checkpointing")
-    g.add_argument("--output", default=None, help="run folder (default: runs/<recipe or model>)")
+    g.add_argument("--output", "--output-dir", default=None,
+                   help="run folder (default: runs/<recipe or model>); one run at a time (OUTPUT/.lock), and a "
+                        "folder holding a run needs --resume auto")
     g.add_argument("--resume", default=None,
                    help="'auto' (continue from OUTPUT/last.pt if present, else start fresh) or a checkpoint path")
     g.add_argument("--save-every-minutes", type=float, default=30.0, help="also write last.pt mid-epoch this often")
@@ -182,11 +214,12 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
     """-> (every flag's value below the command line, the flags given on the command line).
 
-    Layers, lowest first: argparse defaults < --recipe < --config FILE < command line. Without --data,
-    --fake-data, --recipe or --config the run is the demo recipe (so `python train.py` just works)."""
+    Layers, lowest first: argparse defaults < --recipe < --config FILE < command line. A bare `python train.py`
+    (no arguments at all) is the demo recipe; any other command without --data or --fake-data is refused at
+    setup (a flag the user gave would otherwise be silently mixed with the demo's settings)."""
     parser = build_parser()
-    if not any(a.split("=")[0] in ("--data", "--fake-data", "--recipe", "--config", "-h", "--help") for a in argv):
-        argv = ["--recipe", "demo", *argv]  # no data named: the demo (its dataset is generated on first use)
+    if not argv:
+        argv = ["--recipe", "demo"]  # the demo (its dataset is generated on first use)
     pre = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     pre.add_argument("--recipe", choices=sorted(RECIPES))
     pre.add_argument("--config")
@@ -268,9 +301,9 @@ def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
     return param_groups(model, cfg.weight_decay)
 
 
-def plan(cfg: Config, groups: list[dict], train_tf) -> str:
+def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -> str:
     """What --dry-run prints: the resolved Config, the derived numbers, and the audit's warnings."""
-    from imnet.audit import audit
+    from imnet.audit import audit, notes
     lines = ["resolved configuration:"]
     lines += [f"  {k:<22} {v}" for k, v in sorted(cfg.to_dict().items()) if k != "eval_policy"]
     total, spe = cfg.total_steps, cfg.steps_per_epoch
@@ -286,7 +319,8 @@ def plan(cfg: Config, groups: list[dict], train_tf) -> str:
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
               f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), {p.decode} decode"]
-    lines += [f"WARNING: {w}" for w in audit(cfg)]
+    lines += [f"NOTE: {n}" for n in notes(cfg)]
+    lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)
 
 
@@ -308,11 +342,10 @@ def check_compatible(state: dict, cfg: Config, classes: list, path) -> list[str]
 
 
 def find_resume(cfg: Config) -> Path | None:
-    """The checkpoint this run continues from: --resume PATH, or OUTPUT/last.pt under --resume auto (also
-    implied after a torchrun --max-restarts restart), else None (a new run)."""
+    """The checkpoint this run continues from: --resume PATH, or OUTPUT/last.pt under --resume auto, else None
+    (a new run). Nothing is implied after a torchrun --max-restarts restart: in our trials the restarted gloo
+    workers hung; a requeued job with --resume auto is the tested path."""
     resume = cfg.resume
-    if resume is None and int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")) > 0:
-        resume = "auto"  # torchrun --max-restarts: a restarted job continues by itself
     if resume == "auto":
         last = Path(cfg.output) / "last.pt"
         return last if last.is_file() else None
@@ -323,20 +356,62 @@ def find_resume(cfg: Config) -> Path | None:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    # First thing: a scheduler's SIGTERM during startup (imports, data scan, model build) only sets a flag,
+    # and the run stops cleanly at the first point where it can (before training, or after a step).
+    signals = PreemptionSignals().install()
+    signals.requested = bool(EARLY_SIGNALS)
     try:
         below, given = parse_args(argv)
-        return run(below, given)
+        with contextlib.ExitStack() as cleanup:
+            return run(below, given, signals, cleanup)
     except (ConfigError, DataError, CheckpointError, dist.DeviceError) as e:
-        dist.eprint0(f"error: {e}")
+        dist.eprint0(f"error: {dist.message_of(e)}")
         return 2
     finally:
         dist.cleanup()
+        signals.uninstall()
 
 
-def run(below: dict, given: dict) -> int:
+def check_output(output: Path) -> None:
+    """--output must be a folder this process can create and write into (checked before any work)."""
+    if output.exists() and not output.is_dir():
+        raise ConfigError(f"--output {output} is an existing file, not a folder. The run folder holds last.pt, "
+                          f"best.pt and the logs; pass a folder path (new or an earlier run's).")
+    try:
+        output.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=output):
+            pass
+    except OSError as e:
+        raise ConfigError(f"Cannot write into --output {output}: {e.strerror or e}. Pass a folder you can "
+                          f"write to (check the path and its permissions).") from None
+
+
+def claim_output(cfg: Config, output: Path, cleanup: contextlib.ExitStack, log_note) -> None:
+    """Rank 0 takes the run folder: refuses a second live run (OUTPUT/.lock), refuses to start a new run over an
+    earlier one without --resume, and removes the temporary files of saves killed midway."""
+    check_output(output)
+    lock = ckpt_io.RunLock(output).acquire()
+    cleanup.callback(lock.release)
+    if cfg.resume is None and (output / "last.pt").exists():
+        raise ConfigError(f"{output} already holds a run (last.pt). A new run there would overwrite its "
+                          f"checkpoints, best.pt included. To continue that run pass --resume auto; to start a "
+                          f"new one pass another --output (or delete the folder).")
+    for path in ckpt_io.remove_stale_temporaries(output):
+        log_note(f"note: removed {path.name}, left by a save that was killed midway")
+
+
+def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
+        cleanup: contextlib.ExitStack | None = None) -> int:
     t_start = time.time()
+    signals = signals or PreemptionSignals()
+    cleanup = cleanup or contextlib.ExitStack()
     flags = {**below, **given}
     info = dist.init(flags["device"])
+    if flags["amp"] == "auto":
+        flags["amp"] = given["amp"] = dist.auto_amp(info.device)
+        if flags["amp"] == "none":
+            dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32). bf16 autocast runs on CPUs "
+                        f"without native bf16 support many times slower than fp32; ask --amp bf16 to force it.")
     if flags["data"] is None and flags["recipe"] == "demo" and not flags["fake_data"]:
         from imnet.demo import ensure_dataset
         flags["data"] = str(ensure_dataset())
@@ -346,6 +421,9 @@ def run(below: dict, given: dict) -> int:
                           "for the demo.")
     flags["output"] = flags["output"] or str(Path("runs") / (flags["recipe"] or flags["model"]))
     cfg = config.resolve(below, {**given, "data": flags["data"], "output": flags["output"]}, info.world_size)
+    output = Path(cfg.output)
+    if not cfg.dry_run and info.is_main:
+        claim_output(cfg, output, cleanup, dist.print0)
     if cfg.deterministic:
         torch.use_deterministic_algorithms(True, warn_only=True)
         torch.backends.cudnn.benchmark = False
@@ -359,9 +437,14 @@ def run(below: dict, given: dict) -> int:
     sampler = data.TrainSampler(len(train_set), info.world_size, info.rank, seed=cfg.seed, drop_last=True,
                                 repeats=cfg.ra_reps)
     pin = info.device.type == "cuda"
-    train_loader = data.build_loader(train_set, sampler, cfg.batch_size, cfg.workers, pin_memory=pin, drop_last=True)
+    # Preemptible: the workers ignore the scheduler's SIGTERM (this process decides), so they are shut down
+    # explicitly when run() ends, however it ends.
+    train_loader = data.build_loader(train_set, sampler, cfg.batch_size, cfg.workers, pin_memory=pin, drop_last=True,
+                                     preemptible=True)
     val_loader = data.build_loader(val_set, data.EvalSampler(len(val_set), info.world_size, info.rank),
-                                   cfg.batch_size, cfg.workers, pin_memory=pin)
+                                   cfg.batch_size, cfg.workers, pin_memory=pin, preemptible=True)
+    cleanup.callback(data.shutdown_workers, val_loader)
+    cleanup.callback(data.shutdown_workers, train_loader)
     if cfg.steps_per_epoch < 1:
         raise ConfigError(f"One epoch has fewer than one optimizer step: {len(sampler)} images per process, batch "
                           f"{cfg.batch_size} x accum {cfg.accum_steps}. Lower the batch or accumulation.")
@@ -380,7 +463,7 @@ def run(below: dict, given: dict) -> int:
     groups = build_param_groups(cfg, model)
     if cfg.dry_run:
         if info.is_main:
-            print(plan(cfg, groups, getattr(train_set, "transform", None)), flush=True)
+            print(plan(cfg, groups, getattr(train_set, "transform", None), info.device.type), flush=True)
             if init_report:
                 print(init_line(init_report), flush=True)
         return 0
@@ -406,7 +489,6 @@ def run(below: dict, given: dict) -> int:
     meter = Meter(info.device)
     bad_counter = data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set))
 
-    output = Path(cfg.output)
     log = RunLog(output, enabled=info.is_main, quiet=cfg.quiet)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
@@ -436,17 +518,27 @@ def run(below: dict, given: dict) -> int:
         log.event("resume", echo=f"resumed from {resume_path} at epoch {progress.epoch + 1}, step "
                   f"{progress.step_in_epoch}", path=str(resume_path), epoch=progress.epoch,
                   step_in_epoch=progress.step_in_epoch)
+        if info.is_main and resume_path == output / "last.pt":
+            repair_best(output, progress, log)
     else:
         log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
                   val_images=len(val_set))
         if init_report:
             log.event("init", echo=init_line(init_report), **init_report)
+    from imnet.audit import notes
+    for note in notes(cfg):
+        log.print(f"note: {note}")
     log.print(f"imnet {imnet.__version__}: {cfg.model} on {cfg.world_size} x {info.device.type}, global batch "
               f"{cfg.global_batch_size}, lr {cfg.peak_lr:.4g}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps "
               f"-> {output}")
 
+    saves = 0
+
     def save(name: str) -> None:
         """Write OUTPUT/name; every rank takes part (the meter's sums and RNG states are gathered)."""
+        nonlocal saves
+        saves += 1
+        preempt_hook("save", saves)
         meter_state = meter.state_dict()
         if info.distributed:  # one copy of the epoch's partial sums: the sum over ranks
             meter_state = {k: dist.all_reduce_sum(v.to(info.device)).cpu() if torch.is_tensor(v) else v
@@ -460,8 +552,33 @@ def run(below: dict, given: dict) -> int:
                 scaler=parts.scaler.state_dict() if parts.scaler else None, meter=meter_state, rngs=rngs,
                 bad_images=bad_counter.state_dict(), imnet_version=imnet.__version__), output / name)
 
+    def finish_epoch(row: dict) -> None:
+        """Evaluate the finished epoch if it is due (``progress.pending_eval``), then write best.pt (when the
+        top-1 improved) BEFORE last.pt: a kill between the two writes leaves last.pt still pending, so the
+        resumed run evaluates again and rewrites both; best.pt can never lag behind last.pt's best_top1."""
+        if progress.pending_eval:
+            t0 = time.time()
+            preempt_hook("eval", progress.epoch)
+            with signals.deferred():  # workers may be forked here; a signal waits until the evaluation ends
+                row.update(evaluate_row(cfg, parts, eval_model, val_loader, len(classes), progress.epoch - 1,
+                                        swa=swa, bn_data=(train_loader, sampler)))
+            progress.pending_eval = False
+            row["epoch_time"] = row.get("epoch_time", 0.0) + time.time() - t0
+            if row["val_top1"] > progress.best_top1:
+                progress.best_top1 = row["val_top1"]
+                save("best.pt")
+            save("last.pt")
+        log.event("epoch", echo=epoch_line(row), **row)
+        log.write_summary(progress.history)
+
     # ------------------------------------------------------------------------------------- epochs
-    signals = PreemptionSignals().install()
+    if progress.pending_eval:  # resumed from an epoch saved before its evaluation
+        finish_epoch(progress.history[-1])
+    if signals.requested and not info.distributed:  # a signal during startup: nothing trained, nothing to lose
+        log.event("preempted", echo=f"stopped by signal before training (epoch {progress.epoch + 1}, step "
+                  f"{progress.step_in_epoch}); nothing to save. Continue with --resume auto --output {output}",
+                  epoch=progress.epoch, step_in_epoch=progress.step_in_epoch)
+        return 0
     agree = dist.Flags(info, n=3)  # stop / save / too many bad images, agreed by all ranks one step later
     nan_guard = engine.NonFiniteGuard(info.device)
     last_save = time.time()
@@ -474,7 +591,8 @@ def run(below: dict, given: dict) -> int:
             if progress.step_in_epoch == 0:
                 meter.reset()
             parts.train_model.train()
-            batches = iter(train_loader)
+            with signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
+                batches = iter(train_loader)
             window_loss, window_steps, data_time, window_t0 = torch.zeros((), device=info.device), 0, 0.0, time.perf_counter()
             while progress.step_in_epoch < cfg.steps_per_epoch:
                 t = time.perf_counter()
@@ -488,6 +606,7 @@ def run(below: dict, given: dict) -> int:
                 window_steps += 1
                 progress.global_step += 1
                 progress.step_in_epoch += 1
+                preempt_hook("step", progress.global_step)
 
                 end = progress.step_in_epoch == cfg.steps_per_epoch
                 if cfg.log_every and (progress.step_in_epoch % cfg.log_every == 0 or end):
@@ -530,23 +649,18 @@ def run(below: dict, given: dict) -> int:
                     return 0
             nan_guard.check()
 
-            # End of the epoch: average (SWA), evaluate, then write last.pt (and best.pt when the top-1 improved).
+            # End of the epoch: average (SWA); first secure the epoch's training in last.pt (an evaluation that
+            # fails or is interrupted must not throw the epoch away), then evaluate and write best.pt / last.pt.
             if swa is not None and progress.epoch + 1 >= cfg.swa_start:
                 swa.update_parameters(model)
-            row = epoch_row(cfg, parts, eval_model, val_loader, meter, progress.epoch, len(classes), bad_counter.count,
-                            swa=swa, bn_data=(train_loader, sampler))
+            row = train_row(cfg, parts, meter, progress.epoch, bad_counter.count)
             row["epoch_time"] = time.time() - epoch_t0
             progress.history.append(row)
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-            improved = row.get("val_top1") is not None and row["val_top1"] > progress.best_top1
-            if improved:
-                progress.best_top1 = row["val_top1"]
+            progress.pending_eval = evaluates(cfg, progress.epoch)
             save("last.pt")
-            if improved:
-                save("best.pt")
+            finish_epoch(row)
             last_save = time.time()
-            log.event("epoch", echo=epoch_line(row), **row)
-            log.write_summary(progress.history)
             if agree.drain()[0] or (not info.distributed and signals.requested):
                 log.event("preempted", echo=f"stopped by signal after epoch {progress.epoch}; continue with "
                           f"--resume auto --output {output}", epoch=progress.epoch, step_in_epoch=0)
@@ -559,27 +673,32 @@ def run(below: dict, given: dict) -> int:
                      f"untouched. Lower the learning rate, add warmup or --clip-grad, or use bf16 instead of fp16; "
                      f"then --resume {last}.")
         return 1
-    finally:
-        signals.uninstall()
 
     summary(progress, output, log, time.time() - t_start)
     return 0
 
 
-def epoch_row(cfg: Config, parts, eval_model, val_loader, meter: Meter, epoch: int, num_classes: int,
-              bad_images: int, swa=None, bn_data=None) -> dict:
-    """The epoch's summary row: training figures, and the validation figures when this epoch evaluates."""
+def train_row(cfg: Config, parts, meter: Meter, epoch: int, bad_images: int) -> dict:
+    """The finished epoch's summary row, training figures (the validation figures are added by evaluate_row)."""
     train = meter.compute(distributed=True)
-    row = {"epoch": epoch + 1, "train_loss": train["loss"],
-           "train_top1": train["top1"] if not (parts.mixer and parts.mixer.enabled) else None,
-           "lr": cfg.lr_at((epoch + 1) * cfg.steps_per_epoch), "bad_images": bad_images}
-    last = epoch + 1 == cfg.epochs
-    if not (last or (cfg.eval_every and (epoch + 1) % cfg.eval_every == 0)):
-        return row
+    return {"epoch": epoch + 1, "train_loss": train["loss"],
+            "train_top1": train["top1"] if not (parts.mixer and parts.mixer.enabled) else None,
+            "lr": cfg.lr_at((epoch + 1) * cfg.steps_per_epoch), "bad_images": bad_images}
+
+
+def evaluates(cfg: Config, epochs_done: int) -> bool:
+    """Whether the epoch that makes ``epochs_done`` evaluates: every --eval-every epochs and after the last."""
+    return epochs_done == cfg.epochs or bool(cfg.eval_every and epochs_done % cfg.eval_every == 0)
+
+
+def evaluate_row(cfg: Config, parts, eval_model, val_loader, num_classes: int, epoch: int, swa=None,
+                 bn_data=None) -> dict:
+    """The validation figures of the summary row of (0-based) ``epoch``, and those of the EMA and SWA weights
+    when the run keeps them."""
     evaluate = lambda m: engine.evaluate(m, val_loader, parts.device, cfg.eval_policy, num_classes,
                                          amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
     v = evaluate(eval_model)
-    row.update(val_loss=v.loss, val_top1=v.top1, val_top5=v.top5, val_count=v.count)
+    row = dict(val_loss=v.loss, val_top1=v.top1, val_top5=v.top5, val_count=v.count)
     for path in v.unreadable:
         print(f"warning: unreadable validation image {path}: it was replaced by another image, so this "
               f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
@@ -613,6 +732,29 @@ def swa_batchnorm(cfg: Config, swa: AveragedModel, loader, sampler, epoch: int, 
                     t.copy_(dist.all_reduce_sum(t.clone()) / cfg.world_size)
 
 
+def repair_best(output: Path, progress: Progress, log: RunLog) -> None:
+    """On resume: best.pt must hold the run's best top-1. A run written before best.pt was saved ahead of last.pt
+    could be killed between the two writes (last.pt knowing a newer best than best.pt); if last.pt's own epoch
+    is that best, it becomes best.pt; otherwise the stale best.pt is reported."""
+    best_path, last_path = output / "best.pt", output / "last.pt"
+    if progress.pending_eval or progress.best_top1 < 0 or not best_path.exists():
+        return
+    best = ckpt_io.load(best_path).get("best_top1", -1.0)
+    if best >= progress.best_top1:
+        return
+    newest = progress.history[-1].get("val_top1") if progress.history else None
+    if newest == progress.best_top1:
+        shutil.copyfile(last_path, output / ".best.pt.repair")
+        os.replace(output / ".best.pt.repair", best_path)
+        log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
+                  f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
+                  new=progress.best_top1)
+    else:
+        log.event("best_stale", echo=f"warning: best.pt holds top-1 {best:.2f} but the run's best was "
+                  f"{progress.best_top1:.2f}, an epoch whose weights were not saved; best.pt is kept as it is",
+                  old=best, new=progress.best_top1)
+
+
 def epoch_line(row: dict) -> str:
     s = f"epoch {row['epoch']} done in {row['epoch_time']:.1f}s: train loss {row['train_loss']:.4f}"
     if row.get("val_top1") is not None:
@@ -636,4 +778,6 @@ def summary(progress: Progress, output: Path, log: RunLog, wall: float) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    code = main()
+    preempt_hook("exit", 1)  # teardown: a signal now is recorded by the early handler, not a kill
+    sys.exit(code)

@@ -19,14 +19,24 @@ says what is wrong, why it matters and how to fix it. The checks:
    ``--lr`` equal to the recipe's LR at its reference batch, while the global batch differs.
 6. A requested global batch that world size x accumulation steps does not divide: the per-process batch is
    rounded, so the run silently uses a different global batch (and LR scaling) than requested.
+7. bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16 or AMX-BF16): every bf16 matmul and
+   convolution is emulated, many times slower than fp32 (the issue that asked for this check measured 10-20x;
+   even with AVX512-BF16, ResNet-18 steps were 1.2-1.8x slower than fp32 on this repository's CPU).
+
+`notes(cfg)` holds what is worth knowing but not a mistake: a recipe run at a global batch other than its
+reference, whose LR the linear scaling rule has rescaled (from what to what).
 """
 
 from __future__ import annotations
 
 import math
+import sys
 
+import torch
+
+from imnet import dist
 from imnet.config import Config, resolve_eval_policy
-from imnet.recipes import META, RECIPES
+from imnet.recipes import META, RECIPES, reference_global_batch
 
 REFERENCE_GPUS = 8
 LARGE_BATCH = 1024
@@ -38,11 +48,51 @@ def recipe_policy(recipe: dict):
                                     "crop_pct": recipe.get("crop_pct"), "interpolation": recipe.get("interpolation")})
 
 
-def audit(cfg: Config, recipe: dict | None = None) -> list[str]:
+def device_type(cfg: Config) -> str:
+    """The device type a run of cfg gets (as `imnet.dist.init` picks it), without starting anything."""
+    if cfg.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if dist.mps_available() else "cpu"
+    return cfg.device.split(":")[0]
+
+
+def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16), from the kernel's CPU flags; None where
+    the platform does not say (not Linux), so that no warning is given on a guess."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        with open(cpuinfo) as f:
+            flags = next((line for line in f if line.startswith("flags")), "").split()
+    except OSError:
+        return None
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
+    """Facts worth knowing that are not mistakes. Now one: a recipe run at a global batch other than its
+    reference, with the LR rescaled linearly (Goyal et al. 2017) from the recipe's to this run's."""
+    name = cfg.recipe
+    if recipe is None and name in RECIPES:
+        recipe = RECIPES[name]
+    if recipe is None or name not in META or "lr_base" not in recipe or cfg.lr_given:
+        return []
+    ref_batch = reference_global_batch(name)
+    if cfg.global_batch_size == ref_batch:
+        return []
+    ref_lr = recipe["lr_base"] * ref_batch / 256
+    return [f"recipe '{name}' is tuned for a global batch of {ref_batch} ({META[name]['gpus']} process(es) x "
+            f"{recipe['batch_size']} x {recipe.get('accum_steps', 1)} accumulation steps); this run's is "
+            f"{cfg.global_batch_size}, so its LR is rescaled linearly from {ref_lr:g} to {cfg.peak_lr:g} "
+            f"(Goyal et al. 2017). Accuracy usually holds for moderate changes, but the recipe's expected top-1 "
+            f"was measured at {ref_batch}."]
+
+
+def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) -> list[str]:
     """Warnings (one paragraph each) for a resolved run configuration.
 
     ``recipe`` defaults to ``RECIPES[cfg.recipe]`` when cfg names one; the recipe-relative checks (eval
-    policy, LR rescaling) are skipped without a recipe.
+    policy, LR rescaling) are skipped without a recipe. ``device`` is the run's device type (default: what
+    ``cfg.device`` resolves to here).
     """
     name = cfg.recipe
     if recipe is None and name in RECIPES:
@@ -72,6 +122,13 @@ def audit(cfg: Config, recipe: dict | None = None) -> list[str]:
             f"targets and {cfg.loss_label_smoothing:g} again in the loss, so the effective smoothing is "
             f"about their sum and the recipe's tuning no longer holds. Fix: smooth in one place only (the "
             f"mixer's targets when mixing is on).")
+
+    if cfg.amp == "bf16" and (device or device_type(cfg)) == "cpu" and cpu_has_native_bf16() is False:
+        warnings.append(
+            "--amp bf16 on a CPU without native bf16 instructions (no avx512_bf16 or amx_bf16 among its flags): "
+            "every bf16 matmul and convolution is emulated, many times slower than fp32 (10-20x was measured), "
+            "and the CPU gains no memory bandwidth worth it. Fix: --amp none on this machine (bf16 is for GPUs "
+            "and CPUs with AMX).")
 
     requested = cfg.global_batch
     divisor = cfg.world_size * cfg.accum_steps

@@ -12,9 +12,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -77,12 +79,17 @@ REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step
 @dataclass
 class Progress:
     """Where a run is: the epoch in progress (0-based), optimizer steps done in it and in the whole run, one
-    summary row per finished epoch, and the best validation top-1 so far (-1 before any evaluation)."""
+    summary row per finished epoch, and the best validation top-1 so far (-1 before any evaluation).
+
+    ``pending_eval``: the last finished epoch's training is saved but its evaluation is not done yet (train.py
+    checkpoints an epoch before evaluating it, so that a failed or interrupted evaluation loses nothing); a
+    resumed run evaluates first."""
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
     history: list = field(default_factory=list)
     best_top1: float = -1.0
+    pending_eval: bool = False
 
 
 def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict, classes: list,
@@ -92,6 +99,7 @@ def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict
     return {"version": VERSION, "imnet_version": imnet_version, "model": model, "ema": ema, "swa": swa,
             "optimizer": optimizer, "scaler": scaler, "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch,
             "global_step": progress.global_step, "history": list(progress.history), "best_top1": progress.best_top1,
+            "pending_eval": progress.pending_eval,
             "metrics": progress.history[-1] if progress.history else None, "meter": meter, "rng": rngs or [],
             "bad_images": bad_images, "config": config, "classes": list(classes)}
 
@@ -116,8 +124,9 @@ def check_state(state: dict, path) -> dict:
 
 
 def progress_of(state: dict) -> Progress:
-    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"], list(state.get("history") or []),
-                    state.get("best_top1", -1.0))
+    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
+                    [dict(r) for r in state.get("history") or []], state.get("best_top1", -1.0),
+                    bool(state.get("pending_eval", False)))
 
 
 def rng_state() -> dict:
@@ -144,14 +153,25 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
+def _signals(*names: str) -> tuple:
+    """The named signals this platform has (Windows has SIGTERM but no SIGUSR1)."""
+    return tuple(getattr(signal, n) for n in names if hasattr(signal, n))
+
+
 class PreemptionSignals:
     """SIGTERM / SIGUSR1 set a flag instead of killing the process.
 
-    Clusters (SLURM, Kubernetes) send one of these before they kill a job. The training loop reads
-    ``requested`` after each step, writes ``last.pt`` and exits 0; ``--resume auto`` then continues exactly.
+    Clusters (SLURM, Kubernetes) send one of these before they kill a job, usually to the whole process group,
+    DataLoader workers included (`imnet.data` makes the workers ignore them: the main process decides). The
+    training loop reads ``requested`` after each step, writes ``last.pt`` and exits 0; ``--resume auto`` then
+    continues exactly. train.py installs the handler first thing, so a signal during startup is not lost.
+
+    ``deferred()`` blocks the signals for a stretch (kept pending, delivered at its end) where worker
+    processes are forked: a child starts with the blocked mask and stays immune until its worker init has
+    set the signals to "ignore" - otherwise a signal in that instant would kill a just-forked worker.
     """
 
-    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+    SIGNALS = _signals("SIGTERM", "SIGUSR1")
 
     def __init__(self):
         self.requested = False
@@ -171,3 +191,84 @@ class PreemptionSignals:
         for s, h in self._old.items():
             signal.signal(s, h)
         self._old.clear()
+
+    @contextlib.contextmanager
+    def deferred(self):
+        if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no fork)
+            yield
+            return
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
+        try:
+            yield
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+# ------------------------------------------------------------------------------------------ the run folder
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id runs on this host (a zombie or another user's process counts). On Windows
+    os.kill(pid, 0) would terminate the process, so there every pid counts as alive."""
+    if os.name == "nt":
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+class RunLock:
+    """``OUTPUT/.lock``: one run writes into a run folder at a time.
+
+    The lock is an ``fcntl.flock`` on the file, which the kernel releases when the process dies however it
+    dies (kill -9 included), so a crashed run never leaves it stuck; the file's text (pid, host) only names
+    the owner in the refusal message. Where fcntl is absent (Windows) there is no lock (a note says so).
+    """
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".lock"
+        self._fh = None
+
+    def acquire(self) -> "RunLock":
+        try:
+            import fcntl
+        except ImportError:
+            print(f"note: no run-folder lock on this platform; do not start two runs into {self.path.parent}",
+                  flush=True)
+            return self
+        fh = open(self.path, "a+")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            owner = fh.read().strip() or "unknown"
+            fh.close()
+            raise CheckpointError(f"Another run is writing into {self.path.parent} ({owner}). Two runs in one "
+                                  f"folder would interleave log.jsonl and overwrite each other's checkpoints. "
+                                  f"Wait for it to finish (or stop it), or pass another --output.") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def release(self) -> None:
+        if self._fh is not None:
+            self._fh.close()  # closing the file releases the flock
+            self._fh = None
+
+
+def remove_stale_temporaries(folder: Path) -> list[Path]:
+    """Delete ``.NAME.tmp-PID`` files (from `save_atomic`) whose writer process is gone (a kill -9 mid-save
+    leaves one, tens of MB each). Those of live processes are left alone. Returns the removed paths."""
+    removed = []
+    for p in Path(folder).glob(".*.tmp-*"):
+        pid = p.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -12,6 +12,7 @@ the command line. The evaluation policy has one more rule, because three flags d
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
@@ -30,6 +31,16 @@ AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 class ConfigError(Exception):
     """Contradictory or impossible settings; printed as one paragraph with exit code 2."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each flag's default, except None (not set; the help text says what unset means) and False
+    (switches), so that no help line reads "(default: None)"."""
+
+    def _get_help_string(self, action):
+        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------------------ eval policy
@@ -304,6 +315,14 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
                           f"the run would never leave warmup.")
     if f["ema"] and not 0 < f["ema_decay"] < 1:
         raise ConfigError(f"--ema-decay must be in (0, 1) (got {f['ema_decay']}).")
+    if f["workers"] < 0:
+        raise ConfigError(f"--workers must be >= 0 (got {f['workers']}); 0 loads data in the training process.")
+    for name in ("lr", "lr_base", "momentum", "weight_decay", "min_lr", "clip_grad"):
+        if f[name] is not None and not f[name] >= 0:  # (also refuses NaN)
+            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {f[name]}): learning rates, momentum, "
+                              f"weight decay and the clipping norm are magnitudes.")
+    if f["amp"] not in AMP_DTYPES:
+        raise ConfigError(f"--amp must be one of {', '.join(AMP_DTYPES)} (got {f['amp']!r}).")
     if f["eval_every"] < 0:
         raise ConfigError(f"--eval-every must be >= 0 (got {f['eval_every']}); 0 evaluates after the last epoch only.")
 

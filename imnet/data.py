@@ -34,6 +34,7 @@ import contextlib
 import math
 import os
 import re
+import signal
 import warnings
 
 import numpy as np
@@ -467,8 +468,37 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
+PREEMPTION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
+
+
+def _preemptible_worker_init(worker_id: int) -> None:
+    """Worker init of a training loader: schedulers (SLURM, Kubernetes) send SIGTERM to the whole process group.
+    torch's worker handler exits on a SIGTERM that does not come from its parent, and the main process then dies
+    with "DataLoader worker killed by signal" instead of saving its checkpoint. The main process decides:
+    these workers ignore the preemption signals and stop when the main process shuts the loader down
+    (`shutdown_workers`) or exits. train.py forks them with the signals blocked
+    (checkpoint.PreemptionSignals.deferred), so none arrives before this runs."""
+    _worker_init(worker_id)
+    for s in PREEMPTION_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
+    if hasattr(signal, "pthread_sigmask"):
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, PREEMPTION_SIGNALS)
+
+
+def shutdown_workers(loader) -> None:
+    """Stop a loader's persistent workers now. Needed for preemptible loaders: at interpreter exit
+    multiprocessing terminates daemonic children with SIGTERM and then waits for them, forever for a worker
+    that ignores SIGTERM, and torch's own shutdown is skipped once the interpreter is exiting. (torch has no
+    public call for this; ``_iterator._shutdown_workers`` is what the iterator's destructor calls.)"""
+    iterator = getattr(loader, "_iterator", None)
+    if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+        iterator._shutdown_workers()
+        loader._iterator = None
+
+
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
-                 drop_last: bool = False, prefetch_factor: int | None = None) -> torch.utils.data.DataLoader:
+                 drop_last: bool = False, prefetch_factor: int | None = None,
+                 preemptible: bool = False) -> torch.utils.data.DataLoader:
     """A DataLoader over (index, epoch) keys with `collate`.
 
     - persistent workers (workers > 0): the decoding processes and their caches survive between epochs;
@@ -477,7 +507,9 @@ def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bo
     - a private torch.Generator: the DataLoader draws a worker base seed from its generator at every
       iter(); with the default (global) one, that draw would shift the training process's RNG stream by an
       amount depending on --workers (workers=0 draws every epoch, persistent workers only once). The base
-      seed is unused anyway, since every sample is seeded by (seed, epoch, index).
+      seed is unused anyway, since every sample is seeded by (seed, epoch, index);
+    - preemptible: the workers ignore SIGTERM/SIGUSR1 (`_preemptible_worker_init`); the caller must then
+      `shutdown_workers` before exiting.
     """
     if workers > 0 and prefetch_factor is None:
         prefetch_factor = max(2, math.ceil(8 / workers))
@@ -485,7 +517,8 @@ def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bo
         dataset, batch_size=batch_size, sampler=sampler, num_workers=workers, collate_fn=collate,
         pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
-        worker_init_fn=_worker_init if workers > 0 else None, generator=torch.Generator())
+        worker_init_fn=(_preemptible_worker_init if preemptible else _worker_init) if workers > 0 else None,
+        generator=torch.Generator())
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last: bool = False,

@@ -50,9 +50,11 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = env_world_size()
     if device in (None, "auto"):
-        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+        device = f"cuda:{local_rank}" if torch.cuda.is_available() else "mps" if mps_available() else "cpu"
     elif device.startswith("cuda") and not torch.cuda.is_available():
         raise DeviceError(f"--device {device}: CUDA is not available here; use --device cpu (or auto).")
+    elif device.startswith("mps") and not mps_available():
+        raise DeviceError(f"--device {device}: Apple's MPS is not available here; use --device cpu (or auto).")
     elif device == "cuda":
         device = f"cuda:{local_rank}"
     try:
@@ -70,6 +72,32 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
         # synchronises the GPU.
         info.control_group = dist.new_group(backend="gloo")
     return info
+
+
+def mps_available() -> bool:
+    """Apple's Metal GPU (torch.backends.mps is absent from some builds; single-process only)."""
+    mps = getattr(torch.backends, "mps", None)
+    return bool(mps is not None and mps.is_available())
+
+
+def auto_amp(device: torch.device) -> str:
+    """What a bare ``--amp`` means on ``device``: bf16 on CUDA GPUs that support it (Ampere and newer: no loss
+    scaling needed), fp16 on older CUDA GPUs, and "none" elsewhere: on CPUs without native bf16 instructions
+    bf16 autocast is many times slower than fp32, and MPS autocast support varies with the torch version."""
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "none"
+
+
+def message_of(error: BaseException) -> str:
+    """The one paragraph to print for a bad-input error. An error raised inside a DataLoader worker reaches the
+    main process with the worker's whole traceback in its message ("Caught DataError in DataLoader worker
+    process 0. Original Traceback ..."); only its last line, the original message, is for the user."""
+    text = str(error)
+    if "Original Traceback" in text:
+        last = text.rstrip().rsplit("\n", 1)[-1]
+        text = last.split(": ", 1)[1] if ": " in last else last
+    return text
 
 
 def cleanup() -> None:

@@ -8,7 +8,7 @@ import csv
 import json
 import math
 import os
-import resource
+import sys
 import time
 from pathlib import Path
 
@@ -19,11 +19,21 @@ SUMMARY_COLUMNS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", 
                    "bad_images"]
 
 
+try:
+    import resource  # POSIX only
+except ImportError:  # Windows: no peak resident set size; the figure is reported as NaN ("nan GiB")
+    resource = None
+
+
 def peak_memory_gib(device: torch.device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU, max resident set size on CPU."""
+    """Peak memory of this process: CUDA allocator peak on GPU; on the CPU (and MPS) the max resident set
+    size, which getrusage reports in kB on Linux but in bytes on macOS; NaN where unknown (Windows)."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**30
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # kB -> GiB on Linux
+    if resource is None:
+        return float("nan")
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**30 if sys.platform == "darwin" else rss / 2**20
 
 
 def format_duration(seconds: float) -> str:

@@ -53,11 +53,33 @@ def _listing(names, show=SHOW):
     return text + (f" (and {len(names) - show} more)" if len(names) > show else "")
 
 
+NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
+
+
 def _valid_wnid(wnid, where):
-    """A class name becomes a folder name: refuse anything that is not a single plain path component."""
+    """A class name becomes a folder name: refuse anything that is not a single plain path component
+    (separators, ".", "..", hidden names, control characters such as NUL, more than NAME_MAX bytes)."""
     if not wnid or wnid in (".", "..") or "/" in wnid or "\\" in wnid or wnid.startswith("."):
         raise PrepareError(f"{where}: {wnid!r} is not usable as a class folder name.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in wnid):
+        raise PrepareError(f"{where}: {wnid!r} holds a control character (NUL, newline...), which no class "
+                           f"folder name can hold. Check that the file is a plain-text list of wnids.")
+    if len(os.fsencode(wnid)) > NAME_MAX:
+        raise PrepareError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
+                           f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
     return wnid
+
+
+def _check_out(out_dir):
+    """--out must be a folder, or creatable as one: its nearest existing ancestor must be a folder."""
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise PrepareError(f"--out {out_dir} exists and is not a directory.")
+    parent = os.path.dirname(out_dir)
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        raise PrepareError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
+                           f"path such as /data/imagenet/val.")
 
 
 def read_synsets(path):
@@ -171,8 +193,7 @@ def arrange_val(flat_dir, labels, out_dir):
             f"labels name files such as {next(iter(labels))}). Check that --flat and --labels belong together.")
 
     out_dir = os.path.abspath(out_dir)
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise PrepareError(f"--out {out_dir} exists and is not a directory.")
+    _check_out(out_dir)
     linked = kept = 0
     for image_id in present:
         wnid, name = labels[image_id], files[image_id]
@@ -184,8 +205,12 @@ def arrange_val(flat_dir, labels, out_dir):
                                    "another --out) and run again.")
             kept += 1
             continue
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        os.symlink(source, target)
+        try:
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            os.symlink(source, target)
+        except OSError as e:
+            raise PrepareError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
+                               f"write to.") from None
         linked += 1
     return {
         "linked": linked,

@@ -401,3 +401,24 @@ def test_flop_count_matches_published_resnet18_figure():
     """torchvision lists ResNet-18 at 1.81 GFLOPS per 224px image, counting multiply-accumulates (our gmacs)."""
     gflops = benchmark.forward_flops(torchvision.models.resnet18().eval(), 224, torch.device("cpu"))
     assert gflops / 2 == pytest.approx(1.81, abs=0.01)
+
+
+def test_unwritable_outputs_are_refused_before_evaluating(three_images, ckpt, tmp_path, capsys, monkeypatch):
+    """--json / --predictions that cannot be written: exit 2 with the reason before any evaluation (not after the
+    whole validation set); a path that did not exist is not left behind by the check."""
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("evaluated although the output cannot be written")
+    monkeypatch.setattr(imnet_eval.engine, "evaluate", no_evaluation)
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    for flag, path, needle in (("--json", a_file / "r.json", "cannot write --json"),
+                               ("--predictions", tmp_path / "no" / "such" / "p.csv", "cannot write --predictions"),
+                               ("--json", tmp_path, "is a folder")):
+        code, out, err = run_eval(capsys, "--checkpoint", ckpt, "--data", three_images, "--workers", "0", flag, path)
+        assert code == 2 and needle in err, err
+    code, out, err = run_eval(capsys, "--checkpoint", ckpt, "--data", three_images, "--workers", "-1")
+    assert code == 2 and "--workers" in err
+    monkeypatch.undo()
+    fresh = tmp_path / "fresh.json"
+    code, out, err = run_eval(capsys, "--checkpoint", ckpt, "--data", three_images, "--workers", "0", "--json", fresh)
+    assert code == 0 and json.loads(fresh.read_text())["count"] == 3

@@ -167,3 +167,27 @@ def test_existing_foreign_file_is_not_overwritten(tmp_path, capsys):
     err = run_bad(tmp_path, capsys, ["--flat", str(flat), "--labels", str(labels), "--out", str(out)])
     assert "already exists and is not a link" in err
     assert (out / TRUTH[1] / f"{image_id(1)}.JPEG").read_bytes() == b"someone else's file"
+
+
+def test_unusable_wnids_and_out_under_a_file_are_explained(tmp_path, capsys):
+    """A NUL (or other control character) or a name longer than a folder name can be, in either label format,
+    and an --out below a file: exit 2 with the reason, before any link is made."""
+    flat = make_flat(tmp_path / "flat", ALL)
+    out = ["--out", str(tmp_path / "val")]
+    for bad in ("n0144\x000764", "n01440764\x1b", "n" + "0" * 300):
+        labels = tmp_path / "labels.csv"
+        labels.write_text("ImageId,PredictionString\n" + f"{image_id(1)},{bad} 1 2 3 4\n")
+        err = run_bad(tmp_path, capsys, ["--flat", str(flat), "--labels", str(labels)] + out)
+        assert ("control character" in err) if len(bad) < 30 else ("more than the 255" in err), err
+        devkit_labels, synsets = write_devkit(tmp_path, ALL, WNIDS)
+        synsets.write_text(f"{bad}\n{WNIDS[1]}\n{WNIDS[2]}\n")
+        err = run_bad(tmp_path, capsys, ["--flat", str(flat), "--labels", str(devkit_labels), "--synsets",
+                                         str(synsets)] + out)
+        assert "control character" in err or "more than the 255" in err, err
+    assert not (tmp_path / "val").exists()
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("x")
+    err = run_bad(tmp_path, capsys, ["--flat", str(flat), "--labels", str(write_csv(tmp_path / "ok.csv", ALL)),
+                                     "--out", str(a_file / "val")])
+    assert "which is a file" in err

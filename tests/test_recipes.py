@@ -9,13 +9,15 @@ import math
 import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import pytest
 
 import train
 from imnet import config as imconfig
-from imnet.audit import audit, recipe_policy
+from imnet import audit as audit_module
+from imnet.audit import audit, notes, recipe_policy
 from imnet.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
                            reference_lr, torchvision_ema_decay)
 from imnet.transforms import resolve_eval_sizes
@@ -284,3 +286,33 @@ def test_audit_global_batch_not_divisible():
     one(audit(config("resnet50", world_size=6, global_batch=1024)), "not divisible by world size")
     assert audit(config("resnet50", world_size=8, global_batch=1024)) == []
     assert audit(config("resnet50", world_size=4, accum_steps=2, global_batch=1024)) == []
+
+
+def test_batch_note_says_how_the_lr_was_rescaled():
+    """A recipe at a global batch other than its reference: one note, with the reference batch, this batch and
+    the LR before and after linear rescaling; none at the reference batch (every recipe: see the test above)."""
+    (note,) = notes(config("resnet50", world_size=4))
+    ref_lr = reference_lr("resnet50")
+    assert "1024" in note and "512" in note and f"from {ref_lr:g} to {ref_lr / 2:g}" in note, note
+    (note,) = notes(config("deit_small", world_size=1))
+    assert f"to {reference_lr('deit_small') / 8:g}" in note
+    assert notes(config("resnet50", world_size=4, lr=0.25)) == []  # an explicit --lr: audit's LR check covers it
+    for name in sorted(RECIPES):
+        assert notes(config(name)) == [], name
+
+
+def test_audit_bf16_on_a_cpu_without_native_bf16(monkeypatch, tmp_path):
+    monkeypatch.setattr(audit_module, "cpu_has_native_bf16", lambda: False)
+    one(audit(config("resnet50", amp="bf16"), device="cpu"), "without native bf16")
+    assert audit(config("resnet50", amp="bf16"), device="cuda") == []
+    assert audit(config("resnet50", amp="none"), device="cpu") == []
+    monkeypatch.setattr(audit_module, "cpu_has_native_bf16", lambda: True)
+    assert audit(config("resnet50", amp="bf16"), device="cpu") == []
+    monkeypatch.undo()
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f\n")
+    assert audit_module.cpu_has_native_bf16(str(info)) is False
+    info.write_text("processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert audit_module.cpu_has_native_bf16(str(info)) is True
+    monkeypatch.setattr(sys, "platform", "darwin")
+    assert audit_module.cpu_has_native_bf16(str(info)) is None  # unknown: no warning on a guess

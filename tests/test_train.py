@@ -276,3 +276,31 @@ def test_repeated_augmentation_resumes_bitwise(data, tmp_path):
     plain = tmp_path / "plain"  # and the sampler is in use: without repeats the weights differ
     assert train.main(plain_args + ["--output", str(plain)]) == 0
     assert not torch.equal(load(plain / "last.pt")["model"]["conv_proj.weight"], a["model"]["conv_proj.weight"])
+
+
+@pytest.mark.parametrize("moment, steps_saved", [("startup:1", None), ("step:8", 8), ("eval:2", 12), ("save:1", 6),
+                                                  ("exit:1", 18)])
+def test_process_group_sigterm_with_workers_is_a_clean_preemption(moment, steps_saved, reference, data, tmp_path):
+    """SIGTERM to the whole process group, DataLoader workers included (what SLURM and Kubernetes do), at a
+    named moment: while torch is still importing (before main() runs), 2 steps into epoch 2, at the start of
+    epoch 2's evaluation (the workers of both loaders alive), during epoch 1's first save, after the finished run
+    (teardown: the run stays done, exit 0 rather than -15). train.py's test hook
+    (IMNET_TEST_SIGTERM, see preempt_hook) makes the process signal its own group, started with setsid, at
+    exactly that moment. Each ends with exit 0 and no traceback; the checkpoint it leaves (none at startup:
+    nothing was trained) resumes to the uninterrupted run's weights, bitwise."""
+    out = tmp_path / "run"
+    args = FULL + ["--data", str(data), "--output", str(out)]
+    env = dict(os.environ, PYTHONUNBUFFERED="1", IMNET_TEST_SIGTERM=moment)
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=600, start_new_session=True)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "killed by signal" not in res.stderr, res.stderr
+    events = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert events[-1]["event"] == ("done" if moment == "exit:1" else "preempted"), events[-1]
+    if steps_saved is None:
+        assert not (out / "last.pt").exists() and "train" not in {e["event"] for e in events}
+        assert (events[-1]["epoch"], events[-1]["step_in_epoch"]) == (0, 0)
+    else:
+        assert load(out / "last.pt")["global_step"] == steps_saved
+    assert train.main(args + ["--resume", "auto"]) == 0
+    assert_same_state(load(reference / "last.pt"), load(out / "last.pt"))
