@@ -393,8 +393,10 @@ def claim_output(cfg: Config, output: Path, cleanup: contextlib.ExitStack, log_n
     lock = ckpt_io.RunLock(output).acquire()
     cleanup.callback(lock.release)
     if cfg.resume is None and (output / "last.pt").exists():
+        # A bare `python train.py` is the demo; with any flag it is not, so the demo's commands name --recipe demo.
+        demo = " (for the demo: python train.py --recipe demo --resume auto)" if cfg.recipe == "demo" else ""
         raise ConfigError(f"{output} already holds a run (last.pt). A new run there would overwrite its "
-                          f"checkpoints, best.pt included. To continue that run pass --resume auto; to start a "
+                          f"checkpoints, best.pt included. To continue that run pass --resume auto{demo}; to start a "
                           f"new one pass another --output (or delete the folder).")
     for path in ckpt_io.remove_stale_temporaries(output):
         log_note(f"note: removed {path.name}, left by a save that was killed midway")

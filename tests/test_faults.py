@@ -161,6 +161,9 @@ def test_new_run_over_an_earlier_run_is_refused(reference, data, tmp_path, capsy
     err = capsys.readouterr().err
     assert "already holds a run" in err and "--resume auto" in err and "Traceback" not in err
     assert (out / "best.pt").read_bytes() == before and not (out / "log.jsonl").exists()
+    # The demo's second `python train.py`: the way on must name --recipe demo (any flag turns the demo off).
+    assert train.main(["--recipe", "demo", "--data", str(data), "--output", str(out)]) == 2
+    assert "python train.py --recipe demo --resume auto" in capsys.readouterr().err
 
 
 def test_concurrent_runs_are_refused_and_a_killed_runs_lock_and_temporaries_do_not_stay(data, tmp_path, capsys):
