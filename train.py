@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -59,6 +60,7 @@ from imnet.mixing import Mixer
 from imnet.optim import build_optimizer, count_param_groups, param_groups
 from imnet.recipes import RECIPES
 from imnet.sam import SAM
+from imnet.schedule import progressive_size
 from imnet.transforms import train_transform
 
 
@@ -99,6 +101,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "JPEG decoding, not the published pipeline")
     g.add_argument("--crop-scale", type=float, nargs=2, default=[0.08, 1.0], metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area fraction range (0.08-1 for ImageNet; larger for small objects)")
+    g.add_argument("--progressive-res", type=int, nargs=2, default=None, metavar=("START", "END"),
+                   help="progressive resolution: the RandomResizedCrop size ramps from START to END (multiples of "
+                        "16; sets --train-crop-size to END) over --progressive-epochs; evaluation keeps its own "
+                        "sizes (evaluating above the last training size is intended: Touvron et al. 2019)")
+    g.add_argument("--progressive-epochs", type=int, nargs=2, default=None, metavar=("FROM", "TO"),
+                   help="epoch numbers (from 1, as printed) of the ramp: START up to epoch FROM, END from epoch TO "
+                        "on, linear in between, rounded to a multiple of 16 (FFCV's schedule)")
     g.add_argument("--max-bad-images", default="0.001",
                    help="unreadable images tolerated before stopping: a count (10) or a fraction of the set (0.001)")
     g.add_argument("--fake-data", action="store_true",
@@ -247,11 +256,15 @@ def build_datasets(cfg: Config):
         return (classes, data.FakeData(cfg.num_classes, cfg.train_crop_size, length=100 * cfg.global_batch_size),
                 data.FakeData(cfg.num_classes, cfg.eval_policy.crop_size, length=10 * cfg.global_batch_size))
     train_dir, val_dir, classes = folders.check_data_root(cfg.data)
+    size_at = None
+    if cfg.progressive_res is not None:  # picklable, stateless: workers derive the size from the epoch key
+        size_at = functools.partial(progressive_size, start=cfg.progressive_res[0], end=cfg.progressive_res[1],
+                                    first=cfg.progressive_epochs[0], last=cfg.progressive_epochs[1])
     train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale,
                                interpolation=cfg.train_interpolation or cfg.interpolation,
                                auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
                                ra_magnitude=cfg.ra_magnitude)
-    return (classes, data.ImageFolder(train_dir, classes, train_tf, seed=cfg.seed),
+    return (classes, data.ImageFolder(train_dir, classes, train_tf, seed=cfg.seed, crop_size_at=size_at),
             data.ImageFolder(val_dir, classes, cfg.eval_policy.transform(), seed=cfg.seed))
 
 
@@ -316,12 +329,31 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
               f"parameter groups: {count_param_groups(groups)}"]
     keys = sorted({0, 1, round(cfg.warmup_epochs * spe), total // 2, total - 1})
     lines.append("LR at steps: " + ", ".join(f"{s}: {cfg.lr_at(s):.6g}" for s in keys if 0 <= s < total))
+    if cfg.progressive_res is not None:
+        lines += progressive_plan(cfg)
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
               f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), {p.decode} decode"]
     lines += [f"NOTE: {n}" for n in notes(cfg)]
     lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)
+
+
+def progressive_plan(cfg: Config) -> list[str]:
+    """The training size of every epoch (runs of equal sizes merged) and the training FLOPs against
+    training at END throughout: a convnet's FLOPs per image scale with size^2."""
+    sizes = [cfg.train_size_at(e) for e in range(cfg.epochs)]
+    runs, first = [], 0
+    for e in range(1, cfg.epochs + 1):
+        if e == cfg.epochs or sizes[e] != sizes[first]:
+            span = f"{first + 1}" if e == first + 1 else f"{first + 1}-{e}"
+            runs.append(f"{span}: {sizes[first]}")
+            first = e
+    end = cfg.progressive_res[1]
+    share = sum(s * s for s in sizes) / (len(sizes) * end * end)
+    return [f"progressive resolution, train crop size by epoch: {', '.join(runs)}",
+            f"training FLOPs ~ {100 * share:.1f}% of training at {end} throughout (saves {100 * (1 - share):.1f}%; "
+            f"FLOPs ~ size^2)"]
 
 
 def check_compatible(state: dict, cfg: Config, classes: list, path) -> list[str]:
@@ -595,10 +627,12 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
             parts.train_model.train()
             with signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
                 batches = iter(train_loader)
+            train_size = None
             window_loss, window_steps, data_time, window_t0 = torch.zeros((), device=info.device), 0, 0.0, time.perf_counter()
             while progress.step_in_epoch < cfg.steps_per_epoch:
                 t = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.accum_steps)]
+                train_size = micro[0][0].shape[-1]  # what the batches really hold (progressive resolution)
                 data_time += time.perf_counter() - t
                 loss, grad_norm = engine.train_step(cfg, parts, [(x, y) for x, y, _ in micro], progress.epoch,
                                                     progress.step_in_epoch, progress.global_step, meter)
@@ -657,6 +691,7 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
                 swa.update_parameters(model)
             row = train_row(cfg, parts, meter, progress.epoch, bad_counter.count)
             row["epoch_time"] = time.time() - epoch_t0
+            row["train_size"] = train_size
             progress.history.append(row)
             progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
             progress.pending_eval = evaluates(cfg, progress.epoch)

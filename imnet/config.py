@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from imnet.schedule import lr_at, scale_lr
+from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 DEFAULT_CROP_PCT = 0.875  # 224 -> 256, the classic AlexNet/ResNet evaluation
@@ -160,6 +160,8 @@ class Config:
     interpolation: str            # train and evaluation resampling (each overridable below)
     train_interpolation: str | None  # RandomResizedCrop resampling; None: as ``interpolation``
     crop_scale: tuple
+    progressive_res: tuple | None     # (START, END) training crop sizes; train_crop_size is END
+    progressive_epochs: tuple | None  # (FROM, TO) 1-based epoch numbers of the ramp
     max_bad_images: str
     fake_data: bool
     num_classes: int
@@ -260,6 +262,13 @@ class Config:
                      sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
                      gamma=self.lr_gamma)
 
+    def train_size_at(self, epoch: int) -> int:
+        """The RandomResizedCrop output size of ``epoch`` (0-based): `imnet.schedule.progressive_size` under
+        --progressive-res, else --train-crop-size."""
+        if self.progressive_res is None:
+            return self.train_crop_size
+        return progressive_size(epoch, *self.progressive_res, *self.progressive_epochs)
+
     def with_data(self, train_images: int, val_images: int, classes: int) -> "Config":
         """The same Config with the data's sizes and the steps per epoch they give.
 
@@ -326,6 +335,8 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     if f["eval_every"] < 0:
         raise ConfigError(f"--eval-every must be >= 0 (got {f['eval_every']}); 0 evaluates after the last epoch only.")
 
+    check_progressive(f, given)
+
     requested = f["global_batch"]
     if requested is not None:
         per = requested // (world_size * f["accum_steps"])
@@ -376,13 +387,46 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
                           f"or train at the evaluation size.")
 
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
-    for key in ("crop_scale", "lr_milestones"):
-        f[key] = tuple(f[key])
+    for key in ("crop_scale", "lr_milestones", "progressive_res", "progressive_epochs"):
+        f[key] = tuple(f[key]) if f[key] is not None else None
     for key in EVAL_FLAGS:
         del f[key]
     return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given, eval_policy=policy, mixing=mixing,
                   loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
                   mix_label_smoothing=f["label_smoothing"] if mixing else 0.0)
+
+
+def check_progressive(f: dict, given: dict) -> None:
+    """Validate --progressive-res START END / --progressive-epochs FROM TO in the merged flags ``f``, and set
+    ``f["train_crop_size"]`` to END (the size the run ends at; the model is built for it)."""
+    res, epochs = f.get("progressive_res"), f.get("progressive_epochs")
+    if res is None and epochs is None:
+        return
+    if res is None or epochs is None:
+        raise ConfigError("--progressive-res START END and --progressive-epochs FROM TO go together: the ramp "
+                          "needs both its sizes and its epochs, e.g. --progressive-res 160 192 "
+                          "--progressive-epochs 66 77.")
+    (start, end), (first, last) = res, epochs
+    m = PROGRESSIVE_MULTIPLE
+    if not (m <= start <= end and start % m == 0 and end % m == 0):
+        raise ConfigError(f"--progressive-res {start} {end}: START and END must be multiples of {m}, at least {m}, "
+                          f"with START <= END (the sizes in between are rounded to multiples of {m}), e.g. "
+                          f"--progressive-res 160 192.")
+    if not 0 <= first < last <= f["epochs"]:
+        raise ConfigError(f"--progressive-epochs {first} {last}: need 0 <= FROM < TO <= --epochs ({f['epochs']}); "
+                          f"epochs are numbered from 1 as printed, the size is START up to epoch FROM and END from "
+                          f"epoch TO on.")
+    if f["fake_data"]:
+        raise ConfigError("--progressive-res needs real data: --fake-data images have one fixed size. For a "
+                          "throughput run at a given size use --train-crop-size.")
+    if fixed_input_size(f["model"]):
+        raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for one "
+                          f"size), so its training crop cannot change with the epoch: drop --progressive-res or "
+                          f"use a convolutional model.")
+    if "train_crop_size" in given and given["train_crop_size"] != end:
+        raise ConfigError(f"--train-crop-size {given['train_crop_size']} contradicts --progressive-res {start} {end}, "
+                          f"which trains at {end} from epoch {last} on: drop --train-crop-size (it is set to END).")
+    f["train_crop_size"] = end
 
 
 def fixed_input_size(model: str) -> bool:

@@ -227,6 +227,11 @@ class ImageFolder(torch.utils.data.Dataset):
     which worker or rank runs it, and the caller's RNG stream (dropout, MixUp in the main process when
     workers=0) is left untouched.
 
+    `crop_size_at(epoch) -> int` (optional; progressive resolution) makes the call ``transform(path,
+    crop_size=crop_size_at(epoch))``: the size is a function of the epoch in the key, so workers need no
+    state to follow it (persistent workers keep their own copy of the dataset, which is never updated). It
+    must be picklable (a module-level function or a functools.partial of one) for spawned workers.
+
     A file the transform cannot read (truncated, zero bytes, not an image, more than `max_pixels` pixels:
     any Exception from the transform) is replaced by sample ``derive_seed(2, seed, epoch, index, attempt) %
     n`` for attempt = 1, 2, ...: a pseudo-random other sample, so a bad file does not always duplicate its
@@ -235,11 +240,12 @@ class ImageFolder(torch.utils.data.Dataset):
     """
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
-                 max_tries: int = 32):
+                 max_tries: int = 32, crop_size_at=None):
         root = os.fspath(root)
         self.root = os.fsdecode(root) if isinstance(root, bytes) else root
         self.classes = list(classes)
         self.transform = transform
+        self.crop_size_at = crop_size_at
         self.seed = _check_seed(seed)
         self.max_pixels = max_pixels
         self.max_tries = max_tries
@@ -277,13 +283,15 @@ class ImageFolder(torch.utils.data.Dataset):
         tests and one-off scripts; code that runs in workers uses path(i) and label(i)."""
         return _SampleView(self)
 
-    def _read(self, path: str, seed: int) -> torch.Tensor:
+    def _read(self, path: str, seed: int, epoch: int) -> torch.Tensor:
         generator = torch.default_generator  # CPU only: torch.manual_seed would also reseed every GPU
         state = generator.get_state()
         generator.manual_seed(seed)
         try:
             with _pil_guard(self.max_pixels):
-                return self.transform(path)
+                if self.crop_size_at is None:
+                    return self.transform(path)
+                return self.transform(path, crop_size=self.crop_size_at(epoch))
         finally:
             generator.set_state(state)
 
@@ -295,7 +303,7 @@ class ImageFolder(torch.utils.data.Dataset):
             sample = index if attempt == 0 else seed % len(self.index)
             path, label = self.path(sample), self.label(sample)
             try:
-                image = self._read(path, seed)
+                image = self._read(path, seed, epoch)
             except Exception as exc:  # anything a broken file can make PIL/torchvision raise
                 if path not in bad:
                     bad.append(path)

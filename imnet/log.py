@@ -16,7 +16,7 @@ import torch
 
 SUMMARY_COLUMNS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "epoch_time",
                    "ema_val_loss", "ema_val_top1", "ema_val_top5", "swa_val_loss", "swa_val_top1", "swa_val_top5",
-                   "bad_images"]
+                   "bad_images", "train_size"]
 
 
 try:

@@ -24,12 +24,34 @@ Linear scaling rule (Goyal et al. 2017): lr = base_lr * global_batch / base_batc
 batch is per-GPU batch x GPUs x gradient-accumulation steps (the samples behind one optimizer step).
 The square-root rule, base_lr * sqrt(global_batch / base_batch), is the usual choice for
 Adam-type optimizers at very large batch (Krizhevsky 2014; You et al. 2020, LAMB).
+
+Progressive resolution (`progressive_size`): the training crop grows with the epoch, a pure function of the
+epoch number n (1-based, as train.py prints it), START, END, FROM, TO and the rounding multiple m = 16:
+
+    size(n) = START                                                         for n <= FROM
+    size(n) = m * round((START + (END - START) * (n - FROM) / (TO - FROM)) / m)   for FROM < n < TO
+    size(n) = END                                                           for n >= TO
+
+(round: to the nearest integer, ties to even). This is the schedule of FFCV's ImageNet training script
+(``get_resolution``: ``np.interp`` between ``start_ramp`` and ``end_ramp``, rounded to a multiple of 32), with
+1-based epoch numbers: FFCV's rn50_88_epochs.yaml (160 -> 192, 0-based start_ramp 65, end_ramp 76) is
+START, END, FROM, TO = 160, 192, 66, 77. Early epochs at a low resolution
+cost ~ (size / END)^2 of the convolution FLOPs. Evaluating at a higher resolution than the last training
+size is not a mistake but the point: RandomResizedCrop zooms in (objects look larger than under a centre
+crop at the same size), so the test resolution that matches the training object size is ~1.15x the
+training one (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"); FFCV trains at <= 192
+and evaluates at 256.
 """
 
 import bisect
 import math
 
-__all__ = ["scale_lr", "lr_at", "set_lr"]
+__all__ = ["scale_lr", "lr_at", "set_lr", "progressive_size", "PROGRESSIVE_MULTIPLE"]
+
+# The rounding of progressive sizes: 16, not FFCV's 32, so a ViT/16 grid stays whole at every size and a
+# small-resolution ramp has intermediate sizes (32 -> 64 goes 32, 48, 64; with 32 it would jump). A ResNet
+# (total stride 32) just gets one odd-sized last feature map at sizes that are odd multiples of 16.
+PROGRESSIVE_MULTIPLE = 16
 
 
 def scale_lr(base_lr, global_batch, base_batch=256, rule="linear"):
@@ -63,3 +85,17 @@ def set_lr(optimizer, lr):
     """Write ``lr`` into every param group, times the group's optional ``"lr_scale"`` (e.g. layer decay)."""
     for group in optimizer.param_groups:
         group["lr"] = lr * group.get("lr_scale", 1.0)
+
+
+def progressive_size(epoch, start, end, first, last, multiple=PROGRESSIVE_MULTIPLE):
+    """The training crop size of ``epoch`` (0-based index; n = epoch + 1 is the 1-based epoch number) under a
+    ramp from ``start`` at epoch number ``first`` to ``end`` at epoch number ``last`` (first < last): see the
+    module docstring for the closed form. Constant within an epoch and a function of the epoch alone, so a
+    resumed run and every data-loading worker and rank agree on it without any shared state."""
+    n = epoch + 1
+    if n <= first:
+        return int(start)
+    if n >= last:
+        return int(end)
+    size = start + (end - start) * (n - first) / (last - first)
+    return int(round(size / multiple)) * multiple
