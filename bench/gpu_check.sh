@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
-# One prepared GPU check, under 5 minutes in all (not a test; never run by CI):
+# One prepared GPU check, under 8 minutes in all (not a test; never run by CI):
 #   flops          training FLOPs per image of ResNet-50 at 224 (FlopCounterMode, fwd + bwd), GPU name, bf16 peak
 #   syncs          host-device synchronisations per engine step (torch.cuda.set_sync_debug_mode), and where
 #   imnet          train.py --fake-data, resnet50 recipe, bf16 + channels_last: img/s, fraction of the bf16 peak
 #   plain          the same model the plain way (float workers, fp32, NCHW, bare loop): img/s
 #   data           input pipeline img/s with all cores on the real JPEG sample (imnet, then torchvision's)
-#   imnet_compile  as imnet, with --compile
+#   imnet_start    as imnet at the progressive ramp's first size (160): what a low-resolution epoch gains
+#   imnet_compile  as imnet, with --compile (compile gain = its img/s over imnet's)
+#   compile_steps  bench/compile.py: engine step eager vs compiled, compile time at 160 then 224 (the
+#                  recompilation at a new size that progressive resolution causes), steady-state speedup
 # Each section runs under its own time limit; one that times out or fails is reported as such and the rest go on.
 # Results: one JSON object in $OUT/gpu_check.json when $OUT is set, else on stdout.
 #
@@ -18,7 +21,7 @@ PY=${PYTHON:-}
 if [ -z "$PY" ]; then
   if [ -x .venv/bin/python ]; then PY=.venv/bin/python; else PY=python3; fi
 fi
-BUDGET=${IMNET_GPU_CHECK_BUDGET:-285}  # seconds for all sections; the merge takes a few more
+BUDGET=${IMNET_GPU_CHECK_BUDGET:-460}  # seconds for all sections; the merge takes a few more
 work=$(mktemp -d /tmp/imnet-gpu-check.XXXXXX)
 smoke=${IMNET_GPU_CHECK_SMOKE:-0}
 
@@ -44,8 +47,10 @@ section syncs "$([ "$smoke" = "0" ] && echo 25 || echo 60)"  # a slow CPU needs 
 section imnet 60
 section plain 55
 section data 40
+section imnet_start 50
 if [ "$smoke" = "0" ] || [ "${IMNET_GPU_CHECK_SMOKE_COMPILE:-0}" != "0" ]; then
-  section imnet_compile 150  # whatever is left of the budget
+  section imnet_compile 150
+  section compile_steps 170  # whatever is left of the budget
 fi
 
 if [ -n "${OUT:-}" ]; then

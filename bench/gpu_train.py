@@ -3,6 +3,8 @@
     python bench/gpu_train.py flops  --json F   # training FLOPs per image (FlopCounterMode, fwd + bwd), GPU name
     python bench/gpu_train.py syncs  --json F   # host-device synchronisations per engine step (CUDA sync debug)
     python bench/gpu_train.py imnet  --json F   # train.py --fake-data, bf16 + channels_last (imnet_compile: +--compile)
+    python bench/gpu_train.py imnet_start --json F  # as imnet at the progressive ramp's START size (PROGRESSIVE_START)
+    python bench/gpu_train.py compile_steps --json F  # bench/compile.py: compile time at START then SIZE, speedup
     python bench/gpu_train.py plain  --json F   # the plain way: float workers, fp32, NCHW, bare loop
     python bench/gpu_train.py data   --json F   # input pipeline img/s with all cores on the real JPEG sample
     python bench/gpu_train.py merge  DIR        # combine DIR/*.json (+ time-outs) into one JSON object
@@ -12,6 +14,7 @@ everything (resnet18, small images and batches, fp32, 2 workers) to test the scr
 
     IMNET_GPU_CHECK_MODEL (resnet50)  _SIZE (224)  _BATCH (256)  _STEPS (40)  _LOG_EVERY (10)
     _WORKERS (nproc)  _AMP (bf16)  _DATA (../shared/data/imagenet-sample/val)  _DATA_SECONDS (15)
+    _PROGRESSIVE_START (160: FFCV's first size)
     IMNET_PEAK_TFLOPS: the GPU's dense bf16 peak when the table below does not know the GPU.
 """
 from __future__ import annotations
@@ -42,7 +45,7 @@ PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), 
 
 def setting(name, default, cast=str):
     smoke = {"MODEL": "resnet18", "SIZE": "64", "BATCH": "8", "STEPS": "6", "LOG_EVERY": "2", "WORKERS": "2",
-             "AMP": "none", "DATA_SECONDS": "3"}
+             "AMP": "none", "DATA_SECONDS": "3", "PROGRESSIVE_START": "32"}
     value = os.environ.get(f"IMNET_GPU_CHECK_{name}")
     if value is None:
         value = smoke.get(name, default) if SMOKE else default
@@ -58,6 +61,7 @@ WORKERS = setting("WORKERS", str(os.cpu_count() or 1), int)
 AMP = setting("AMP", "bf16")
 DATA = setting("DATA", os.path.join(ROOT, "..", "shared", "data", "imagenet-sample", "val"))
 DATA_SECONDS = setting("DATA_SECONDS", "15", float)
+PROGRESSIVE_START = setting("PROGRESSIVE_START", "160", int)
 
 
 def device():
@@ -113,7 +117,7 @@ def read_train_events(log_path):
     return events
 
 
-def section_imnet(compile_model):
+def section_imnet(compile_model, size=SIZE):
     """train.py itself on --fake-data with the resnet50 recipe's regularization (MixUp/CutMix, label
     smoothing, RandomErasing, EMA every 32), bf16 + channels_last, stopped after STEPS optimizer steps
     (--stop-at-step: before the end-of-epoch evaluation). img/s is the median of the logged windows after the
@@ -121,7 +125,7 @@ def section_imnet(compile_model):
     import train
     out = tempfile.mkdtemp(prefix="imnet-gpu-check-")
     argv = ["--recipe", "resnet50", "--fake-data", "--num-classes", "1000", "--model", MODEL,
-            "--train-crop-size", str(SIZE), "--val-crop-size", str(SIZE), "--batch-size", str(BATCH),
+            "--train-crop-size", str(size), "--val-crop-size", str(size), "--batch-size", str(BATCH),
             "--epochs", "1", "--warmup-epochs", "0", "--amp", AMP, "--channels-last", "--workers", str(WORKERS),
             "--stop-at-step", str(STEPS), "--log-every", str(LOG_EVERY), "--save-every-minutes", "0",
             "--quiet", "--output", out]
@@ -135,14 +139,27 @@ def section_imnet(compile_model):
     steady = events[1:] or events
     if rc != 0 or not steady:
         raise RuntimeError(f"train.py exited {rc} with {len(events)} train events; argv {argv}")
-    return {"argv": argv, "img_per_s": statistics.median(e["img_per_s"] for e in steady),
+    return {"argv": argv, "size": size, "img_per_s": statistics.median(e["img_per_s"] for e in steady),
             "img_per_s_windows": [round(e["img_per_s"], 1) for e in events],
             "data_share": statistics.median(e["data_share"] for e in steady),
             "peak_mem_gib": max(e["peak_mem_gib"] for e in events), "wall_s": wall}
 
 
+def engine_config(full, size, batch, amp):
+    """The Config train.py resolves for a --fake-data run of resnet18 (full: the resnet50 recipe's
+    regularization), for driving engine.train_step directly."""
+    import train
+    from imnet import config
+    below = vars(train.build_parser().parse_args([]))
+    given = dict(model="resnet18", fake_data=True, num_classes=1000, train_crop_size=size, batch_size=batch,
+                 channels_last=True, amp=amp, lr=0.01, epochs=100, output=tempfile.gettempdir(), quiet=True)
+    if full:
+        given.update(mixup=0.2, cutmix=1.0, label_smoothing=0.1, random_erase=0.25, ema=True, ema_decay=0.999)
+    return config.resolve(below, given, world_size=1).with_data(100 * batch, 1, 1000)
+
+
 def section_syncs():
-    """Host-device synchronisations per training step: engine.train_one_epoch with the full recipe on a small
+    """Host-device synchronisations per training step: engine.train_step with the full recipe on a small
     model, under torch.cuda.set_sync_debug_mode("warn"), which warns at every call that waits for the GPU
     (.item(), blocking copies, ...). The design wants none between log lines. On a CPU the steps run (to test
     this script) but nothing can be counted."""
@@ -157,28 +174,33 @@ def section_syncs():
     model = build_model("resnet18", 1000).to(dev).to(memory_format=torch.channels_last)
     opt = build_optimizer("sgd", param_groups(model, 1e-4), lr=0.01, weight_decay=1e-4)
     results = {}
+    n, size = min(BATCH, 32), min(SIZE, 112)
     for label, full in (("no recipe", False), ("full recipe", True)):
-        parts = engine.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, lr_at=lambda s: 0.01,
-                             device=dev, num_classes=1000, channels_last=True,
-                             amp_dtype=torch.bfloat16 if dev.type == "cuda" else None,
+        cfg = engine_config(full, size, n, "bf16" if dev.type == "cuda" else "none")
+        parts = engine.Parts(model=model, train_model=model, optimizer=opt, device=dev,
                              mixer=Mixer(1000, 0.2, 1.0, label_smoothing=0.1) if full else None,
-                             ema=ModelEma(model, 0.999) if full else None, random_erase=0.25 if full else 0.0)
+                             ema=ModelEma(model, 0.999) if full else None)
         g = torch.Generator().manual_seed(0)
-        n, size = min(BATCH, 32), min(SIZE, 112)
         batch = (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 1000, (n,), generator=g), ())
+                 torch.randint(0, 1000, (n,), generator=g))
         if dev.type == "cuda":
-            batch = (batch[0].pin_memory(), batch[1].pin_memory(), ())
+            batch = (batch[0].pin_memory(), batch[1].pin_memory())
         steps = 2 if SMOKE else 4
-        engine.train_one_epoch(parts, iter([batch] * steps), engine.Progress(), steps, Meter(dev),
-                               lambda *a: False, lambda *a: None, 0)  # warm-up (cuDNN, lazy state)
+        guard = engine.NonFiniteGuard(dev)
+
+        def run(epoch):  # train.py's inner loop without the log line: train_step + device-side bookkeeping
+            meter, window = Meter(dev), torch.zeros((), device=dev)
+            for k in range(steps):
+                loss, _ = engine.train_step(cfg, parts, [batch], epoch, k, epoch * steps + k, meter)
+                guard.update(loss, epoch * steps + k)
+                window += loss
+        run(0)  # warm-up (cuDNN, lazy state)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             if dev.type == "cuda":
                 torch.cuda.set_sync_debug_mode("warn")
             try:
-                engine.train_one_epoch(parts, iter([batch] * steps), engine.Progress(epoch=1), steps, Meter(dev),
-                                       lambda *a: False, lambda *a: None, 0)  # log_every 0: no log line
+                run(1)
             finally:
                 if dev.type == "cuda":
                     torch.cuda.set_sync_debug_mode(0)
@@ -190,6 +212,20 @@ def section_syncs():
         results[label] = {"syncs_per_step": len(syncs) / steps, "where": where,
                           "counted": dev.type == "cuda"}
     return results
+
+
+def section_compile_steps():
+    """bench/compile.py on this device: the engine's training step eager vs torch.compile'd, bf16 +
+    channels_last; compile time at PROGRESSIVE_START and then SIZE (the recompilation a progressive run meets
+    at a new size), steady-state speedup at SIZE."""
+    import subprocess
+    cmd = [sys.executable, os.path.join(HERE, "compile.py"), "--model", MODEL, "--sizes", str(PROGRESSIVE_START),
+           str(SIZE), "--batch-size", str(min(BATCH, 128)), "--amp", AMP, "--threads", str(min(WORKERS, 8)),
+           "--rounds", "3" if SMOKE else "5", "--steps", "2" if SMOKE else "5", "--num-classes", "1000"]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr[-2000:]}")
+    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 class PlainFake(torch.utils.data.Dataset):
@@ -279,12 +315,12 @@ def section_data():
     flip, ToTensor, Normalize, default collate) with the same workers, for scale."""
     import torchvision
     import torchvision.transforms as T
-    from imnet import data
+    from imnet import data, folders
     from imnet.transforms import train_transform
     if not os.path.isdir(DATA):
         raise FileNotFoundError(f"no JPEG sample at {DATA} (set IMNET_GPU_CHECK_DATA)")
     pin = torch.cuda.is_available()
-    classes = data.find_classes(DATA)
+    classes = folders.find_classes(DATA)
     ds = data.ImageFolder(DATA, classes, train_transform(SIZE), seed=0)
     batch = min(BATCH, 64)
     loader = data.build_loader(ds, EndlessKeys(len(ds)), batch, WORKERS, pin_memory=pin, drop_last=True)
@@ -329,7 +365,7 @@ def merge(folder):
     res.update({k: fl.get(k) for k in ("gpu", "peak_bf16_tflops", "peak_source", "model", "image_size",
                                        "forward_flops_per_image", "train_flops_per_image", "train_over_forward",
                                        "torch", "cpus")})
-    for name in ("imnet", "imnet_compile", "plain"):
+    for name in ("imnet", "imnet_compile", "imnet_start", "plain"):
         if name in parts:
             r = parts[name]
             if flops:
@@ -340,6 +376,14 @@ def merge(folder):
     for name in ("imnet", "imnet_compile"):
         if plain and name in parts:
             res[f"{name}_over_plain"] = parts[name]["img_per_s"] / plain
+    if "imnet_start" in parts and "imnet" in parts:  # what the low-resolution epochs of a ramp gain
+        start, end = parts["imnet_start"]["size"], parts["imnet"]["size"]
+        res["progressive"] = {"start": start, "end": end, "flops_ratio": (end / start) ** 2,
+                              "img_per_s_ratio": parts["imnet_start"]["img_per_s"] / parts["imnet"]["img_per_s"]}
+    if "imnet_compile" in parts and "imnet" in parts:
+        res["compile_gain"] = parts["imnet_compile"]["img_per_s"] / parts["imnet"]["img_per_s"]
+    if "compile_steps" in parts:
+        res["compile_steps"] = parts["compile_steps"]
     if "syncs" in parts:
         res["syncs"] = parts["syncs"]
     if "data" in parts:
@@ -352,7 +396,8 @@ def merge(folder):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("section", choices=["flops", "syncs", "imnet", "imnet_compile", "plain", "data", "merge"])
+    ap.add_argument("section", choices=["flops", "syncs", "imnet", "imnet_compile", "imnet_start", "compile_steps",
+                                        "plain", "data", "merge"])
     ap.add_argument("folder", nargs="?", help="merge: the folder of section files")
     ap.add_argument("--json", help="write the section's result here")
     args = ap.parse_args()
@@ -361,7 +406,9 @@ def main():
         return 0
     torch.manual_seed(0)
     run = {"flops": section_flops, "syncs": section_syncs, "plain": section_plain, "data": section_data,
-           "imnet": lambda: section_imnet(False), "imnet_compile": lambda: section_imnet(True)}[args.section]
+           "imnet": lambda: section_imnet(False), "imnet_compile": lambda: section_imnet(True),
+           "imnet_start": lambda: section_imnet(False, PROGRESSIVE_START),
+           "compile_steps": section_compile_steps}[args.section]
     result = run()
     text = json.dumps(result)
     if args.json:

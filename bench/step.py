@@ -8,8 +8,9 @@ best rounds, and the ratio in CPU time of this process (not inflated by time spe
 
 * bare: ``to_device`` (uint8 -> normalized float, the same device-side normalization), forward,
   ``F.cross_entropy``, backward, ``torch.optim.SGD(model.parameters())`` step, ``zero_grad``.
-* imnet (engine): ``imnet.engine.train_one_epoch`` with no recipe (no mixing, EMA, erasing, smoothing):
-  per-step reseeding, LR schedule, parameter groups, device-side meter, logging.
+* imnet (engine): ``imnet.engine.train_step`` with no recipe (no mixing, EMA, erasing, smoothing), driven as
+  train.py's epoch loop drives it: per-step reseeding, LR schedule, parameter groups, device-side meter, NaN
+  guard and loss window, a progress line every ``--log-every`` steps.
 * imnet (full): the same plus the regularization of the resnet50 recipe: MixUp 0.2 / CutMix 1.0 with label
   smoothing 0.1 folded into soft targets, RandomErasing p 0.25, EMA every ``--ema-every`` steps (32, as in
   the recipe; ``--ema-every 1`` is the worst case), a console/JSONL progress line every ``--log-every``
@@ -40,7 +41,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from imnet import engine, models  # noqa: E402
+from imnet import config, engine, models  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
@@ -48,7 +49,7 @@ from imnet.losses import cross_entropy  # noqa: E402
 from imnet.metrics import Meter  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402
 from imnet.optim import build_optimizer, param_groups  # noqa: E402
-from imnet.schedule import lr_at, set_lr  # noqa: E402
+from imnet.schedule import set_lr  # noqa: E402
 from imnet.transforms import random_erase  # noqa: E402
 
 LR, MOMENTUM, WD = 0.01, 0.9, 5e-5
@@ -95,44 +96,63 @@ class Bare:
             self.opt.zero_grad(set_to_none=True)
 
 
+def make_config(args, full: bool, output: str):
+    """The resolved Config train.py would build for this benchmark (train.py's own parser and resolver)."""
+    import train
+    below = vars(train.build_parser().parse_args([]))
+    given = dict(model=args.model, train_crop_size=args.size, batch_size=args.batch_size, epochs=1000,
+                 num_classes=args.num_classes, channels_last=args.channels_last, opt="sgd", lr=LR, momentum=MOMENTUM,
+                 weight_decay=WD, warmup_epochs=1, warmup_start_factor=0.01, data="unused", output=output,
+                 log_every=args.log_every, quiet=True, amp=getattr(args, "amp", "none"))
+    if full:  # the regularization of the resnet50 recipe
+        given.update(mixup=0.2, cutmix=1.0, label_smoothing=0.1, random_erase=args.random_erase, ema=True,
+                     ema_decay=0.9998, ema_every=args.ema_every)
+    cfg = config.resolve(below, given, world_size=1)
+    return cfg.with_data(train_images=100 * cfg.global_batch_size, val_images=1, classes=args.num_classes)
+
+
 class Imnet:
-    def __init__(self, name, model, args, device, full):
+    """train.py's inner loop: engine.train_step, then its per-step bookkeeping on the device (NaN guard, loss
+    window) and a progress line every ``log_every`` steps (the only host synchronisation)."""
+
+    def __init__(self, name, model, args, device, full, compiled=False):
         self.name, self.args = name, args
-        groups = param_groups(model, WD)
-        optimizer = build_optimizer("sgd", groups, lr=LR, weight_decay=WD, momentum=MOMENTUM)
-        total = 10**9
-
-        def lr_f(step):
-            return lr_at(step, base_lr=LR, total_steps=total, warmup_steps=100, warmup_start_factor=0.01)
-
-        self.parts = engine.Parts(
-            model=model, train_model=model, eval_model=model, optimizer=optimizer, lr_at=lr_f, device=device,
-            num_classes=args.num_classes,
-            mixer=Mixer(args.num_classes, mixup_alpha=0.2, cutmix_alpha=1.0, label_smoothing=0.1) if full else None,
-            ema=ModelEma(model, decay=0.9998, every=args.ema_every) if full else None,
-            channels_last=args.channels_last, label_smoothing=0.0,  # full: folded into the soft targets
-            random_erase=args.random_erase if full else 0.0, seed=0)
-        self.meter = Meter(device)
-        self.global_step = 0
         self.tmp = tempfile.TemporaryDirectory(prefix="imnet-bench-step-")
+        self.cfg = cfg = make_config(args, full, self.tmp.name)
+        groups = param_groups(model, WD)
+        optimizer = build_optimizer("sgd", groups, lr=cfg.peak_lr, weight_decay=WD, momentum=MOMENTUM)
+        self.parts = engine.Parts(
+            model=model, train_model=torch.compile(model) if compiled else model, optimizer=optimizer,
+            device=device,
+            mixer=Mixer(args.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                        switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None,
+            ema=ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every) if cfg.ema else None)
+        self.meter = Meter(device)
+        self.guard = engine.NonFiniteGuard(device)
+        self.global_step = 0
         self.log = RunLog(self.tmp.name, quiet=True)  # the JSONL line is written; the console echo is not
 
-    def log_step(self, p, w):  # what train.py's log_step does
-        img_s = w["micro_batches"] * self.args.batch_size / max(w["elapsed"], 1e-9)
-        opt = self.parts.optimizer
-        lr = opt.param_groups[0]["lr"] / opt.param_groups[0].get("lr_scale", 1.0)
-        self.log.event("train", echo=progress_line(p.epoch, 1, p.step_in_epoch, self.args.steps, w["loss"], lr,
-                                                   img_s, w["data_share"], 0.0, peak_memory_gib(self.parts.device)),
-                       epoch=p.epoch, step=p.step_in_epoch, global_step=p.global_step, loss=w["loss"], lr=lr,
-                       img_per_s=img_s, data_share=w["data_share"], grad_norm=w["grad_norm"],
-                       peak_mem_gib=peak_memory_gib(self.parts.device))
+    def log_step(self, epoch, step, loss, elapsed):  # what train.py's loop does at log time
+        self.guard.check()
+        img_s = self.args.log_every * self.cfg.global_batch_size / max(elapsed, 1e-9)
+        lr, mem = self.cfg.lr_at(self.global_step - 1), peak_memory_gib(self.parts.device)
+        self.log.event("train", echo=progress_line(epoch, 1, step, self.args.steps, loss, lr, img_s, 0.0, 0.0, mem),
+                       epoch=epoch, step=step, global_step=self.global_step, loss=loss, lr=lr, img_per_s=img_s,
+                       data_share=0.0, grad_norm=None, peak_mem_gib=mem)
 
     def run(self, batches, steps, round_index):
-        prog = engine.Progress(epoch=round_index, step_in_epoch=0, global_step=self.global_step)
         self.meter.reset()
-        engine.train_one_epoch(self.parts, cycle(batches, steps), prog, steps, self.meter,
-                               lambda *a: False, self.log_step, self.args.log_every)
-        self.global_step = prog.global_step
+        self.parts.train_model.train()
+        window, t0 = torch.zeros((), device=self.parts.device), time.perf_counter()
+        for step, (images, labels, _) in enumerate(cycle(batches, steps)):
+            loss, _ = engine.train_step(self.cfg, self.parts, [(images, labels)], round_index, step,
+                                        self.global_step, self.meter)
+            self.guard.update(loss, self.global_step)
+            window += loss
+            self.global_step += 1
+            if (step + 1) % self.args.log_every == 0:
+                self.log_step(round_index, step + 1, (window / self.args.log_every).item(), time.perf_counter() - t0)
+                window, t0 = torch.zeros((), device=self.parts.device), time.perf_counter()
 
 
 def timed(fn, device):
@@ -238,7 +258,7 @@ def pieces(args, device, batches, variants):
         meter.update(loss, dl, y, n=args.batch_size)  # engine's no-recipe case (top-k counted)
         window.add_(loss)
     out["meter + NaN guard + window (device side)"] = per_call_ms(bookkeeping, device, 100)
-    out["LR schedule (lr_at + set_lr)"] = per_call_ms(lambda: set_lr(p.optimizer, p.lr_at(1000)), device, 200)
+    out["LR schedule (lr_at + set_lr)"] = per_call_ms(lambda: set_lr(p.optimizer, full.cfg.lr_at(1000)), device, 200)
     # Optimizer: imnet's two groups with foreach=True vs torch.optim.SGD(model.parameters()) defaults.
     model = copy.deepcopy(p.model)
     for q in model.parameters():
@@ -250,9 +270,7 @@ def pieces(args, device, batches, variants):
     ema = ModelEma(model, decay=0.9998, every=1)
     ema_ms = per_call_ms(lambda: ema.update(model, 1), device, 10)
     out[f"EMA update (every={args.ema_every}, one update = {ema_ms:.2f} ms)"] = ema_ms / args.ema_every
-    prog = engine.Progress(0, 1, 1)
-    w = {"loss": 2.0, "grad_norm": None, "micro_batches": 10, "elapsed": 1.0, "data_share": 0.0}
-    log_ms = per_call_ms(lambda: full.log_step(prog, w), device, 20)
+    log_ms = per_call_ms(lambda: full.log_step(0, 1, 2.0, 1.0), device, 20)
     out[f"log line (every {args.log_every} steps; one = {log_ms:.2f} ms)"] = log_ms / max(args.log_every, 1)
     return out
 

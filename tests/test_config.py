@@ -87,6 +87,18 @@ def data(tmp_path_factory) -> Path:
     (["--model", "resnet18", "--val-crop-size", "64", "--val-resize-size", "48"], "smaller than the crop"),
     (["--model", "resnet18", "--crop-pct", "1.2"], "crop_pct must be in (0, 1]"),
     (["--model", "resnet18", "--eval-every", "-1"], "--eval-every"),
+    (["--model", "resnet18", "--progressive-res", "32", "64"], "go together"),
+    (["--model", "resnet18", "--progressive-res", "40", "64", "--progressive-epochs", "0", "1"], "multiples of 16"),
+    (["--model", "resnet18", "--progressive-res", "64", "32", "--progressive-epochs", "0", "1"], "START <= END"),
+    (["--model", "resnet18", "--progressive-res", "32", "64", "--progressive-epochs", "0", "2"],
+     "need 0 <= FROM < TO <= --epochs (1)"),
+    (["--model", "resnet18", "--progressive-res", "32", "64", "--progressive-epochs", "1", "1"], "FROM < TO"),
+    (["--model", "resnet18", "--progressive-res", "32", "64", "--progressive-epochs", "0", "1",
+      "--train-crop-size", "48"], "contradicts --progressive-res"),
+    (["--model", "deit_tiny", "--progressive-res", "32", "64", "--progressive-epochs", "0", "1"],
+     "cannot change with the epoch"),
+    (["--fake-data", "--model", "resnet18", "--progressive-res", "32", "64", "--progressive-epochs", "0", "1"],
+     "needs real data"),
 ])
 def test_contradictions_exit_2_before_any_work(data, tmp_path, capsys, argv, needle):
     out = tmp_path / "run"
@@ -104,6 +116,7 @@ def test_contradictions_exit_2_before_any_work(data, tmp_path, capsys, argv, nee
     ["--recipe", "deit_tiny", "--global-batch", "512", "--lr", "0.001", "--epochs", "7"],
     ["--model", "resnet18", "--val-crop-size", "64", "--mixup", "0.2", "--label-smoothing", "0.1", "--val-decode",
      "reduced", "--lr-milestones", "2", "4"],
+    ["--model", "resnet18", "--epochs", "12", "--progressive-res", "128", "192", "--progressive-epochs", "3", "10"],
 ])
 def test_config_file_round_trip(argv, tmp_path):
     """A run started from a written config.json resolves to the same Config; flags given beside it win."""
@@ -114,6 +127,18 @@ def test_config_file_round_trip(argv, tmp_path):
     assert dataclasses.replace(again, config=None) == first
     changed = resolved("--config", str(tmp_path / "config.json"), "--epochs", "30", world_size=2)
     assert changed.epochs == 30 and dataclasses.replace(changed, epochs=first.epochs, config=None) == first
+
+
+def test_progressive_resolution_resolves_to_a_size_per_epoch():
+    cfg = resolved("--model", "resnet18", "--epochs", "10", "--progressive-res", "32", "64",
+                   "--progressive-epochs", "4", "9")
+    assert cfg.progressive_res == (32, 64) and cfg.progressive_epochs == (4, 9)
+    assert cfg.train_crop_size == 64  # END: the size the run ends at (and builds its model for)
+    assert [cfg.train_size_at(e) for e in range(10)] == [32, 32, 32, 32, 32, 48, 48, 64, 64, 64]
+    assert resolved("--model", "resnet18", "--train-crop-size", "96").train_size_at(5) == 96
+    # A recipe's --train-crop-size gives way to --progressive-res (only an explicit one contradicts it).
+    cfg = resolved("--recipe", "resnet50", "--progressive-res", "160", "192", "--progressive-epochs", "480", "560")
+    assert cfg.train_crop_size == 192 and cfg.eval_policy.crop_size == 224  # evaluation keeps its own policy
 
 
 def test_config_file_errors_are_one_paragraph(tmp_path, capsys):

@@ -115,6 +115,25 @@ def test_accumulation_equals_the_full_batch(single, ddata, tmp_path):
     assert_close_weights(weights(single), weights(out))
 
 
+def test_progressive_resolution_two_processes_equal_one_process(ddata, tmp_path):
+    """Epoch 1 at 32 px, epoch 2 at 48 px (--progressive-res): the size is derived from the epoch in each
+    sample's key, in whichever process decodes it, so the equivalence above still holds across the change."""
+    i = COMMON.index("--train-crop-size")
+    ramp = [*COMMON[:i], *COMMON[i + 2:], "--epochs", "2", "--progressive-res", "32", "48",
+            "--progressive-epochs", "1", "2", "--data", str(ddata)]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = python(*ramp, "--batch-size", "8", "--output", str(one))
+    assert r.returncode == 0, r.stderr[-3000:]
+    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())], *ramp, "--batch-size", "4", "--output", str(two))
+    assert r.returncode == 0, r.stderr[-3000:]
+    for out in (one, two):
+        state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+        assert state["global_step"] == 12
+        assert [row["train_size"] for row in state["history"]] == [32, 48]  # from the batches received
+    assert_close_weights(weights(one), weights(two))
+
+
 def test_two_node_launch_on_loopback(single, ddata, tmp_path):
     """Two torchrun launches, one per 'node', meeting at 127.0.0.1: the multi-node path end to end."""
     out, port = tmp_path / "nodes", str(free_port())

@@ -1,10 +1,11 @@
 import math
 import warnings
 
+import numpy as np
 import pytest
 import torch
 
-from imnet.schedule import lr_at, scale_lr, set_lr
+from imnet.schedule import lr_at, progressive_size, scale_lr, set_lr
 
 
 def _torch_lrs(make_scheduler, steps, base_lr):
@@ -88,3 +89,40 @@ def test_set_lr_respects_lr_scale():
     set_lr(opt, 0.3)
     assert opt.param_groups[0]["lr"] == pytest.approx(0.3)
     assert opt.param_groups[1]["lr"] == pytest.approx(0.03)
+
+
+# ------------------------------------------------------------------------------------------ progressive resolution
+
+def _ffcv_resolution(epoch, min_res, max_res, end_ramp, start_ramp, multiple=32):
+    """FFCV's ImageNet example (train_imagenet.py, get_resolution), epochs 0-based: the reference."""
+    if epoch <= start_ramp:
+        return min_res
+    if epoch >= end_ramp:
+        return max_res
+    return int(np.round(np.interp([epoch], [start_ramp, end_ramp], [min_res, max_res])[0] / multiple)) * multiple
+
+
+@pytest.mark.parametrize("start, end, first, last, epochs", [
+    (160, 192, 66, 77, 88),   # FFCV's rn50_88_epochs.yaml (0-based start_ramp 65, end_ramp 76)
+    (160, 192, 13, 14, 16),   # rn50_16_epochs.yaml: a one-epoch ramp
+    (32, 64, 4, 9, 10),       # the CPU time-to-accuracy benchmark
+    (128, 224, 0, 30, 40),    # ramp from the first epoch on
+    (64, 64, 2, 5, 6),        # START == END: constant
+])
+@pytest.mark.parametrize("multiple", [16, 32])
+def test_progressive_size_is_ffcvs_schedule_with_1_based_epochs(start, end, first, last, epochs, multiple):
+    sizes = [progressive_size(e, start, end, first, last, multiple) for e in range(epochs)]
+    assert sizes == [_ffcv_resolution(e, start, end, last - 1, first - 1, multiple) for e in range(epochs)]
+    assert all(s % multiple == 0 or s in (start, end) for s in sizes)
+    assert sizes == sorted(sizes)  # never shrinks
+
+
+def test_progressive_size_closed_form_by_hand():
+    # 32 -> 64 over epochs 4 -> 9: n <= 4 -> 32; n = 5..8 -> 16 * round((32 + 32 (n - 4) / 5) / 16)
+    # = 16 * round(2.4, 2.8, 3.2, 3.6) = 32, 48, 48, 64; n >= 9 -> 64.
+    assert [progressive_size(e, 32, 64, 4, 9) for e in range(10)] == [32, 32, 32, 32, 32, 48, 48, 64, 64, 64]
+    # FFCV rn50_88 (m = 32): 160 through epoch 71, then 192 (epoch 72: 160 + 32 * 6/11 = 177.5 -> 192).
+    sizes = [progressive_size(e, 160, 192, 66, 77, 32) for e in range(88)]
+    assert sizes.count(160) == 71 and sizes.count(192) == 17 and set(sizes) == {160, 192}
+    # Ties round to even: 32 -> 48 over epochs 1 -> 3 gives 40 at epoch 2, 40 / 16 = 2.5 -> 2 -> 32.
+    assert progressive_size(1, 32, 48, 1, 3) == 32
