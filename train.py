@@ -370,7 +370,8 @@ def check_compatible(state: dict, cfg: Config, classes: list, path) -> list[str]
     now = cfg.flags()
     ignore = {"resume", "config", "dry_run", "quiet", "workers", "device", "output", "data", "log_every",
               "save_every_minutes", "stop_at_step"}
-    return [f"{k}: {then[k]} -> {v}" for k, v in now.items() if k in then and k not in ignore and then[k] != v]
+    same = lambda a, b: (list(a) if isinstance(a, tuple) else a) == (list(b) if isinstance(b, tuple) else b)
+    return [f"{k}: {then[k]} -> {v}" for k, v in now.items() if k in then and k not in ignore and not same(then[k], v)]
 
 
 def find_resume(cfg: Config) -> Path | None:

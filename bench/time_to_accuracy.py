@@ -9,7 +9,8 @@ except that the fast one trains at a low resolution first and ramps up to the pl
 RandomResizedCrop training calls for, Touvron et al. 2019, and applies to both runs alike).
 
 Wall time is the whole train.py process, start-up and the final evaluation included (``plain_s``,
-``fast_s``); ``train_s`` is the sum of the epochs' training times. The two runs are sequential, so on a
+``fast_s``); ``epochs_s`` is the sum of the epochs' training times, ``cpu_s`` the CPU seconds of train.py and
+its loader workers (steadier than wall time when other processes share the machine). The two runs are sequential, so on a
 shared machine a change of load between them shows in the ratio: run it on a quiet machine, and read the
 ratio with the top-1 difference, which itself has a sampling noise of about
 100 * sqrt(p (1 - p) / val images) points (0.7 points on Imagenette's 3,925 val images at p = 0.7).
@@ -28,6 +29,7 @@ import argparse
 import csv
 import json
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -59,9 +61,11 @@ def run(name: str, argv: list[str], output: Path, threads: int) -> dict:
     env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(threads))
     cmd = [sys.executable, str(REPO / "train.py"), *argv, "--output", str(output)]
     print(f"[{name}] {' '.join(cmd)}", flush=True)
-    t = time.perf_counter()
+    t, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_CHILDREN)
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
-    wall = time.perf_counter() - t
+    wall, after = time.perf_counter() - t, resource.getrusage(resource.RUSAGE_CHILDREN)
+    # CPU seconds of train.py and its loader workers: steadier than wall time on a shared machine.
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     if r.returncode != 0:
         sys.exit(f"{name} run failed (exit {r.returncode}):\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     with open(output / "summary.csv") as f:
@@ -69,8 +73,9 @@ def run(name: str, argv: list[str], output: Path, threads: int) -> dict:
     top1 = float(rows[-1]["val_top1"])
     train_s = sum(float(r["epoch_time"]) for r in rows)
     sizes = [int(r["train_size"]) for r in rows]
-    print(f"[{name}] top-1 {top1:.2f}%  wall {wall:.1f} s  (epochs {train_s:.1f} s)  train sizes {sizes}", flush=True)
-    return {"top1": top1, "wall_s": wall, "epochs_s": train_s, "train_sizes": sizes}
+    print(f"[{name}] top-1 {top1:.2f}%  wall {wall:.1f} s  (epochs {train_s:.1f} s)  CPU {cpu:.1f} s  "
+          f"train sizes {sizes}", flush=True)
+    return {"top1": top1, "wall_s": wall, "epochs_s": train_s, "cpu_s": cpu, "train_sizes": sizes}
 
 
 def main(argv=None) -> int:
@@ -124,6 +129,8 @@ def main(argv=None) -> int:
               "plain_s": round(plain["wall_s"], 1), "fast_s": round(fast["wall_s"], 1),
               "plain_epochs_s": round(plain["epochs_s"], 1), "fast_epochs_s": round(fast["epochs_s"], 1),
               "time_ratio": round(fast["wall_s"] / plain["wall_s"], 4),
+              "plain_cpu_s": round(plain["cpu_s"], 1), "fast_cpu_s": round(fast["cpu_s"], 1),
+              "cpu_time_ratio": round(fast["cpu_s"] / plain["cpu_s"], 4),
               "top1_diff": round(fast["top1"] - plain["top1"], 2)}
     result["target_met"] = result["top1_diff"] >= -0.5 and result["time_ratio"] <= 0.75
     print(f"plain: top-1 {plain['top1']:.2f}% in {plain['wall_s']:.1f} s; fast: top-1 {fast['top1']:.2f}% in "

@@ -81,7 +81,7 @@ def test_train_py_trains_at_the_scheduled_sizes(reference):
     # train_size is read off the batches train.py received, not computed from the schedule.
     assert [int(r["train_size"]) for r in rows] == [32, 48, 64]
     state = load(reference / "last.pt")
-    assert state["config"]["progressive_res"] == [32, 64] and state["config"]["train_crop_size"] == 64
+    assert list(state["config"]["progressive_res"]) == [32, 64] and state["config"]["train_crop_size"] == 64
     assert state["metrics"]["val_count"] == 15  # evaluation at its own 48 px policy
 
 
@@ -103,6 +103,9 @@ def test_resume_mid_ramp_is_bitwise_exact(reference, data, tmp_path):
     for ra, rb in zip(read_summary(reference), read_summary(out)):
         for col in ("train_loss", "val_loss", "val_top1", "train_size"):
             assert ra[col] == rb[col], (col, ra[col], rb[col])
+    # Same settings: the resume notes no change (tuples in the checkpoint vs lists in the flags are equal).
+    events = [json.loads(line)["event"] for line in open(out / "log.jsonl")]
+    assert "resume" in events and "setting_changed" not in events
 
 
 def test_dry_run_lists_sizes_and_flops_saved(data, tmp_path, capsys):
@@ -137,8 +140,8 @@ def test_compile_trains_and_resumes(data, tmp_path):
     out = tmp_path / "compiled"
     args = ["--model", "resnet18", "--epochs", "2", "--batch-size", "8", "--train-crop-size", "32",
             "--val-crop-size", "32", "--val-resize-size", "36", "--opt", "sgd", "--lr", "0.05", "--momentum", "0.9",
-            "--log-every", "1", "--quiet", "--seed", "7", "--workers", "0", "--compile", "--data", str(data),
-            "--output", str(out)]
+            "--log-every", "1", "--quiet", "--seed", "7", "--workers", "0", "--eval-every", "0", "--compile",
+            "--data", str(data), "--output", str(out)]
     assert train.main(args + ["--stop-at-step", "9"]) == 0
     assert load(out / "last.pt")["global_step"] == 9
     assert train.main(args + ["--resume", "auto"]) == 0
