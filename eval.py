@@ -432,6 +432,8 @@ def run(args, info):
         model = torch.compile(model)
 
     dataset = data.ImageFolder(val_dir, classes, view_transform(policy, args.tta))
+    if dataset.skipped:  # FIFOs, broken links, symlink loops: not images, so not part of the count
+        dist.eprint0(f"eval.py: note: {folders.describe_skipped(dataset.skipped)}")
     sampler = data.EvalSampler(len(dataset), info.world_size, info.rank)
     order = [index for index, _ in sampler]  # the loader keeps this order, so row j of our outputs is order[j]
     loader = data.build_loader(dataset, sampler, args.batch_size, args.workers,

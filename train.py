@@ -435,27 +435,81 @@ def claim_output(cfg: Config, output: Path, cleanup: contextlib.ExitStack, log_n
         log_note(f"note: removed {path.name}, left by a save that was killed midway")
 
 
+def resolve_config(below: dict, given: dict, info) -> Config:
+    """The run's Config: the command line's flags over the lower layers, with the three values that depend
+    on this machine filled in first (a bare --amp, the demo's generated data, the default output folder)."""
+    given, flags = dict(given), {**below, **given}
+    if flags["amp"] == "auto":
+        given["amp"] = dist.auto_amp(info.device)
+        if given["amp"] == "none":
+            dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32). bf16 autocast runs on CPUs "
+                        f"without native bf16 support many times slower than fp32; ask --amp bf16 to force it.")
+    if flags["data"] is None and flags["recipe"] == "demo" and not flags["fake_data"]:
+        from imnet.demo import ensure_dataset
+        given["data"] = str(ensure_dataset())
+    if given.get("data", flags["data"]) is None and not flags["fake_data"]:
+        raise ConfigError("No data: pass --data ROOT, where ROOT holds train/<class>/*.JPEG and val/<class>/*.JPEG "
+                          "(the ImageNet layout), or --fake-data for a throughput run, or run with no arguments "
+                          "for the demo.")
+    given["output"] = flags["output"] or str(Path("runs") / (flags["recipe"] or flags["model"]))
+    return config.resolve(below, given, info.world_size)
+
+
+def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info):
+    """-> (engine.Parts, the model evaluation runs, the SWA average or None): the objects the steps act on."""
+    optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.momentum, nesterov=cfg.nesterov)
+    train_model = model
+    if info.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+    eval_model = model  # never DDP: ranks see uneven evaluation shards
+    if cfg.compile:
+        train_model, eval_model = torch.compile(train_model), torch.compile(model)
+    parts = engine.Parts(
+        model=model, train_model=train_model, optimizer=optimizer, device=info.device, rank=info.rank,
+        scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
+        sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
+        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
+        mixer=Mixer(num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
+                    switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None)
+    swa = AveragedModel(model) if cfg.swa_start is not None else None  # a copy on the model's device
+    return parts, eval_model, swa
+
+
+def restore(path: Path, cfg: Config, classes: list, parts, swa, meter: Meter, bad_counter, info, log) -> Progress:
+    """Load a checkpoint of this run into every stateful piece; -> where the run was."""
+    state = ckpt_io.read_state(path)
+    for change in check_compatible(state, cfg, classes, path):
+        log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.ema is not None and state.get("ema") is not None:
+        parts.ema.load_state_dict(state["ema"])
+    if swa is not None and state.get("swa") is not None:
+        swa.load_state_dict(state["swa"])
+    if parts.scaler is not None and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    progress = ckpt_io.progress_of(state)
+    if progress.step_in_epoch and info.is_main and state.get("meter") is not None:
+        meter.load_state_dict(state["meter"])  # rank 0 carries the epoch's partial sums of all ranks
+    if info.rank < len(state["rng"]):
+        ckpt_io.set_rng_state(state["rng"][info.rank])
+    if state.get("bad_images"):
+        bad_counter.load_state_dict(state["bad_images"])
+    log.event("resume", echo=f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}",
+              path=str(path), epoch=progress.epoch, step_in_epoch=progress.step_in_epoch)
+    return progress
+
+
 def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
         cleanup: contextlib.ExitStack | None = None) -> int:
     t_start = time.time()
     signals = signals or PreemptionSignals()
     cleanup = cleanup or contextlib.ExitStack()
-    flags = {**below, **given}
-    info = dist.init(flags["device"])
-    if flags["amp"] == "auto":
-        flags["amp"] = given["amp"] = dist.auto_amp(info.device)
-        if flags["amp"] == "none":
-            dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32). bf16 autocast runs on CPUs "
-                        f"without native bf16 support many times slower than fp32; ask --amp bf16 to force it.")
-    if flags["data"] is None and flags["recipe"] == "demo" and not flags["fake_data"]:
-        from imnet.demo import ensure_dataset
-        flags["data"] = str(ensure_dataset())
-    if flags["data"] is None and not flags["fake_data"]:
-        raise ConfigError("No data: pass --data ROOT, where ROOT holds train/<class>/*.JPEG and val/<class>/*.JPEG "
-                          "(the ImageNet layout), or --fake-data for a throughput run, or run with no arguments "
-                          "for the demo.")
-    flags["output"] = flags["output"] or str(Path("runs") / (flags["recipe"] or flags["model"]))
-    cfg = config.resolve(below, {**given, "data": flags["data"], "output": flags["output"]}, info.world_size)
+    info = dist.init({**below, **given}["device"])
+    cfg = resolve_config(below, given, info)
     output = Path(cfg.output)
     if not cfg.dry_run and info.is_main:
         claim_output(cfg, output, cleanup, dist.print0)
@@ -503,24 +557,7 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
                 print(init_line(init_report), flush=True)
         return 0
 
-    optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov)
-    train_model = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
-    eval_model = model  # never DDP: ranks see uneven evaluation shards
-    if cfg.compile:
-        train_model, eval_model = torch.compile(train_model), torch.compile(model)
-    parts = engine.Parts(
-        model=model, train_model=train_model, optimizer=optimizer, device=info.device, rank=info.rank,
-        scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
-        sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
-        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
-        mixer=Mixer(len(classes), mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
-                    switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None)
-    swa = AveragedModel(model) if cfg.swa_start is not None else None  # a copy on the model's device
+    parts, eval_model, swa = build_parts(cfg, model, groups, len(classes), info)
     meter = Meter(info.device)
     bad_counter = data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set))
 
@@ -532,27 +569,7 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
     resume_path = find_resume(cfg)
     progress = Progress()
     if resume_path is not None:
-        state = ckpt_io.read_state(resume_path)
-        for change in check_compatible(state, cfg, classes, resume_path):
-            log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        if parts.ema is not None and state.get("ema") is not None:
-            parts.ema.load_state_dict(state["ema"])
-        if swa is not None and state.get("swa") is not None:
-            swa.load_state_dict(state["swa"])
-        if parts.scaler is not None and state.get("scaler"):
-            parts.scaler.load_state_dict(state["scaler"])
-        progress = ckpt_io.progress_of(state)
-        if progress.step_in_epoch and info.is_main and state.get("meter") is not None:
-            meter.load_state_dict(state["meter"])  # rank 0 carries the epoch's partial sums of all ranks
-        if info.rank < len(state["rng"]):
-            ckpt_io.set_rng_state(state["rng"][info.rank])
-        if state.get("bad_images"):
-            bad_counter.load_state_dict(state["bad_images"])
-        log.event("resume", echo=f"resumed from {resume_path} at epoch {progress.epoch + 1}, step "
-                  f"{progress.step_in_epoch}", path=str(resume_path), epoch=progress.epoch,
-                  step_in_epoch=progress.step_in_epoch)
+        progress = restore(resume_path, cfg, classes, parts, swa, meter, bad_counter, info, log)
         if info.is_main and resume_path == output / "last.pt":
             repair_best(output, progress, log)
     else:
@@ -560,6 +577,10 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
                   val_images=len(val_set))
         if init_report:
             log.event("init", echo=init_line(init_report), **init_report)
+    for split, dataset in (("train", train_set), ("val", val_set)):
+        if getattr(dataset, "skipped", None):
+            log.event("skipped_files", echo=f"note: {split}/: {folders.describe_skipped(dataset.skipped)}",
+                      split=split, count=len(dataset.skipped))
     from imnet.audit import notes
     for note in notes(cfg):
         log.print(f"note: {note}")
@@ -581,7 +602,7 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
         rngs = dist.gather_object(ckpt_io.rng_state())
         if info.is_main:
             ckpt_io.save_atomic(ckpt_io.make_state(
-                model=model.state_dict(), optimizer=optimizer.state_dict(), progress=progress, config=cfg.to_dict(),
+                model=model.state_dict(), optimizer=parts.optimizer.state_dict(), progress=progress, config=cfg.to_dict(),
                 classes=classes, ema=parts.ema.state_dict() if parts.ema else None,
                 swa=swa.state_dict() if swa is not None else None,
                 scaler=parts.scaler.state_dict() if parts.scaler else None, meter=meter_state, rngs=rngs,
@@ -628,19 +649,18 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
             parts.train_model.train()
             with signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
                 batches = iter(train_loader)
-            train_size = None
-            window_loss, window_steps, data_time, window_t0 = torch.zeros((), device=info.device), 0, 0.0, time.perf_counter()
+            train_size, window = None, Window(info.device)
             while progress.step_in_epoch < cfg.steps_per_epoch:
                 t = time.perf_counter()
                 micro = [next(batches) for _ in range(cfg.accum_steps)]
                 train_size = micro[0][0].shape[-1]  # what the batches really hold (progressive resolution)
-                data_time += time.perf_counter() - t
+                window.data_time += time.perf_counter() - t
                 loss, grad_norm = engine.train_step(cfg, parts, [(x, y) for x, y, _ in micro], progress.epoch,
                                                     progress.step_in_epoch, progress.global_step, meter)
                 # Bookkeeping on the device only: no host synchronisation per step.
                 nan_guard.update(loss, progress.global_step)
-                window_loss += loss
-                window_steps += 1
+                window.loss += loss
+                window.steps += 1
                 progress.global_step += 1
                 progress.step_in_epoch += 1
                 preempt_hook("step", progress.global_step)
@@ -648,24 +668,14 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
                 end = progress.step_in_epoch == cfg.steps_per_epoch
                 if cfg.log_every and (progress.step_in_epoch % cfg.log_every == 0 or end):
                     nan_guard.check()
-                    elapsed = time.perf_counter() - window_t0
-                    img_s = window_steps * cfg.global_batch_size / max(elapsed, 1e-9)
                     done = progress.global_step - steps_at_start
                     eta = (time.time() - run_t0) / max(done, 1) * (cfg.total_steps - progress.global_step)
-                    w_loss, lr, mem = (window_loss / window_steps).item(), cfg.lr_at(progress.global_step - 1), \
-                        peak_memory_gib(info.device)
-                    log.event("train", echo=progress_line(progress.epoch, cfg.epochs, progress.step_in_epoch,
-                                                          cfg.steps_per_epoch, w_loss, lr, img_s,
-                                                          data_time / max(elapsed, 1e-9), eta, mem),
-                              epoch=progress.epoch, step=progress.step_in_epoch, global_step=progress.global_step,
-                              loss=w_loss, lr=lr, img_per_s=img_s, data_share=data_time / max(elapsed, 1e-9),
-                              grad_norm=float(grad_norm) if grad_norm is not None else None, peak_mem_gib=mem)
-                    window_loss, window_steps, data_time, window_t0 = torch.zeros((), device=info.device), 0, 0.0, \
-                        time.perf_counter()
+                    log_window(log, cfg, progress, window, grad_norm, eta, info.device)
+                    window = Window(info.device)
 
                 for path in bad_counter.update([p for _, _, bad in micro for p in bad], check=False):
-                    log.event("bad_image", echo=f"skipped unreadable image {path} (replaced by another sample)",
-                              path=path, epoch=progress.epoch, step=progress.step_in_epoch)
+                    log.event("bad_image", echo=f"skipped unreadable image {folders.display_path(path)} (replaced "
+                              f"by another sample)", path=folders.display_path(path), epoch=progress.epoch, step=progress.step_in_epoch)
                 timer_due = info.is_main and cfg.save_every_minutes > 0 and \
                     time.time() - last_save > 60 * cfg.save_every_minutes
                 stop, save_now, too_many_bad = agree.post([signals.requested or progress.global_step == cfg.stop_at_step,
@@ -714,6 +724,26 @@ def run(below: dict, given: dict, signals: PreemptionSignals | None = None,
 
     summary(progress, output, log, time.time() - t_start)
     return 0
+
+
+class Window:
+    """The optimizer steps since the last log line: their summed loss (kept on the device until the line is
+    written: no host sync per step), how many, since when, and how long they waited for data."""
+
+    def __init__(self, device):
+        self.loss, self.steps, self.data_time, self.t0 = torch.zeros((), device=device), 0, 0.0, time.perf_counter()
+
+
+def log_window(log: RunLog, cfg: Config, progress: Progress, window: Window, grad_norm, eta: float, device) -> None:
+    """One progress line (console) and "train" event (log.jsonl) for the steps of ``window``."""
+    elapsed = max(time.perf_counter() - window.t0, 1e-9)
+    img_s, data_share = window.steps * cfg.global_batch_size / elapsed, window.data_time / elapsed
+    loss, lr, mem = (window.loss / window.steps).item(), cfg.lr_at(progress.global_step - 1), peak_memory_gib(device)
+    log.event("train", echo=progress_line(progress.epoch, cfg.epochs, progress.step_in_epoch, cfg.steps_per_epoch,
+                                          loss, lr, img_s, data_share, eta, mem),
+              epoch=progress.epoch, step=progress.step_in_epoch, global_step=progress.global_step, loss=loss, lr=lr,
+              img_per_s=img_s, data_share=data_share, grad_norm=float(grad_norm) if grad_norm is not None else None,
+              peak_mem_gib=mem)
 
 
 def train_row(cfg: Config, parts, meter: Meter, epoch: int, bad_images: int) -> dict:

@@ -41,9 +41,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-# DataError is defined in imnet.folders; imnet.data.DataError is the same class. find_classes and
-# check_data_root are re-exported only until train.py and eval.py import them from imnet.folders.
-from imnet.folders import DataError, check_data_root, find_classes  # noqa: F401
+from imnet.folders import DataError  # noqa: F401  (defined there; imnet.data.DataError is the same class)
 from imnet.folders import display_path, order_listing, short_list, walk_images
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 

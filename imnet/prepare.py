@@ -29,7 +29,8 @@ The command is idempotent: links already in place are kept, so running it twice 
 labelled files that are missing from the flat folder and files of the flat folder that have no label, and
 exits with status 2 and a one-paragraph message on bad input (like the rest of imnet).
 
-This module imports only the standard library, so it can be copied alone.
+It imports only the standard library and imnet.folders (itself standard library only), so it runs without
+torch; the image extensions are imnet.folders' list, the one the datasets use.
 """
 
 import argparse
@@ -38,7 +39,7 @@ import csv
 import os
 import sys
 
-IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+from imnet.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 SHOW = 10  # how many missing / extra names a report lists before summarising the rest
 
 

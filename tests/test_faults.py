@@ -6,7 +6,6 @@ run.)"""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -319,3 +318,42 @@ sys.exit(train.main(["--fake-data", "--num-classes", "3", "--model", "resnet18",
     assert "no run-folder lock on this platform" in res.stdout
     assert "mem nan GiB" in res.stdout
     assert load(tmp_path / "o" / "last.pt")["global_step"] == 100
+
+
+# ------------------------------------------------------------------------------------ odd folder entries
+
+def test_fifo_loop_and_non_utf8_bad_name_are_reported_by_train_and_eval(tmp_path, capsys):
+    """A FIFO named like an image and a symlink loop are skipped and reported (not opened: a FIFO would hang a
+    worker), and an unreadable image whose name is not valid UTF-8 is named in the log without crashing it."""
+    import os
+
+    import eval as imnet_eval
+
+    root = make_imagefolder(tmp_path / "data", num_classes=2, train_per_class=7, val_per_class=2, size=32)
+    os.mkfifo(root / "train" / "class_0" / "pipe.jpg")
+    (root / "val" / "class_1" / "loop").symlink_to(".")
+    try:
+        bad = os.path.join(os.fsencode(root / "train" / "class_1"), b"caf\xe9.jpg")
+        with open(bad, "wb") as f:
+            f.write(b"not a jpeg")
+    except OSError:
+        pytest.skip("this filesystem refuses non-UTF-8 names")
+    out = tmp_path / "run"
+    # 14 images + the unreadable one, batch 5: one epoch reads every sample, the unreadable one included.
+    code = train.main(["--model", "resnet18", "--epochs", "1", "--batch-size", "5", "--train-crop-size", "32",
+                       "--val-crop-size", "32", "--lr", "0.01", "--workers", "0", "--max-bad-images", "2",
+                       "--data", str(root), "--output", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "train/: 1 entries with image names were skipped" in captured.out and "pipe.jpg" in captured.out
+    assert "val/: 1 entries with image names were skipped" in captured.out and "loop" in captured.out
+    events = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert {e["split"] for e in events if e["event"] == "skipped_files"} == {"train", "val"}
+    named = [e["path"] for e in events if e["event"] == "bad_image"]
+    assert named == [os.path.join(str(root / "train" / "class_1"), "caf\\xe9.jpg")]
+    state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
+    assert state["config"]["train_images"] == 15  # the FIFO is not a sample
+
+    code = imnet_eval.main(["--checkpoint", str(out / "last.pt"), "--data", str(root), "--workers", "0"])
+    captured = capsys.readouterr()
+    assert code == 0 and "1 entries with image names were skipped" in captured.err and "images 4" in captured.out

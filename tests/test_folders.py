@@ -243,7 +243,6 @@ def test_non_utf8_names_survive_and_reports_stay_printable(tmp_path):
 
 def test_one_data_error_one_flat_message_one_extension_list():
     assert data.DataError is folders.DataError
-    assert data.find_classes is folders.find_classes and data.check_data_root is folders.check_data_root
     assert not hasattr(data, "IMG_EXTENSIONS") and not hasattr(data, "CudaPrefetcher")
 
 

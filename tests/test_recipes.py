@@ -7,7 +7,6 @@ import dataclasses
 
 import math
 import os
-import re
 import shlex
 import sys
 from pathlib import Path
