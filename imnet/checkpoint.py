@@ -28,12 +28,14 @@ class CheckpointError(Exception):
     """A checkpoint that cannot be used; the message says why and what to do."""
 
 
-def save_atomic(obj, path: str | os.PathLike) -> None:
+def write_atomic(path: str | os.PathLike, write) -> None:
+    """``write(file)`` into a temporary file beside ``path``, flush and fsync it, rename it over ``path``, then
+    fsync the folder: a kill at any moment leaves the old file or the new one, never a torn one."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -45,6 +47,11 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def save_atomic(obj, path: str | os.PathLike) -> None:
+    """``torch.save`` made atomic (`write_atomic`)."""
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path: str | os.PathLike) -> dict:

@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import os
 import sys
 from collections import OrderedDict
 from pathlib import Path
@@ -33,6 +32,8 @@ from pathlib import Path
 import torch
 import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
+
+from imnet.checkpoint import write_atomic
 
 # DeiT widths (Touvron et al. 2021, Table 1): patch 16, depth 12, MLP ratio 4; as in train.py's models.
 DEIT = {"deit_tiny": dict(num_heads=3, hidden_dim=192), "deit_small": dict(num_heads=6, hidden_dim=384)}
@@ -98,21 +99,6 @@ def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, obje
     if name in ("googlenet", "inception_v3"):
         kwargs.update(aux_logits=False, init_weights=True)  # train.py builds them without auxiliary heads
     return name, getattr(torchvision.models, name), kwargs
-
-
-def write_atomic(path: Path, write) -> None:
-    """``write(file)`` into a temporary file in the target folder, fsync, then rename over ``path``: a kill
-    leaves the old file or the new one, never a torn one."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
 
 
 def sha256(path: Path) -> str:
