@@ -222,6 +222,15 @@ def has_image(folder) -> bool:
 # Layout checks
 
 
+def _visible_entries(folder: str) -> list:
+    """The os.scandir entries of ``folder`` that are not hidden; DataError if it cannot be listed."""
+    try:
+        return [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    except OSError as exc:
+        raise DataError(f"Cannot list {display_path(folder)!r} ({exc}). Check the path and its "
+                        f"permissions.") from exc
+
+
 def find_classes(root) -> list[str]:
     """The sorted class-folder names under `root` (one subfolder per class, any depth of images below).
 
@@ -235,11 +244,7 @@ def find_classes(root) -> list[str]:
     if not os.path.isdir(root):
         raise DataError(f"{display_path(root)!r} is a file, not a folder. Pass the folder that holds one "
                         f"subfolder per class: {_LAYOUT}.")
-    try:
-        entries = [e for e in os.scandir(root) if not e.name.startswith(".")]
-    except OSError as exc:
-        raise DataError(f"Cannot list {display_path(root)!r} ({exc}). Check the path and its "
-                        f"permissions.") from exc
+    entries = _visible_entries(root)
     classes = sorted(e.name for e in entries if e.is_dir())
     if not classes:
         loose = [e.name for e in entries if is_image_name(e.name) and e.is_file()]
@@ -310,11 +315,7 @@ def resolve_val_dir(path) -> str:
         if os.path.isdir(os.path.join(path, "train")):
             raise DataError(f"--data {display_path(path)!r} has a train/ folder but no val/ folder; pass the "
                             f"root that holds val/, or the val folder itself (laid out as {_LAYOUT}).")
-    try:
-        entries = [e for e in os.scandir(val_dir) if not e.name.startswith(".")]
-    except OSError as exc:
-        raise DataError(f"Cannot list {display_path(val_dir)!r} ({exc}). Check the path and its "
-                        f"permissions.") from exc
+    entries = _visible_entries(val_dir)
     if not any(e.is_dir() for e in entries):
         images = sum(1 for e in entries if is_image_name(e.name) and e.is_file())
         if images:
