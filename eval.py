@@ -404,7 +404,7 @@ def run(args, info):
     policy = resolve_policy(args, stored)
     label = args.checkpoint or args.weights_file or args.weights or f"random {name}"
     # ViT/DeiT are built at the evaluation crop; weights of another size get an interpolated position embedding.
-    image_size = policy.crop_size if config.fixed_input_size(name) else source.get("image_size") or policy.crop_size
+    image_size = policy.crop_size if models.fixed_input_size(name) else source.get("image_size") or policy.crop_size
 
     if args.bench:
         num_classes = len(classes) if classes else args.num_classes

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import torch
 
+from imnet.models import fixed_input_size
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
@@ -427,11 +428,6 @@ def check_progressive(f: dict, given: dict) -> None:
         raise ConfigError(f"--train-crop-size {given['train_crop_size']} contradicts --progressive-res {start} {end}, "
                           f"which trains at {end} from epoch {last} on: drop --train-crop-size (it is set to END).")
     f["train_crop_size"] = end
-
-
-def fixed_input_size(model: str) -> bool:
-    """Models whose input size is fixed when they are built: torchvision's ViT (and DeiT, built on it)."""
-    return model.startswith("vit_") or model.startswith("deit_")
 
 
 def read_config_file(path: str) -> dict:

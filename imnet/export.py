@@ -34,9 +34,7 @@ import torchvision
 from torchvision.models.vision_transformer import VisionTransformer
 
 from imnet.checkpoint import write_atomic
-
-# DeiT widths (Touvron et al. 2021, Table 1): patch 16, depth 12, MLP ratio 4; as in train.py's models.
-DEIT = {"deit_tiny": dict(num_heads=3, hidden_dim=192), "deit_small": dict(num_heads=6, hidden_dim=384)}
+from imnet.models import DEIT  # DeiT widths: train.py builds deit_* as torchvision's VisionTransformer with them
 
 
 class ExportError(Exception):

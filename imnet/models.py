@@ -36,6 +36,12 @@ _DROP_PATH_FAMILIES = ("convnext", "efficientnet", "swin", "maxvit")
 _FIXED_DROP_PATH = ("swin", "maxvit")
 
 
+def fixed_input_size(name: str) -> bool:
+    """Models whose input size is fixed when they are built: torchvision's ViT (and DeiT, built on it), whose
+    position embedding has one entry per patch of the ``image_size`` given to the constructor."""
+    return name.startswith("vit_") or name in DEIT
+
+
 def model_names() -> list[str]:
     """All names ``build_model`` accepts."""
     return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT)
@@ -59,7 +65,7 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
         raise ValueError(f"Unknown model '{name}'.{hint} Any torchvision classification model works "
                          f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small.")
     kwargs: dict = {"num_classes": num_classes}
-    is_vit = name.startswith("vit_") or name in DEIT
+    is_vit = fixed_input_size(name)
     if is_vit:
         kwargs["image_size"] = image_size
     if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES):
