@@ -105,7 +105,9 @@ def _ffcv_resolution(epoch, min_res, max_res, end_ramp, start_ramp, multiple=32)
 @pytest.mark.parametrize("start, end, first, last, epochs", [
     (160, 192, 66, 77, 88),   # FFCV's rn50_88_epochs.yaml (0-based start_ramp 65, end_ramp 76)
     (160, 192, 13, 14, 16),   # rn50_16_epochs.yaml: a one-epoch ramp
-    (32, 64, 4, 9, 10),       # the CPU time-to-accuracy benchmark
+    (32, 64, 4, 9, 10),       # a 32 -> 64 CPU ramp
+    (64, 112, 4, 9, 10),      # the CPU time-to-accuracy benchmark's default
+    (160, 224, 60, 80, 90),   # recipes.md: resnet50_classic with progressive resolution
     (128, 224, 0, 30, 40),    # ramp from the first epoch on
     (64, 64, 2, 5, 6),        # START == END: constant
 ])
@@ -121,6 +123,9 @@ def test_progressive_size_closed_form_by_hand():
     # 32 -> 64 over epochs 4 -> 9: n <= 4 -> 32; n = 5..8 -> 16 * round((32 + 32 (n - 4) / 5) / 16)
     # = 16 * round(2.4, 2.8, 3.2, 3.6) = 32, 48, 48, 64; n >= 9 -> 64.
     assert [progressive_size(e, 32, 64, 4, 9) for e in range(10)] == [32, 32, 32, 32, 32, 48, 48, 64, 64, 64]
+    # 64 -> 112 over 4 -> 9 (bench/time_to_accuracy.py): n = 5..8 -> 16 * round((64 + 48 (n - 4) / 5) / 16)
+    # = 16 * round(4.6, 5.2, 5.8, 6.4) = 80, 80, 96, 96.
+    assert [progressive_size(e, 64, 112, 4, 9) for e in range(10)] == [64, 64, 64, 64, 80, 80, 96, 96, 112, 112]
     # FFCV rn50_88 (m = 32): 160 through epoch 71, then 192 (epoch 72: 160 + 32 * 6/11 = 177.5 -> 192).
     sizes = [progressive_size(e, 160, 192, 66, 77, 32) for e in range(88)]
     assert sizes.count(160) == 71 and sizes.count(192) == 17 and set(sizes) == {160, 192}
