@@ -52,23 +52,26 @@ import time
 
 import torch
 import torchvision
-from torchvision.models.vision_transformer import VisionTransformer, interpolate_embeddings
 
-from imnet import benchmark, checkpoint, config, data, dist, engine, folders, models
-from imnet.config import AMP_DTYPES, ConfigError, EvalPolicy
+from imnet import benchmark, checkpoint, config, data, dist, evaluation, folders, models
+from imnet.config import AMP_DTYPES, EvalPolicy
+from imnet.errors import UsageError, message_of
+from imnet.flags import (AMP_CHOICES, COUNT, NATURAL, SIZE, Parser, Range, add_eval_policy_flags)
+from imnet.log import val_key
 from imnet.tta import TTA_VIEWS, view_transform
 
 
-class EvalError(Exception):
+class EvalError(UsageError):
     """Bad input: the message says what is wrong and how to fix it (printed without a traceback, exit 2)."""
 
 
 # --------------------------------------------------------------------------------------------- flags
 def build_parser():
-    parser = argparse.ArgumentParser(
-        description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
-                    "distributed under torchrun), or benchmark inference with --bench.",
-        formatter_class=config.HelpFormatter, allow_abbrev=False)
+    """eval.py's flags; the evaluation policy's are train.py's (imnet.flags.add_eval_policy_flags), with eval.py's
+    older spellings (--crop-size, --resize-size, --interpolation, --decode) kept as aliases."""
+    parser = Parser(prog="eval.py",
+                    description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
+                                "distributed under torchrun), or benchmark inference with --bench.")
     g = parser.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
                    "and evaluation policy are read from it")
@@ -81,28 +84,26 @@ def build_parser():
     g.add_argument("--weights", metavar="NAME", help="torchvision's published weights, e.g. "
                    "ResNet50_Weights.IMAGENET1K_V2 (downloaded once into torchvision's cache), evaluated with the "
                    "policy of their card; prints the published acc@1/acc@5 beside the measured ones")
-    g.add_argument("--num-classes", type=int, default=1000, help="outputs of --model for --bench without weights")
+    g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
     g.add_argument("--data", metavar="ROOT", help="folder holding val/<class>/..., or the val folder itself")
-    g.add_argument("--batch-size", type=int, default=128, help="images per batch per process")
-    g.add_argument("--workers", type=int, default=4, help="decoding processes per rank (0: in the main process)")
+    g.add_argument("--batch-size", "-b", type=COUNT, default=128, help="images per batch per process")
+    g.add_argument("--workers", "-j", type=NATURAL, default=4,
+                   help="decoding processes per rank (0: in the main process)")
 
     g = parser.add_argument_group("evaluation policy (default: the checkpoint's)")
-    g.add_argument("--resize-size", type=int, help="shorter side after resizing")
-    g.add_argument("--crop-size", type=int, help="centre crop size (any resolution: 224, 288, 384...)")
-    g.add_argument("--crop-pct", type=float, help="resize = floor(crop / crop_pct), e.g. 0.875: 224 -> 256")
-    g.add_argument("--interpolation", choices=["bilinear", "bicubic"], help="resize interpolation")
-    g.add_argument("--mean", type=float, nargs=3, help="normalization mean (RGB, 0-1 scale)")
-    g.add_argument("--std", type=float, nargs=3, help="normalization std (RGB, 0-1 scale)")
-    g.add_argument("--decode", choices=config.DECODE_MODES, help="full: canonical pixels (torchvision's Resize + "
-                   "CenterCrop; the checkpoint's default); reduced: faster DCT-scaled JPEG decoding")
+    add_eval_policy_flags(g, names={"val_crop_size": ("--crop-size",), "val_resize_size": ("--resize-size",),
+                                    "val_interpolation": ("--interpolation",), "val_decode": ("--decode",)})
+    g.add_argument("--mean", type=Range(float), nargs=3, help="normalization mean (RGB, 0-1 scale)")
+    g.add_argument("--std", type=Range(float, 0.0, lo_open=True), nargs=3, help="normalization std (RGB, 0-1 scale)")
     g.add_argument("--tta", choices=list(TTA_VIEWS), default="none",
                    help="test-time augmentation; softmax probabilities of the views are averaged")
 
     g = parser.add_argument_group("speed")
-    g.add_argument("--amp", choices=list(AMP_DTYPES), default="none",
-                   help="autocast dtype (default none: the fp32 figure; bf16 is for GPUs)")
+    g.add_argument("--amp", choices=[*AMP_CHOICES, "auto"], default="none", nargs="?", const="auto",
+                   help="autocast dtype (default none: the fp32 figure). A bare --amp means bf16 on GPUs that have "
+                        "it, fp16 on older GPUs, none on the CPU, as in train.py")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
     g.add_argument("--device", default="auto",
@@ -112,13 +113,14 @@ def build_parser():
     g.add_argument("--json", metavar="PATH", help="write the results as a JSON object")
     g.add_argument("--predictions", metavar="PATH", help="write a CSV: file, true class, top-5 classes and "
                    "probabilities")
-    g.add_argument("--show", type=int, default=10, help="how many classes / confused pairs to print")
+    g.add_argument("--show", type=NATURAL, default=10, help="how many classes / confused pairs to print")
 
     g = parser.add_argument_group("benchmark")
     g.add_argument("--bench", action="store_true", help="time inference on random input instead (no data needed)")
-    g.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 32, 128], help="batch sizes to time")
-    g.add_argument("--bench-warmup", type=int, default=5, help="untimed batches first (allocator, cudnn, compile)")
-    g.add_argument("--bench-iters", type=int, default=20, help="timed batches per batch size")
+    g.add_argument("--batch-sizes", type=COUNT, nargs="+", default=[1, 32, 128], help="batch sizes to time")
+    g.add_argument("--bench-warmup", type=NATURAL, default=5,
+                   help="untimed batches first (allocator, cudnn, compile)")
+    g.add_argument("--bench-iters", type=COUNT, default=20, help="timed batches per batch size")
     return parser
 
 
@@ -140,18 +142,8 @@ def check_flags(args):
         raise EvalError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
         raise EvalError("--data ROOT is required (the folder holding val/, or the val folder itself).")
-    if args.crop_pct is not None and not 0 < args.crop_pct <= 1:
-        raise EvalError(f"--crop-pct {args.crop_pct} must be in (0, 1]: it is crop / resize.")
     if args.bench and (args.predictions or args.tta != "none"):
         raise EvalError("--bench times plain forward passes; --predictions and --tta apply to evaluation only.")
-    for flag in ("batch_size", "resize_size", "crop_size", "bench_iters"):
-        value = getattr(args, flag)
-        if value is not None and value < 1:
-            raise EvalError(f"--{flag.replace('_', '-')} must be positive, not {value}.")
-    if args.bench and min(args.batch_sizes) < 1:
-        raise EvalError("--batch-sizes must be positive.")
-    if args.workers < 0:
-        raise EvalError(f"--workers must be >= 0 (got {args.workers}); 0 decodes in the main process.")
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes the outputs
         for flag in ("json", "predictions"):
             if getattr(args, flag):
@@ -185,18 +177,11 @@ def load_source(args):
         run = ckpt["config"]
         if args.model and args.model != run["model"]:
             raise EvalError(f"--model {args.model} contradicts the checkpoint, which holds a {run['model']}.")
-        state = ckpt["model"]
-        if args.use_ema:
-            if not ckpt.get("ema"):
-                raise EvalError(f"{args.checkpoint} has no EMA weights (the run was trained without --ema); "
-                                "drop --use-ema.")
-            state = ckpt["ema"]["module"]
-        if args.use_swa:
-            if not ckpt.get("swa") or int(ckpt["swa"]["n_averaged"]) == 0:
-                raise EvalError(f"{args.checkpoint} has no SWA average (the run had no --swa-start, or had not "
-                                f"reached it); drop --use-swa.")
-            state = {k[len("module."):]: v for k, v in ckpt["swa"].items() if k.startswith("module.")}
         kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
+        try:
+            state = checkpoint.weights_of(ckpt, kind, args.checkpoint)
+        except checkpoint.CheckpointError as e:
+            raise EvalError(f"{e} Drop --use-{kind}.") from None
         info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
         return run["model"], state, list(ckpt["classes"]), EvalPolicy.from_dict(run.get("eval_policy")), info
@@ -231,27 +216,25 @@ def model_of(weights) -> str:
 
 
 def build_model(name, state, num_classes, image_size):
-    """The torchvision model with the weights loaded strictly (every key, every shape), except that a ViT's
-    position embedding trained at another size is interpolated to ``image_size`` (with a note)."""
+    """The model with the weights loaded strictly (every key, every shape: `imnet.models.load_init`), except that
+    a ViT's position embedding trained at another size is interpolated to ``image_size`` (with a note)."""
     try:
         model = models.build_model(name, num_classes, image_size=image_size or 224)
+        if state is None:
+            return model.eval()
+        done = models.load_init(model, name, state, image_size or 224, what="The weights")
     except ValueError as e:
-        raise EvalError(str(e)) from None
-    pos = "encoder.pos_embedding"
-    if state is not None and isinstance(model, VisionTransformer) and pos in state \
-            and state[pos].shape != model.state_dict()[pos].shape:
-        before = int((state[pos].shape[1] - 1) ** 0.5)
-        state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+        raise EvalError(f"{e} (the model has {num_classes} classes)") from None
+    if done["reinitialised"]:  # for evaluation the head must be the trained one
+        raise EvalError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
+                        f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
+    if done["interpolated"]:
+        side = model.image_size // model.patch_size
+        before = int((state["encoder.pos_embedding"].shape[1] - 1) ** 0.5)
         dist.eprint0(f"eval.py: note: the position embedding was interpolated from a {before}x{before} to a "
-                     f"{model.image_size // model.patch_size}x{model.image_size // model.patch_size} patch grid "
-                     f"(bicubic): this model was not trained at {model.image_size}px, so the figure is that of "
-                     f"an untuned resolution change (fine-tune at this size with train.py --init-from).")
-    if state is not None:
-        try:
-            model.load_state_dict(state, strict=True)
-        except RuntimeError as e:
-            detail = " ".join(str(e).split())[:600]
-            raise EvalError(f"the weights do not fit {name} with {num_classes} classes: {detail}") from None
+                     f"{side}x{side} patch grid (bicubic): this model was not trained at {model.image_size}px, so the "
+                     f"figure is that of an untuned resolution change (fine-tune at this size with train.py "
+                     f"--init-from).")
     return model.eval()
 
 
@@ -273,27 +256,13 @@ def check_classes(data_classes, model_classes, val_dir, source):
 # --------------------------------------------------------------------------------------------- policy
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
     """The checkpoint's policy overridden by the flags given (precedence: `imnet.config.resolve_eval_policy`)."""
-    given = {"crop_size": args.crop_size, "resize_size": args.resize_size, "crop_pct": args.crop_pct,
-             "interpolation": args.interpolation, "mean": args.mean, "std": args.std, "decode": args.decode}
+    given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
     return config.resolve_eval_policy(given, stored)
 
 
 def policy_warnings(p: EvalPolicy, stored: EvalPolicy | None):
     """The two classic pitfalls, relative to the policy train.py validated with."""
-    if not stored:
-        return []
-    warnings = []
-    now = (p.resize_size, p.crop_size, p.interpolation)
-    then = (stored.resize_size, stored.crop_size, stored.interpolation)
-    if now != then:
-        warnings.append(f"resize policy mismatch: evaluating with resize {now[0]} / crop {now[1]} / {now[2]}, but "
-                        f"training validated with resize {then[0]} / crop {then[1]} / {then[2]}; the figure is "
-                        "not comparable with the training log.")
-    close = lambda a, b: all(abs(x - y) <= 1e-6 for x, y in zip(a, b))
-    if not (close(p.mean, stored.mean) and close(p.std, stored.std)):
-        warnings.append(f"normalization mismatch: mean {list(p.mean)} std {list(p.std)} differ from the model's "
-                        f"training normalization, mean {list(stored.mean)} std {list(stored.std)}.")
-    return warnings
+    return config.policy_mismatch(p, stored, "the training run's validation") if stored else []
 
 
 # -------------------------------------------------------------------------------------------- reports
@@ -361,7 +330,7 @@ def print_report(r, show):
               f"{published['acc@5']:.3f}%  (measured - published: {r['top1'] - published['acc@1']:+.3f} / "
               f"{r['top5'] - published['acc@5']:+.3f})")
     recorded = r.get("recorded") or {}
-    key = {"ema": "ema_val_top1", "swa": "swa_val_top1"}.get(r["weights"], "val_top1")
+    key = val_key(r["weights"] if r["weights"] in ("ema", "swa") else "model", "top1")
     if recorded.get(key) is not None:
         print(f"training recorded {key} {recorded[key]:.3f}% at epoch {recorded.get('epoch')}")
     if r["bad_images"]:
@@ -447,7 +416,7 @@ def run(args, info):
         dist.eprint0(f"eval.py: warning: {warning}")
 
     start = time.perf_counter()
-    result = engine.evaluate(model, loader, info.device, policy, len(classes), tta=args.tta,
+    result = evaluation.evaluate(model, loader, info.device, policy, len(classes), tta=args.tta,
                              amp_dtype=AMP_DTYPES[args.amp], channels_last=args.channels_last)
     elapsed = time.perf_counter() - start
     gathered = dist.gather_object((order, result.top_idx, result.top_prob, result.labels, result.unreadable))
@@ -475,16 +444,18 @@ def run(args, info):
 
 def main(argv=None):
     """Command line entry point; returns the exit status (0 done, 2 bad input)."""
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         check_flags(args)
         info = dist.init(args.device)
+        if args.amp == "auto":  # a bare --amp: what it means on this device (imnet.dist.auto_amp)
+            args.amp = dist.auto_amp(info.device)
         try:
             return run(args, info)
         finally:
             dist.cleanup()
-    except (EvalError, ConfigError, folders.DataError, checkpoint.CheckpointError, dist.DeviceError) as e:
-        dist.eprint0(f"eval.py: error: {dist.message_of(e)}")
+    except UsageError as e:
+        dist.eprint0(f"eval.py: error: {message_of(e)}")
         return 2
 
 

@@ -1,6 +1,6 @@
 """torch.compile for training, measured: compile time and steady-state step time against eager, side by side.
 
-Two copies of the same model (same initial weights), each trained by ``imnet.engine.train_step`` the way
+Two copies of the same model (same initial weights), each trained by ``train.train_step`` the way
 train.py drives it (bench/step.py's ``Imnet`` variant, full recipe: MixUp/CutMix + label smoothing,
 RandomErasing, EMA), one eager and one through ``torch.compile`` (what ``train.py --compile`` does), on the
 same in-memory uint8 batches, in one process.

@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # One prepared GPU check, under 8 minutes in all (not a test; never run by CI):
 #   flops          training FLOPs per image of ResNet-50 at 224 (FlopCounterMode, fwd + bwd), GPU name, bf16 peak
-#   syncs          host-device synchronisations per engine step (torch.cuda.set_sync_debug_mode), and where
+#   syncs          host-device synchronisations per training step (torch.cuda.set_sync_debug_mode), and where
 #   imnet          train.py --fake-data, resnet50 recipe, bf16 + channels_last: img/s, fraction of the bf16 peak
 #   plain          the same model the plain way (float workers, fp32, NCHW, bare loop): img/s
 #   data           input pipeline img/s with all cores on the real JPEG sample (imnet, then torchvision's)
 #   imnet_start    as imnet at the progressive ramp's first size (160): what a low-resolution epoch gains
 #   imnet_compile  as imnet, with --compile (compile gain = its img/s over imnet's)
-#   compile_steps  bench/compile.py: engine step eager vs compiled, compile time at 160 then 224 (the
+#   compile_steps  bench/compile.py: training step eager vs compiled, compile time at 160 then 224 (the
 #                  recompilation at a new size that progressive resolution causes), steady-state speedup
 # Each section runs under its own time limit; one that times out or fails is reported as such and the rest go on.
 # Results: one JSON object in $OUT/gpu_check.json when $OUT is set, else on stdout.

@@ -1,7 +1,7 @@
 """The measurements behind bench/gpu_check.sh, one section per call so that each runs under its own time limit.
 
     python bench/gpu_train.py flops  --json F   # training FLOPs per image (FlopCounterMode, fwd + bwd), GPU name
-    python bench/gpu_train.py syncs  --json F   # host-device synchronisations per engine step (CUDA sync debug)
+    python bench/gpu_train.py syncs  --json F   # host-device synchronisations per training step (CUDA sync debug)
     python bench/gpu_train.py imnet  --json F   # train.py --fake-data, bf16 + channels_last (imnet_compile: +--compile)
     python bench/gpu_train.py imnet_start --json F  # as imnet at the progressive ramp's START size (PROGRESSIVE_START)
     python bench/gpu_train.py compile_steps --json F  # bench/compile.py: compile time at START then SIZE, speedup
@@ -145,9 +145,9 @@ def section_imnet(compile_model, size=SIZE):
             "peak_mem_gib": max(e["peak_mem_gib"] for e in events), "wall_s": wall}
 
 
-def engine_config(full, size, batch, amp):
+def step_config(full, size, batch, amp):
     """The Config train.py resolves for a --fake-data run of resnet18 (full: the resnet50 recipe's
-    regularization), for driving engine.train_step directly."""
+    regularization), for driving train.train_step directly."""
     import train
     from imnet import config
     below = vars(train.build_parser().parse_args([]))
@@ -159,12 +159,12 @@ def engine_config(full, size, batch, amp):
 
 
 def section_syncs():
-    """Host-device synchronisations per training step: engine.train_step with the full recipe on a small
+    """Host-device synchronisations per training step: train.train_step with the full recipe on a small
     model, under torch.cuda.set_sync_debug_mode("warn"), which warns at every call that waits for the GPU
     (.item(), blocking copies, ...). The design wants none between log lines. On a CPU the steps run (to test
     this script) but nothing can be counted."""
     import warnings
-    from imnet import engine
+    import train
     from imnet.ema import ModelEma
     from imnet.metrics import Meter
     from imnet.mixing import Mixer
@@ -176,8 +176,8 @@ def section_syncs():
     results = {}
     n, size = min(BATCH, 32), min(SIZE, 112)
     for label, full in (("no recipe", False), ("full recipe", True)):
-        cfg = engine_config(full, size, n, "bf16" if dev.type == "cuda" else "none")
-        parts = engine.Parts(model=model, train_model=model, optimizer=opt, device=dev,
+        cfg = step_config(full, size, n, "bf16" if dev.type == "cuda" else "none")
+        parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=dev,
                              mixer=Mixer(1000, 0.2, 1.0, label_smoothing=0.1) if full else None,
                              ema=ModelEma(model, 0.999) if full else None)
         g = torch.Generator().manual_seed(0)
@@ -186,12 +186,12 @@ def section_syncs():
         if dev.type == "cuda":
             batch = (batch[0].pin_memory(), batch[1].pin_memory())
         steps = 2 if SMOKE else 4
-        guard = engine.NonFiniteGuard(dev)
+        guard = train.NonFiniteGuard(dev)
 
         def run(epoch):  # train.py's inner loop without the log line: train_step + device-side bookkeeping
             meter, window = Meter(dev), torch.zeros((), device=dev)
             for k in range(steps):
-                loss, _ = engine.train_step(cfg, parts, [batch], epoch, k, epoch * steps + k, meter)
+                loss, _ = train.train_step(cfg, parts, [batch], epoch, k, epoch * steps + k, meter)
                 guard.update(loss, epoch * steps + k)
                 window += loss
         run(0)  # warm-up (cuDNN, lazy state)
@@ -215,7 +215,7 @@ def section_syncs():
 
 
 def section_compile_steps():
-    """bench/compile.py on this device: the engine's training step eager vs torch.compile'd, bf16 +
+    """bench/compile.py on this device: train.py's training step eager vs torch.compile'd, bf16 +
     channels_last; compile time at PROGRESSIVE_START and then SIZE (the recompilation a progressive run meets
     at a new size), steady-state speedup at SIZE."""
     import subprocess

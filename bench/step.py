@@ -8,7 +8,7 @@ best rounds, and the ratio in CPU time of this process (not inflated by time spe
 
 * bare: ``to_device`` (uint8 -> normalized float, the same device-side normalization), forward,
   ``F.cross_entropy``, backward, ``torch.optim.SGD(model.parameters())`` step, ``zero_grad``.
-* imnet (engine): ``imnet.engine.train_step`` with no recipe (no mixing, EMA, erasing, smoothing), driven as
+* imnet (train_step): ``train.train_step`` with no recipe (no mixing, EMA, erasing, smoothing), driven as
   train.py's epoch loop drives it: per-step reseeding, LR schedule, parameter groups, device-side meter, NaN
   guard and loss window, a progress line every ``--log-every`` steps.
 * imnet (full): the same plus the regularization of the resnet50 recipe: MixUp 0.2 / CutMix 1.0 with label
@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from imnet import config, engine, models  # noqa: E402
+import train  # noqa: E402
+from imnet import config, models  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
@@ -98,7 +99,6 @@ class Bare:
 
 def make_config(args, full: bool, output: str):
     """The resolved Config train.py would build for this benchmark (train.py's own parser and resolver)."""
-    import train
     below = vars(train.build_parser().parse_args([]))
     given = dict(model=args.model, train_crop_size=args.size, batch_size=args.batch_size, epochs=1000,
                  num_classes=args.num_classes, channels_last=args.channels_last, opt="sgd", lr=LR, momentum=MOMENTUM,
@@ -112,7 +112,7 @@ def make_config(args, full: bool, output: str):
 
 
 class Imnet:
-    """train.py's inner loop: engine.train_step, then its per-step bookkeeping on the device (NaN guard, loss
+    """train.py's inner loop: train.train_step, then its per-step bookkeeping on the device (NaN guard, loss
     window) and a progress line every ``log_every`` steps (the only host synchronisation)."""
 
     def __init__(self, name, model, args, device, full, compiled=False):
@@ -121,14 +121,14 @@ class Imnet:
         self.cfg = cfg = make_config(args, full, self.tmp.name)
         groups = param_groups(model, WD)
         optimizer = build_optimizer("sgd", groups, lr=cfg.peak_lr, weight_decay=WD, momentum=MOMENTUM)
-        self.parts = engine.Parts(
-            model=model, train_model=torch.compile(model) if compiled else model, optimizer=optimizer,
-            device=device,
+        self.parts = train.Parts(
+            model=model, train_model=torch.compile(model) if compiled else model, eval_model=model,
+            optimizer=optimizer, device=device,
             mixer=Mixer(args.num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
-                        switch_prob=cfg.switch_prob, label_smoothing=cfg.label_smoothing) if cfg.mixing else None,
+                        switch_prob=cfg.switch_prob, label_smoothing=cfg.mix_label_smoothing) if cfg.mixing else None,
             ema=ModelEma(model, decay=cfg.ema_decay, every=cfg.ema_every) if cfg.ema else None)
         self.meter = Meter(device)
-        self.guard = engine.NonFiniteGuard(device)
+        self.guard = train.NonFiniteGuard(device)
         self.global_step = 0
         self.log = RunLog(self.tmp.name, quiet=True)  # the JSONL line is written; the console echo is not
 
@@ -145,7 +145,7 @@ class Imnet:
         self.parts.train_model.train()
         window, t0 = torch.zeros((), device=self.parts.device), time.perf_counter()
         for step, (images, labels, _) in enumerate(cycle(batches, steps)):
-            loss, _ = engine.train_step(self.cfg, self.parts, [(images, labels)], round_index, step,
+            loss, _ = train.train_step(self.cfg, self.parts, [(images, labels)], round_index, step,
                                         self.global_step, self.meter)
             self.guard.update(loss, self.global_step)
             window += loss
@@ -171,7 +171,7 @@ def compare(args, device, batches):
     if args.channels_last:
         base = base.to(memory_format=torch.channels_last)
     variants = [Bare(copy.deepcopy(base), args, device),
-                Imnet("imnet (engine, no recipe)", copy.deepcopy(base), args, device, full=False),
+                Imnet("imnet (train_step, no recipe)", copy.deepcopy(base), args, device, full=False),
                 Imnet("imnet (full recipe)", copy.deepcopy(base), args, device, full=True)]
     for v in variants:  # warm up: allocator, oneDNN/cuDNN kernel choice, lazy optimizer state
         v.run(batches, args.warmup, 10**6)
@@ -192,13 +192,13 @@ def compare(args, device, batches):
                             ms_per_step=1000 * statistics.median(seconds[v.name]) / args.steps)
     bare = seconds["bare"]
     full = seconds["imnet (full recipe)"]
-    eng = seconds["imnet (engine, no recipe)"]
+    eng = seconds["imnet (train_step, no recipe)"]
     step_ratio = statistics.median(b / f for b, f in zip(bare, full))
-    engine_ratio = statistics.median(b / e for b, e in zip(bare, eng))
+    step_only_ratio = statistics.median(b / e for b, e in zip(bare, eng))
     extra = {"best_round_ratio": min(bare) / min(full),
              "cpu_time_ratio": statistics.median(b / f for b, f in zip(cpu["bare"], cpu["imnet (full recipe)"])),
              "cpu_ms_per_step": {k: 1000 * statistics.median(v) / args.steps for k, v in cpu.items()}}
-    return rows, step_ratio, engine_ratio, variants, extra
+    return rows, step_ratio, step_only_ratio, variants, extra
 
 
 # ------------------------------------------------------------------------------------------ the pieces
@@ -227,8 +227,8 @@ def pieces(args, device, batches, variants):
     gen = torch.Generator().manual_seed(1)
     out = {}
     out["seeding (step_seed + manual_seed + Generator)"] = per_call_ms(
-        lambda: (torch.manual_seed(engine.step_seed(0, 1, 2, 0)), torch.Generator().manual_seed(3)), device, 200)
-    out["  of which step_seed (numpy SeedSequence)"] = per_call_ms(lambda: engine.step_seed(0, 1, 2, 0), device, 200)
+        lambda: (torch.manual_seed(train.step_seed(0, 1, 2, 0)), torch.Generator().manual_seed(3)), device, 200)
+    out["  of which step_seed (numpy SeedSequence)"] = per_call_ms(lambda: train.step_seed(0, 1, 2, 0), device, 200)
     out["  of which torch.manual_seed"] = per_call_ms(lambda: torch.manual_seed(12345), device, 200)
     out["  of which torch.Generator().manual_seed"] = per_call_ms(lambda: torch.Generator().manual_seed(3), device, 200)
     xe = x.clone()
@@ -255,7 +255,7 @@ def pieces(args, device, batches, variants):
 
     def bookkeeping():
         torch.where((first_bad < 0) & ~torch.isfinite(loss), torch.tensor(3, device=device), first_bad)
-        meter.update(loss, dl, y, n=args.batch_size)  # engine's no-recipe case (top-k counted)
+        meter.update(loss, dl, y, n=args.batch_size)  # train_step's no-recipe case (top-k counted)
         window.add_(loss)
     out["meter + NaN guard + window (device side)"] = per_call_ms(bookkeeping, device, 100)
     out["LR schedule (lr_at + set_lr)"] = per_call_ms(lambda: set_lr(p.optimizer, full.cfg.lr_at(1000)), device, 200)
@@ -313,10 +313,10 @@ def main(argv=None):
             print(f"  {name:<28}{r['median']:>13.1f}{r['min']:>9.1f}{r['max']:>9.1f}{r['ms_per_step']:>10.1f}"
                   f"{extra['cpu_ms_per_step'][name]:>13.1f}")
         print(f"  step_ratio (full / bare, median of paired rounds)   {ratio:.3f}   target >= 0.95")
-        print(f"  engine_ratio (no recipe / bare)                     {eng_ratio:.3f}")
+        print(f"  step_only_ratio (no recipe / bare)                     {eng_ratio:.3f}")
         print(f"  full / bare: best round {extra['best_round_ratio']:.3f}, CPU time {extra['cpu_time_ratio']:.3f} "
               f"(median of paired rounds)")
-        entry = {"step_ratio": round(ratio, 4), "engine_ratio": round(eng_ratio, 4),
+        entry = {"step_ratio": round(ratio, 4), "step_only_ratio": round(eng_ratio, 4),
                  "best_round_ratio": round(extra["best_round_ratio"], 4),
                  "cpu_time_ratio": round(extra["cpu_time_ratio"], 4),
                  "img_per_s": {k: round(v["median"], 2) for k, v in rows.items()},
@@ -333,7 +333,7 @@ def main(argv=None):
             entry["pieces_ms"] = {k.strip(): round(v, 4) for k, v in pc.items()}
         result["by_device"][device.type] = entry
     result["step_ratio"] = min(e["step_ratio"] for e in result["by_device"].values())
-    result["engine_ratio"] = min(e["engine_ratio"] for e in result["by_device"].values())
+    result["step_only_ratio"] = min(e["step_only_ratio"] for e in result["by_device"].values())
     print(json.dumps(result))
     return 0
 

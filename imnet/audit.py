@@ -1,4 +1,4 @@
-"""Recipe audit: warnings for the classic ImageNet training mistakes, printed by ``train.py --dry-run``.
+"""What a run will do and the classic mistakes in it: the ``train.py --dry-run`` plan (`plan`) and its warnings.
 
 ``audit(cfg)`` looks only at the resolved `imnet.config.Config`; it never builds a model or reads data. Each warning
 says what is wrong, why it matters and how to fix it. The checks:
@@ -13,18 +13,19 @@ says what is wrong, why it matters and how to fix it. The checks:
 3. Eval policy (resize, crop, interpolation) different from the recipe's: published accuracies depend on it
    by several tenths of a point (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"), so the
    run is not comparable with the expected number.
-4. Label smoothing applied twice: once in the soft targets of MixUp/CutMix and again in the loss; the
-   effective smoothing is then about 2 eps, and the recipe's tuning no longer holds.
-5. LR not rescaled after changing the global batch (GPUs, per-GPU batch or accumulation): an explicit
+4. LR not rescaled after changing the global batch (GPUs, per-GPU batch or accumulation): an explicit
    ``--lr`` equal to the recipe's LR at its reference batch, while the global batch differs.
-6. A requested global batch that world size x accumulation steps does not divide: the per-process batch is
+5. A requested global batch that world size x accumulation steps does not divide: the per-process batch is
    rounded, so the run silently uses a different global batch (and LR scaling) than requested.
-7. bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16 or AMX-BF16): every bf16 matmul and
-   convolution is emulated, many times slower than fp32 (the issue that asked for this check measured 10-20x;
+6. bf16 autocast on a CPU without native bf16 instructions (AVX512-BF16 or AMX-BF16): every bf16 matmul and
+   convolution is emulated, many times slower than fp32 (10-20x was measured elsewhere;
    even with AVX512-BF16, ResNet-18 steps were 1.2-1.8x slower than fp32 on this repository's CPU).
 
 `notes(cfg)` holds what is worth knowing but not a mistake: a recipe run at a global batch other than its
 reference, whose LR the linear scaling rule has rescaled (from what to what).
+
+(Label smoothing cannot be applied twice: imnet.config decides once where it goes, the MixUp/CutMix targets or
+the loss.)
 """
 
 from __future__ import annotations
@@ -35,8 +36,10 @@ import sys
 import torch
 
 from imnet import dist
-from imnet.config import Config, resolve_eval_policy
-from imnet.recipes import META, RECIPES, reference_global_batch
+from imnet.config import Config, policy_keys, policy_mismatch, resolve_eval_policy
+from imnet.optim import count_param_groups
+from imnet.recipes import META, RECIPES, reference_global_batch, reference_lr
+from imnet.schedule import scale_lr
 
 REFERENCE_GPUS = 8
 LARGE_BATCH = 1024
@@ -44,8 +47,7 @@ LARGE_BATCH = 1024
 
 def recipe_policy(recipe: dict):
     """The evaluation policy a recipe's own settings resolve to (same resolver as train.py and eval.py)."""
-    return resolve_eval_policy({}, {"crop_size": recipe.get("val_crop_size"), "resize_size": recipe.get("val_resize_size"),
-                                    "crop_pct": recipe.get("crop_pct"), "interpolation": recipe.get("interpolation")})
+    return resolve_eval_policy({}, policy_keys(recipe))
 
 
 def device_type(cfg: Config) -> str:
@@ -79,7 +81,7 @@ def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
     ref_batch = reference_global_batch(name)
     if cfg.global_batch_size == ref_batch:
         return []
-    ref_lr = recipe["lr_base"] * ref_batch / 256
+    ref_lr = reference_lr(name)
     return [f"recipe '{name}' is tuned for a global batch of {ref_batch} ({META[name]['gpus']} process(es) x "
             f"{recipe['batch_size']} x {recipe.get('accum_steps', 1)} accumulation steps); this run's is "
             f"{cfg.global_batch_size}, so its LR is rescaled linearly from {ref_lr:g} to {cfg.peak_lr:g} "
@@ -116,13 +118,6 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
             f"(5 epochs) for batches of 1024 and more to match small-batch accuracy, and without it training "
             f"can diverge or lose accuracy. Fix: --warmup-epochs 5 (or a smaller global batch).")
 
-    if cfg.loss_label_smoothing > 0 and cfg.mix_label_smoothing > 0:
-        warnings.append(
-            f"Label smoothing is applied twice: {cfg.mix_label_smoothing:g} in the MixUp/CutMix soft "
-            f"targets and {cfg.loss_label_smoothing:g} again in the loss, so the effective smoothing is "
-            f"about their sum and the recipe's tuning no longer holds. Fix: smooth in one place only (the "
-            f"mixer's targets when mixing is on).")
-
     if cfg.amp == "bf16" and (device or device_type(cfg)) == "cpu" and cpu_has_native_bf16() is False:
         warnings.append(
             "--amp bf16 on a CPU without native bf16 instructions (no avx512_bf16 or amx_bf16 among its flags): "
@@ -143,22 +138,18 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
     if recipe is None:
         return warnings
 
-    p, q = cfg.eval_policy, recipe_policy(recipe)
-    mine, theirs = (p.resize_size, p.crop_size, p.interpolation), (q.resize_size, q.crop_size, q.interpolation)
-    if mine != theirs:
-        warnings.append(
-            f"Eval policy resize {mine[0]} / crop {mine[1]} / {mine[2]} differs from recipe '{name}': resize "
-            f"{theirs[0]} / crop {theirs[1]} / {theirs[2]}. Accuracy depends on the eval resize, crop and "
-            f"interpolation by several tenths of a point, so this run is not comparable with the recipe's "
-            f"expected top-1. Fix: drop --val-resize-size / --val-crop-size / --crop-pct / --interpolation, "
-            f"or compare against a baseline evaluated the same way.")
+    for mismatch in policy_mismatch(cfg.eval_policy, recipe_policy(recipe), f"recipe '{name}'"):
+        if mismatch.startswith("resize"):
+            warnings.append(
+                f"Eval policy differs from recipe '{name}': {mismatch} Fix: drop --val-resize-size / "
+                f"--val-crop-size / --crop-pct / --interpolation, or compare against a baseline evaluated the same way.")
 
     if "lr_base" in recipe and "batch_size" in recipe:
         ref_batch = recipe["batch_size"] * gpus * recipe.get("accum_steps", 1)
-        ref_lr = recipe["lr_base"] * ref_batch / 256
+        ref_lr = scale_lr(recipe["lr_base"], ref_batch)
         lr = cfg.peak_lr
         if cfg.lr_given and math.isclose(lr, ref_lr, rel_tol=1e-9) and global_batch != ref_batch:
-            scaled = ref_lr * global_batch / ref_batch
+            scaled = scale_lr(recipe["lr_base"], global_batch)
             warnings.append(
                 f"--lr {lr:g} is recipe '{name}''s LR for its global batch of {ref_batch}, but this run's "
                 f"global batch is {global_batch} (world size x batch size x accumulation steps). By the "
@@ -166,3 +157,44 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
                 f"unscaled LR under- or over-shoots the recipe's schedule. Fix: drop --lr (the recipe's "
                 f"--lr-base is scaled automatically) or pass --lr {scaled:g}.")
     return warnings
+
+
+def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -> str:
+    """What --dry-run prints: the resolved Config, the derived numbers, the transforms, and the notes and warnings."""
+    lines = ["resolved configuration:"]
+    lines += [f"  {k:<22} {v}" for k, v in sorted(cfg.to_dict().items()) if k != "eval_policy"]
+    total, spe = cfg.total_steps, cfg.steps_per_epoch
+    lines += [f"processes {cfg.world_size} x batch {cfg.batch_size} x accum {cfg.accum_steps} = global batch "
+              f"{cfg.global_batch_size}",
+              f"learning rate {cfg.peak_lr:.6g}" + ("" if cfg.lr_given else
+                                                     f" (= {cfg.lr_base} x {cfg.global_batch_size} / 256, linear scaling)"),
+              f"data: {cfg.train_images} train / {cfg.val_images} val images, {cfg.classes} classes; {spe} steps/epoch, "
+              f"{total} steps",
+              f"parameter groups: {count_param_groups(groups)}"]
+    keys = sorted({0, 1, round(cfg.warmup_epochs * spe), total // 2, total - 1})
+    lines.append("LR at steps: " + ", ".join(f"{s}: {cfg.lr_at(s):.6g}" for s in keys if 0 <= s < total))
+    if cfg.progressive_res is not None:
+        lines += progressive_plan(cfg)
+    p = cfg.eval_policy
+    lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
+              f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), {p.decode} decode"]
+    lines += [f"NOTE: {n}" for n in notes(cfg)]
+    lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
+    return "\n".join(lines)
+
+
+def progressive_plan(cfg: Config) -> list[str]:
+    """The training size of every epoch (runs of equal sizes merged) and the training FLOPs against
+    training at END throughout: a convnet's FLOPs per image scale with size^2."""
+    sizes = [cfg.train_size_at(e) for e in range(cfg.epochs)]
+    runs, first = [], 0
+    for e in range(1, cfg.epochs + 1):
+        if e == cfg.epochs or sizes[e] != sizes[first]:
+            span = f"{first + 1}" if e == first + 1 else f"{first + 1}-{e}"
+            runs.append(f"{span}: {sizes[first]}")
+            first = e
+    end = cfg.progressive_res[1]
+    share = sum(s * s for s in sizes) / (len(sizes) * end * end)
+    return [f"progressive resolution, train crop size by epoch: {', '.join(runs)}",
+            f"training FLOPs ~ {100 * share:.1f}% of training at {end} throughout (saves {100 * (1 - share):.1f}%; "
+            f"FLOPs ~ size^2)"]

@@ -1,52 +1,32 @@
-"""Checkpoints that survive kills, load safely, and resume a run exactly; preemption signals.
+"""Checkpoints: the schema (built and read here only), atomic saving, safe loading, and the save and restore of a
+run's every stateful piece, so that a resumed run continues exactly.
 
-- Atomic: the file is written to a temporary name in the same folder, flushed and fsync'ed, then renamed
-  over the old one (``os.replace`` is atomic on POSIX), and the folder is fsync'ed. A kill at any moment
-  leaves either the old complete file or the new complete file, never a torn one.
+- Atomic: written by `imnet.atomic.write_atomic` (temporary file, fsync, rename, fsync of the folder). A kill at
+  any moment leaves either the old complete file or the new complete file, never a torn one.
 - Safe: every load uses ``torch.load(..., weights_only=True)``, which unpickles only tensors and plain
   Python containers, so a checkpoint from elsewhere cannot run code. Hence everything saved here is
   tensors, numbers, strings, lists, tuples and dicts (RNG states included).
-- Exact: together with the per-sample and per-step seeding in data.py and engine.py, model, EMA, optimizer,
+- Exact: together with the per-sample and per-step seeding in data.py and train.py, model, EMA, optimizer,
   scaler, meter and RNG states make a resumed run bitwise equal to an uninterrupted one on the CPU.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
-import signal
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from imnet import dist
+from imnet.atomic import write_atomic
+from imnet.errors import UsageError
 
-class CheckpointError(Exception):
+
+class CheckpointError(UsageError):
     """A checkpoint that cannot be used; the message says why and what to do."""
-
-
-def write_atomic(path: str | os.PathLike, write) -> None:
-    """``write(file)`` into a temporary file beside ``path``, flush and fsync it, rename it over ``path``, then
-    fsync the folder: a kill at any moment leaves the old file or the new one, never a torn one."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
@@ -60,13 +40,17 @@ def load(path: str | os.PathLike) -> dict:
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Check the path (train.py writes last.pt "
                               f"and best.pt into its --output folder).")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes): it was truncated or created elsewhere "
+                              f"(train.py writes checkpoints atomically). Use another checkpoint of the run.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises several types for truncated files and foreign pickles
-        first_line = (str(e).splitlines() or ["(no message)"])[0][:300]  # an empty file gives an empty message
-        raise CheckpointError(f"Cannot read checkpoint '{path}': {type(e).__name__}: {first_line}. "
-                              f"The file is corrupt, truncated, or holds objects other than tensors and plain "
-                              f"Python types (which imnet refuses to unpickle for safety).") from None
+        first_line = (str(e).splitlines() or ["(no message)"])[0][:300]
+        raise CheckpointError(f"Cannot read checkpoint '{path}': it cannot be read with torch.load(weights_only="
+                              f"True) ({type(e).__name__}: {first_line}). The file is corrupt, truncated, or holds "
+                              f"objects other than tensors and plain Python types (which imnet refuses to unpickle "
+                              f"for safety).") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict.")
     return ckpt
@@ -160,122 +144,89 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-def _signals(*names: str) -> tuple:
-    """The named signals this platform has (Windows has SIGTERM but no SIGUSR1)."""
-    return tuple(getattr(signal, n) for n in names if hasattr(signal, n))
+
+def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict:
+    """The plain state_dict of a train.py checkpoint's ``which`` weights: "model" (the trained weights), "ema"
+    (their exponential moving average) or "swa" (the SWA average, whose AveragedModel keys lose their "module."
+    prefix). CheckpointError when the run kept no such weights."""
+    if which == "model":
+        return state["model"]
+    if which == "ema":
+        if not state.get("ema"):
+            raise CheckpointError(f"{path} has no EMA weights (its run was trained without --ema).")
+        return state["ema"]["module"]
+    if which == "swa":
+        swa = state.get("swa")
+        if not swa or int(swa["n_averaged"]) == 0:
+            raise CheckpointError(f"{path} has no SWA average (its run had no --swa-start, or had not reached it).")
+        return {k[len("module."):]: v for k, v in swa.items() if k.startswith("module.")}
+    raise ValueError(f"unknown weights {which!r}; expected 'model', 'ema' or 'swa'")
 
 
-class PreemptionSignals:
-    """SIGTERM / SIGUSR1 set a flag instead of killing the process.
+# ------------------------------------------------------------------------------------------ a run's state
 
-    Clusters (SLURM, Kubernetes) send one of these before they kill a job, usually to the whole process group,
-    DataLoader workers included (`imnet.data` makes the workers ignore them: the main process decides). The
-    training loop reads ``requested`` after each step, writes ``last.pt`` and exits 0; ``--resume auto`` then
-    continues exactly. train.py installs the handler first thing, so a signal during startup is not lost.
-
-    ``deferred()`` blocks the signals for a stretch (kept pending, delivered at its end) where worker
-    processes are forked: a child starts with the blocked mask and stays immune until its worker init has
-    set the signals to "ignore" - otherwise a signal in that instant would kill a just-forked worker.
-    """
-
-    SIGNALS = _signals("SIGTERM", "SIGUSR1")
-
-    def __init__(self):
-        self.requested = False
-        self.signum = None
-        self._old = {}
-
-    def _handler(self, signum, frame):
-        self.requested = True
-        self.signum = signum
-
-    def install(self) -> "PreemptionSignals":
-        for s in self.SIGNALS:
-            self._old[s] = signal.signal(s, self._handler)
-        return self
-
-    def uninstall(self) -> None:
-        for s, h in self._old.items():
-            signal.signal(s, h)
-        self._old.clear()
-
-    @contextlib.contextmanager
-    def deferred(self):
-        if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no fork)
-            yield
-            return
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, self.SIGNALS)
-        try:
-            yield
-        finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+# Settings whose change does not change what the run computes: a resume notes nothing about them.
+IGNORED_ON_RESUME = ("resume", "config", "dry_run", "quiet", "workers", "device", "output", "data", "log_every",
+                     "save_every_minutes", "stop_at_step")
 
 
-# ------------------------------------------------------------------------------------------ the run folder
-
-def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie or another user's process counts). On Windows
-    os.kill(pid, 0) would terminate the process, so there every pid counts as alive."""
-    if os.name == "nt":
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-class RunLock:
-    """``OUTPUT/.lock``: one run writes into a run folder at a time.
-
-    The lock is an ``fcntl.flock`` on the file, which the kernel releases when the process dies however it
-    dies (kill -9 included), so a crashed run never leaves it stuck; the file's text (pid, host) only names
-    the owner in the refusal message. Where fcntl is absent (Windows) there is no lock (a note says so).
-    """
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".lock"
-        self._fh = None
-
-    def acquire(self) -> "RunLock":
-        try:
-            import fcntl
-        except ImportError:
-            print(f"note: no run-folder lock on this platform; do not start two runs into {self.path.parent}",
-                  flush=True)
-            return self
-        fh = open(self.path, "a+")
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            owner = fh.read().strip() or "unknown"
-            fh.close()
-            raise CheckpointError(f"Another run is writing into {self.path.parent} ({owner}). Two runs in one "
-                                  f"folder would interleave log.jsonl and overwrite each other's checkpoints. "
-                                  f"Wait for it to finish (or stop it), or pass another --output.") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()} on host {socket.gethostname()}\n")
-        fh.flush()
-        self._fh = fh
-        return self
-
-    def release(self) -> None:
-        if self._fh is not None:
-            self._fh.close()  # closing the file releases the flock
-            self._fh = None
+def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
+    """Refuse a resume that cannot continue the same run (another model, global batch, seed or class list);
+    return the other settings that changed, "name: then -> now"."""
+    then = state["config"]
+    problems = [f"{label} {then.get(key)} vs {getattr(cfg, key)}" for key, label in
+                (("model", "model"), ("global_batch_size", "global batch"), ("seed", "seed"))
+                if then.get(key) != getattr(cfg, key)]
+    if list(state["classes"]) != list(classes):
+        problems.append(f"classes differ ({len(state['classes'])} in the checkpoint, {len(classes)} in the data)")
+    if problems:
+        raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(problems) + ". Resume with the settings "
+                              f"of the original run, or start a new run with another --output.")
+    plain = lambda v: list(v) if isinstance(v, tuple) else v  # config.json and checkpoints hold lists
+    return [f"{k}: {then[k]} -> {v}" for k, v in cfg.flags().items()
+            if k in then and k not in IGNORED_ON_RESUME and plain(then[k]) != plain(v)]
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete ``.NAME.tmp-PID`` files (from `save_atomic`) whose writer process is gone (a kill -9 mid-save
-    leaves one, tens of MB each). Those of live processes are left alone. Returns the removed paths."""
-    removed = []
-    for p in Path(folder).glob(".*.tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
-            p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_counter, info) -> None:
+    """Write the run's checkpoint to ``path``. Every rank takes part (the epoch's partial metric sums are summed
+    over the ranks and every rank's RNG state is gathered); rank 0 writes."""
+    meter_state = meter.state_dict()
+    if info.distributed:  # one copy of the epoch's partial sums: the sum over ranks
+        meter_state = {k: dist.all_reduce_sum(v.to(info.device)).cpu() if torch.is_tensor(v) else v
+                       for k, v in meter_state.items()}
+    rngs = dist.gather_object(rng_state())
+    if not info.is_main:
+        return
+    import imnet
+    save_atomic(make_state(
+        model=parts.model.state_dict(), optimizer=parts.optimizer.state_dict(), progress=progress,
+        config=cfg.to_dict(), classes=classes, ema=parts.ema.state_dict() if parts.ema else None,
+        swa=parts.swa.state_dict() if parts.swa is not None else None,
+        scaler=parts.scaler.state_dict() if parts.scaler else None, meter=meter_state, rngs=rngs,
+        bad_images=bad_counter.state_dict(), imnet_version=imnet.__version__), path)
+
+
+def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
+    """Load the checkpoint at ``path`` of this run into every stateful piece (`save`'s counterpart); -> where the
+    run was. Settings that changed since are noted in the log."""
+    state = read_state(path)
+    for change in check_compatible(state, cfg, classes, path):
+        log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
+    parts.model.load_state_dict(state["model"])
+    parts.optimizer.load_state_dict(state["optimizer"])
+    if parts.ema is not None and state.get("ema") is not None:
+        parts.ema.load_state_dict(state["ema"])
+    if parts.swa is not None and state.get("swa") is not None:
+        parts.swa.load_state_dict(state["swa"])
+    if parts.scaler is not None and state.get("scaler"):
+        parts.scaler.load_state_dict(state["scaler"])
+    progress = progress_of(state)
+    if progress.step_in_epoch and info.is_main and state.get("meter") is not None:
+        meter.load_state_dict(state["meter"])  # rank 0 carries the epoch's partial sums of all ranks
+    if info.rank < len(state["rng"]):
+        set_rng_state(state["rng"][info.rank])
+    if state.get("bad_images"):
+        bad_counter.load_state_dict(state["bad_images"])
+    log.event("resume", echo=f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}",
+              path=str(path), epoch=progress.epoch, step_in_epoch=progress.step_in_epoch)
+    return progress

@@ -12,7 +12,6 @@ the command line. The evaluation policy has one more rule, because three flags d
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -21,27 +20,24 @@ from pathlib import Path
 
 import torch
 
+from imnet.atomic import write_text
+from imnet.errors import UsageError
+from imnet.flags import AMP_CHOICES, DECODE_MODES
 from imnet.models import fixed_input_size
+from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
 
 DEFAULT_CROP_PCT = 0.875  # 224 -> 256, the classic AlexNet/ResNet evaluation
-DECODE_MODES = ("full", "reduced")
-AMP_DTYPES = {"none": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
+
+# The evaluation-policy flags (train.py's and eval.py's, imnet.flags.add_eval_policy_flags) -> EvalPolicy fields.
+EVAL_FLAGS = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "crop_pct": "crop_pct",
+              "val_interpolation": "interpolation", "val_decode": "decode"}
 
 
-class ConfigError(Exception):
+class ConfigError(UsageError):
     """Contradictory or impossible settings; printed as one paragraph with exit code 2."""
-
-
-class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except None (not set; the help text says what unset means) and False
-    (switches), so that no help line reads "(default: None)"."""
-
-    def _get_help_string(self, action):
-        if action.default is None or action.default is False or action.default == argparse.SUPPRESS:
-            return action.help
-        return super()._get_help_string(action)
 
 
 # ------------------------------------------------------------------------------------------ eval policy
@@ -145,6 +141,33 @@ def _resize_for(crop: int, crop_pct: float) -> int:
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must be in (0, 1] (got {crop_pct}); 0.875 gives the classic 224 -> 256.")
     return int(math.floor(crop / crop_pct))
+
+
+def policy_keys(flags: dict) -> dict:
+    """The evaluation-policy flags among ``flags`` (dest -> value) as resolve_eval_policy's keys; train.py's
+    --interpolation (training and evaluation) stands in for --val-interpolation when that is absent."""
+    out = {key: flags[flag] for flag, key in EVAL_FLAGS.items() if flag in flags}
+    if out.get("interpolation") is None and flags.get("interpolation") is not None:
+        out["interpolation"] = flags["interpolation"]
+    return out
+
+
+def policy_mismatch(now: EvalPolicy, then: EvalPolicy, then_name: str) -> list[str]:
+    """The one comparison of two evaluation policies: what makes an accuracy measured under ``now`` not comparable
+    with one measured under ``then`` (a recipe's, or the one a checkpoint was validated with, named ``then_name``).
+    -> "resize policy mismatch: ..." and/or "normalization mismatch: ..." sentences (empty: comparable)."""
+    out = []
+    a, b = (now.resize_size, now.crop_size, now.interpolation), (then.resize_size, then.crop_size, then.interpolation)
+    if a != b:
+        out.append(f"resize policy mismatch: this evaluation uses resize {a[0]} / crop {a[1]} / {a[2]}, {then_name} "
+                   f"used resize {b[0]} / crop {b[1]} / {b[2]}. Accuracy depends on the eval resize, crop and "
+                   f"interpolation by several tenths of a point, so the figures are not comparable.")
+    close = lambda x, y: all(abs(u - v) <= 1e-6 for u, v in zip(x, y))
+    if not (close(now.mean, then.mean) and close(now.std, then.std)):
+        out.append(f"normalization mismatch: this evaluation uses mean {list(now.mean)} std {list(now.std)}, "
+                   f"{then_name} used mean {list(then.mean)} std {list(then.std)}: the model sees other inputs than "
+                   f"it was trained on.")
+    return out
 
 
 # ------------------------------------------------------------------------------------------ training
@@ -299,42 +322,20 @@ class Config:
 
 
 FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
-EVAL_FLAGS = ("val_crop_size", "val_resize_size", "crop_pct", "val_decode", "val_interpolation")  # -> eval_policy
-
-
-def flag_names() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)[:FLAG_FIELDS]] + list(EVAL_FLAGS)
 
 
 def resolve(below: dict, given: dict, world_size: int) -> Config:
     """-> the run's Config, from every flag's value below the command line (argparse default, recipe, config
-    file), the flags given on the command line, and the world size. Contradictions raise ConfigError."""
+    file), the flags given on the command line, and the world size. Each value is already within its own valid
+    range (imnet.flags checks them one by one); contradictions between them raise ConfigError here."""
     f = {**below, **given}
-    for name in ("epochs", "batch_size", "accum_steps", "train_crop_size", "val_crop_size", "ema_every", "log_every",
-                 "ra_reps"):
-        if f[name] is not None and f[name] < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1 (got {f[name]}).")
-    if not 0 < f["crop_scale"][0] <= f["crop_scale"][1] <= 1:
-        raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need 0 < MIN <= MAX <= 1.")
-    if f["mixup"] < 0 or f["cutmix"] < 0 or not 0 <= f["label_smoothing"] < 1:
-        raise ConfigError("--mixup and --cutmix must be >= 0 and --label-smoothing in [0, 1).")
+    if f["crop_scale"][0] > f["crop_scale"][1]:
+        raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need MIN <= MAX.")
     if f["sched"] == "step" and sorted(f["lr_milestones"]) != list(f["lr_milestones"]):
         raise ConfigError(f"--lr-milestones must be increasing (got {f['lr_milestones']}).")
     if f["warmup_epochs"] >= f["epochs"] and f["warmup_epochs"] > 0:
         raise ConfigError(f"--warmup-epochs {f['warmup_epochs']} is not shorter than --epochs {f['epochs']}: "
                           f"the run would never leave warmup.")
-    if f["ema"] and not 0 < f["ema_decay"] < 1:
-        raise ConfigError(f"--ema-decay must be in (0, 1) (got {f['ema_decay']}).")
-    if f["workers"] < 0:
-        raise ConfigError(f"--workers must be >= 0 (got {f['workers']}); 0 loads data in the training process.")
-    for name in ("lr", "lr_base", "momentum", "weight_decay", "min_lr", "clip_grad"):
-        if f[name] is not None and not f[name] >= 0:  # (also refuses NaN)
-            raise ConfigError(f"--{name.replace('_', '-')} must be >= 0 (got {f[name]}): learning rates, momentum, "
-                              f"weight decay and the clipping norm are magnitudes.")
-    if f["amp"] not in AMP_DTYPES:
-        raise ConfigError(f"--amp must be one of {', '.join(AMP_DTYPES)} (got {f['amp']!r}).")
-    if f["eval_every"] < 0:
-        raise ConfigError(f"--eval-every must be >= 0 (got {f['eval_every']}); 0 evaluates after the last epoch only.")
 
     check_progressive(f, given)
 
@@ -349,18 +350,12 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     lr_given = f["lr"] is not None  # recipes give --lr-base; only the user (or a config file) sets --lr
     lr = f["lr"] if f["lr"] is not None else scale_lr(f["lr_base"], total)
 
-    eval_keys = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "crop_pct": "crop_pct",
-                 "interpolation": "interpolation", "val_decode": "decode"}
-    # --val-interpolation overrides --interpolation (which sets both) at the same layer.
-    pick = lambda layer: {**layer, "interpolation": layer.get("val_interpolation") or layer.get("interpolation")}
-    given_e, below_e = pick(given), pick(below)
-    policy = resolve_eval_policy({ours: given_e[flag] for flag, ours in eval_keys.items() if flag in given_e},
-                                 {ours: below_e.get(flag) for flag, ours in eval_keys.items()})
+    policy = resolve_eval_policy(policy_keys(given), policy_keys(below))
     if f["swa_start"] is not None:
         if not 1 <= f["swa_start"] <= f["epochs"]:
             raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "
                               f"{f['epochs']}): SWA averages the weights at the end of epochs swa_start..epochs.")
-        if f["swa_lr"] is None or f["swa_lr"] <= 0:
+        if f["swa_lr"] is None:
             raise ConfigError("--swa-start needs --swa-lr LR > 0, the constant learning rate of the SWA epochs "
                               "(Izmailov et al. use about the learning rate of the middle of the run, e.g. 0.05 "
                               "for SGD at batch 256).")
@@ -371,29 +366,29 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
                           f"use one of them.")
     if f["init_ema"] and not f["init_from"]:
         raise ConfigError("--init-ema takes the EMA weights of the --init-from checkpoint; give --init-from PATH.")
-    if f["sam"] < 0:
-        raise ConfigError(f"--sam is SAM's radius rho and must be >= 0 (got {f['sam']}; 0 turns SAM off).")
     if f["sam_adaptive"] and not f["sam"]:
         raise ConfigError("--sam-adaptive chooses ASAM for --sam RHO; give --sam too (ASAM uses rho about 10x "
                           "SAM's, e.g. 0.5).")
-    if f["sam"] > 0 and f["accum_steps"] > 1:
-        raise ConfigError(f"--sam with --accum-steps {f['accum_steps']}: SAM's ascent needs the gradient of the "
-                          f"whole batch before its second pass, so every micro-batch would have to be kept until "
-                          f"all first passes are done (and ascending per micro-batch is another algorithm, "
-                          f"m-sharpness). Use --accum-steps 1 with a batch that fits, or more processes.")
+    if f["sam"] > 0:
+        try:
+            check_accum_steps(f["accum_steps"])
+        except ValueError as e:
+            raise ConfigError(f"--sam with --accum-steps {f['accum_steps']}: {e}") from None
     if fixed_input_size(f["model"]) and policy.crop_size != f["train_crop_size"]:
         raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for "
                           f"--train-crop-size {f['train_crop_size']}), but the evaluation crop is "
                           f"{policy.crop_size}. Use --val-crop-size {f['train_crop_size']} (and a resize >= it), "
                           f"or train at the evaluation size.")
 
+    # Label smoothing has one home: folded into the soft targets of MixUp/CutMix when they are on (their mixer
+    # smooths every batch, mixed or not), else in the loss; never both.
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
     for key in ("crop_scale", "lr_milestones", "progressive_res", "progressive_epochs"):
         f[key] = tuple(f[key]) if f[key] is not None else None
     for key in EVAL_FLAGS:
         del f[key]
-    return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given, eval_policy=policy, mixing=mixing,
-                  loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
+    return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given,
+                  eval_policy=policy, mixing=mixing, loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
                   mix_label_smoothing=f["label_smoothing"] if mixing else 0.0)
 
 
@@ -430,25 +425,9 @@ def check_progressive(f: dict, given: dict) -> None:
     f["train_crop_size"] = end
 
 
-def read_config_file(path: str) -> dict:
-    """The flag values stored in a run's ``config.json`` (derived values are recomputed, not read)."""
-    try:
-        with open(path) as fh:
-            d = json.load(fh)
-    except (OSError, ValueError) as e:
-        raise ConfigError(f"Cannot read --config {path}: {e}. Pass a config.json written by train.py.") from None
-    if not isinstance(d, dict):
-        raise ConfigError(f"--config {path} holds a {type(d).__name__}, not a JSON object of settings.")
-    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(Config)} - set(EVAL_FLAGS))
-    if unknown:
-        raise ConfigError(f"--config {path} has unknown settings {unknown}; was it written by another version?")
-    return {k: v for k, v in d.items() if k in flag_names()}
-
-
 def write_config_file(cfg: Config, path: Path) -> None:
-    """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values."""
+    """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values
+    (``--config`` reads it back through imnet.flags.read_config_file)."""
     d = cfg.to_dict()
     d.update(cfg.flags())
-    tmp = Path(path).with_name(f".{Path(path).name}.tmp")
-    tmp.write_text(json.dumps(d, indent=2, sort_keys=False) + "\n")
-    tmp.replace(path)
+    write_text(path, json.dumps(d, indent=2, sort_keys=False) + "\n")

@@ -43,6 +43,7 @@ from PIL import Image
 
 from imnet.folders import DataError  # noqa: F401  (defined there; imnet.data.DataError is the same class)
 from imnet.folders import display_path, order_listing, short_list, walk_images
+from imnet.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
 
 # Decompression-bomb bound, in pixels (width x height), enforced while the transform opens a file.
@@ -474,16 +475,13 @@ def _worker_init(worker_id: int) -> None:
     torch.set_num_threads(1)
 
 
-PREEMPTION_SIGNALS = tuple(getattr(signal, n) for n in ("SIGTERM", "SIGUSR1") if hasattr(signal, n))
-
-
 def _preemptible_worker_init(worker_id: int) -> None:
     """Worker init of a training loader: schedulers (SLURM, Kubernetes) send SIGTERM to the whole process group.
     torch's worker handler exits on a SIGTERM that does not come from its parent, and the main process then dies
     with "DataLoader worker killed by signal" instead of saving its checkpoint. The main process decides:
     these workers ignore the preemption signals and stop when the main process shuts the loader down
     (`shutdown_workers`) or exits. train.py forks them with the signals blocked
-    (checkpoint.PreemptionSignals.deferred), so none arrives before this runs."""
+    (imnet.signals.PreemptionSignals.deferred), so none arrives before this runs."""
     _worker_init(worker_id)
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)

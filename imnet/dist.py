@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from imnet.errors import UsageError
+
 
 @dataclass
 class DistInfo:
@@ -37,7 +39,7 @@ def env_world_size() -> int:
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-class DeviceError(Exception):
+class DeviceError(UsageError):
     """The requested device does not exist here (printed as one paragraph, exit code 2)."""
 
 
@@ -87,17 +89,6 @@ def auto_amp(device: torch.device) -> str:
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "none"
-
-
-def message_of(error: BaseException) -> str:
-    """The one paragraph to print for a bad-input error. An error raised inside a DataLoader worker reaches the
-    main process with the worker's whole traceback in its message ("Caught DataError in DataLoader worker
-    process 0. Original Traceback ..."); only its last line, the original message, is for the user."""
-    text = str(error)
-    if "Original Traceback" in text:
-        last = text.rstrip().rsplit("\n", 1)[-1]
-        text = last.split(": ", 1)[1] if ": " in last else last
-    return text
 
 
 def cleanup() -> None:

@@ -15,9 +15,9 @@ DeiT models are torchvision's ``VisionTransformer`` at the DeiT widths (Touvron 
 their line names that class; ViT/DeiT lines carry ``image_size`` (the training crop), on which the position
 embedding's shape depends.
 
-Every load uses ``torch.load(..., weights_only=True)``. Bad input (a missing, empty or foreign file, ``--ema``
-without EMA weights, an output that cannot be written) prints one paragraph to stderr and exits with code 2.
-This module depends on torch, torchvision and the standard library only.
+Every load uses ``torch.load(..., weights_only=True)`` (imnet.checkpoint reads the file). Bad input (a missing,
+empty or foreign file, ``--ema`` without EMA weights, an output that cannot be written) prints one paragraph to
+stderr and exits with code 2.
 """
 
 from __future__ import annotations
@@ -31,72 +31,32 @@ from pathlib import Path
 
 import torch
 import torchvision
-from torchvision.models.vision_transformer import VisionTransformer
 
-from imnet.checkpoint import write_atomic
-from imnet.models import DEIT  # DeiT widths: train.py builds deit_* as torchvision's VisionTransformer with them
+from imnet import checkpoint, models
+from imnet.atomic import write_atomic
+from imnet.errors import UsageError
 
 
-class ExportError(Exception):
+class ExportError(UsageError):
     """Bad input; the message says what is wrong and what to do."""
 
 
 def load_checkpoint(path: Path) -> dict:
-    if not path.exists():
-        raise ExportError(f"'{path}' does not exist. Give a checkpoint written by train.py, e.g. RUN/best.pt "
-                          f"or RUN/last.pt in the run's --output folder.")
-    if not path.is_file():
+    """The train.py checkpoint at ``path`` (`imnet.checkpoint.read_state`: weights_only, schema checked)."""
+    if path.exists() and not path.is_file():
         raise ExportError(f"'{path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
-    if path.stat().st_size == 0:
-        raise ExportError(f"'{path}' is empty (0 bytes). train.py writes checkpoints atomically, so this file "
-                          f"was truncated or created elsewhere; use another checkpoint of the run (best.pt or "
-                          f"last.pt).")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises several types for truncated files and foreign pickles
-        first = (str(e).strip().splitlines() or [""])[0][:300]
-        raise ExportError(f"'{path}' cannot be read with torch.load(weights_only=True) ({type(e).__name__}: "
-                          f"{first}). It is corrupt or truncated, not a torch file, or holds objects other than "
-                          f"tensors and plain Python types, which are refused for safety.") from None
-    if not isinstance(ckpt, dict):
-        raise ExportError(f"'{path}' holds a {type(ckpt).__name__}, not a train.py checkpoint (a dict with "
-                          f"'model', 'classes' and 'config').")
-    if ckpt and all(torch.is_tensor(v) for v in ckpt.values()):
-        raise ExportError(f"'{path}' is already a plain state_dict (perhaps an exported model), not a train.py "
-                          f"checkpoint; there is nothing to export.")
-    config = ckpt.get("config") or ckpt.get("args")
-    missing = []
-    if not (isinstance(ckpt.get("model"), dict) and ckpt["model"]):
-        missing.append("model")
-    if not (isinstance(ckpt.get("classes"), (list, tuple)) and ckpt["classes"]):
-        missing.append("classes")
-    if not (isinstance(config, dict) and isinstance(config.get("model"), str)):
-        missing.append("config")
-    if missing:
-        raise ExportError(f"'{path}' is not a train.py checkpoint: it lacks {', '.join(map(repr, missing))} "
-                          f"(its keys: {', '.join(sorted(map(str, ckpt))[:12]) or 'none'}). train.py's "
-                          f"checkpoints hold the model's state_dict under 'model', the class names under "
-                          f"'classes' and the run's settings, with the model name, under 'config'.")
-    return ckpt
+    return checkpoint.read_state(path)
 
 
 def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, object, dict]:
-    """(the expression's callable name, the callable, keyword arguments) that build ``name`` as train.py did."""
-    if name in DEIT:
-        d = DEIT[name]
-        return "VisionTransformer", VisionTransformer, dict(
-            image_size=image_size, patch_size=16, num_layers=12, num_heads=d["num_heads"],
-            hidden_dim=d["hidden_dim"], mlp_dim=4 * d["hidden_dim"], num_classes=num_classes)
-    if name not in torchvision.models.list_models(module=torchvision.models):
+    """(the expression's callable name, the callable, keyword arguments) that build ``name`` as train.py did
+    (`imnet.models.constructor`)."""
+    try:
+        return models.constructor(name, num_classes, image_size)
+    except ValueError:
         raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
                           f"({torchvision.__version__}) nor deit_tiny/deit_small, so no torchvision line can "
-                          f"load it. Export with the torchvision version the run was trained with.")
-    kwargs: dict = {"num_classes": num_classes}
-    if name.startswith("vit_"):
-        kwargs["image_size"] = image_size
-    if name in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=True)  # train.py builds them without auxiliary heads
-    return name, getattr(torchvision.models, name), kwargs
+                          f"load it. Export with the torchvision version the run was trained with.") from None
 
 
 def sha256(path: Path) -> str:
@@ -110,16 +70,12 @@ def sha256(path: Path) -> str:
 def export(src: Path, out: Path, ema: bool) -> dict:
     """Write the plain state_dict and the class file; return what to print."""
     ckpt = load_checkpoint(src)
-    config = ckpt.get("config") or ckpt.get("args")
+    config = ckpt["config"]
     name, classes = config["model"], [str(c) for c in ckpt["classes"]]
-    if ema:
-        e = ckpt.get("ema")
-        if not (isinstance(e, dict) and isinstance(e.get("module"), dict) and e["module"]):
-            raise ExportError(f"'{src}' has no EMA weights (its run was trained without --ema). Export the "
-                              f"regular weights: drop --ema.")
-        state = e["module"]
-    else:
-        state = ckpt["model"]
+    if ema and not ckpt.get("ema"):
+        raise ExportError(f"'{src}' has no EMA weights (its run was trained without --ema). Export the "
+                          f"regular weights: drop --ema.")
+    state = checkpoint.weights_of(ckpt, "ema" if ema else "model", src)
     if any(("\n" in c or "\r" in c) for c in classes):
         raise ExportError("A class name contains a line break, so the class file (one name per line) cannot "
                           "hold it. Rename that class folder.")
@@ -173,7 +129,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         r = export(args.checkpoint, args.output, args.ema)
-    except ExportError as e:
+    except UsageError as e:
         print(f"imnet.export: {e}", file=sys.stderr)
         return 2
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731

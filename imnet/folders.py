@@ -31,6 +31,8 @@ import stat
 from operator import itemgetter
 from typing import Iterator
 
+from imnet.errors import UsageError
+
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively (ImageNet uses ".JPEG").
 # The one list of image extensions of the project: import it, do not copy it.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
@@ -38,7 +40,7 @@ IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tif
 _LAYOUT = "ROOT/<class name>/<image file>, e.g. ROOT/n01440764/n01440764_10026.JPEG"
 
 
-class DataError(Exception):
+class DataError(UsageError):
     """A problem with the data or the data flags. The message is one paragraph: what is wrong and how to fix
     it; train.py and eval.py print it and exit with code 2, without a traceback."""
 

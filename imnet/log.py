@@ -1,22 +1,47 @@
-"""Run logs: a console progress line, ``log.jsonl`` (every event), ``summary.csv`` (one row per epoch)
-and ``curves.svg``. Only rank 0 writes; the other ranks get a logger that does nothing.
+"""Run logs: the console progress line, ``log.jsonl`` (every event), ``summary.csv`` (one row per epoch, the row's
+keys defined here once) and ``curves.svg``. Only rank 0 writes; the other ranks get a logger that does nothing.
+
+The epoch's summary row: "epoch", "train_loss", "train_top1" (None under MixUp/CutMix, where accuracy against
+mixed labels means nothing), "lr", "epoch_time", "bad_images", "train_size", and the validation figures of each
+set of weights the run keeps, named by `val_key`: "val_top1" for the trained weights, "ema_val_top1" for their
+EMA, "swa_val_top1" for the SWA average (and _loss, _top5). train.py, eval.py and imnet.plot read these names
+from here.
+
+Imports no torch (imnet.plot and the --help path read this module).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 
-import torch
+from imnet.atomic import write_text
 
-SUMMARY_COLUMNS = ["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "epoch_time",
-                   "ema_val_loss", "ema_val_top1", "ema_val_top5", "swa_val_loss", "swa_val_top1", "swa_val_top5",
-                   "bad_images", "train_size"]
+WEIGHTS = ("model", "ema", "swa")   # the weights a run evaluates: trained, EMA, SWA average
+VAL_METRICS = ("loss", "top1", "top5")
+
+
+def val_key(weights: str, metric: str) -> str:
+    """The summary-row key of ``metric`` (loss, top1, top5) on the validation set for ``weights`` (model, ema,
+    swa): val_top1, ema_val_top1, swa_val_top5..."""
+    return f"val_{metric}" if weights == "model" else f"{weights}_val_{metric}"
+
+
+def val_row(weights: str, result) -> dict:
+    """An evaluation result (loss, top1, top5 attributes) as summary-row entries for ``weights``."""
+    row = {val_key(weights, m): getattr(result, m) for m in VAL_METRICS}
+    if weights == "model":
+        row["val_count"] = result.count
+    return row
+
+
+SUMMARY_COLUMNS = (["epoch", "train_loss", "train_top1", "val_loss", "val_top1", "val_top5", "lr", "epoch_time"]
+                   + [val_key(w, m) for w in WEIGHTS[1:] for m in VAL_METRICS] + ["bad_images", "train_size"])
 
 
 try:
@@ -25,10 +50,11 @@ except ImportError:  # Windows: no peak resident set size; the figure is reporte
     resource = None
 
 
-def peak_memory_gib(device: torch.device) -> float:
+def peak_memory_gib(device) -> float:
     """Peak memory of this process: CUDA allocator peak on GPU; on the CPU (and MPS) the max resident set
     size, which getrusage reports in kB on Linux but in bytes on macOS; NaN where unknown (Windows)."""
     if device.type == "cuda":
+        import torch
         return torch.cuda.max_memory_allocated(device) / 2**30
     if resource is None:
         return float("nan")
@@ -72,17 +98,13 @@ class RunLog:
         so that a resumed run's files hold exactly the epochs the weights went through)."""
         if not self.enabled:
             return
-        tmp = self.output / ".summary.csv.tmp"
-        with open(tmp, "w", newline="") as f:
-            w = csv.DictWriter(f, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore")
-            w.writeheader()
-            for row in history:
-                w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS})
-        os.replace(tmp, self.output / "summary.csv")
-        try:
-            from imnet.plot import write_curves_svg
-        except ImportError:  # plotting is optional; the CSV is the record
-            return
+        text = io.StringIO()
+        w = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
+        w.writeheader()
+        for row in history:
+            w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS})
+        write_text(self.output / "summary.csv", text.getvalue())
+        from imnet.plot import write_curves_svg
         write_curves_svg(history, self.output / "curves.svg", title=self.output.name)
 
 
@@ -94,7 +116,62 @@ def _fmt(v):
     return v
 
 
+# ------------------------------------------------------------------------------------ what a run reports
+
+class Window:
+    """The optimizer steps since the last log line: their summed loss (a device tensor, kept there until the line
+    is written: no host sync per step), how many, since when, and how long they waited for data."""
+
+    def __init__(self, zero):
+        self.loss, self.steps, self.data_time, self.t0 = zero, 0, 0.0, time.perf_counter()
+
+    def add(self, loss) -> None:
+        self.loss = self.loss + loss
+        self.steps += 1
+
+
 def progress_line(epoch: int, epochs: int, step: int, steps: int, loss: float, lr: float, img_s: float,
                   data_share: float, eta_s: float, mem_gib: float) -> str:
     return (f"epoch {epoch + 1}/{epochs}  step {step}/{steps}  loss {loss:.4f}  lr {lr:.3e}  "
             f"{img_s:,.0f} img/s  data {100 * data_share:.0f}%  eta {format_duration(eta_s)}  mem {mem_gib:.2f} GiB")
+
+
+def log_window(log: RunLog, cfg, progress, window: Window, grad_norm, eta: float, device) -> None:
+    """One progress line (console) and "train" event (log.jsonl) for the steps of ``window``."""
+    elapsed = max(time.perf_counter() - window.t0, 1e-9)
+    img_s, data_share = window.steps * cfg.global_batch_size / elapsed, window.data_time / elapsed
+    loss, lr, mem = float(window.loss / window.steps), cfg.lr_at(progress.global_step - 1), peak_memory_gib(device)
+    log.event("train", echo=progress_line(progress.epoch, cfg.epochs, progress.step_in_epoch, cfg.steps_per_epoch,
+                                          loss, lr, img_s, data_share, eta, mem),
+              epoch=progress.epoch, step=progress.step_in_epoch, global_step=progress.global_step, loss=loss, lr=lr,
+              img_per_s=img_s, data_share=data_share, grad_norm=float(grad_norm) if grad_norm is not None else None,
+              peak_mem_gib=mem)
+
+
+def train_row(cfg, train: dict, epoch: int, mixing: bool, bad_images: int) -> dict:
+    """The finished (0-based) ``epoch``'s summary row, training figures (``train``: the meter's loss and top1);
+    the validation figures are added by `val_row`."""
+    return {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": None if mixing else train["top1"],
+            "lr": cfg.lr_at((epoch + 1) * cfg.steps_per_epoch), "bad_images": bad_images}
+
+
+def epoch_line(row: dict) -> str:
+    s = f"epoch {row['epoch']} done in {row['epoch_time']:.1f}s: train loss {row['train_loss']:.4f}"
+    if row.get("val_top1") is not None:
+        s += f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f}"
+    for weights, name in (("ema", "EMA"), ("swa", "SWA")):
+        if row.get(val_key(weights, "top1")) is not None:
+            s += f"  {name} top-1 {row[val_key(weights, 'top1')]:.2f}"
+    return s
+
+
+def summary(log: RunLog, progress, output: Path, wall: float) -> None:
+    """The run's last words: final and best top-1, where its files are."""
+    last = progress.history[-1] if progress.history else {}
+    top1 = last.get("val_top1")
+    lines = [f"done in {wall / 60:.1f} min.",
+             f"final val top-1 {top1:.2f}%  top-5 {last.get('val_top5'):.2f}%" if top1 is not None else "no evaluation",
+             f"best val top-1 {progress.best_top1:.2f}%" if progress.best_top1 >= 0 else "",
+             f"checkpoints: {output / 'last.pt'}, {output / 'best.pt'}",
+             f"logs: {output / 'log.jsonl'}, {output / 'summary.csv'}; plot: {output / 'curves.svg'}"]
+    log.event("done", echo="\n".join(x for x in lines if x), wall_s=wall, final=last, best_top1=progress.best_top1)

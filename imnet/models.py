@@ -47,8 +47,40 @@ def model_names() -> list[str]:
     return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT)
 
 
+def check_name(name: str) -> None:
+    """ValueError (with the closest names) unless ``build_model`` knows ``name``."""
+    if name in model_names():
+        return
+    close = difflib.get_close_matches(name, model_names(), n=3)
+    hint = f" Did you mean {', '.join(close)}?" if close else ""
+    if "lite" in name.lower() and "efficientnet" in name.lower():
+        hint = (" EfficientNet-Lite is not in torchvision (timm has it); torchvision has efficientnet_b0 to "
+                "efficientnet_b7 and efficientnet_v2_s/m/l.")
+    raise ValueError(f"Unknown model '{name}'.{hint} Any torchvision classification model works "
+                     f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small.")
+
+
+def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str, object, dict]:
+    """How ``name`` is built, as (the callable's name in torchvision.models, the callable, its keyword arguments):
+    the one recipe for building a model by name, used by `build_model` and by imnet.export's loading line.
+    DeiT is torchvision's ``VisionTransformer`` at the DeiT widths; ViT/DeiT take ``image_size`` (their position
+    embedding has one entry per patch); googlenet and inception_v3 are built without their auxiliary heads."""
+    check_name(name)
+    if name in DEIT:
+        d = DEIT[name]
+        return "VisionTransformer", VisionTransformer, dict(
+            image_size=image_size, patch_size=16, num_layers=12, num_heads=d["num_heads"], hidden_dim=d["hidden_dim"],
+            mlp_dim=4 * d["hidden_dim"], num_classes=num_classes)
+    kwargs: dict = {"num_classes": num_classes}
+    if fixed_input_size(name):
+        kwargs["image_size"] = image_size
+    if name in ("googlenet", "inception_v3"):
+        kwargs.update(aux_logits=False, init_weights=True)
+    return name, getattr(torchvision.models, name), kwargs
+
+
 def build_model(name: str, num_classes: int, drop_path: float | None = None, image_size: int = 224) -> nn.Module:
-    """Build ``name`` with ``num_classes`` outputs and random weights.
+    """Build ``name`` with ``num_classes`` outputs and random weights (`constructor`).
 
     ``drop_path``: stochastic depth rate (Huang et al. 2016, "Deep Networks with Stochastic Depth"). None
     keeps the model's own default (e.g. 0.1 for convnext_tiny); a number is passed explicitly (0 disables
@@ -56,33 +88,15 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     branches with the linear depth rule of DeiT (rate i/(L-1) * drop_path for block i).
     ``image_size`` only matters for ViT/DeiT, whose position embedding has a fixed size.
     """
-    if name not in model_names():
-        close = difflib.get_close_matches(name, model_names(), n=3)
-        hint = f" Did you mean {', '.join(close)}?" if close else ""
-        if "lite" in name.lower() and "efficientnet" in name.lower():
-            hint = (" EfficientNet-Lite is not in torchvision (timm has it); torchvision has efficientnet_b0 to "
-                    "efficientnet_b7 and efficientnet_v2_s/m/l.")
-        raise ValueError(f"Unknown model '{name}'.{hint} Any torchvision classification model works "
-                         f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small.")
-    kwargs: dict = {"num_classes": num_classes}
+    _, build, kwargs = constructor(name, num_classes, image_size)
     is_vit = fixed_input_size(name)
-    if is_vit:
-        kwargs["image_size"] = image_size
     if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES):
         if not name.startswith(_FIXED_DROP_PATH):
             kwargs["stochastic_depth_prob"] = drop_path
     elif drop_path and not is_vit:
         raise ValueError(f"--drop-path {drop_path}: model '{name}' has no stochastic depth in torchvision. "
                          f"Use --drop-path 0, or a ConvNeXt, EfficientNet, Swin, MaxViT or ViT/DeiT model.")
-    if name in ("googlenet", "inception_v3"):
-        kwargs.update(aux_logits=False, init_weights=True)
-
-    if name in DEIT:
-        d = DEIT[name]
-        model = VisionTransformer(image_size=image_size, patch_size=16, num_layers=12, mlp_dim=4 * d["hidden_dim"],
-                                  num_classes=num_classes, num_heads=d["num_heads"], hidden_dim=d["hidden_dim"])
-    else:
-        model = torchvision.models.get_model(name, weights=None, **kwargs)
+    model = build(**kwargs)
     if is_vit and drop_path:
         add_vit_drop_path(model, drop_path)
     if drop_path is not None and name.startswith(_FIXED_DROP_PATH):
@@ -169,11 +183,10 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
     ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when missing or corrupt
     if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: read_state's schema check
         ckpt = checkpoint.check_state(ckpt, path)
-        if use_ema:
-            if not ckpt.get("ema"):
-                raise ValueError(f"--init-ema: {path} has no EMA weights (its run had no --ema); drop --init-ema.")
-            return ckpt["ema"]["module"], list(ckpt["classes"]), f"EMA weights of {path}"
-        return ckpt["model"], list(ckpt["classes"]), f"weights of {path}"
+        if use_ema and not ckpt.get("ema"):
+            raise ValueError(f"--init-ema: {path} has no EMA weights (its run had no --ema); drop --init-ema.")
+        state = checkpoint.weights_of(ckpt, "ema" if use_ema else "model", path)
+        return state, list(ckpt["classes"]), f"{'EMA weights' if use_ema else 'weights'} of {path}"
     if use_ema:
         raise ValueError(f"--init-ema reads the EMA weights of a train.py checkpoint, but {path} is a plain "
                          f"state_dict; drop --init-ema.")
@@ -204,7 +217,7 @@ def torchvision_weights(name: str, model: str | None = None):
 
 
 def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, source_classes: list | None = None,
-              classes: list | None = None) -> dict:
+              classes: list | None = None, what: str = "The initial weights") -> dict:
     """Copy ``state`` into ``model`` (built by `build_model` for ``classes``): every key must exist on both
     sides with the same shape, except
 
@@ -216,7 +229,8 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
       fine-tuning at 384).
 
     Returns {"loaded", "reinitialised", "interpolated"} key lists. Raises ValueError naming the keys when the
-    weights do not fit (missing or unexpected keys, or a shape mismatch outside the head)."""
+    weights do not fit (missing or unexpected keys, or a shape mismatch outside the head); ``what`` names the
+    weights in that message. (eval.py loads its weights with it too, and refuses a re-initialised head.)"""
     from torchvision.models.vision_transformer import interpolate_embeddings
     state = _strip(state)
     own = model.state_dict()
@@ -224,7 +238,7 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
     missing = sorted(set(own) - set(state) - head)
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
-        raise ValueError(f"The initial weights do not fit {name}: " + "; ".join(
+        raise ValueError(f"{what} do not fit {name}: " + "; ".join(
             f"{label} {len(keys)} tensors ({', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''})"
             for label, keys in (("missing", missing), ("unexpected", unexpected)) if keys)
             + ". Are they weights of another model? Pass the --model they were trained as.")
@@ -234,12 +248,12 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
         try:
             state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
         except ValueError as e:
-            raise ValueError(f"Cannot interpolate the position embedding of the initial weights: {e}") from None
+            raise ValueError(f"Cannot interpolate the position embedding of {what.lower()}: {e}") from None
         interpolated = [pos]
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(own[k].shape)} here" for k in sorted(own)
              if k not in head and state[k].shape != own[k].shape]
     if wrong:
-        raise ValueError(f"The initial weights do not fit {name}: {len(wrong)} tensors outside the classifier head "
+        raise ValueError(f"{what} do not fit {name}: {len(wrong)} tensors outside the classifier head "
                          f"have other shapes: {'; '.join(wrong[:8])}{' ...' if len(wrong) > 8 else ''}. Are they "
                          f"weights of another variant of the model?")
     same_classes = source_classes is None or classes is None or list(source_classes) == list(classes)

@@ -1,7 +1,7 @@
 """Training curves as a standalone SVG file (string building, no plotting library).
 
-Three panels, one point per epoch: loss (train, val), accuracy (val top-1, top-5, EMA top-1) and learning
-rate. Every series is one ``<polyline>`` carrying ``data-run`` / ``data-metric`` / ``data-series``
+Three panels, one point per epoch: loss (train, and validation of the trained, EMA and SWA weights), accuracy
+(validation top-1 and top-5 of each) and learning rate; the column names are imnet.log's. Every series is one ``<polyline>`` carrying ``data-run`` / ``data-metric`` / ``data-series``
 attributes, so the file is easy to check by machine, and a ``<title>`` that a browser shows on hover::
 
     python -m imnet.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
@@ -14,13 +14,15 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
+from imnet.atomic import write_text
+from imnet.log import WEIGHTS, val_key
+
 PANELS = (
-    ("Loss", ("train_loss", "val_loss", "ema_val_loss")),
-    ("Accuracy (%)", ("val_top1", "val_top5", "ema_val_top1", "ema_val_top5")),
+    ("Loss", ("train_loss", *(val_key(w, "loss") for w in WEIGHTS))),
+    ("Accuracy (%)", tuple(val_key(w, m) for w in WEIGHTS for m in ("top1", "top5"))),
     ("Learning rate", ("lr",)),
 )
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
@@ -159,18 +161,10 @@ def render_svg(runs: list[tuple[str, list[dict]]], title: str | None = None) -> 
     return "\n".join(out) + "\n"
 
 
-def _write(path, text: str) -> None:
-    """Write atomically (temp file + rename), so a browser or a crash never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_curves_svg(rows: list[dict], path, title: str | None = None, label: str = "run") -> None:
     """One run's curves; ``rows`` are summary.csv rows (dicts; numbers or numeric strings)."""
     rows = [{k: float(v) for k, v in r.items() if v not in (None, "")} for r in rows]
-    _write(path, render_svg([(label, rows)], title))
+    write_text(path, render_svg([(label, rows)], title))
 
 
 def write_overlay_svg(run_dirs, path, title: str | None = None) -> None:
@@ -182,7 +176,7 @@ def write_overlay_svg(run_dirs, path, title: str | None = None) -> None:
             label += "'"
         seen.add(label)
         runs.append((label, read_summary(d)))
-    _write(path, render_svg(runs, title))
+    write_text(path, render_svg(runs, title))
 
 
 def main(argv=None) -> int:

@@ -39,11 +39,12 @@ import csv
 import os
 import sys
 
+from imnet.errors import UsageError
 from imnet.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 SHOW = 10  # how many missing / extra names a report lists before summarising the rest
 
 
-class PrepareError(Exception):
+class PrepareError(UsageError):
     """Bad input: the message says what is wrong and how to fix it (printed without a traceback, exit 2)."""
 
 
@@ -248,7 +249,7 @@ def main(argv=None):
     try:
         labels = read_labels(args.labels, args.synsets)
         report = arrange_val(args.flat, labels, args.out)
-    except PrepareError as e:
+    except UsageError as e:
         print(f"prepare: error: {e}", file=sys.stderr)
         return 2
     print(f"prepare: {args.out}: {report['classes']} classes, {report['linked']} links made, "

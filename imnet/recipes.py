@@ -34,6 +34,8 @@ of the world size where the sources round it down to a multiple of 256 images.
 
 from __future__ import annotations
 
+from imnet.schedule import scale_lr
+
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
 # What `python train.py` (no arguments) must reach on the demo dataset: final val top-1 in percent.
@@ -242,7 +244,7 @@ def reference_global_batch(name: str) -> int:
 
 def reference_lr(name: str) -> float:
     """The source's learning rate: lr_base scaled linearly from 256 to the reference global batch."""
-    return RECIPES[name]["lr_base"] * reference_global_batch(name) / 256
+    return scale_lr(RECIPES[name]["lr_base"], reference_global_batch(name))
 
 
 def gpu_hours(name: str) -> float | None:

@@ -177,7 +177,7 @@ def check_accum_steps(accum_steps: int) -> None:
     """Raise ValueError for accum_steps > 1 (see the module docstring for why)."""
     if accum_steps > 1:
         raise ValueError(
-            f"SAM does not support gradient accumulation (accum_steps={accum_steps}): the ascent w + e needs "
-            f"the gradient of the whole batch before the second pass, so every micro-batch would have to be "
+            f"SAM does not support gradient accumulation (accum_steps={accum_steps}): SAM's ascent needs the "
+            f"gradient of the whole batch before its second pass, so every micro-batch would have to be "
             f"kept (or recomputed) until all first passes are done, and ascending per micro-batch is a "
             f"different algorithm (m-sharpness). Use accum_steps=1 with a batch that fits, or more processes.")

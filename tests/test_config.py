@@ -85,7 +85,7 @@ def data(tmp_path_factory) -> Path:
     (["--recipe", "deit_tiny", "--train-crop-size", "32", "--val-crop-size", "384", "--warmup-epochs", "0"],
      "takes inputs of one size only"),
     (["--model", "resnet18", "--val-crop-size", "64", "--val-resize-size", "48"], "smaller than the crop"),
-    (["--model", "resnet18", "--crop-pct", "1.2"], "crop_pct must be in (0, 1]"),
+    (["--model", "resnet18", "--crop-pct", "1.2"], "--crop-pct must be > 0 and <= 1 (got 1.2)"),
     (["--model", "resnet18", "--eval-every", "-1"], "--eval-every"),
     (["--model", "resnet18", "--progressive-res", "32", "64"], "go together"),
     (["--model", "resnet18", "--progressive-res", "40", "64", "--progressive-epochs", "0", "1"], "multiples of 16"),

@@ -20,7 +20,7 @@ import torch
 
 from conftest import REPO, make_imagefolder
 from imnet import data as imdata
-from imnet import engine, models
+from imnet import evaluation, models
 from imnet.config import EvalPolicy
 
 COMMON = ["--model", "convnext_tiny", "--drop-path", "0", "--epochs", "1", "--train-crop-size", "32",
@@ -102,7 +102,7 @@ def test_two_processes_equal_one_process_with_twice_the_batch(single, ddata, tmp
     policy = EvalPolicy(36, 32)
     val = imdata.ImageFolder(ddata / "val", state["classes"], policy.transform())
     loader = imdata.build_loader(val, imdata.EvalSampler(len(val)), batch_size=4, workers=0)
-    ref = engine.evaluate(model, loader, torch.device("cpu"), policy, 3)
+    ref = evaluation.evaluate(model, loader, torch.device("cpu"), policy, 3)
     assert ref.count == 15
     assert metrics["val_top1"] == ref.top1 and metrics["val_top5"] == ref.top5
     assert metrics["val_loss"] == pytest.approx(ref.loss, rel=1e-5)

@@ -408,7 +408,7 @@ def test_unwritable_outputs_are_refused_before_evaluating(three_images, ckpt, tm
     whole validation set); a path that did not exist is not left behind by the check."""
     def no_evaluation(*args, **kwargs):
         raise AssertionError("evaluated although the output cannot be written")
-    monkeypatch.setattr(imnet_eval.engine, "evaluate", no_evaluation)
+    monkeypatch.setattr(imnet_eval.evaluation, "evaluate", no_evaluation)
     a_file = tmp_path / "a_file"
     a_file.write_text("x")
     for flag, path, needle in (("--json", a_file / "r.json", "cannot write --json"),

@@ -16,6 +16,7 @@ import torch
 import torchvision
 
 from conftest import REPO
+from imnet.checkpoint import Progress, make_state
 
 CLASSES = ["cat", "dog", "fish"]
 
@@ -36,9 +37,9 @@ def resnet_ckpt(tmp_path_factory) -> Path:
     model = state_of(torchvision.models.resnet18, 0, num_classes=3)
     ema = state_of(torchvision.models.resnet18, 1, num_classes=3)
     n = sum(v.numel() for v in model.values() if v.is_floating_point())
-    ckpt = {"model": model, "ema": {"module": ema, "num_updates": 10, "decay": 0.999},
-            "optimizer": {"state": {0: {"momentum_buffer": torch.zeros(n)}}, "param_groups": []},
-            "classes": CLASSES, "config": {"model": "resnet18", "train_crop_size": 176}, "epoch": 3}
+    ckpt = make_state(model=model, ema={"module": ema, "num_updates": 10, "decay": 0.999},
+                      optimizer={"state": {0: {"momentum_buffer": torch.zeros(n)}}, "param_groups": []},
+                      classes=CLASSES, config={"model": "resnet18", "train_crop_size": 176}, progress=Progress(3))
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     torch.save(ckpt, path)
     return path
@@ -90,9 +91,8 @@ def test_deit_line_names_vision_transformer_with_the_training_crop(tmp_path):
     kwargs = dict(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
                   num_classes=3)
     src = tmp_path / "last.pt"
-    # "args" instead of "config": older checkpoints name the settings so.
-    torch.save({"model": state_of(VisionTransformer, 0, **kwargs), "ema": None, "classes": CLASSES,
-                "args": {"model": "deit_tiny", "train_crop_size": 32}}, src)
+    torch.save(make_state(model=state_of(VisionTransformer, 0, **kwargs), optimizer={}, classes=CLASSES,
+                          config={"model": "deit_tiny", "train_crop_size": 32}, progress=Progress()), src)
     out = tmp_path / "deit.pth"
     r = run_export(src, "-o", out)
     assert r.returncode == 0, r.stderr
@@ -111,7 +111,7 @@ def bad_cases(tmp: Path, good: Path) -> dict:
     torch.save({"epoch": 3, "note": "hello"}, tmp / "foreign.pt")
     no_ema = torch.load(good, map_location="cpu", weights_only=True)
     no_ema["ema"] = None
-    del no_ema["optimizer"]  # keeps the files small
+    no_ema["optimizer"] = {}  # keeps the files small
     torch.save(no_ema, tmp / "no_ema.pt")
     wrong = dict(no_ema, classes=["a", "b", "c", "d"])  # 4 names, a 3-way classifier
     torch.save(wrong, tmp / "mismatch.pt")

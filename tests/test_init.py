@@ -201,7 +201,7 @@ def test_eval_weights_prints_the_published_numbers_and_class_names(monkeypatch, 
     assert evaluate.main(args) == 0
     out, err = capsys.readouterr()
     assert "published by torchvision for ResNet18_Weights.IMAGENET1K_V1: acc@1 69.758%  acc@5 89.078%" in out
-    assert "training validated with resize 256 / crop 224 / bilinear" in err  # the card's policy
+    assert "the training run's validation used resize 256 / crop 224 / bilinear" in err  # the card's policy
     r = json.loads((tmp_path / "r.json").read_text())
     assert r["published"] == {"acc@1": 69.758, "acc@5": 89.078} and r["count"] == 1000
     assert r["per_class"]["n00000000"]["name"] == "tench" and r["per_class"]["n00000001"]["name"] == "goldfish"

@@ -61,6 +61,25 @@ def test_one_series_per_metric(tmp_path):
     assert "ema_val_top1" not in [p.get("data-metric") for p in polylines(out)]
 
 
+def test_swa_curves_are_drawn_from_the_run_log_columns(tmp_path):
+    """The columns a run with --swa-start writes (imnet.log.val_key) are drawn: loss and accuracy of the average,
+    in the panels of the other weights' curves."""
+    from imnet.log import SUMMARY_COLUMNS, val_key
+    data = rows(ema=True)
+    for r in data[3:]:  # SWA starts at epoch 4: no point before
+        r.update({val_key("swa", "loss"): r["val_loss"] - 0.1, val_key("swa", "top1"): r["val_top1"] + 1.0,
+                  val_key("swa", "top5"): r["val_top5"]})
+    assert {"swa_val_loss", "swa_val_top1", "swa_val_top5"} <= set(SUMMARY_COLUMNS)
+    out = tmp_path / "curves.svg"
+    write_curves_svg(data, out)
+    by_metric = {p.get("data-metric"): p for p in polylines(out)}
+    assert {"swa_val_loss", "swa_val_top1", "swa_val_top5"} <= set(by_metric)
+    assert len(points(by_metric["swa_val_top1"])) == len(data) - 3
+    root = ET.parse(out).getroot()
+    panel_of = {p.get("data-metric"): g.get("data-panel") for g in root.iter(SVG + "g") for p in g.iter(SVG + "polyline")}
+    assert panel_of["swa_val_top1"] == panel_of["val_top1"] and panel_of["swa_val_loss"] == panel_of["val_loss"]
+
+
 def test_points_map_monotonically_to_values(tmp_path):
     data = rows(ema=True)
     out = tmp_path / "curves.svg"

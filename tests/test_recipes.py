@@ -271,11 +271,6 @@ def test_audit_eval_policy_differs():
     assert audit(config("deit_small", val_resize_size=None)) == []
 
 
-def test_audit_label_smoothing_twice():
-    cfg = dataclasses.replace(config("deit_tiny"), loss_label_smoothing=0.1)
-    one(audit(cfg), "applied twice")
-
-
 def test_audit_lr_not_rescaled():
     w = one(audit(config("resnet50", world_size=4, lr=0.5)), "--lr 0.5")
     assert "global batch of 1024" in w and "512" in w and "0.25" in w

@@ -1,4 +1,4 @@
-"""engine.train_step on a tiny model: fp16 loss scaling unscales before clipping, skipped inf steps,
+"""train.py's train_step on a tiny model: fp16 loss scaling unscales before clipping, skipped inf steps,
 accumulation, and the NaN guard."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from imnet import engine
+import train
 from imnet.metrics import Meter
 
 
@@ -30,11 +30,12 @@ def run(model, loader, steps, scaler=None, clip=0.0, accum=1, lr=0.5):
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     cfg = SimpleNamespace(lr_at=lambda s: lr, accum_steps=accum, clip_grad=clip, channels_last=False, seed=0,
                           random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None)
-    parts = engine.Parts(model=model, train_model=model, optimizer=opt, device=torch.device("cpu"), scaler=scaler)
-    guard, it = engine.NonFiniteGuard("cpu"), iter(loader)
+    parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
+                        scaler=scaler)
+    guard, it = train.NonFiniteGuard("cpu"), iter(loader)
     for step in range(steps):
         micro = [next(it)[:2] for _ in range(accum)]
-        loss, _ = engine.train_step(cfg, parts, micro, 0, step, step, Meter("cpu"))
+        loss, _ = train.train_step(cfg, parts, micro, 0, step, step, Meter("cpu"))
         guard.update(loss, step)
     guard.check()
     return model, SimpleNamespace(global_step=steps)
@@ -82,12 +83,37 @@ def test_nonfinite_loss_raises_with_the_step():
     model = tiny_model()
     with torch.no_grad():
         model[-1].bias.fill_(float("nan"))
-    with pytest.raises(engine.NonFiniteLoss) as e:
+    with pytest.raises(train.NonFiniteLoss) as e:
         run(model, batches(2), 2)
     assert e.value.step == 0
 
 
 def test_step_seed_depends_only_on_its_inputs():
-    assert engine.step_seed(0, 1, 2, 3) == engine.step_seed(0, 1, 2, 3)
-    seeds = {engine.step_seed(s, e, m, r) for s in (0, 1) for e in (0, 1) for m in (0, 1) for r in (0, 1)}
+    assert train.step_seed(0, 1, 2, 3) == train.step_seed(0, 1, 2, 3)
+    seeds = {train.step_seed(s, e, m, r) for s in (0, 1) for e in (0, 1) for m in (0, 1) for r in (0, 1)}
     assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)
+
+
+def test_label_smoothing_is_applied_once_with_mixing():
+    """The Config decides where label smoothing goes: into the MixUp/CutMix targets (the mixer smooths every
+    batch, mixed or not) and then not into the loss. A step whose batch is not mixed (mix_prob 0) must therefore
+    have the loss of smoothing applied once: F.cross_entropy(label_smoothing=0.1) of the same logits."""
+    import torch.nn.functional as F
+
+    from imnet import config, dist
+    from imnet.data import to_device
+    from imnet.optim import param_groups
+    below, given = train.parse_args(["--data", "d", "--output", "o", "--mixup", "0.2", "--mix-prob", "0",
+                                     "--label-smoothing", "0.1", "--opt", "sgd", "--lr", "0.1", "--epochs", "1",
+                                     "--batch-size", "4"])
+    cfg = config.resolve(below, given, 1).with_data(8, 1, 3)
+    assert (cfg.mix_label_smoothing, cfg.loss_label_smoothing) == (0.1, 0.0)
+    model = tiny_model()
+    parts = train.build_parts(cfg, model, param_groups(model, 0.0), 3, dist.DistInfo())
+    assert parts.mixer.label_smoothing == 0.1
+    images, labels, _ = batches(1)[0]
+    with torch.no_grad():
+        logits = copy.deepcopy(model)(to_device(images, labels, "cpu")[0])
+    loss, _ = train.train_step(cfg, parts, [(images, labels)], 0, 0, 0, Meter("cpu"))
+    torch.testing.assert_close(loss, F.cross_entropy(logits, labels, label_smoothing=0.1), rtol=1e-6, atol=1e-6)
+    assert not torch.isclose(loss, F.cross_entropy(logits, labels, label_smoothing=0.2), rtol=1e-4)  # not twice

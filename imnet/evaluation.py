@@ -1,0 +1,90 @@
+"""One evaluation pass (`evaluate`): loss, top-1 and top-5 of a model on a loader, exact over any number of ranks.
+
+The eval sampler (`imnet.data.EvalSampler`) gives every image to exactly one rank with no padding, and the sums
+(not the means) are reduced across ranks, so the figures equal a single-process evaluation whatever the world
+size and the size of the last batch. Test-time views (`imnet.tta`) are made on the device from the uint8 batch.
+train.py evaluates with it after each epoch; eval.py for a checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from imnet import dist
+from imnet.losses import cross_entropy
+from imnet.metrics import Meter
+from imnet.transforms import normalize
+from imnet.tta import make_views
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    """torch.autocast on ``device`` in ``dtype``, or nothing for None (fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+@dataclass
+class EvalResult:
+    """Figures summed over all ranks, plus this rank's per-image predictions (in its sampler's order)."""
+    loss: float
+    top1: float
+    top5: float
+    count: int
+    confusion: torch.Tensor   # (C, C) int64 [true, predicted top-1], all ranks
+    top_idx: torch.Tensor     # (n, k) this rank's top-k classes per image
+    top_prob: torch.Tensor    # (n, k) their probabilities
+    labels: torch.Tensor      # (n,)
+    unreadable: list          # this rank's unreadable files (their slots held substitute images)
+    views: int = 1
+
+    def metrics(self) -> dict:
+        return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count}
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes: int, tta: str = "none",
+             amp_dtype=None, channels_last: bool = False) -> EvalResult:
+    """Loss, top-1, top-5 (percent) and count over this rank's shard, summed over all ranks.
+
+    The eval sampler gives every image to exactly one rank with no padding, and Meter sums counts (not
+    means) across ranks, so the figures equal a single-process evaluation whatever the world size. With
+    test-time views (``tta``: see `imnet.tta`) the softmax probabilities of the views are averaged and the
+    loss is the cross-entropy of that average. Nothing is read back to the host inside the loop.
+    """
+    model.eval()
+    meter = Meter(device)
+    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    k = min(5, num_classes)
+    top_idx, top_prob, all_labels, bad, v = [], [], [], [], 1
+    for images, labels, bad_paths in loader:
+        bad += bad_paths
+        images = images.to(device, non_blocking=True)
+        labels = labels.to(device, non_blocking=True)
+        views, v = make_views(images, tta)
+        x = normalize(views, policy.mean, policy.std, channels_last=channels_last)
+        with autocast(device, amp_dtype):
+            logits = model(x).float()
+        if v == 1:
+            scores, probs = logits, logits.softmax(dim=1)
+            loss = cross_entropy(logits, labels)
+        else:  # cross-entropy of the averaged distribution; tiny floor so that p = 0 gives a large, finite loss
+            scores = probs = logits.softmax(dim=1).view(images.shape[0], v, -1).mean(dim=1)
+            loss = F.nll_loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
+        meter.update(loss, scores, labels, n=labels.shape[0])
+        ranked = scores.topk(k, dim=1).indices
+        confusion += torch.bincount(labels * num_classes + ranked[:, 0], minlength=num_classes ** 2)
+        top_idx.append(ranked)
+        top_prob.append(probs.gather(1, ranked))
+        all_labels.append(labels)
+    m = meter.compute(distributed=True)
+    dist.all_reduce_sum(confusion)
+    cat = lambda xs, shape: torch.cat(xs).cpu() if xs else torch.zeros(shape)
+    return EvalResult(m["loss"], m["top1"], m["top5"], m["count"], confusion.view(num_classes, num_classes).cpu(),
+                      cat(top_idx, (0, k)).long(), cat(top_prob, (0, k)), cat(all_labels, (0,)).long(),
+                      sorted(set(bad)), v)
