@@ -44,7 +44,7 @@ from PIL import Image
 from imnet.folders import DataError  # noqa: F401  (defined there; imnet.data.DataError is the same class)
 from imnet.folders import display_path, order_listing, short_list, walk_images
 from imnet.signals import PREEMPTION_SIGNALS
-from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, normalize
+from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
 # Decompression-bomb bound, in pixels (width x height), enforced while the transform opens a file.
 # 2**27 = 134 million pixels is about 400 MB once decoded to RGB: far above ordinary photographs (a 60 MP
@@ -231,11 +231,16 @@ class ImageFolder(torch.utils.data.Dataset):
     state to follow it (persistent workers keep their own copy of the dataset, which is never updated). It
     must be picklable (a module-level function or a functools.partial of one) for spawned workers.
 
-    A file the transform cannot read (truncated, zero bytes, not an image, more than `max_pixels` pixels:
-    any Exception from the transform) is replaced by sample ``derive_seed(2, seed, epoch, index, attempt) %
-    n`` for attempt = 1, 2, ...: a pseudo-random other sample, so a bad file does not always duplicate its
-    neighbour of the same class. After `max_tries` failed attempts (the data set is mostly unreadable, or
-    the transform itself is broken) DataError is raised, chained to the last error.
+    A file the transform cannot read (truncated, zero bytes, not an image, more than `max_pixels` pixels, a
+    16-bit or float image whose range is unknown) is replaced by sample ``derive_seed(2, seed, epoch, index,
+    attempt) % n`` for attempt = 1, 2, ...: a pseudo-random other sample, so a bad file does not always
+    duplicate its neighbour of the same class. After `max_tries` failed attempts (the data set is mostly
+    unreadable) DataError is raised, chained to the last error.
+
+    When the transform raises, the file is decoded again on its own (`file_error`; only on this failure
+    path, so reading costs nothing more): if it decodes, the fault is the transform's (a bad setting such as
+    a RandAugment magnitude out of range, a bug) and DataError is raised at once, naming the transform, the
+    file and the error, instead of replacing every image and blaming the data set.
     """
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
@@ -304,6 +309,14 @@ class ImageFolder(torch.utils.data.Dataset):
             try:
                 image = self._read(path, seed, epoch)
             except Exception as exc:  # anything a broken file can make PIL/torchvision raise
+                if file_error(path, self.max_pixels) is None:
+                    what = display_path(str(exc)).rstrip(".")
+                    raise DataError(
+                        f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}. The file "
+                        f"itself decodes, so this is not the file's fault and it is not replaced as an unreadable "
+                        f"image: the transform ({display_path(repr(self.transform))}) cannot run with its "
+                        f"settings. Check the augmentation settings (--auto-augment, --ra-magnitude, the crop and "
+                        f"resize sizes).") from exc
                 if path not in bad:
                     bad.append(path)
                 error = exc
@@ -316,8 +329,7 @@ class ImageFolder(torch.utils.data.Dataset):
         raise DataError(
             f"Could not read sample {index} of {display_path(self.root)!r} nor any of the {self.max_tries - 1} "
             f"replacements tried ({short_list(bad, 4)}); the last error was {type(error).__name__}: "
-            f"{display_path(str(error))}. Either most files are unreadable (check the copy of the data set) or "
-            f"the transform fails on every image.") from error
+            f"{display_path(str(error))}. Most files seem unreadable: check the copy of the data set.") from error
 
 
 class FakeData(torch.utils.data.Dataset):
@@ -557,17 +569,24 @@ def parse_max_bad(value, total: int) -> int:
     return math.floor(fraction * total)
 
 
-def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
-    """A short reason why `path` cannot be read, found by opening it with PIL again (used in messages;
-    printable even when the file name is not valid UTF-8)."""
+def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
+    """Why the file at `path` cannot be decoded, in a few words, or None when it decodes: read, opened and
+    converted to 8-bit RGB as the transforms do (imnet.transforms.load_rgb, which also refuses 16-bit and
+    float images of unknown range), under the same bound on pixels. Printable even when the file name is
+    not valid UTF-8."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
-        with _pil_guard(max_pixels), Image.open(path) as image:
-            image.load()
+        with _pil_guard(max_pixels):
+            load_rgb(path).load()
     except Exception as exc:
         return display_path(f"{type(exc).__name__}: {exc}")  # the error may quote a non-UTF-8 file name
-    return "PIL reads it; the transform failed on it"
+    return None
+
+
+def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
+    """A short reason why `path` cannot be read (used in messages): `file_error`'s."""
+    return file_error(path, max_pixels) or "it decodes; the transform failed on it"
 
 
 class BadImageCounter:

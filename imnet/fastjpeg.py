@@ -8,8 +8,9 @@ module only changes how the pixels of a given box are produced. Two levers:
   and greyscale JPEGs into an HWC-strided uint8 tensor without a PIL round trip, and the box is resized by
   torch's vectorized uint8 antialiased kernel - the kernel torchvision's ``Resize(antialias=True)`` calls,
   so the pixels are those of torchvision's tensor pipeline, about 2x faster than PIL's resize. Everything
-  else (CMYK/YCCK, palette, alpha, PNG data behind a .JPEG name, a PIL image passed in) is decoded by PIL
-  and ``convert("RGB")``.
+  else (CMYK/YCCK, palette, alpha, 16-bit, PNG data behind a .JPEG name, a PIL image passed in) is decoded
+  by PIL and converted to 8-bit RGB by the caller's function (transforms' ``to_rgb``: one conversion rule
+  whichever module decodes).
 * **Reduced-size ("draft") JPEG decoding**, opt-in per call. A baseline JPEG stores 8x8 blocks of DCT
   coefficients, and libjpeg can run a smaller inverse DCT to decode the image at 1/2, 1/4 or 1/8 of its
   size for a fraction of the cost (PIL's ``Image.draft``). The largest factor k is chosen at which the box,
@@ -25,7 +26,6 @@ import os
 
 import torch
 import torch.nn.functional as F
-import torchvision.transforms.functional as TF
 from PIL import Image
 from torchvision.io import ImageReadMode, decode_jpeg
 
@@ -82,23 +82,22 @@ def resize_tensor(x, size, interpolation):
     return out[0]
 
 
-def _rgb(im):
-    return im if im.mode == "RGB" else im.convert("RGB")
-
-
 class Source:
     """An image to transform: its ``size`` (width, height), and the decoders that may produce its pixels.
 
-    A file is read once into memory. A baseline/progressive RGB or greyscale JPEG within PIL's
-    decompression-bomb limit is recognised from its header alone (no PIL object is made unless needed) and
-    can go to libjpeg-turbo; anything else, and a PIL image passed in, is handled by PIL.
+    ``to_rgb(pil_image, name) -> 8-bit RGB PIL image`` converts whatever PIL decodes (transforms' `to_rgb`;
+    ``name`` is the path, for its messages). A file is read once into memory. A baseline/progressive RGB or
+    greyscale JPEG within PIL's decompression-bomb limit is recognised from its header alone (no PIL object
+    is made unless needed) and can go to libjpeg-turbo; anything else, and a PIL image passed in, is handled
+    by PIL. ``scale`` is the scale the image is decoded at: 1.0, or 1/k after `draft`.
     """
 
-    def __init__(self, src):
-        self.data, self.pil = None, None
+    def __init__(self, src, to_rgb):
+        self.data, self.pil, self.to_rgb, self.name, self.scale = None, None, to_rgb, None, 1.0
         if isinstance(src, Image.Image):
             self.pil = src
         elif isinstance(src, (str, os.PathLike)):
+            self.name = os.fspath(src)
             with open(src, "rb") as f:
                 self.data = f.read()
             head = jpeg_header(self.data)
@@ -117,23 +116,31 @@ class Source:
         return self.pil
 
     def draft(self, k):
-        """Ask for decoding at 1/k (only JPEG files read here; a PIL image passed in is left untouched).
-        -> the scale actually applied: 1 / k, or 1.0 when not possible."""
-        if k == 1 or self.data is None:
-            return 1.0
+        """Ask for decoding at 1/k (only JPEG files read here; a PIL image passed in is left untouched), once:
+        later calls keep the first answer. -> the scale applied (``self.scale``): 1 / k, or 1.0 when not
+        possible."""
+        if k == 1 or self.data is None or self.scale != 1.0:
+            return self.scale
         im = self.open()
         if im.format != "JPEG":
             return 1.0
         res = im.draft("RGB", (im.size[0] // k, im.size[1] // k))
-        return 1.0 if res is None else res[1][2] / self.size[0]  # PIL gives the full extent in reduced pixels
+        if res is not None:
+            self.scale = res[1][2] / self.size[0]  # PIL gives the full extent in reduced pixels
+        return self.scale
+
+    def draft_for(self, out_w, out_h):
+        """Decode at the smallest DCT scale at which the whole image still has ``out_w x out_h`` pixels
+        (`draft_factor`) -> the scale applied."""
+        return self.draft(draft_factor(self.size[0], self.size[1], out_w, out_h))
 
     def rgb_pil(self):
-        return _rgb(self.open())
+        return self.to_rgb(self.open(), self.name)
 
     def rgb_tensor(self):
         """Full-size RGB decode -> uint8 (3, H, W) tensor with HWC strides: libjpeg-turbo straight into the
-        tensor when the header allowed it, else PIL's ``convert("RGB")``. An error from libjpeg-turbo also
-        sends the file to PIL, which then reports it its own way."""
+        tensor when the header allowed it, else PIL and ``to_rgb``. An error from libjpeg-turbo also sends the
+        file to PIL, which then reports it its own way."""
         if self.pil is None:
             try:
                 return decode_jpeg(torch.frombuffer(bytearray(self.data), dtype=torch.uint8),
@@ -141,6 +148,11 @@ class Source:
             except RuntimeError:
                 pass
         return hwc_tensor(self.rgb_pil())
+
+    def resized(self, new_w, new_h, interpolation="bilinear"):
+        """The whole image, decoded at full size, resized to ``new_w x new_h`` -> uint8 (3, new_h, new_w), HWC
+        strides: torchvision's ``resize(pil_to_tensor(image), [new_h, new_w], antialias=True)``."""
+        return resize_tensor(self.rgb_tensor(), (new_h, new_w), interpolation)
 
     def resized_crop(self, top, left, height, width, size, interpolation="bilinear", draft=True):
         """The box ``(top, left, height, width)`` of the image, resized to ``size = (out_h, out_w)``
@@ -156,23 +168,3 @@ class Source:
             return hwc_tensor(self.rgb_pil().resize((out_w, out_h), _PIL_RESAMPLE[interpolation], box=box))
         x = self.rgb_tensor()[:, top:top + height, left:left + width]
         return resize_tensor(x, (out_h, out_w), interpolation)
-
-    def resize_center_crop(self, new_w, new_h, left, top, crop, interpolation="bilinear", draft=False):
-        """The image resized to ``new_w x new_h``, then the ``crop x crop`` square at ``(left, top)``, its
-        centre -> contiguous uint8 (3, crop, crop).
-
-        Without draft this equals torchvision's ``center_crop(resize(pil_to_tensor(image), [new_h, new_w],
-        antialias=True), [crop, crop])``, zero padding included when the crop is larger than the resized
-        image. With draft, a JPEG at least k times larger than ``new_w x new_h`` is decoded at 1/k and only
-        the kept square, mapped back to source coordinates (sub-pixel exact), is resampled by PIL."""
-        width, height = self.size
-        fits = crop <= new_w and crop <= new_h
-        s = self.draft(draft_factor(width, height, new_w, new_h)) if draft and fits else 1.0
-        if s < 1.0:
-            sx, sy = width / new_w, height / new_h
-            box = (left * sx * s, top * sy * s, min(width, (left + crop) * sx) * s, min(height, (top + crop) * sy) * s)
-            return hwc_tensor(self.rgb_pil().resize((crop, crop), _PIL_RESAMPLE[interpolation], box=box)).contiguous()
-        x = resize_tensor(self.rgb_tensor(), (new_h, new_w), interpolation)
-        if not fits:  # torchvision pads with zeros
-            return TF.center_crop(x, [crop, crop]).contiguous()
-        return x[:, top:top + crop, left:left + crop].contiguous()

@@ -7,24 +7,27 @@ A uint8 batch is 4x smaller to move between processes and to the accelerator tha
 
 * Training: RandomResizedCrop (`rrc_params`, Szegedy et al. 2015) -> horizontal flip -> optional
   RandAugment / TrivialAugment / AutoAugment (`TrainTransform`).
-* Evaluation: resize the shorter side, keep the centre square (`eval_geometry`, `EvalTransform`).
+* Evaluation: resize the shorter side, keep the centre square (`eval_geometry`, `EvalTransform`), or the
+  centre and the four corners (`eval_crops`, what 10-crop testing uses).
 
 All randomness of the train transform comes from torch's global RNG, drawn in the same order as
 torchvision's ``RandomResizedCrop.get_params`` and ``RandomHorizontalFlip``, so seeding torch before a call
 fixes the sample, and the same seed gives torchvision's boxes and flips.
 
-This file works on its own (standard library, torch, torchvision, PIL): images are decoded by PIL and
-resized by torchvision's antialiased uint8 kernel, so the output is torchvision's tensor pipeline pixel for
-pixel. When the companion module `fastjpeg` sits next to it, the same boxes are decoded and resized faster
-(libjpeg-turbo straight into a tensor, then the same kernel: the same pixels, as long as PIL's and
-torchvision's JPEG decoders agree, as libjpeg-turbo builds do), and with ``draft`` JPEGs may be decoded at
-a reduced DCT size (on by default for training, opt-in for evaluation). The geometry and the random draws
-are the same with or without it.
+This file works on its own (standard library, numpy, torch, torchvision, PIL): images are decoded by PIL
+(16-bit and float images scaled to 8 bits, not clipped: `to_rgb`) and resized by torchvision's antialiased
+uint8 kernel, so the output is torchvision's tensor pipeline pixel for pixel (evaluation of extreme aspect
+ratios excepted, whose work is bounded by the crop: `eval_crops`). When the companion module `fastjpeg`
+sits next to it, the same boxes are decoded and resized faster (libjpeg-turbo straight into a tensor, then
+the same kernel: the same pixels, as long as PIL's and torchvision's JPEG decoders agree, as libjpeg-turbo
+builds do), and with ``draft`` JPEGs may be decoded at a reduced DCT size (on by default for training,
+opt-in for evaluation). The geometry and the random draws are the same with or without it.
 """
 import functools
 import importlib
 import math
 
+import numpy as np
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2.functional as TF
@@ -34,6 +37,15 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 _TV_INTERP = {"bilinear": T.InterpolationMode.BILINEAR, "bicubic": T.InterpolationMode.BICUBIC}
+_PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
+
+DEFAULT_CROP_PCT = 0.875  # crop / resize of the classic evaluation: 224 -> 256 (AlexNet, ResNet)
+
+# Evaluation resizes the whole image (the canonical pixels) as long as the resized image has at most this many
+# times the pixels of the crop: every aspect ratio up to 16 crop_pct^2 : 1, i.e. 12:1 at 224/256 and 16:1 at
+# crop_pct 1. Beyond, only the region a crop keeps is resampled (`eval_crops`), so that a 1 x 20000 strip does
+# not become a 256 x 5,120,000 image (4 GB) to keep 224 x 224 of it.
+WHOLE_RESIZE_MAX = 16
 
 
 def _optional_sibling(name):
@@ -135,12 +147,30 @@ def random_erase(x, p=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), mode="pixel",
 
 # ----------------------------------------------------------------------------------------- geometry
 
+def resize_for_crop(crop_size, crop_pct=DEFAULT_CROP_PCT):
+    """The resize (shorter side) whose centre ``crop_size`` square is the fraction ``crop_pct`` of it:
+
+        resize = floor(crop_size / crop_pct)        (224 / 0.875 -> 256, 384 / 0.875 -> 438, 224 / 0.95 -> 235)
+
+    computed as timm's ``transforms_imagenet_eval`` does, on the float quotient, so that a model's published
+    ``crop_pct`` gives timm's resize. IEEE division rounds correctly, so the usual pairs are exact (288 / 0.9
+    = 320.0, 224 / 0.875 = 256.0); but where the true quotient is a whole number the float one can fall just
+    below it and lose one pixel, like timm: 535 / 0.535 = 999.9999999999999 -> 999, and a ratio passed as a
+    float, 17 / (17 / 25) = 24.999999999999996 -> 24. Pass ``crop_pct`` as a ``fractions.Fraction`` (e.g.
+    ``Fraction(crop, resize)`` of another policy) to get the exact floor. ``crop_pct`` must be positive; a
+    value above 1 gives a resize smaller than the crop, which `EvalTransform` pads with zeros.
+    """
+    if not crop_pct > 0:
+        raise ValueError(f"crop_pct must be positive (0.875 gives the classic 224 -> 256), got {crop_pct!r}")
+    return int(math.floor(crop_size / crop_pct))
+
+
 def resolve_eval_sizes(crop_size=224, resize_size=None, crop_pct=None):
     """-> (resize_size, crop_size). The shorter side is resized to ``resize_size``, then the centre
-    ``crop_size`` square is kept. Without ``resize_size``: ``floor(crop_size / crop_pct)``, with the
-    classic ``crop_pct = 0.875`` by default (224 -> 256, 384 -> 438)."""
+    ``crop_size`` square is kept. Without ``resize_size``: `resize_for_crop` (``crop_pct`` defaults to
+    `DEFAULT_CROP_PCT`)."""
     if resize_size is None:
-        resize_size = int(math.floor(crop_size / (0.875 if crop_pct is None else crop_pct)))
+        resize_size = resize_for_crop(crop_size, DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
     return int(resize_size), int(crop_size)
 
 
@@ -186,30 +216,119 @@ def eval_geometry(width, height, resize_size, crop_size):
         new_w, new_h = resize_size, int(resize_size * height / width)
     else:
         new_w, new_h = int(resize_size * width / height), resize_size
-    return new_w, new_h, int(round((new_w - crop_size) / 2.0)), int(round((new_h - crop_size) / 2.0))
+    return new_w, new_h, _centre(new_w, crop_size), _centre(new_h, crop_size)
 
 
-# ----------------------------------------------------------------------------------------- decoding
+def _centre(new, crop):
+    return int(round((new - crop) / 2.0))
+
+
+def five_crop_origins(new_w, new_h, crop_size):
+    """Torchvision's ``FiveCrop(crop_size)`` of a ``new_w x new_h`` image as the (left, top) of each square, in
+    its order: top-left, top-right, bottom-left, bottom-right, centre (the centre is `eval_geometry`'s)."""
+    c = crop_size
+    return [(0, 0), (new_w - c, 0), (0, new_h - c), (new_w - c, new_h - c), (_centre(new_w, c), _centre(new_h, c))]
+
+
+# ----------------------------------------------------------------------------------------- decoding, resampling
+
+def to_rgb(image, name=None):
+    """PIL image of any mode -> 8-bit RGB PIL image; ``name`` (the file) is for error messages.
+
+    8-bit modes (greyscale, palette, CMYK, alpha, ...) go through PIL's ``convert("RGB")``, as torchvision's
+    ``pil_loader`` does (alpha is dropped). Wider samples are scaled, where ``convert`` would clip them to
+    0..255 (a 16-bit PNG would turn almost all white):
+
+    * integer modes ("I;16", "I;16B", "I;16L": 16-bit greyscale; "I": 32-bit, which older Pillow uses for
+      16-bit PNGs) with every value in 0..65535 are 16-bit samples: ``v -> round(v * 255 / 65535)``;
+    * float "F" with every value in [0, 1]: ``v -> round(255 v)``.
+
+    Other values (an "I" image beyond 16 bits or negative, an "F" image outside [0, 1] or not finite) have no
+    known range, so no scaling can be trusted: ValueError, naming the file. (An "I" image holding 8-bit
+    values would be read as a dark 16-bit one; such files are rare.) 16-bit RGB and RGBA PNGs come out of
+    PIL's decoder as 8-bit "RGB"/"RGBA" already, keeping the high byte, ``floor(v / 256)``: within one grey
+    level of ``round(v * 255 / 65535)``, so they are taken as PIL gives them.
+    """
+    if image.mode == "RGB":
+        return image
+    if image.mode == "F" or image.mode.startswith("I"):
+        v = np.asarray(image)
+        lo, hi = (float(v.min()), float(v.max())) if v.size else (0.0, 0.0)
+        if image.mode == "F":
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
+                raise ValueError(f"{name or 'the image'}: a floating-point image with values from {lo:g} to "
+                                 f"{hi:g}, not in [0, 1], so its range is unknown and it cannot be scaled to "
+                                 f"8 bits. Save it as an 8- or 16-bit image (PNG) with the intended range.")
+            v8 = np.rint(v * np.float32(255))
+        else:
+            if not (0 <= lo and hi <= 65535):
+                raise ValueError(f"{name or 'the image'}: an integer image (PIL mode {image.mode}) with values "
+                                 f"from {lo:.0f} to {hi:.0f}, beyond 16 bits, so its range is unknown and it "
+                                 f"cannot be scaled to 8 bits. Save it as an 8- or 16-bit image (PNG).")
+            v8 = (v.astype(np.int32) + 128) // 257  # = round(v / 257) = round(v * 255 / 65535), no ties
+        return Image.fromarray(v8.astype(np.uint8), "L").convert("RGB")
+    return image.convert("RGB")
+
 
 def load_rgb(src):
-    """Path or PIL image -> RGB PIL image, as torchvision's ``pil_loader`` (open, ``convert("RGB")``)."""
+    """Path or PIL image -> 8-bit RGB PIL image: torchvision's ``pil_loader`` (open, convert to RGB), with
+    16-bit and float images scaled rather than clipped (`to_rgb`)."""
     if isinstance(src, Image.Image):
-        return src if src.mode == "RGB" else src.convert("RGB")
+        return to_rgb(src)
     with open(src, "rb") as f:
-        return Image.open(f).convert("RGB")
+        image = Image.open(f)
+        image.load()  # while the file is open
+        return to_rgb(image, name=src)
 
 
 def _open(src):
     """-> the image as an object with ``.size = (width, height)``: fastjpeg's `Source`, which reads only the
     header now and decodes once the box is known, or else the decoded RGB PIL image."""
-    return fastjpeg.Source(src) if fastjpeg is not None else load_rgb(src)
+    return fastjpeg.Source(src, to_rgb) if fastjpeg is not None else load_rgb(src)
+
+
+def _resize_whole(img, new_w, new_h, interpolation):
+    """The whole image resized to ``new_w x new_h`` by torchvision's antialiased tensor kernel (the canonical
+    pixels of ``v2.Resize(antialias=True)``) -> uint8 (3, new_h, new_w)."""
+    if fastjpeg is not None:
+        return img.resized(new_w, new_h, interpolation)
+    return TF.resize(TF.pil_to_tensor(img), [new_h, new_w], _TV_INTERP[interpolation], antialias=True)
+
+
+# Radius of the resampling filters in input pixels at scale 1 (PIL's and torch's antialiased kernels); it
+# grows with the scale when shrinking.
+_SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
+
+
+def _resample_box(image, box, size, interpolation):
+    """PIL image -> its region ``box = (left, top, right, bottom)`` (sub-pixel) resampled to ``size = (w, h)``
+    by PIL's antialiased resize: the corresponding part of the whole resized image, since PIL derives each
+    output pixel's filter from the box exactly as it would for the whole image (clipped at the image's edges,
+    not the box's).
+
+    Two explicit passes, horizontal then vertical, the order of torch's kernel: PIL alone picks the cheaper
+    order, and as bicubic overshoot is clipped to 0..255 between the passes, the order shows (by up to 20
+    levels on noise). Pass 1 resamples the columns of the rows the vertical filters reach (one pixel of
+    margin beyond their support), pass 2 the rows; the work is that of the output.
+    """
+    left, top, right, bottom = box
+    out_w, out_h = size
+    resample = _PIL_RESAMPLE[interpolation]
+    reach = _SUPPORT[interpolation] * max((bottom - top) / out_h, 1.0) + 1
+    r0, r1 = max(0, math.floor(top - reach)), min(image.size[1], math.ceil(bottom + reach))
+    rows = image.crop((0, r0, image.size[0], r1))
+    rows = rows.resize((out_w, r1 - r0), resample, box=(left, 0, right, r1 - r0))
+    return rows.resize((out_w, out_h), resample, box=(0, top - r0, out_w, bottom - r0))
 
 
 # ----------------------------------------------------------------------------------------- transforms
 
-def _auto_augment(name, num_ops, magnitude):
-    """Wrap torchvision's implementations; applied on the uint8 tensor after crop and flip, with
-    nearest-neighbour geometry like torchvision's defaults.
+def _auto_augment(name, num_ops, magnitude, interpolation):
+    """Wrap torchvision's implementations as torchvision's reference recipes build them
+    (``references/classification/presets.py``, ``ClassificationPresetTrain``): with the training
+    ``interpolation`` for their geometric ops (torchvision's classes default to nearest), applied to the crop
+    after the flip as a PIL image (the presets' default "pil" backend; torchvision's tensor ops have no
+    bicubic).
 
     * "ra": RandAugment (Cubuk et al., "RandAugment: Practical automated data augmentation with a reduced
       search space", 2020): ``num_ops`` ops drawn uniformly, all at the same ``magnitude`` (of 31 bins).
@@ -220,12 +339,18 @@ def _auto_augment(name, num_ops, magnitude):
     """
     if name in (None, "none"):
         return None
+    mode = _TV_INTERP[interpolation]
     if name == "ra":
-        return T.RandAugment(num_ops=num_ops, magnitude=magnitude)
+        bins = 31  # torchvision's num_magnitude_bins; magnitude indexes them
+        whole = lambda n: isinstance(n, (int, np.integer))
+        if not (whole(magnitude) and 0 <= magnitude < bins and whole(num_ops) and num_ops >= 0):
+            raise ValueError(f"RandAugment needs a whole magnitude in 0..{bins - 1} (9 is the usual choice) and a "
+                             f"non-negative number of ops; got magnitude {magnitude!r}, num_ops {num_ops!r}.")
+        return T.RandAugment(num_ops=num_ops, magnitude=magnitude, num_magnitude_bins=bins, interpolation=mode)
     if name == "ta_wide":
-        return T.TrivialAugmentWide()
+        return T.TrivialAugmentWide(interpolation=mode)
     if name == "imagenet":
-        return T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)
+        return T.AutoAugment(T.AutoAugmentPolicy.IMAGENET, interpolation=mode)
     raise ValueError(f"auto_augment must be one of None, 'none', 'ra', 'ta_wide', 'imagenet'; got {name!r}")
 
 
@@ -236,7 +361,7 @@ def _check_interpolation(interpolation):
 
 class TrainTransform:
     """RandomResizedCrop (`rrc_params`) -> horizontal flip with probability ``hflip`` -> optional
-    auto-augment (`_auto_augment`) -> contiguous uint8 (3, crop_size, crop_size).
+    auto-augment (`_auto_augment`, with the same ``interpolation``) -> contiguous uint8 (3, crop_size, crop_size).
 
     The box is drawn on the full-size image and resized to the output with antialiasing: exactly
     torchvision's ``PILToTensor`` -> ``v2.RandomResizedCrop(antialias=True)`` -> ``v2.RandomHorizontalFlip``
@@ -255,7 +380,7 @@ class TrainTransform:
         self.crop_size, self.scale, self.ratio = int(crop_size), tuple(scale), tuple(ratio)
         self.interpolation, self.hflip, self.draft = interpolation, float(hflip), bool(draft)
         self.auto_augment = auto_augment
-        self._aa = _auto_augment(auto_augment, ra_num_ops, ra_magnitude)
+        self._aa = _auto_augment(auto_augment, ra_num_ops, ra_magnitude, interpolation)
 
     def __call__(self, src, crop_size=None):
         c = self.crop_size if crop_size is None else int(crop_size)
@@ -269,10 +394,9 @@ class TrainTransform:
                                 antialias=True)
         if self.hflip > 0 and torch.rand(1).item() < self.hflip:
             x = x.flip(-1)
-        x = x.contiguous()
         if self._aa is not None:
-            x = self._aa(x).contiguous()
-        return x
+            return TF.pil_to_tensor(self._aa(TF.to_pil_image(x))).contiguous()
+        return x.contiguous()
 
     def __repr__(self):
         return (f"TrainTransform(crop_size={self.crop_size}, scale={self.scale}, ratio={self.ratio}, "
@@ -293,6 +417,10 @@ class EvalTransform:
     least k = 2, 4 or 8 times larger than the resized image is decoded at 1/k, and only the kept square,
     mapped back to source coordinates, is resampled by PIL. Same geometry, PSNR above 30 dB against the
     canonical output, but not bit-identical, so accuracies measured that way are not exactly comparable.
+
+    Images of extreme aspect ratio (beyond 12:1 at 224/256; `WHOLE_RESIZE_MAX`) have only the kept square
+    resampled as well, by PIL, so that the work is bounded by the crop: same box, within 2 grey levels of
+    the canonical output. See `eval_crops`, which this is the centre view of.
     """
 
     def __init__(self, crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=False):
@@ -301,18 +429,65 @@ class EvalTransform:
         self.interpolation, self.draft = interpolation, bool(draft)
 
     def __call__(self, src):
-        img = _open(src)
-        width, height = img.size
-        c = self.crop_size
-        new_w, new_h, left, top = eval_geometry(width, height, self.resize_size, c)
-        if fastjpeg is not None:
-            return img.resize_center_crop(new_w, new_h, left, top, c, self.interpolation, self.draft)
-        x = TF.resize(TF.pil_to_tensor(img), [new_h, new_w], _TV_INTERP[self.interpolation], antialias=True)
-        return TF.center_crop(x, [c, c]).contiguous()  # at (left, top), or zero-padded if it does not fit
+        return eval_crops(src, self.resize_size, self.crop_size, self.interpolation, self.draft)[0]
 
     def __repr__(self):
         return (f"EvalTransform(resize_size={self.resize_size}, crop_size={self.crop_size}, "
                 f"interpolation={self.interpolation!r}, draft={self.draft})")
+
+
+def eval_crops(src, resize_size, crop_size, interpolation="bilinear", draft=False, corners=False):
+    """The image resized (shorter side -> ``resize_size``), then its centre ``crop_size`` square, or with
+    ``corners`` torchvision's ``FiveCrop`` (top-left, top-right, bottom-left, bottom-right, centre;
+    `five_crop_origins`) -> contiguous uint8 (V, 3, crop, crop), V = 1 or 5.
+
+    How the pixels are made, geometry (`eval_geometry`) being the same in every case:
+
+    * canonical: the whole image is resized by torchvision's antialiased tensor kernel and the squares are
+      cut from it: ``v2.Resize(resize_size, antialias=True)`` + ``v2.CenterCrop`` / ``v2.FiveCrop`` on the
+      decoded tensor, pixel for pixel (a centre crop larger than the image is zero-padded, as there);
+    * bounded, when the resized image would hold more than `WHOLE_RESIZE_MAX` times the pixels of one crop
+      (extreme aspect ratios): each square, mapped to source coordinates with sub-pixel precision
+      (``x_src = x * width / new_w``, the mapping of the resize), is resampled alone by PIL
+      (`_resample_box`). Same boxes; the two kernels round differently, so within 2 grey levels of the
+      canonical pixels (noise included); memory and time are those of the crops, whatever the file;
+    * ``draft`` (with `fastjpeg`): a JPEG at least k = 2, 4 or 8 times larger than the resized image is
+      decoded at 1/k and then resampled as in the bounded case (PSNR above 30 dB against the canonical).
+    """
+    img = _open(src)
+    width, height = img.size
+    c = crop_size
+    new_w, new_h, left, top = eval_geometry(width, height, resize_size, c)
+    fits = c <= new_w and c <= new_h
+    if corners and not fits:
+        raise ValueError(f"five crops of {c} px need a resize of at least {c}, got {resize_size}")
+    origins = five_crop_origins(new_w, new_h, c) if corners else [(left, top)]
+    scale = img.draft_for(new_w, new_h) if fastjpeg is not None and draft and fits else 1.0
+    if scale == 1.0 and new_w * new_h <= WHOLE_RESIZE_MAX * c * c:
+        x = _resize_whole(img, new_w, new_h, interpolation)
+        if not fits:  # zero padding, as torchvision's CenterCrop
+            return TF.center_crop(x, [c, c]).unsqueeze(0).contiguous()
+        return torch.stack([x[:, y0:y0 + c, x0:x0 + c] for x0, y0 in origins])
+    # Resample only what each crop keeps: its square mapped to source pixels by the resize's own mapping,
+    # x_src = x * width / new_w (and with a reduced decode, its scale), sub-pixel exact.
+    image = img.rgb_pil() if fastjpeg is not None else img
+    sx, sy = width / new_w * scale, height / new_h * scale
+    views = []
+    for x0, y0 in origins:
+        (x0, x1, pad_x), (y0, y1, pad_y) = _kept(x0, c, new_w), _kept(y0, c, new_h)
+        box = (x0 * sx, y0 * sy, min(image.size[0], x1 * sx), min(image.size[1], y1 * sy))
+        view = TF.pil_to_tensor(_resample_box(image, box, (x1 - x0, y1 - y0), interpolation))
+        views.append(torch.nn.functional.pad(view, (pad_x, c - pad_x - (x1 - x0), pad_y, c - pad_y - (y1 - y0))))
+    return torch.stack(views)
+
+
+def _kept(start, crop, new):
+    """Along one axis of the resized image (``new`` pixels): the span ``[first, last)`` a crop starting at
+    ``start`` keeps, and where it lands in the crop: a crop larger than the image keeps all of it, centred
+    as torchvision's CenterCrop pads it, ``(crop - new) // 2`` zeros first."""
+    if crop <= new:
+        return start, start + crop, 0
+    return 0, new, (crop - new) // 2
 
 
 def train_transform(crop_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear", hflip=0.5,

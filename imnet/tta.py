@@ -15,52 +15,59 @@ the centre crop.
 from __future__ import annotations
 
 import torch
-from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
+
+from imnet.transforms import eval_crops
 
 TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
+DECODES = ("full", "reduced")
 
 
 class TenCrop:
     """File or PIL image -> the 10-crop views of one image, stacked along the height: uint8 (3, 10*crop, crop).
 
-    The shorter side is resized to ``resize_size`` (PIL, antialiased), then the four corner crops and the
-    centre crop of ``crop_size`` are taken from the whole resized image (torchvision's ``FiveCrop``), each
-    followed by its own horizontal mirror. torchvision's ``TenCrop`` instead takes the five crops of the
-    mirrored image: when the margin (width - crop) is odd, its mirrored centre view is one pixel off the
-    mirror of the centre view; here every view has its exact mirror.
+    The views are those of the single-crop evaluation, made the same way (`imnet.transforms.eval_crops`,
+    the code `EvalTransform` runs): the shorter side resized to ``resize_size`` with the canonical
+    antialiased kernel (``decode="full"``; ``"reduced"`` allows the reduced-size JPEG decode, as for the
+    single crop), then the four corner crops and the centre crop of ``crop_size`` from the whole resized
+    image (torchvision's ``FiveCrop``), each followed by its own horizontal mirror. So the centre view is the
+    single-crop input exactly. torchvision's ``TenCrop`` instead takes the five crops of the mirrored image:
+    when the margin (width - crop) is odd, its mirrored centre view is one pixel off the mirror of the
+    centre view; here every view has its exact mirror. Images of extreme aspect ratio have each view's
+    region resampled alone, as the single crop does, so memory stays bounded by the crops.
 
     ``views(image)`` returns them as (10, 3, crop, crop). ``__call__`` tiles them into one tall CHW image
     because ImageFolder and collate carry one uint8 CHW image per sample; `make_views` undoes the tiling on
     the device.
     """
 
-    def __init__(self, crop_size, resize_size, interpolation="bilinear"):
-        self.crop_size, self.resize_size = crop_size, resize_size
-        self.interpolation = InterpolationMode(interpolation)
+    def __init__(self, crop_size, resize_size, interpolation="bilinear", decode="full"):
+        if decode not in DECODES:
+            raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+        if resize_size < crop_size:
+            raise ValueError(f"10-crop needs a resize >= the crop ({crop_size}): the corners would lie outside "
+                             f"an image resized to {resize_size}")
+        self.crop_size, self.resize_size = int(crop_size), int(resize_size)
+        self.interpolation, self.decode = interpolation, decode
 
     def views(self, image):
-        if not isinstance(image, Image.Image):
-            with Image.open(image) as f:
-                image = f.convert("RGB")
-        image = TF.resize(image.convert("RGB"), self.resize_size, interpolation=self.interpolation)
-        x = TF.pil_to_tensor(image)
-        c, (h, w) = self.crop_size, x.shape[1:]
-        top, left = int(round((h - c) / 2.0)), int(round((w - c) / 2.0))
-        boxes = [(0, 0), (0, w - c), (h - c, 0), (h - c, w - c), (top, left)]
-        crops = torch.stack([x[:, i:i + c, j:j + c] for i, j in boxes])
+        crops = eval_crops(image, self.resize_size, self.crop_size, self.interpolation,
+                           draft=self.decode == "reduced", corners=True)
         return torch.cat([crops, crops.flip(-1)])
 
     def __call__(self, image):
         views = self.views(image)
         return views.transpose(0, 1).reshape(3, 10 * self.crop_size, self.crop_size).contiguous()
 
+    def __repr__(self):
+        return (f"TenCrop(crop_size={self.crop_size}, resize_size={self.resize_size}, "
+                f"interpolation={self.interpolation!r}, decode={self.decode!r})")
+
 
 def view_transform(policy, tta: str):
-    """The worker-side transform for ``tta`` under an `imnet.config.EvalPolicy`."""
+    """The worker-side transform for ``tta`` under an `imnet.config.EvalPolicy` (its resize_size, crop_size,
+    interpolation and decode)."""
     if tta == "10crop":
-        return TenCrop(policy.crop_size, policy.resize_size, policy.interpolation)
+        return TenCrop(policy.crop_size, policy.resize_size, policy.interpolation, policy.decode)
     return policy.transform()
 
 

@@ -46,6 +46,20 @@ for seed in range(10):
     assert x.shape == (3, 64, 64) and torch.equal(x, ref(img)), seed
 ref = T2.Compose([T2.PILToTensor(), T2.Resize(73, antialias=True), T2.CenterCrop(64)])
 assert torch.equal(m.eval_transform(64)(path), ref(img))
+assert m.DEFAULT_CROP_PCT == 0.875 and m.resize_for_crop(288, 0.9) == 320 and m.resize_for_crop(64) == 73
+# five crops: torchvision's FiveCrop of the canonically resized image, the centre one the single crop
+five = m.eval_crops(path, 73, 64, corners=True)
+x = T2.Resize(73, antialias=True)(T2.PILToTensor()(img))
+assert torch.equal(five, torch.stack(T2.FiveCrop(64)(x))) and torch.equal(five[4], m.eval_transform(64)(path))
+# a 16-bit greyscale image is scaled (round(v * 255 / 65535)), not clipped
+import numpy as np
+grey16 = Image.fromarray((np.arange(64 * 64, dtype=np.uint16) * 16).reshape(64, 64))
+expected = torch.from_numpy((np.arange(64 * 64) * 16 * 255 + 32767) // 65535).view(64, 64)
+assert torch.equal(m.eval_transform(64, resize_size=64)(grey16)[0].long(), expected)
+# an extreme aspect ratio: only the kept square is resampled, within 2 levels of the canonical pixels
+strip = Image.fromarray(np.random.default_rng(0).integers(0, 256, (3000, 6, 3), dtype=np.uint8))
+ref = T2.Compose([T2.PILToTensor(), T2.Resize(36, antialias=True), T2.CenterCrop(32)])(strip)
+assert (m.eval_transform(32, 36)(strip).int() - ref.int()).abs().max() <= 2
 """,
     "mixing": """
 t = m.one_hot(torch.tensor([1]), 4, smoothing=0.1)

@@ -327,6 +327,59 @@ def test_unreadable_everything_and_wrong_transform(tree, tmp_path):
         broken[(0, 0)]
 
 
+def test_transform_failure_on_a_readable_file_is_not_blamed_on_the_file(tree, tmp_path):
+    """A transform that raises on a file that decodes stops at once with DataError naming the transform, the
+    file and the error, and saying it is not the file's fault; unreadable files are still replaced and
+    counted, and a wide image of unknown range counts as unreadable."""
+    split = tree[0]
+    classes = find_classes(split)
+
+    def picky(path):
+        raise RuntimeError("kernel size too large for this crop")
+
+    ds = ImageFolder(split, classes, picky)
+    good = next(i for i in range(len(ds)) if "plain_0" in ds.path(i))
+    with pytest.raises(DataError) as info:
+        ds[(good, 0)]
+    message = str(info.value)
+    assert "not the file's fault" in message and "RuntimeError: kernel size too large" in message
+    assert ds.path(good) in message and "picky" in message and "--ra-magnitude" in message
+    assert "unreadable" in message and "not replaced as an unreadable image" in message.replace("it is ", "")
+    assert "Repair" not in message and "check the copy" not in message
+    assert isinstance(info.value.__cause__, RuntimeError)
+
+    # RandAugment at magnitude 100 (of 31 bins) fails inside torchvision's op, on every file that decodes.
+    # (imnet's TrainTransform now refuses that magnitude up front; the op is planted to see the reader's side.)
+    from imnet.transforms import train_transform
+    transform = train_transform(32, auto_augment="ra")
+    transform._aa = T.RandAugment(num_ops=2, magnitude=100)
+    aug = ImageFolder(split, classes, transform)
+    with pytest.raises(DataError, match=r"IndexError.*not the file's fault.*RandAugment\(.*magnitude=100"):
+        for i in range(len(aug)):
+            aug[(i, 0)]
+
+    # A file that does not decode is still replaced and reported, whatever the transform would have done.
+    bad = next(i for i in range(len(ds)) if ds.path(i).endswith("truncated.JPEG"))
+    image, _, reported = ImageFolder(split, classes, simple_transform)[(bad, 0)]
+    assert reported == (ds.path(bad),) and decode(image) is not None
+    assert "truncated" in data.why_unreadable(ds.path(bad)).lower() and data.file_error(ds.path(good)) is None
+
+    # Images whose range cannot be known are refused by the decoder: unreadable, replaced, explained.
+    folder = tmp_path / "wide"
+    save(folder / "a/ok.png", 7, fmt="PNG")
+    Image.fromarray(np.full((32, 32), 1000.0, np.float32)).save(folder / "a/float.tif")
+    levels = np.where(pattern(9)[..., 0] > 0, 220, 40).astype(np.uint16) * 257  # clipped, 40 would turn white
+    Image.fromarray(levels).save(folder / "a/grey16.png")
+    from imnet.transforms import eval_transform
+    wide = ImageFolder(folder, ["a"], eval_transform(32, 32))
+    paths = [wide.path(i) for i in range(len(wide))]
+    assert [os.path.basename(p) for p in paths] == ["float.tif", "grey16.png", "ok.png"]
+    image, _, reported = wide[(0, 0)]
+    assert reported == (paths[0],) and decode(image) in (7, 9)
+    assert "float.tif: a floating-point image with values from 1000 to 1000" in data.why_unreadable(paths[0])
+    assert decode(wide[(1, 0)][0]) == 9 and wide[(1, 0)][2] == ()  # 16-bit: scaled, not clipped to white
+
+
 def test_parse_max_bad():
     assert parse_max_bad("10", 1000) == 10
     assert parse_max_bad("0", 1000) == 0

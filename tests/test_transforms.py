@@ -3,14 +3,22 @@
 Test images are generated: smooth, photo-like content (gradients, blurred shapes, a little texture) so
 that JPEG and PSNR comparisons mean something.
 """
+import json
 import math
 import shutil
+import struct
+import subprocess
+import sys
+import zlib
+from fractions import Fraction
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torchvision.transforms as T
 import torchvision.transforms.v2 as T2
+import torchvision.transforms.v2.functional as TF
 from PIL import Image, ImageFilter, JpegImagePlugin
 
 import imnet.fastjpeg as fj
@@ -151,6 +159,23 @@ def test_ks_rejects_a_uniform_ratio_sampler():
 
 # ----------------------------------------------------------------------------------------- eval
 
+def test_resize_for_crop_is_timms_floor():
+    """floor(crop / crop_pct) on the float quotient (timm's transforms_imagenet_eval), exact for the usual
+    pairs, and exact for a Fraction; the documented float cases lose a pixel like timm."""
+    assert tr.DEFAULT_CROP_PCT == 0.875 and tr.resize_for_crop(224) == 256
+    for crop, pct in [(224, "0.875"), (384, "0.875"), (288, "0.9"), (224, "0.95"), (256, "0.95"), (384, "1.0"),
+                      (224, "0.96"), (320, "1.0"), (160, "0.875"), (448, "0.875"), (240, "0.9")]:
+        assert tr.resize_for_crop(crop, float(pct)) == math.floor(Fraction(crop) / Fraction(pct)), (crop, pct)
+    assert tr.resize_for_crop(288, 0.9) == 320 and 288 / 0.9 == 320.0
+    assert tr.resize_for_crop(535, 0.535) == math.floor(535 / 0.535) == 999  # float quotient 999.99..., as timm
+    assert tr.resize_for_crop(535, Fraction("0.535")) == 1000
+    assert tr.resize_for_crop(17, 17 / 25) == 24 and tr.resize_for_crop(17, Fraction(17, 25)) == 25
+    assert tr.resize_for_crop(288, Fraction(224, 256)) == 329  # another policy's ratio kept: 288 * 256 / 224
+    for bad in (0, -0.5, float("nan")):
+        with pytest.raises(ValueError, match="crop_pct must be positive"):
+            tr.resize_for_crop(224, bad)
+
+
 def test_resolve_eval_sizes():
     assert tr.resolve_eval_sizes() == (256, 224)
     assert tr.resolve_eval_sizes(384) == (438, 384)
@@ -260,6 +285,99 @@ def test_eval_draft_is_opt_in_and_takes_the_reduced_path(draftable_jpegs, monkey
             assert psnr(a, b) >= 30
 
 
+def noise(width, height, seed=0):
+    """Uniform noise: a crop one pixel off its place differs by tens of levels almost everywhere."""
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def canonical_views(image, resize, crop, interpolation, five=False):
+    """torchvision's tensor pipeline: PILToTensor -> v2.Resize(antialias) -> CenterCrop / FiveCrop."""
+    x = T2.Resize(resize, INTERP[interpolation], antialias=True)(T2.PILToTensor()(image))
+    return torch.stack(T2.FiveCrop(crop)(x)) if five else T2.CenterCrop(crop)(x)[None]
+
+
+@pytest.mark.parametrize("fast", [True, False])
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+def test_extreme_aspect_ratio_eval_is_bounded_and_within_2_levels(tmp_path, monkeypatch, fast, interpolation):
+    """Beyond WHOLE_RESIZE_MAX only the kept squares are resampled: the same boxes (noise would show a one-pixel
+    shift), within 2 grey levels of the canonical pixels, centre and five crops, padding included; up to the
+    limit (12:1 at crop_pct 0.875) the pixels are the canonical ones exactly."""
+    if not fast:
+        monkeypatch.setattr(tr, "fastjpeg", None)
+    cases = [((8, 4000), 36, 32), ((4000, 8), 36, 32), ((37, 5000), 64, 56), ((3, 1001), 36, 32),
+             ((1, 2000), 36, 32), ((100, 20000), 36, 32), ((8, 4000), 31, 32)]  # the last one pads
+    for (w, h), resize, crop in cases:
+        path = save(noise(w, h), tmp_path / f"{w}x{h}.png", "PNG")
+        new_w, new_h = tr.eval_geometry(w, h, resize, crop)[:2]
+        assert new_w * new_h > tr.WHOLE_RESIZE_MAX * crop * crop  # the bounded path
+        image = Image.open(path).convert("RGB")
+        five = resize >= crop
+        ours = tr.eval_crops(path, resize, crop, interpolation, corners=five)
+        ref = canonical_views(image, resize, crop, interpolation, five)
+        assert ours.shape == ref.shape and ours.is_contiguous()
+        diff = (ours.int() - ref.int()).abs()
+        assert diff.max() <= 2 and (diff > 0).float().mean() < 0.15, ((w, h), resize, crop, diff.max())
+        assert torch.equal(tr.eval_transform(crop, resize, interpolation=interpolation)(path), ours[-1])
+    # Ordinary panoramas, up to the limit: canonical exactly.
+    for w, h in [(36 * 12, 36), (36, 36 * 12), (400, 100)]:
+        path = save(noise(w, h), tmp_path / f"p{w}x{h}.png", "PNG")
+        assert math.prod(tr.eval_geometry(w, h, 36, 32)[:2]) <= tr.WHOLE_RESIZE_MAX * 32 * 32
+        ref = canonical_views(Image.open(path).convert("RGB"), 36, 32, interpolation, five=True)
+        assert torch.equal(tr.eval_crops(path, 36, 32, interpolation, corners=True), ref)
+
+
+MEMORY_PROBE = """
+import json, resource, sys
+import torch
+import imnet.transforms as tr
+import imnet.tta as tta
+tall, wide, ordinary = sys.argv[1:4]
+fast = tr.fastjpeg
+
+def every_transform(path):
+    out = [tr.eval_transform(224)(path), tta.TenCrop(224, 256)(path), tta.TenCrop(224, 256, "bicubic")(path)]
+    torch.manual_seed(0)
+    return out + [tr.train_transform(224)(path), tr.train_transform(224, draft=False)(path)]
+
+for tr.fastjpeg in (fast, None):  # warm up both paths: threads, allocator arenas, lazy imports
+    every_transform(ordinary)
+vm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmSize:"))
+limit = vm_kb * 1024 + 2 * 2**30  # 2 GB more address space: today 1 x 200000 at 256 would ask for 39 GB
+resource.setrlimit(resource.RLIMIT_AS, (limit, resource.getrlimit(resource.RLIMIT_AS)[1]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+shapes = []
+for tr.fastjpeg in (fast, None):
+    for path in (tall, wide):
+        shapes += [tuple(x.shape) for x in every_transform(path)]
+growth_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+print(json.dumps({"growth_mb": growth_mb, "shapes": shapes}))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/status")
+def test_one_pixel_strip_costs_megabytes_not_gigabytes(tmp_path):
+    """A 1 x 200000 PNG (and its transpose) through eval, 10-crop and train, with and without fastjpeg, in a
+    subprocess whose address space is capped at 2 GB above its warmed-up size: the canonical pipeline would
+    ask for a 256 x 51,200,000 image (39 GB) and fail at once; here the peak memory grows by megabytes."""
+    ramp = (np.arange(200000) % 251).astype(np.uint8)
+    strip = np.stack([ramp, ramp[::-1], ramp // 2], -1)[:, None, :]  # (200000, 1, 3)
+    tall = save(Image.fromarray(strip), tmp_path / "tall.png", "PNG")
+    wide = save(Image.fromarray(strip.transpose(1, 0, 2)), tmp_path / "wide.png", "PNG")
+    ordinary = save(photo(300, 200), tmp_path / "ordinary.JPEG")
+    root = str(Path(tr.__file__).resolve().parents[1])
+    result = subprocess.run([sys.executable, "-c", MEMORY_PROBE, tall, wide, ordinary], cwd=root,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    assert report["shapes"] == [[3, 224, 224], [3, 2240, 224], [3, 2240, 224], [3, 224, 224], [3, 224, 224]] * 4
+    assert report["growth_mb"] < 300, report
+    # Training was bounded already: every try of RandomResizedCrop fails on a strip, and the fallback box is
+    # the largest one of aspect ratio 3/4..4/3 inside it, here 1 x 1.
+    torch.manual_seed(0)
+    assert tr.rrc_params(200000, 1) == (99999, 0, 1, 1) and tr.rrc_params(1, 200000) == (0, 99999, 1, 1)
+    assert tr.rrc_params(4000, 8) == (1994, 0, 11, 8)
+
+
 def test_draft_factor_and_reduced_decode(tmp_path):
     assert fj.draft_factor(500, 375, 224, 224) == 1
     assert fj.draft_factor(448, 448, 224, 224) == 2
@@ -267,10 +385,10 @@ def test_draft_factor_and_reduced_decode(tmp_path):
     assert fj.draft_factor(1800, 1800, 224, 224) == 8
     assert fj.draft_factor(900, 1000, 224, 224) == 4
     path = save(photo(803, 601), tmp_path / "a.JPEG")
-    src = fj.Source(path)
+    src = fj.Source(path, tr.to_rgb)
     assert src.draft(4) == pytest.approx(1 / 4)
     assert src.open().size == (math.ceil(803 / 4), math.ceil(601 / 4))
-    assert fj.Source(Image.open(path)).draft(4) == 1.0  # a caller's PIL image is left alone
+    assert fj.Source(Image.open(path), tr.to_rgb).draft(4) == 1.0  # a caller's PIL image is left alone
 
 
 def test_jpeg_header_matches_pil(tmp_path):
@@ -377,22 +495,52 @@ def test_flip_probability(tmp_path):
     assert 70 <= flips <= 130  # Binomial(200, 0.5): mean 100, sd 7
 
 
-@pytest.mark.parametrize("name,tv", [("ra", lambda: T.RandAugment(2, 9)), ("ta_wide", T.TrivialAugmentWide),
-                                     ("imagenet", lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET))])
-def test_auto_augment_wraps_torchvision(tmp_path, name, tv):
-    """Crop + flip, then torchvision's op on the uint8 tensor, all from the same global RNG stream."""
+def preset_auto_augment(name, interpolation, ra_magnitude=9):
+    """The auto-augment torchvision's reference recipe builds (references/classification/presets.py,
+    ClassificationPresetTrain): the training interpolation passed on, RandAugment's num_ops left at 2."""
+    mode = INTERP[interpolation]
+    if name == "ra":
+        return T.RandAugment(interpolation=mode, magnitude=ra_magnitude)
+    if name == "ta_wide":
+        return T.TrivialAugmentWide(interpolation=mode)
+    return T.AutoAugment(policy=T.AutoAugmentPolicy(name), interpolation=mode)
+
+
+@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
+@pytest.mark.parametrize("name", ["ra", "ta_wide", "imagenet"])
+def test_auto_augment_is_torchvisions_preset(tmp_path, name, interpolation):
+    """Crop + flip, then the preset's op at the training interpolation on the crop (as a PIL image, the
+    presets' default backend), all from the same global RNG stream: equal output. torchvision's class
+    default (nearest) gives other pixels."""
     path = save(photo(300, 200), tmp_path / "a.JPEG")
-    plain, aug = tr.train_transform(64), tr.train_transform(64, auto_augment=name)
-    for seed in range(5):
+    plain = tr.train_transform(64, interpolation=interpolation)
+    aug = tr.train_transform(64, interpolation=interpolation, auto_augment=name)
+    assert aug._aa.interpolation == INTERP[interpolation]
+    nearest = {"ra": lambda: T.RandAugment(2, 9), "ta_wide": T.TrivialAugmentWide,
+               "imagenet": lambda: T.AutoAugment(T.AutoAugmentPolicy.IMAGENET)}[name]()
+    differ = 0
+    for seed in range(12):
         torch.manual_seed(seed)
         ours = aug(path)
         torch.manual_seed(seed)
-        ref = tv()(plain(path))
-        assert ours.shape == (3, 64, 64) and ours.dtype == torch.uint8
-        assert torch.equal(ours, ref)
+        crop = TF.to_pil_image(plain(path))
+        state = torch.get_rng_state()
+        ref = TF.pil_to_tensor(preset_auto_augment(name, interpolation)(crop))
+        assert ours.shape == (3, 64, 64) and ours.dtype == torch.uint8 and ours.is_contiguous()
+        assert torch.equal(ours, ref), seed
+        torch.set_rng_state(state)
+        differ += not torch.equal(ours, TF.pil_to_tensor(nearest(crop)))
+    assert differ >= 1  # some draws are geometric ops, where the interpolation shows
+
+
+def test_auto_augment_settings_checked():
     with pytest.raises(ValueError):
         tr.train_transform(64, auto_augment="bogus")
     assert tr.train_transform(64, auto_augment="none")._aa is None
+    for magnitude in (31, 100, -1, 9.5):
+        with pytest.raises(ValueError, match="magnitude in 0..30"):
+            tr.train_transform(64, auto_augment="ra", ra_magnitude=magnitude)
+    assert tr.train_transform(64, auto_augment="ra", ra_magnitude=30)._aa.magnitude == 30
 
 
 # ----------------------------------------------------------------------------------------- modes and bad input
@@ -427,6 +575,97 @@ def test_every_mode_gives_rgb_uint8(tmp_path, kind):
         assert psnr(x, ref) >= 35, name
         if name in ("grey.JPEG", "la.png"):
             assert torch.equal(x[0], x[1]) and torch.equal(x[1], x[2])
+
+
+def png16(path, samples):
+    """uint16 samples (H, W) greyscale or (H, W, 3) RGB -> a 16-bit PNG (PIL writes no 48-bit PNG)."""
+    a = np.asarray(samples, np.uint16)
+    a = a[..., None] if a.ndim == 2 else a
+    h, w, c = a.shape
+
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    rows = b"".join(b"\0" + a[y].astype(">u2").tobytes() for y in range(h))
+    header = struct.pack(">IIBBBBB", w, h, 16, {1: 0, 3: 2}[c], 0, 0, 0)
+    with open(path, "wb") as f:
+        f.write(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+                + chunk(b"IEND", b""))
+    return str(path)
+
+
+def gradient16(size=64):
+    """A known 16-bit image: every level from 0 to 65520 in steps of 16, rows of 64 consecutive levels."""
+    y, x = np.mgrid[0:size, 0:size]
+    return ((y * size + x) * 16).astype(np.uint16)
+
+
+def identity_transforms():
+    """A train and an eval transform that keep a 64 x 64 image's pixels as they are (box = the image, no flip;
+    resize to its own size)."""
+    return (tr.train_transform(64, scale=(1.0, 1.0), ratio=(1.0, 1.0), hflip=0.0),
+            tr.eval_transform(64, resize_size=64))
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_16_bit_pngs_are_scaled_not_clipped(tmp_path, monkeypatch, fast):
+    """16-bit greyscale PNG (PIL mode I;16): exactly round(v * 255 / 65535); 16-bit RGB PNG (PIL keeps the high
+    byte): within one level of it; with and without fastjpeg, through train and eval transforms."""
+    if not fast:
+        monkeypatch.setattr(tr, "fastjpeg", None)
+    v = gradient16()
+    expected = lambda a: torch.from_numpy(np.rint(a.astype(np.float64) * 255 / 65535).astype(np.int64))
+    grey = png16(tmp_path / "grey16.png", v)
+    rgb = np.stack([v, 65535 - v, (v.astype(np.int64) * 7 % 65536).astype(np.uint16)], -1)
+    colour = png16(tmp_path / "rgb48.png", rgb)
+    assert Image.open(grey).mode == "I;16" and Image.open(colour).mode == "RGB"
+    for f in identity_transforms():
+        out = f(grey)
+        assert out.dtype == torch.uint8 and out.shape == (3, 64, 64)
+        assert torch.equal(out.long(), expected(v).expand(3, 64, 64)), f
+        out = f(colour)
+        assert (out.long() - expected(rgb).permute(2, 0, 1)).abs().max() <= 1, f
+    # Resized as well: as the 8-bit image of the expected values (up to the one level of the 48-bit case).
+    ref8 = save(Image.fromarray(expected(rgb).numpy().astype(np.uint8)), tmp_path / "rgb8.png", "PNG")
+    grey8 = save(Image.fromarray(expected(v).numpy().astype(np.uint8)), tmp_path / "grey8.png", "PNG")
+    for f in (tr.eval_transform(48), tr.train_transform(40, draft=False)):
+        torch.manual_seed(0)
+        a = f(grey)
+        torch.manual_seed(0)
+        assert torch.equal(a, f(grey8))
+        torch.manual_seed(0)
+        a = f(colour)
+        torch.manual_seed(0)
+        assert (a.int() - f(ref8).int()).abs().max() <= 1
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_other_wide_modes(tmp_path, monkeypatch, fast):
+    """Big-endian 16-bit TIFF, 32-bit integer TIFF within 16 bits and float TIFF in [0, 1] are scaled; out of
+    those ranges the file is refused with a message naming it."""
+    if not fast:
+        monkeypatch.setattr(tr, "fastjpeg", None)
+    v = gradient16()
+    expected = torch.from_numpy((v.astype(np.int64) * 255 + 32767) // 65535)  # round(v * 255 / 65535)
+    files = {"be16.tif": Image.fromarray(v.astype(">u2")), "i32.tif": Image.fromarray(v.astype(np.int32)),
+             "float.tif": Image.fromarray((v / 65535.0).astype(np.float32))}
+    for name, image in files.items():
+        image.save(tmp_path / name)
+    assert [Image.open(tmp_path / n).mode for n in files] == ["I;16B", "I", "F"]
+    for f in identity_transforms():
+        for name in files:
+            out = f(str(tmp_path / name)).long()
+            diff = (out - expected.expand(3, 64, 64)).abs().max()
+            assert diff <= (1 if name == "float.tif" else 0), name  # float32 of v / 65535 may round either way
+    Image.fromarray((v.astype(np.int32) * 4)).save(tmp_path / "i18.tif")  # up to 262080: 18 bits
+    Image.fromarray((v / 256.0).astype(np.float32)).save(tmp_path / "f255.tif")  # up to 255.94
+    Image.fromarray(np.full((8, 8), np.nan, np.float32)).save(tmp_path / "nan.tif")
+    for name, what in [("i18.tif", "values from 0 to 262080, beyond 16 bits"), ("f255.tif", "not in \\[0, 1\\]"),
+                       ("nan.tif", "not in \\[0, 1\\]")]:
+        for f in identity_transforms():
+            with pytest.raises(ValueError, match=f"{name}: .*{what}"):
+                f(str(tmp_path / name))
+    with pytest.raises(ValueError, match="^the image: "):
+        tr.load_rgb(Image.open(tmp_path / "i18.tif"))
 
 
 def test_unreadable_input_raises(tmp_path):
