@@ -487,10 +487,13 @@ def build_datasets(cfg: Config):
     if cfg.progressive_res is not None:  # picklable, stateless: workers derive the size from the epoch key
         size_at = functools.partial(progressive_size, start=cfg.progressive_res[0], end=cfg.progressive_res[1],
                                     first=cfg.progressive_epochs[0], last=cfg.progressive_epochs[1])
-    train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale,
-                               interpolation=cfg.train_interpolation or cfg.interpolation,
-                               auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
-                               ra_magnitude=cfg.ra_magnitude)
+    try:
+        train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale,
+                                   interpolation=cfg.train_interpolation or cfg.interpolation,
+                                   auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
+                                   ra_magnitude=cfg.ra_magnitude)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
     return (classes, data.ImageFolder(train_dir, classes, train_tf, seed=cfg.seed, crop_size_at=size_at),
             data.ImageFolder(val_dir, classes, cfg.eval_policy.transform(), seed=cfg.seed))
 

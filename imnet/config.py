@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 
 import torch
@@ -26,9 +26,7 @@ from imnet.flags import AMP_CHOICES, DECODE_MODES
 from imnet.models import fixed_input_size
 from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
-from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, eval_transform
-
-DEFAULT_CROP_PCT = 0.875  # 224 -> 256, the classic AlexNet/ResNet evaluation
+from imnet.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_for_crop
 AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
 
 # The evaluation-policy flags (train.py's and eval.py's, imnet.flags.add_eval_policy_flags) -> EvalPolicy fields.
@@ -98,8 +96,9 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
 
     1. crop = given crop, else base crop, else 224.
     2. resize = given resize (it wins over a given crop_pct); else floor(crop / given crop_pct); else, when
-       the crop was given and the base has a resize, floor(crop / base crop_pct) (a 224/256 policy asked at
-       288 resizes to 329, keeping the ratio); else the base resize (when the crop was not given); else
+       the crop was given and the base has a resize, floor(crop x base resize / base crop) in integers (a
+       224/256 policy asked at 288 resizes to 329, keeping the ratio; through a float ratio a pixel can be
+       lost, 176 x 233 / 176 = 232.99...); else the base resize (when the crop was not given); else
        floor(crop / base crop_pct or 0.875).
     3. interpolation, mean, std, decode: given, else base, else bilinear / ImageNet's / full.
 
@@ -111,8 +110,8 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
     base = {k: v for k, v in (base or {}).items() if v is not None}
     crop = int(given.get("crop_size") or base.get("crop_size") or 224)
     base_pct = base.get("crop_pct")
-    if base.get("resize_size") and base.get("crop_size"):
-        base_pct = base["crop_size"] / base["resize_size"]
+    if base.get("resize_size") and base.get("crop_size"):  # the base's own ratio, exactly: no pixel lost
+        base_pct = Fraction(int(base["crop_size"]), int(base["resize_size"]))
     if "resize_size" in given:
         resize = given["resize_size"]
     elif "crop_pct" in given:
@@ -137,10 +136,11 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
     return policy
 
 
-def _resize_for(crop: int, crop_pct: float) -> int:
+def _resize_for(crop: int, crop_pct) -> int:
+    """`imnet.transforms.resize_for_crop`, with crop_pct in (0, 1]: floor(crop / crop_pct)."""
     if not 0 < crop_pct <= 1:
-        raise ConfigError(f"crop_pct must be in (0, 1] (got {crop_pct}); 0.875 gives the classic 224 -> 256.")
-    return int(math.floor(crop / crop_pct))
+        raise ConfigError(f"crop_pct must be in (0, 1] (got {float(crop_pct):g}); 0.875 gives the classic 224 -> 256.")
+    return resize_for_crop(crop, crop_pct)
 
 
 def policy_keys(flags: dict) -> dict:

@@ -129,6 +129,18 @@ def test_config_file_round_trip(argv, tmp_path):
     assert changed.epochs == 30 and dataclasses.replace(changed, epochs=first.epochs, config=None) == first
 
 
+def test_restating_a_policy_never_loses_a_pixel():
+    """Every (resize, crop) pair up to 1,024: giving the crop again keeps the resize (the ratio is kept in
+    integers; through a float ratio 176 x 233 / 176 came out 232), and a new crop gets floor(crop x resize /
+    base crop) exactly."""
+    lost = [(resize, crop) for resize in range(1, 1025) for crop in range(1, resize + 1)
+            if resolve_eval_policy({"crop_size": crop}, {"resize_size": resize, "crop_size": crop}).resize_size != resize]
+    assert lost == []
+    assert resolve_eval_policy({"crop_size": 176}, EvalPolicy(233, 176)).resize_size == 233
+    for resize, crop, new in ((233, 176, 352), (256, 224, 288), (1000, 999, 997), (17, 17, 1024), (25, 17, 17)):
+        assert resolve_eval_policy({"crop_size": new}, EvalPolicy(resize, crop)).resize_size == new * resize // crop
+
+
 def test_progressive_resolution_resolves_to_a_size_per_epoch():
     cfg = resolved("--model", "resnet18", "--epochs", "10", "--progressive-res", "32", "64",
                    "--progressive-epochs", "4", "9")

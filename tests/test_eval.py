@@ -246,9 +246,10 @@ def test_normalization_mismatch_is_warned(three_images, ckpt, capsys):
 
 # ---------------------------------------------------------------------------------------------- TTA
 def ten_crop_reference(image, resize, crop, interpolation=v2.InterpolationMode.BILINEAR):
-    """torchvision's Resize + FiveCrop, each crop followed by its mirror: uint8 (10, 3, crop, crop)."""
-    five = v2.Compose([v2.Resize(resize, interpolation=interpolation), v2.FiveCrop(crop)])(image)
-    five = torch.stack([v2.functional.pil_to_tensor(im) for im in five])
+    """torchvision's Resize + FiveCrop on the tensor (the canonical evaluation pixels), each crop followed by its
+    mirror: uint8 (10, 3, crop, crop)."""
+    x = v2.Resize(resize, interpolation=interpolation, antialias=True)(v2.functional.pil_to_tensor(image))
+    five = torch.stack(v2.FiveCrop(crop)(x))
     return torch.cat([five, five.flip(-1)])
 
 
