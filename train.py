@@ -30,13 +30,12 @@ if __name__ == "__main__":
     signals.test_hook("startup", 1)
     flags.exit_on_bad_flags(sys.argv[1:])
 
-import numpy as np  # noqa: E402 (after the signal handlers and the flags, on purpose)
-import torch  # noqa: E402
+import torch  # noqa: E402 (after the signal handlers and the flags, on purpose)
 from torch import nn  # noqa: E402
 from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import imnet  # noqa: E402
-from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder  # noqa: E402
+from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
 from imnet.config import Config, ConfigError  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
@@ -73,11 +72,6 @@ class Parts:
     swa: AveragedModel | None = None
 
 
-def step_seed(seed: int, epoch: int, micro_step: int, rank: int) -> int:
-    """A 63-bit seed that depends only on (seed, epoch, micro_step, rank)."""
-    return int(np.random.SeedSequence([seed, epoch, micro_step, rank, 1]).generate_state(2, np.uint64)[0] >> 1)
-
-
 def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int, global_step: int, meter: Meter):
     """Optimizer step ``global_step`` (step ``step`` of ``epoch``) over cfg.accum_steps micro-batches of uint8
     images and labels. -> (the micro-batches' mean loss, a device tensor; the gradient norm before clipping, or
@@ -89,9 +83,9 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
         # The randomness of a micro-step depends only on where it is in the run, so a resumed run replays it
         # without any RNG history: dropout and stochastic depth from torch's global RNG; erasing and mixing
         # from a CPU generator (their draws are host scalars: nothing waits for the GPU).
-        s = step_seed(cfg.seed, epoch, step * cfg.accum_steps + micro, p.rank)
-        torch.manual_seed(s)
-        gen = torch.Generator().manual_seed(s ^ 0x5DEECE66D)
+        where = (cfg.seed, epoch, step * cfg.accum_steps + micro, p.rank)
+        torch.manual_seed(seeds.derive(seeds.DROPOUT, *where))
+        gen = torch.Generator().manual_seed(seeds.derive(seeds.MIXING, *where))
         if cfg.random_erase > 0:
             images = random_erase(images, cfg.random_erase, generator=gen)
         targets = labels

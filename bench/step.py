@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train  # noqa: E402
-from imnet import config, models  # noqa: E402
+from imnet import config, models, seeds  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
@@ -226,9 +226,11 @@ def pieces(args, device, batches, variants):
     x, y = to_device(images, labels, device, channels_last=args.channels_last)
     gen = torch.Generator().manual_seed(1)
     out = {}
-    out["seeding (step_seed + manual_seed + Generator)"] = per_call_ms(
-        lambda: (torch.manual_seed(train.step_seed(0, 1, 2, 0)), torch.Generator().manual_seed(3)), device, 200)
-    out["  of which step_seed (numpy SeedSequence)"] = per_call_ms(lambda: train.step_seed(0, 1, 2, 0), device, 200)
+    out["seeding (2 x seeds.derive + manual_seed + Generator)"] = per_call_ms(
+        lambda: (torch.manual_seed(seeds.derive(seeds.DROPOUT, 0, 1, 2, 0)),
+                 torch.Generator().manual_seed(seeds.derive(seeds.MIXING, 0, 1, 2, 0))), device, 200)
+    out["  of which seeds.derive (numpy SeedSequence)"] = per_call_ms(lambda: seeds.derive(seeds.DROPOUT, 0, 1, 2, 0),
+                                                                      device, 200)
     out["  of which torch.manual_seed"] = per_call_ms(lambda: torch.manual_seed(12345), device, 200)
     out["  of which torch.Generator().manual_seed"] = per_call_ms(lambda: torch.Generator().manual_seed(3), device, 200)
     xe = x.clone()

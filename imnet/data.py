@@ -43,6 +43,7 @@ from PIL import Image
 
 from imnet.folders import DataError  # noqa: F401  (defined there; imnet.data.DataError is the same class)
 from imnet.folders import display_path, order_listing, short_list, walk_images
+from imnet import seeds
 from imnet.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
@@ -53,33 +54,15 @@ from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 # the warning is turned into an error, so the bound is exact. ImageFolder(max_pixels=...) overrides it.
 MAX_IMAGE_PIXELS = 2**27
 
-# First word of the entropy given to SeedSequence, so that the shuffle seed of (seed, epoch) can never equal
-# the augmentation seed of some (seed, epoch, index, attempt): SeedSequence pads short entropy with zeros.
-_SHUFFLE, _AUGMENT = 1, 2
-
-
 # --------------------------------------------------------------------------------------------------------
 # Seeds
 
 
-def derive_seed(*words: int) -> int:
-    """A 63-bit seed from a tuple of non-negative integers (e.g. purpose, seed, epoch, index).
-
-    numpy's SeedSequence hashes the whole tuple into well-mixed state words (the seed-derivation scheme of
-    O'Neill's PCG work), so neighbouring tuples, say index 7 and 8, give unrelated streams; we keep 63 bits of
-    the first 64-bit word so the result is a valid non-negative seed for any RNG. Cost: ~30 us.
-    """
-    state = np.random.SeedSequence([int(w) for w in words]).generate_state(1, dtype=np.uint64)[0]
-    return int(state) >> 1
-
-
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
-    """The seed of one sample's augmentation. ``repeat`` numbers the copies of an image within an epoch under
-    repeated augmentation (TrainSampler with repeats > 1), so that each copy gets its own crop; copy 0 has the
-    seed of (seed, epoch, index, attempt) alone, as without repeats."""
-    if repeat == 0:
-        return derive_seed(_AUGMENT, seed, epoch, index, attempt)
-    return derive_seed(_AUGMENT, seed, epoch, index, attempt, repeat)
+    """The seed of one sample's augmentation (`imnet.seeds`, purpose AUGMENT). ``attempt`` counts the
+    replacements of an unreadable file; ``repeat`` numbers the copies of an image within an epoch under
+    repeated augmentation (TrainSampler with repeats > 1), so that each copy gets its own crop."""
+    return seeds.derive(seeds.AUGMENT, seed, epoch, index, attempt, repeat)
 
 
 def _check_seed(seed: int) -> int:
@@ -221,7 +204,7 @@ class ImageFolder(torch.utils.data.Dataset):
     ``ds.label(i)``, ``ds.targets`` (numpy int32 labels), ``ds.classes``, ``ds.root``.
 
     `transform(path) -> uint8 CHW tensor` decodes and augments one file (imnet.transforms). Before each call
-    torch's global CPU RNG is seeded with ``derive_seed(2, seed, epoch, index, attempt)`` and restored
+    torch's global CPU RNG is seeded with `augment_seed` (seed, epoch, index, attempt, repeat) and restored
     afterwards: the augmentation of sample `index` in `epoch` depends only on (seed, epoch, index), not on
     which worker or rank runs it, and the caller's RNG stream (dropout, MixUp in the main process when
     workers=0) is left untouched.
@@ -232,7 +215,7 @@ class ImageFolder(torch.utils.data.Dataset):
     must be picklable (a module-level function or a functools.partial of one) for spawned workers.
 
     A file the transform cannot read (truncated, zero bytes, not an image, more than `max_pixels` pixels, a
-    16-bit or float image whose range is unknown) is replaced by sample ``derive_seed(2, seed, epoch, index,
+    16-bit or float image whose range is unknown) is replaced by sample ``augment_seed(seed, epoch, index,
     attempt) % n`` for attempt = 1, 2, ...: a pseudo-random other sample, so a bad file does not always
     duplicate its neighbour of the same class. After `max_tries` failed attempts (the data set is mostly
     unreadable) DataError is raised, chained to the last error.
@@ -360,7 +343,7 @@ class FakeData(torch.utils.data.Dataset):
 class TrainSampler(torch.utils.data.Sampler):
     """Distributed, per-epoch reshuffled, resumable training order; yields (index, epoch).
 
-    Epoch e uses one global permutation of range(num_samples), drawn from ``derive_seed(1, seed, e)``; rank r
+    Epoch e uses one global permutation of range(num_samples), drawn from ``seeds.derive(SHUFFLE, seed, e)``; rank r
     takes ``perm[r::num_replicas]``. So with batch size b, batch k of rank r holds global positions
     k*R*b + r, k*R*b + r + R, ...: the union over the R ranks of their batch k is batch k of a single process
     with batch R*b. That is what makes "2 processes x b" equal "1 process x 2b".
@@ -412,7 +395,7 @@ class TrainSampler(torch.utils.data.Sampler):
     def order(self, epoch: int) -> list[tuple[int, int]]:
         """The epoch's (index, repeat) sequence over all ranks before truncation: the permutation, each index
         repeated `repeats` times in a row (every index exactly `repeats` times)."""
-        generator = torch.Generator().manual_seed(derive_seed(_SHUFFLE, self.seed, epoch))
+        generator = torch.Generator().manual_seed(seeds.derive(seeds.SHUFFLE, self.seed, epoch))
         perm = torch.randperm(self.num_samples, generator=generator).tolist()
         return [(i, k) for i in perm for k in range(self.repeats)]
 

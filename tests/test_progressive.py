@@ -151,6 +151,14 @@ def test_compile_trains_and_resumes(data, tmp_path):
     assert not any(k.startswith("_orig_mod") for k in state["model"])
     net = torchvision.models.resnet18(num_classes=3)
     net.load_state_dict(state["model"], strict=True)
-    # It learned: the training loss fell from the first logged steps to the last (log.jsonl spans both runs).
-    losses = [e["loss"] for e in map(json.loads, open(out / "log.jsonl")) if e["event"] == "train"]
-    assert len(losses) >= 12 and sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    # It trains as the eager model does: the first two steps' losses (the second after one update through the
+    # compiled graph's gradients) equal those of the same run without --compile. (Later steps drift apart: at
+    # this LR and batch 8 the trajectory is chaotic, so neither a learning curve nor later losses are stable
+    # enough to assert on; log.jsonl spans both compiled runs, 12 steps.)
+    eager, eager_args = tmp_path / "eager", [a for a in args if a != "--compile"]
+    eager_args[eager_args.index("--output") + 1] = str(eager)
+    assert train.main(eager_args) == 0
+    read = lambda run: [e["loss"] for e in map(json.loads, open(run / "log.jsonl")) if e["event"] == "train"]
+    losses, reference = read(out), read(eager)
+    assert len(losses) == len(reference) == 12
+    assert losses[:2] == pytest.approx(reference[:2], rel=1e-4), (losses, reference)

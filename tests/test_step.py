@@ -88,12 +88,6 @@ def test_nonfinite_loss_raises_with_the_step():
     assert e.value.step == 0
 
 
-def test_step_seed_depends_only_on_its_inputs():
-    assert train.step_seed(0, 1, 2, 3) == train.step_seed(0, 1, 2, 3)
-    seeds = {train.step_seed(s, e, m, r) for s in (0, 1) for e in (0, 1) for m in (0, 1) for r in (0, 1)}
-    assert len(seeds) == 16 and all(0 <= x < 2**63 for x in seeds)
-
-
 def test_label_smoothing_is_applied_once_with_mixing():
     """The Config decides where label smoothing goes: into the MixUp/CutMix targets (the mixer smooths every
     batch, mixed or not) and then not into the loss. A step whose batch is not mixed (mix_prob 0) must therefore
