@@ -108,9 +108,11 @@ def test_bce_smoothing_and_threshold_closed_form():
     plain = 0.7 * F.one_hot(a, C).float() + 0.3 * F.one_hot(b, C).float()
     torch.testing.assert_close(binary_cross_entropy(logits, plain, label_smoothing=eps),
                                binary_cross_entropy(logits, mixed), rtol=1e-6, atol=1e-6)
-    # an integer label with smoothing 0 and threshold: the one-hot is already binary
-    torch.testing.assert_close(binary_cross_entropy(logits, labels, target_threshold=0.2),
-                               binary_cross_entropy(logits, labels), rtol=0, atol=0)
+    # an integer label with a threshold: the one-hot is already binary, and smoothing comes before the
+    # threshold, so a smoothed label thresholded is the plain one-hot again
+    for smoothing in (0.0, eps):
+        torch.testing.assert_close(binary_cross_entropy(logits, labels, smoothing, target_threshold=0.2),
+                                   binary_cross_entropy(logits, labels), rtol=0, atol=0)
 
 
 def test_bce_matches_timm():
