@@ -1,4 +1,4 @@
-"""Parameter groups with weight-decay exclusions, and the SGD / AdamW builders.
+"""Parameter groups with weight-decay exclusions and layer-wise LR decay, and the SGD / AdamW builders.
 
 Weight decay pulls weights towards 0. That regularises the *direction* of a weight matrix, but on
 scale-like parameters it only fights the network: normalisation weights and biases, other 1-D
