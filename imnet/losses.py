@@ -15,12 +15,26 @@ for probability targets alike. Targets from ``mixing.Mixer`` already carry the s
 
 The loss is always computed in float32 from log_softmax, even for bf16/fp16 logits (autocast): a
 half-precision softmax over 1000 classes loses the small probabilities the gradient needs.
+
+Binary cross-entropy ("ResNet strikes back", Wightman, Touvron & Jegou 2021, its A1-A3 loss): each class is its
+own yes/no question, sigma = sigmoid,
+
+    loss = mean_{n,c}  -( q[n,c] * log sigma(z[n,c]) + (1 - q[n,c]) * log(1 - sigma(z[n,c])) ),
+
+averaged over all N * C terms (timm's BinaryCrossEntropy, reduction "mean"; ``reduction="sum_classes"``
+sums over the classes and averages over the samples, timm's ``sum_classes=True``). With MixUp/CutMix both
+mixed classes are targets of their own. Label smoothing is timm's: on = 1 - eps + eps / C, off = eps / C,
+i.e. the same q * (1 - eps) + eps / C as above (timm applies it to hard labels only, its mixed targets
+arriving smoothed already; here soft targets are smoothed too, like ``cross_entropy``: pass eps=0 for
+targets from ``mixing.Mixer``, which carry it). ``target_threshold`` t then binarises: q <- 1 where
+q > t, else 0 (timm's ``--bce-target-thresh``): a class that makes up enough of a mixed image is simply
+"present". Also in float32.
 """
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["cross_entropy"]
+__all__ = ["cross_entropy", "binary_cross_entropy"]
 
 
 def cross_entropy(logits, target, label_smoothing=0.0):
@@ -37,3 +51,20 @@ def cross_entropy(logits, target, label_smoothing=0.0):
         return nll.mean()
     uniform = -log_probs.mean(dim=-1)
     return ((1.0 - eps) * nll + eps * uniform).mean()
+
+
+def binary_cross_entropy(logits, target, label_smoothing=0.0, target_threshold=None, reduction="mean"):
+    """Binary cross-entropy on one-vs-all targets, float32 scalar. ``target``: int64 labels (N,) or float
+    (mixed) targets (N, C); smoothing, then the optional threshold, then the mean over N * C terms
+    (``reduction="sum_classes"``: sum over classes, mean over samples)."""
+    if reduction not in ("mean", "sum_classes"):
+        raise ValueError(f"reduction must be 'mean' (over all N * C terms, timm's default) or 'sum_classes' "
+                         f"(sum over classes, mean over samples), got {reduction!r}.")
+    logits = logits.float()
+    q = target.float() if target.dtype.is_floating_point else F.one_hot(target.long(), logits.shape[-1]).float()
+    if label_smoothing > 0:
+        q = q * (1.0 - label_smoothing) + label_smoothing / logits.shape[-1]
+    if target_threshold is not None:
+        q = (q > target_threshold).float()
+    loss = F.binary_cross_entropy_with_logits(logits, q, reduction="none")
+    return loss.mean() if reduction == "mean" else loss.sum(dim=-1).mean()

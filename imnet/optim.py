@@ -1,4 +1,4 @@
-"""Parameter groups with weight-decay exclusions, and the SGD / AdamW builders.
+"""Parameter groups with weight-decay exclusions and layer-wise LR decay, and the SGD / AdamW builders.
 
 Weight decay pulls weights towards 0. That regularises the *direction* of a weight matrix, but on
 scale-like parameters it only fights the network: normalisation weights and biases, other 1-D
@@ -16,11 +16,42 @@ Optimizers: SGD with (Nesterov) momentum and L2 weight decay added to the gradie
 ResNet recipe; AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"), whose
 decay is decoupled from the adaptive step: w <- w - lr * wd * w, separately from the Adam update.
 Both use torch's fused kernels on CUDA and the multi-tensor (foreach) path elsewhere.
+
+Layer-wise LR decay for fine-tuning (ELECTRA, Clark et al. 2020; BEiT, Bao et al. 2022; MAE, He et al.
+2022): the layers near the input, which hold the most general features, move least. Each parameter gets a
+layer id in 0..L+1 and its group an ``"lr_scale"`` (schedule.set_lr multiplies a group's LR by it):
+
+    lr_scale = decay ** (L + 1 - layer_id)
+
+so the head (id L + 1) trains at the full LR and the embeddings (id 0) at decay ** (L + 1). The ids:
+
+- ViT / DeiT (torchvision's VisionTransformer and subclasses), BEiT's and MAE's ``get_layer_id_for_vit``:
+  patch embedding, class (and distillation) token and position embedding 0, block i -> i + 1, the final
+  norm and the heads L + 1, with L the number of blocks. (MAE's list of embeddings names only cls_token
+  and pos_embed; the distillation token is an input token like them, and timm's DeiT puts it in the stem.)
+- Swin (torchvision's SwinTransformer), SimMIM's ``get_swin_layer`` (Xie et al. 2022, the published Swin
+  fine-tuning code): patch embedding 0, block j of stage s -> (blocks before stage s) + j + 1, a patch
+  merging layer -> the id of the last block before it, the final norm and head L + 1, L = sum(depths).
+  (timm instead puts the merging layer with the next stage and the final norm with the last block.)
+- ConvNeXt (torchvision's ConvNeXt), ConvNeXt's ``get_num_layer_for_convnext`` (Liu et al. 2022): 12
+  layers for depths (3, 3, 27, 3): the stem 0, stage 0 -> 1, stage 1 and the downsampling before it -> 2,
+  stage 2 in groups of three blocks -> 3 + block // 3 (its downsampling with the first group), stage 3 and
+  its downsampling -> L = 12, the head L + 1. The official code refuses other depths (convnext_tiny's
+  stage 2 has 9 blocks); here the same rule gives L = 3 + ceil(depth_2 / 3), i.e. 6 for convnext_tiny,
+  and exactly the official ids for small / base / large.
+
+Weight decay inside each layer follows the same exclusions as ``param_groups``.
 """
 
-import torch
+import math
 
-__all__ = ["NO_DECAY_NAMES", "param_groups", "count_param_groups", "build_optimizer"]
+import torch
+from torchvision.models.convnext import ConvNeXt
+from torchvision.models.swin_transformer import SwinTransformer
+from torchvision.models.vision_transformer import VisionTransformer
+
+__all__ = ["NO_DECAY_NAMES", "param_groups", "count_param_groups", "build_optimizer", "layer_ids",
+           "layer_decay_groups"]
 
 NO_DECAY_NAMES = (
     # torchvision
@@ -49,11 +80,87 @@ def param_groups(model, weight_decay, no_decay_names=NO_DECAY_NAMES):
 
 
 def count_param_groups(groups):
-    """{group name: {"tensors": n, "elements": n, "weight_decay": wd}} for printing what a recipe does."""
+    """{group name: {"tensors": n, "elements": n, "weight_decay": wd, "lr_scale": s}} for printing what a
+    recipe does (``lr_scale`` 1.0 for groups without one)."""
     return {g.get("name", str(i)): dict(tensors=len(g["params"]),
                                         elements=sum(p.numel() for p in g["params"]),
-                                        weight_decay=g.get("weight_decay"))
+                                        weight_decay=g.get("weight_decay"),
+                                        lr_scale=g.get("lr_scale", 1.0))
             for i, g in enumerate(groups)}
+
+
+def _vit_layer(name, num_blocks):
+    if name in ("class_token", "dist_token", "encoder.pos_embedding") or name.startswith("conv_proj."):
+        return 0
+    if name.startswith("encoder.layers.encoder_layer_"):
+        return int(name.split(".")[2].rsplit("_", 1)[1]) + 1
+    return num_blocks + 1
+
+
+def _swin_layer(stage, block, depths):
+    """SimMIM: block j of stage s -> (blocks before s) + j + 1; the merging layer before stage s -> the id of
+    the last block of stage s - 1."""
+    before = sum(depths[:stage])
+    return before if block is None else before + block + 1
+
+
+def _convnext_layer(stage, block, depths):
+    """get_num_layer_for_convnext: stage 0 -> 1, stage 1 -> 2, stage 2 -> 3 + block // 3, stage 3 -> L; a
+    downsampling layer goes with the first block of the stage after it."""
+    block = 0 if block is None else block
+    return (1, 2, 3 + block // 3, 3 + math.ceil(depths[2] / 3))[stage]
+
+
+def layer_ids(model):
+    """({parameter name: layer id in 0..L+1}, L) for a torchvision ViT/DeiT, Swin or ConvNeXt, by the rules
+    in the module docstring. Raises ValueError for other models (ResNet, EfficientNet, ...)."""
+    names = [n for n, _ in model.named_parameters()]
+    if isinstance(model, VisionTransformer):
+        num_blocks = len(model.encoder.layers)
+        return {n: _vit_layer(n, num_blocks) for n in names}, num_blocks
+    if isinstance(model, (SwinTransformer, ConvNeXt)) and len(model.features) == 8:
+        # torchvision's features: [stem, stage 0, down, stage 1, down, stage 2, down, stage 3]
+        depths = [len(model.features[i]) for i in (1, 3, 5, 7)]
+        if isinstance(model, SwinTransformer):
+            rule, num_layers = _swin_layer, sum(depths)
+        else:
+            rule, num_layers = _convnext_layer, 3 + math.ceil(depths[2] / 3)
+        ids = {}
+        for n in names:
+            parts = n.split(".")
+            if parts[0] != "features":
+                ids[n] = num_layers + 1
+            elif parts[1] == "0":
+                ids[n] = 0
+            else:  # features.(2s+1).j: block j of stage s; features.(2s): the downsampling before stage s
+                index = int(parts[1])
+                ids[n] = rule(index // 2, int(parts[2]) if index % 2 else None, depths)
+        return ids, num_layers
+    raise ValueError(f"Layer-wise LR decay numbers the blocks of torchvision's VisionTransformer (vit_*, "
+                     f"deit_*), SwinTransformer (swin_*) or ConvNeXt (convnext_*); "
+                     f"{type(model).__name__} has no such blocks. Leave layer decay off (1.0) for this model.")
+
+
+def layer_decay_groups(model, weight_decay, layer_decay, no_decay_names=NO_DECAY_NAMES):
+    """Param groups per (layer, decay / no decay), named "layer 3 decay", "layer 3 no_decay", ..., each with
+    ``"lr_scale": layer_decay ** (L + 1 - layer_id)`` and the weight decay of ``param_groups``'s rule.
+    Groups come in layer order (embeddings first), empty ones are dropped, frozen parameters left out."""
+    if not 0 < layer_decay <= 1:
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}: each layer's LR is layer_decay "
+                         f"times the next one's (0.65-0.9 in the published fine-tuning recipes).")
+    ids, num_layers = layer_ids(model)
+    groups = {}
+    for name, param in model.named_parameters():
+        if not param.requires_grad:
+            continue
+        layer, skip = ids[name], _no_decay(name, param, no_decay_names)
+        key = (layer, "no_decay" if skip else "decay")
+        if key not in groups:
+            groups[key] = dict(name=f"layer {layer} {key[1]}", params=[],
+                               weight_decay=0.0 if skip else weight_decay,
+                               lr_scale=layer_decay ** (num_layers + 1 - layer))
+        groups[key]["params"].append(param)
+    return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] != "decay"))]
 
 
 def build_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, nesterov=False, betas=(0.9, 0.999),

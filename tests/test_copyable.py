@@ -1,6 +1,7 @@
 """Each copyable module works when copied alone into an empty folder.
 
-The copyable modules (transforms, mixing, losses, schedule, ema, optim, metrics) are meant to be copied
+The copyable modules (transforms, mixing, losses, schedule, ema, optim, metrics, sam, lars, distill, deit) are
+meant to be copied
 into another project one file at a time, so each imports only the standard library, torch, torchvision,
 numpy and PIL, never another imnet module. transforms.py also has an optional companion, fastjpeg.py:
 copied alone it decodes with PIL and gives torchvision's boxes and pixels; with fastjpeg.py beside it, it
@@ -98,6 +99,33 @@ meter.update(torch.tensor(2.0), logits, torch.tensor([1, 2]))
 r = meter.compute()
 assert r["loss"] == 2.0 and r["top1"] == 50.0 and r["count"] == 2, r
 """,
+    "lars": """
+w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+w.grad = torch.tensor([0.0, 2.0])
+m.LARS([w], lr=0.5, momentum=0.0, weight_decay=0.5, trust_coefficient=0.1).step()
+# ratio = 0.1 * 5 / (2 + 0.5 * 5) = 1/9, w -= 0.5 * (g + 0.5 w) / 9
+assert torch.allclose(w.detach(), torch.tensor([3 - 1 / 12, 4 - 2 / 9])), w
+v = torch.nn.Parameter(torch.tensor([3.0, 4.0]))
+v.grad = torch.tensor([1.0, 7.0])
+m.LAMB([v], lr=0.1, weight_decay=0.1, eps=0.0).step()
+u = torch.tensor([1.3, 1.4])  # Adam's first step sign(g) plus 0.1 w; ratio ||w|| / ||u||
+assert torch.allclose(v.detach(), torch.tensor([3.0, 4.0]) - 0.1 * 5 / u.norm() * u), v
+""",
+    "distill": """
+s, t = torch.tensor([[2.0, 0.0, 0.0]]), torch.tensor([[0.0, 3.0, 0.0]])
+assert abs(m.hard_distillation(s, t).item() - math.log(math.exp(2) + 2)) < 1e-6
+assert m.soft_distillation(t, t, 2.0).abs() < 1e-6 and m.soft_distillation(s, t, 2.0) > 0
+ce = torch.nn.functional.cross_entropy
+assert torch.equal(m.distillation_loss((s, t), torch.tensor([0]), t, ce, alpha=0.0), ce(s, torch.tensor([0])))
+""",
+    "deit": """
+model = m.DistilledVisionTransformer(image_size=32, patch_size=16, num_layers=1, num_heads=2, hidden_dim=8,
+                                     num_classes=3)
+x = torch.randn(2, 3, 32, 32)
+cls_logits, dist_logits = model(x)
+assert torch.allclose(model.eval()(x), (cls_logits + dist_logits) / 2, atol=1e-6)
+assert m.interpolate_pos_embedding(model.encoder.pos_embedding, 3).shape == (1, 2 + 9, 8)
+""",
     "sam": """
 w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
 w.grad = torch.tensor([3.0, 4.0])
@@ -191,10 +219,14 @@ def _imports(source):
 def smoke_results(tmp_path_factory):
     """Copy each module alone into its own empty folder, then import and smoke-test them all in one fresh
     interpreter (one torch import instead of seven: ~5 s instead of ~35 s of CPU on this machine).
-    transforms, the only one that imports torchvision, runs last so it cannot mask a missing import; then
-    transforms once more, with fastjpeg.py beside it."""
+    The modules that import torchvision run last so they cannot mask a missing import, transforms last of
+    all; then transforms once more, with fastjpeg.py beside it."""
+    def order(name):
+        source = IMNET / f"{name}.py"
+        return name == "transforms", source.exists() and "torchvision" in source.read_text(), name
+
     jobs = []
-    for name in sorted(SMOKE, key=lambda n: (n == "transforms", n)):
+    for name in sorted(SMOKE, key=order):
         if (IMNET / f"{name}.py").exists():
             folder = tmp_path_factory.mktemp(f"copy_{name}")
             shutil.copy(IMNET / f"{name}.py", folder / f"{name}.py")

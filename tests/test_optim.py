@@ -1,3 +1,6 @@
+import math
+import re
+
 import pytest
 import torch
 import torchvision
@@ -5,7 +8,8 @@ from torch import nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
-from imnet.optim import build_optimizer, count_param_groups, param_groups
+from imnet.deit import DistilledVisionTransformer
+from imnet.optim import build_optimizer, count_param_groups, layer_decay_groups, param_groups
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -114,3 +118,182 @@ def test_adamw_equals_torch_reference():
             o.step()
     torch.testing.assert_close(model.weight, reference.weight)
     torch.testing.assert_close(model.bias, reference.bias)
+
+
+# ------------------------------------------------------------------------------------- layer-wise LR decay
+#
+# The published rules, written out on the names their code uses (timm-style ViT, the official Swin and
+# ConvNeXt), and a translation from torchvision's names to those.
+
+def mae_get_layer_id_for_vit(name, num_layers):
+    """MAE util/lr_decay.py (after BEiT), num_layers = blocks + 1; dist_token added to the stem as timm's
+    DeiT group_matcher does."""
+    if name in ["cls_token", "pos_embed", "dist_token"]:
+        return 0
+    elif name.startswith("patch_embed"):
+        return 0
+    elif name.startswith("blocks"):
+        return int(name.split(".")[1]) + 1
+    else:
+        return num_layers
+
+
+def simmim_get_swin_layer(name, num_layers, depths):
+    """SimMIM optimizer.py, num_layers = sum(depths) + 2."""
+    if name in ("mask_token"):
+        return 0
+    elif name.startswith("patch_embed"):
+        return 0
+    elif name.startswith("layers"):
+        layer_id = int(name.split(".")[1])
+        block_id = name.split(".")[3]
+        if block_id == "reduction" or block_id == "norm":
+            return sum(depths[:layer_id + 1])
+        layer_id = sum(depths[:layer_id]) + int(block_id)
+        return layer_id + 1
+    else:
+        return num_layers - 1
+
+
+def convnext_get_num_layer(var_name, num_max_layer=12):
+    """ConvNeXt optim_factory.py get_num_layer_for_convnext; its 12 is num_max_layer here (12 for stage-2
+    depth 27; the same rule at depth 9 ends at 3 + 9 / 3 = 6)."""
+    if var_name.startswith("downsample_layers"):
+        stage_id = int(var_name.split(".")[1])
+        if stage_id == 0:
+            layer_id = 0
+        elif stage_id == 1 or stage_id == 2:
+            layer_id = stage_id + 1
+        elif stage_id == 3:
+            layer_id = num_max_layer
+        return layer_id
+    elif var_name.startswith("stages"):
+        stage_id = int(var_name.split(".")[1])
+        block_id = int(var_name.split(".")[2])
+        if stage_id == 0 or stage_id == 1:
+            layer_id = stage_id + 1
+        elif stage_id == 2:
+            layer_id = 3 + block_id // 3
+        elif stage_id == 3:
+            layer_id = num_max_layer
+        return layer_id
+    else:
+        return num_max_layer + 1
+
+
+def timm_vit_name(n):
+    n = re.sub(r"^encoder\.layers\.encoder_layer_(\d+)\.", r"blocks.\1.", n)
+    return {"class_token": "cls_token", "encoder.pos_embedding": "pos_embed"}.get(
+        n, n.replace("conv_proj.", "patch_embed.proj.").replace("encoder.ln.", "norm.").replace("heads.head.", "head."))
+
+
+def swin_name(n):
+    m = re.match(r"features\.(\d+)\.(.*)", n)
+    if not m:
+        return n  # norm.*, head.*
+    index, rest = int(m[1]), m[2]
+    if index == 0:
+        return "patch_embed." + rest
+    if index % 2:
+        return f"layers.{index // 2}.blocks.{rest}"
+    return f"layers.{index // 2 - 1}.downsample.{rest}"  # torchvision's merging before stage s = Swin's after s-1
+
+
+def convnext_name(n):
+    m = re.match(r"features\.(\d+)\.(.*)", n)
+    if not m:
+        return "head." + n  # classifier: the final norm and the head
+    index, rest = int(m[1]), m[2]
+    return f"stages.{index // 2}.{rest}" if index % 2 else f"downsample_layers.{index // 2}.{rest}"
+
+
+def _distilled_deit():
+    return DistilledVisionTransformer(image_size=32, patch_size=8, num_layers=3, num_heads=2, hidden_dim=16,
+                                      num_classes=10)
+
+
+def _expected_ids(family, model):
+    names = [n for n, _ in model.named_parameters()]
+    if family == "vit":
+        blocks = len(model.encoder.layers)
+        return {n: mae_get_layer_id_for_vit(timm_vit_name(n), blocks + 1) for n in names}, blocks
+    if family == "swin":
+        depths = [2, 2, 6, 2]  # swin_t
+        return {n: simmim_get_swin_layer(swin_name(n), sum(depths) + 2, depths) for n in names}, sum(depths)
+    top = 12 if len(model.features[5]) == 27 else 6  # convnext_small / convnext_tiny
+    return {n: convnext_get_num_layer(convnext_name(n), top) for n in names}, top
+
+
+@pytest.mark.parametrize("family, build", [
+    ("vit", lambda: _small_vit(num_layers=3)),
+    ("vit", lambda: torchvision.models.vit_b_16(num_classes=10)),
+    ("vit", _distilled_deit),
+    ("swin", lambda: torchvision.models.swin_t(num_classes=10)),
+    ("convnext", lambda: torchvision.models.convnext_tiny(num_classes=10)),
+    ("convnext", lambda: torchvision.models.convnext_small(num_classes=10)),
+], ids=["vit_tiny", "vit_b_16", "deit_distilled", "swin_t", "convnext_tiny", "convnext_small"])
+def test_layer_decay_groups_follow_the_published_rules(family, build):
+    with torch.device("meta"):
+        model = build()
+    expected, num_layers = _expected_ids(family, model)
+    assert set(expected.values()) == set(range(num_layers + 2))  # no layer id unused or out of range
+    decay = 0.75
+    groups = layer_decay_groups(model, 0.05, decay)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    plain = {by_id[id(p)]: g["weight_decay"] for g in param_groups(model, 0.05) for p in g["params"]}
+    seen = []
+    for g in groups:
+        layer, kind = re.fullmatch(r"layer (\d+) (decay|no_decay)", g["name"]).groups()
+        assert g["lr_scale"] == decay ** (num_layers + 1 - int(layer))
+        assert g["weight_decay"] == (0.05 if kind == "decay" else 0.0)
+        for p in g["params"]:
+            name = by_id[id(p)]
+            seen.append(name)
+            assert expected[name] == int(layer), name
+            assert plain[name] == g["weight_decay"], name  # the same weight-decay exclusions
+    assert sorted(seen) == sorted(by_id.values())  # every parameter exactly once
+    # the head trains at the full LR, the embeddings at decay ** (L + 1)
+    assert max(g["lr_scale"] for g in groups) == 1.0
+    assert min(g["lr_scale"] for g in groups) == decay ** (num_layers + 1)
+    counts = count_param_groups(groups)
+    assert counts[groups[0]["name"]]["lr_scale"] == groups[0]["lr_scale"]
+
+
+def test_layer_decay_specific_ids():
+    """A few ids spelled out: DeiT's tokens are embeddings, its second head is a head; Swin's merging layer
+    goes with the last block before it; convnext_small's stage 2 in threes."""
+    with torch.device("meta"):
+        deit, swin = _distilled_deit(), torchvision.models.swin_t()
+        convnext = torchvision.models.convnext_small()
+    def ids(model):
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        groups = layer_decay_groups(model, 0.05, 0.5)
+        return {by_id[id(p)]: int(g["name"].split()[1]) for g in groups for p in g["params"]}
+    d, s, c = ids(deit), ids(swin), ids(convnext)
+    assert d["dist_token"] == d["class_token"] == d["encoder.pos_embedding"] == d["conv_proj.weight"] == 0
+    assert d["encoder.layers.encoder_layer_2.mlp.0.weight"] == 3
+    assert d["head_dist.weight"] == d["heads.head.weight"] == 4
+    assert s["features.1.1.norm1.weight"] == s["features.2.reduction.weight"] == 2  # merging after stage 0
+    assert s["features.3.0.norm1.weight"] == 3
+    assert s["features.7.1.mlp.0.weight"] == 12 and s["norm.weight"] == s["head.weight"] == 13
+    assert c["features.4.1.weight"] == 3 and c["features.5.26.block.0.weight"] == 11 and c["features.6.1.weight"] == 12
+    assert c["classifier.2.weight"] == 13
+
+
+def test_layer_decay_refusals_and_frozen_parameters():
+    with torch.device("meta"):
+        resnet = torchvision.models.resnet18()
+    with pytest.raises(ValueError, match="ResNet has no such blocks"):
+        layer_decay_groups(resnet, 0.05, 0.75)
+    vit = _small_vit(num_layers=2)
+    with pytest.raises(ValueError, match="layer_decay must be"):
+        layer_decay_groups(vit, 0.05, 1.5)
+    vit.conv_proj.requires_grad_(False)
+    groups = layer_decay_groups(vit, 0.05, 0.75)
+    tensors = [p for g in groups for p in g["params"]]
+    assert all(p is not vit.conv_proj.weight and p is not vit.conv_proj.bias for p in tensors)
+    assert len(tensors) == sum(p.requires_grad for p in vit.parameters())
+    # decay 1.0: every scale is 1 (the same training as param_groups, in more groups)
+    assert {g["lr_scale"] for g in layer_decay_groups(vit, 0.05, 1.0)} == {1.0}
+    assert all(v["lr_scale"] == 1.0 for v in count_param_groups(param_groups(vit, 0.05)).values())
+    assert math.isclose(0.75 ** 3, [g for g in groups if g["name"] == "layer 0 no_decay"][0]["lr_scale"])
