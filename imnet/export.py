@@ -72,7 +72,7 @@ def export(src: Path, out: Path, ema: bool) -> dict:
     ckpt = load_checkpoint(src)
     config = ckpt["config"]
     name, classes = config["model"], [str(c) for c in ckpt["classes"]]
-    if ema and not ckpt.get("ema"):
+    if ema and not checkpoint.has_weights(ckpt, "ema"):
         raise ExportError(f"'{src}' has no EMA weights (its run was trained without --ema). Export the "
                           f"regular weights: drop --ema.")
     state = checkpoint.weights_of(ckpt, "ema" if ema else "model", src)

@@ -183,7 +183,7 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
     ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when missing or corrupt
     if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: read_state's schema check
         ckpt = checkpoint.check_state(ckpt, path)
-        if use_ema and not ckpt.get("ema"):
+        if use_ema and not checkpoint.has_weights(ckpt, "ema"):
             raise ValueError(f"--init-ema: {path} has no EMA weights (its run had no --ema); drop --init-ema.")
         state = checkpoint.weights_of(ckpt, "ema" if use_ema else "model", path)
         return state, list(ckpt["classes"]), f"{'EMA weights' if use_ema else 'weights'} of {path}"

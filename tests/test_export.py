@@ -68,8 +68,8 @@ def test_export_writes_the_plain_state_dict(resnet_ckpt, tmp_path, ema):
     assert r.returncode == 0, r.stderr
 
     ckpt = torch.load(resnet_ckpt, map_location="cpu", weights_only=True)
-    expected = ckpt["ema"]["module"] if ema else ckpt["model"]
-    other = ckpt["model"] if ema else ckpt["ema"]["module"]
+    expected = ckpt["state_dict_ema"] if ema else ckpt["model"]
+    other = ckpt["model"] if ema else ckpt["state_dict_ema"]
     exported = torch.load(out, map_location="cpu", weights_only=True)
     torchvision.models.resnet18(num_classes=3).load_state_dict(exported, strict=True)
     assert list(exported) == list(expected)
@@ -110,7 +110,8 @@ def bad_cases(tmp: Path, good: Path) -> dict:
     torch.save({"weight": torch.zeros(2)}, tmp / "plain.pt")
     torch.save({"epoch": 3, "note": "hello"}, tmp / "foreign.pt")
     no_ema = torch.load(good, map_location="cpu", weights_only=True)
-    no_ema["ema"] = None
+    no_ema["model_ema"] = no_ema["state_dict_ema"] = None
+    del no_ema["checksum"]  # edited on purpose
     no_ema["optimizer"] = {}  # keeps the files small
     torch.save(no_ema, tmp / "no_ema.pt")
     wrong = dict(no_ema, classes=["a", "b", "c", "d"])  # 4 names, a 3-way classifier

@@ -108,8 +108,10 @@ def test_a_stale_best_from_an_older_run_is_repaired_on_resume(reference, data, t
     last = load(ref_out / "last.pt")
     newest = last["history"][-1]["val_top1"]
     last["best_top1"] = newest  # last.pt's own epoch is the best
+    last["checksum"] = ckpt_io.content_digest(last)  # as that run would have written it
     torch.save(last, out / "last.pt")
     stale = dict(last, best_top1=newest - 10.0, metrics=dict(last["metrics"], val_top1=newest - 10.0))
+    stale["checksum"] = ckpt_io.content_digest(stale)
     torch.save(stale, out / "best.pt")
     assert train.main(BASE + ["--data", str(data), "--output", str(out), "--resume", "auto"]) == 0
     assert (out / "best.pt").read_bytes() == (out / "last.pt").read_bytes()

@@ -72,7 +72,7 @@ def test_init_ema_takes_the_ema_weights(source10, data4, tmp_path):
                               "--init-from", str(source10), "--init-ema", "--stop-at-step", "1"]) == 0
     got = load(out / "last.pt")["model"]
     k = "encoder.layers.encoder_layer_0.mlp.0.weight"
-    assert torch.equal(got[k], src["ema"]["module"][k]) and not torch.equal(got[k], src["model"][k])
+    assert torch.equal(got[k], src["state_dict_ema"][k]) and not torch.equal(got[k], src["model"][k])
 
 
 def test_a_torchvision_state_dict_loads_head_and_all(tmp_path):

@@ -57,8 +57,8 @@ def assert_same_state(a: dict, b: dict) -> None:
         assert a[key].keys() == b[key].keys()
         for k in a[key]:
             assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs"
-    for k in a["ema"]["module"]:
-        assert torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]), f"ema.{k} differs"
+    for k in a["state_dict_ema"]:
+        assert torch.equal(a["state_dict_ema"][k], b["state_dict_ema"][k]), f"ema.{k} differs"
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys()
     for i in sa:
@@ -87,7 +87,7 @@ def test_learns_and_writes_what_is_specified(reference, data):
     last = load(reference / "last.pt")
     assert last["classes"] == ["class_0", "class_1", "class_2"]
     assert last["epoch"] == 3 and last["step_in_epoch"] == 0 and last["global_step"] == 18
-    for key in ("version", "model", "ema", "optimizer", "scaler", "rng", "config", "metrics", "imnet_version",
+    for key in ("version", "model", "model_ema", "state_dict_ema", "checksum", "optimizer", "scaler", "rng", "config", "metrics", "imnet_version",
                 "meter", "history", "bad_images"):
         assert key in last, key
     policy = last["config"]["eval_policy"]
@@ -100,7 +100,7 @@ def test_learns_and_writes_what_is_specified(reference, data):
     net = VisionTransformer(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
                             num_classes=3)
     net.load_state_dict(last["model"], strict=True)
-    net.load_state_dict(last["ema"]["module"], strict=True)
+    net.load_state_dict(last["state_dict_ema"], strict=True)
 
     best = load(reference / "best.pt")
     best_top1 = max(float(r["val_top1"]) for r in rows)
