@@ -56,7 +56,7 @@ import torchvision
 from imnet import benchmark, checkpoint, config, data, dist, evaluation, folders, models
 from imnet.config import AMP_DTYPES, EvalPolicy
 from imnet.errors import UsageError, message_of
-from imnet.flags import (AMP_CHOICES, COUNT, NATURAL, SIZE, Parser, Range, add_eval_policy_flags)
+from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, SIZE, Parser, Range, add_eval_policy_flags)
 from imnet.log import val_key
 from imnet.tta import TTA_VIEWS, view_transform
 
@@ -68,8 +68,9 @@ class EvalError(UsageError):
 # --------------------------------------------------------------------------------------------- flags
 def build_parser():
     """eval.py's flags; the evaluation policy's are train.py's (imnet.flags.add_eval_policy_flags), with eval.py's
-    older spellings (--crop-size, --resize-size, --interpolation, --decode) kept as aliases."""
-    parser = Parser(prog="eval.py",
+    older spellings (--crop-size, --resize-size, --interpolation, --decode) kept as aliases, and the spellings of
+    torchvision's and timm's evaluation (imnet.flags.EVAL_ALIASES: --data-path, --data-dir, --model-ema)."""
+    parser = Parser(prog="eval.py", aliases=EVAL_ALIASES,
                     description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
                                 "distributed under torchrun), or benchmark inference with --bench.")
     g = parser.add_argument_group("weights")

@@ -21,6 +21,8 @@ import json
 import math
 import re
 import sys
+import textwrap
+from dataclasses import dataclass
 
 from imnet.errors import UsageError
 from imnet.recipes import RECIPES
@@ -113,15 +115,28 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
             return text
         return text + " (default: %(default)s)"
 
+    def _fill_text(self, text, width, indent):
+        # the description and the epilog, whose flag names (--clip-grad-norm) must not be cut at their hyphens
+        text = self._whitespace_matcher.sub(" ", text).strip()
+        return textwrap.fill(text, width, initial_indent=indent, subsequent_indent=indent, break_on_hyphens=False)
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, with mistakes raised as one-paragraph `FlagError`s instead of a usage block: an unknown flag
     gets the closest known ones ("did you mean"), a bad value the flag's valid range or choices."""
 
-    def __init__(self, *args, **kwargs):
+    def __init__(self, *args, aliases: dict | None = None, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
+        self.aliases = aliases or {}
+        if self.aliases:
+            kwargs.setdefault("epilog", describe_aliases(self.aliases))
         super().__init__(*args, **kwargs)
+
+    def parse_known_args(self, args=None, namespace=None):
+        """argparse's, after the familiar spellings of ``aliases`` are rewritten (`apply_aliases`)."""
+        args = sys.argv[1:] if args is None else list(args)
+        return super().parse_known_args(apply_aliases(args, self.aliases, self.prog), namespace)
 
     def option_names(self) -> list[str]:
         return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
@@ -143,6 +158,175 @@ class Parser(argparse.ArgumentParser):
                          lambda m: f"must be one of {m.group(2)} (got {m.group(1)})", message)
         message = re.sub(r"^argument ([^:]+): ", lambda m: m.group(1).split("/")[0] + " ", message)
         raise FlagError(f"{message}. `{self.prog} --help` lists every flag with its valid values.")
+
+
+# ----------------------------------------------------------------------------------------------- familiar flags
+
+@dataclass(frozen=True)
+class Alias:
+    """A flag spelled as in torchvision's reference scripts or timm's (``source``).
+
+    ``flag``: imnet's flag of exactly that meaning; the value passes through unchanged, or through ``values``
+    (their value, lower case -> imnet's; None drops the pair: imnet's fixed behaviour). Refused, with ``why``
+    (what differs and what to type instead): an alias without ``flag`` or ``values`` (its meaning differs), a
+    value outside ``values``, and an alias given without the flag it ``needs`` (another of the table)."""
+    source: str
+    flag: str | None = None
+    values: dict | None = None
+    why: str = ""
+    needs: str | None = None
+
+
+TV, TIMM = "torchvision", "timm"
+_EMA_DECAY_WHY = (
+    "the two codebases mean different things by it. timm's is the decay per optimizer step: type --ema-decay D. "
+    "torchvision's is rescaled by processes x batch x --model-ema-steps / epochs and applied every "
+    "--model-ema-steps iterations: imnet.recipes.torchvision_ema_decay(global_batch, epochs, decay, steps) gives "
+    "the --ema-decay to use with --ema-every STEPS.")
+_AMP_DTYPE_WHY = (
+    "timm's --amp-dtype float16|bfloat16 picks the autocast dtype of its --amp; imnet's --amp takes the dtype as "
+    "its value: type --amp fp16 (timm's float16, with loss scaling) or --amp bf16. A bare --amp here is not "
+    "timm's float16 but bf16 on GPUs that have it.")
+
+# train.py's familiar spellings (Parser(aliases=...) rewrites them before parsing; `train.py --help` lists them).
+ALIASES = {
+    # torchvision's references/classification/train.py
+    "--data-path": Alias(TV, "--data"),
+    "--wd": Alias(TV, "--weight-decay"),
+    "--lr-warmup-epochs": Alias(TV, "--warmup-epochs", needs="--lr-warmup-method", why=(
+        "torchvision's warmup is constant unless --lr-warmup-method linear is given (the LR times "
+        "--lr-warmup-decay for those epochs, then the full LR at once), and imnet has no constant warmup: its "
+        "--warmup-epochs N ramps linearly from --warmup-start-factor x LR, updated every step. For torchvision's "
+        "linear warmup type --warmup-epochs N --warmup-start-factor D (torchvision's --lr-warmup-decay, default "
+        "0.01), or add --lr-warmup-method linear.")),
+    "--lr-warmup-method": Alias(TV, values={"linear": None}, why=(
+        "torchvision's constant warmup (the LR times --lr-warmup-decay for --lr-warmup-epochs epochs, then the "
+        "full LR at once) is not in imnet, whose warmup is linear: --warmup-epochs N --warmup-start-factor F "
+        "(--lr-warmup-method linear is accepted).")),
+    "--lr-warmup-decay": Alias(TV, "--warmup-start-factor"),
+    "--lr-min": Alias(TV, "--min-lr"),
+    "--mixup-alpha": Alias(TV, "--mixup"),
+    "--cutmix-alpha": Alias(TV, "--cutmix"),
+    "--clip-grad-norm": Alias(TV, "--clip-grad"),
+    "--lr-scheduler": Alias(TV, "--sched", values={"cosineannealinglr": "cosine"}, why=(
+        "torchvision's steplr decays every --lr-step-size epochs (default 30), imnet's --sched step at the epochs "
+        "of --lr-milestones (default 30 60 80): type --sched step --lr-milestones S 2S 3S ... (the multiples of "
+        "the step size below --epochs) --lr-gamma G. exponentiallr has no imnet counterpart; cosineannealinglr "
+        "is accepted (--sched cosine).")),
+    "--lr-step-size": Alias(TV, why=(
+        "imnet's step schedule decays at listed epochs: torchvision's --lr-step-size S is --sched step "
+        "--lr-milestones S 2S 3S ... (the multiples of S below --epochs).")),
+    "--print-freq": Alias(TV, why=(
+        "torchvision's --print-freq N counts iterations (batches); imnet's --log-every N counts optimizer steps, "
+        "each of --accum-steps batches: type --log-every N (the same interval when --accum-steps is 1).")),
+    "--test-only": Alias(TV, why=(
+        "evaluating without training is imnet's eval.py, with the checkpoint's own evaluation policy and "
+        "classes: python eval.py --checkpoint RUN/best.pt --data ROOT (add --use-ema for the EMA weights, as "
+        "torchvision's --test-only --model-ema does).")),
+    "--model-ema-decay": Alias(f"{TV}'s and {TIMM}", why=_EMA_DECAY_WHY),
+    "--model-ema-steps": Alias(TV, why=(
+        "torchvision's --model-ema-steps K updates the average every K iterations and also enters its decay "
+        "formula; imnet's --ema-every K only spaces the updates (--ema-decay to the power K each): use "
+        "--ema-every K with the --ema-decay that imnet.recipes.torchvision_ema_decay gives.")),
+    # timm's train.py
+    "--data-dir": Alias(TIMM, "--data"),
+    "--img-size": Alias(TIMM, why=(
+        "timm's --img-size N sets both the training crop and the evaluation crop (its evaluation resize then "
+        "floor(N / crop_pct) with the model's crop_pct): type --train-crop-size N --val-crop-size N (with "
+        "--crop-pct P for timm's crop_pct; without it the recipe's crop/resize ratio is kept).")),
+    "--aa": Alias(TIMM, why=(
+        "timm's --aa takes timm's own policy strings (rand-m9-mstd0.5-inc1, augmix-..., v0, 3a), another "
+        "implementation than imnet's torchvision ops: the closest to rand-mM is --auto-augment ra --ra-magnitude "
+        "M --ra-num-ops 2 (without timm's magnitude noise and increasing ops); imnet also has --auto-augment "
+        "ta_wide and imagenet.")),
+    "--grad-accum-steps": Alias(TIMM, "--accum-steps"),
+    "--warmup-lr": Alias(TIMM, why=(
+        "timm's --warmup-lr is the absolute LR the warmup starts from (default 1e-5); imnet's "
+        "--warmup-start-factor F is a fraction of the peak LR: type --warmup-start-factor F with F = warmup LR / "
+        "peak LR (1e-5 under --lr 5e-4 is 0.02). timm's cosine also spans all epochs, its warmup written over "
+        "the start; imnet's, like torchvision's, starts after the warmup.")),
+    "--log-interval": Alias(TIMM, "--log-every"),
+    "--hflip": Alias(TIMM, values={"0.5": None}, why=(
+        "timm's --hflip is the probability of a horizontal flip; imnet always flips with probability 0.5 (timm's "
+        "and torchvision's default) and has no flag for another: drop --hflip (--hflip 0.5 is accepted).")),
+    "--amp-dtype": Alias(TIMM, why=_AMP_DTYPE_WHY),
+    "--mixup-prob": Alias(TIMM, "--mix-prob"),
+    "--mixup-switch-prob": Alias(TIMM, "--switch-prob"),
+}
+
+# eval.py's: the evaluation scripts' spellings (torchvision's train.py --test-only, timm's validate.py).
+EVAL_ALIASES = {
+    "--data-path": ALIASES["--data-path"],
+    "--data-dir": ALIASES["--data-dir"],
+    "--model-ema": Alias(TV, "--use-ema"),  # torchvision's --test-only --model-ema evaluates the EMA
+    "--img-size": Alias(TIMM, why=(
+        "timm's validate.py --img-size N is the evaluation crop, its resize then floor(N / crop_pct) with the "
+        "model's crop_pct: type --val-crop-size N (with --crop-pct P for timm's crop_pct; without it the "
+        "checkpoint's crop/resize ratio is kept).")),
+    "--amp-dtype": ALIASES["--amp-dtype"],
+    "--test-only": Alias(TV, why="eval.py only evaluates: drop --test-only."),
+}
+
+
+def _value_key(value: str) -> str:
+    """A value as the alias tables spell it: lower case, numbers in one form (.5, 0.50 and 5e-1 are 0.5)."""
+    try:
+        return f"{float(value):g}"
+    except ValueError:
+        return value.lower()
+
+
+def apply_aliases(argv: list[str], aliases: dict, prog: str = "train.py") -> list[str]:
+    """``argv`` with every familiar spelling of ``aliases`` (`Alias`) rewritten to imnet's flag (``--name value``
+    and ``--name=value`` alike), or FlagError with the alias's ``why`` when its meaning is not imnet's."""
+    present = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
+    out, i = [], 0
+    while i < len(argv):
+        token = argv[i]
+        i += 1
+        if token == "--":  # what follows is not flags
+            out += argv[i - 1:]
+            break
+        name, eq, inline = token.partition("=")
+        alias = aliases.get(name) if token.startswith("--") else None
+        if alias is None:
+            out.append(token)
+            continue
+        value = None
+        if alias.values is not None:
+            if eq:
+                value = inline
+            elif i < len(argv) and not argv[i].startswith("--"):
+                value, i = argv[i], i + 1
+            else:
+                raise FlagError(f"{name} ({alias.source}'s spelling) needs a value. `{prog} --help` lists the "
+                                f"familiar spellings it accepts.")
+        if (alias.flag is None and alias.values is None) or (alias.needs and alias.needs not in present) or \
+                (value is not None and _value_key(value) not in alias.values):
+            shown = name + (f" {value}" if value is not None else "")
+            raise FlagError(f"{shown} is {alias.source}'s flag, and its meaning there is not that of an imnet flag: "
+                            f"{alias.why} `{prog} --help` lists the familiar spellings it accepts.")
+        if value is None:
+            out.append(alias.flag + eq + inline)
+        elif alias.values[_value_key(value)] is not None:
+            out += [alias.flag, alias.values[_value_key(value)]]
+    return out
+
+
+def describe_aliases(aliases: dict) -> str:
+    """The --help epilog: the spellings accepted (-> imnet's flag) and those refused with a conversion."""
+    same = [f"{name} ({a.flag}{', ' + ', '.join(f'{k} = {v}' for k, v in a.values.items() if v) if a.values else ''}"
+            f"{f'; with {a.needs}' if a.needs else ''})" for name, a in aliases.items() if a.flag]
+    dropped = [f"{name} {'|'.join(k for k, v in a.values.items() if v is None)}" for name, a in aliases.items()
+               if a.values and None in a.values.values()]
+    refused = [name for name, a in aliases.items() if not a.flag and not a.values]
+    text = f"Familiar spellings of torchvision's and timm's scripts, read as imnet's flags: {', '.join(same)}."
+    if dropped:
+        text += f" Accepted as imnet's fixed behaviour: {', '.join(dropped)}."
+    if refused:
+        text += (f" Refused with a one-line conversion, because their meaning differs from any imnet flag's: "
+                 f"{', '.join(refused)}.")
+    return text
 
 
 def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=None) -> None:
@@ -167,7 +351,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
 def build_parser() -> Parser:
     """train.py's flags. Aliases in the spelling of timm's and torchvision's reference scripts: -b, -j,
     --output-dir, --model-ema, --smoothing, --reprob."""
-    p = Parser(prog="train.py",
+    p = Parser(prog="train.py", aliases=ALIASES,
                description="Train a torchvision classifier on an ImageFolder tree (train/<class>/*, val/<class>/*). "
                            "With no arguments at all, runs the demo recipe on a generated dataset.")
     g = p.add_argument_group("recipe")
