@@ -196,7 +196,11 @@ def load_source(args):
         t = weights.transforms()
         policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
         published = weights.meta.get("_metrics", {}).get("ImageNet-1K")
-        return name, weights.get_state_dict(progress=True, check_hash=True), None, policy, {
+        try:  # torchvision's cache, else its download; offline: where to put the file
+            state = models.download_weights(weights, args.weights, file_flag=f"--model {name} --weights-file")
+        except ValueError as e:
+            raise EvalError(str(e)) from None
+        return name, state, None, policy, {
             "weights": args.weights, "published": published, "categories": weights.meta.get("categories")}
     if args.weights_file:
         state = checkpoint.load(args.weights_file)

@@ -171,15 +171,17 @@ def _strip(state: dict) -> dict:
 
 
 def init_source(path: str | None = None, weights: str | None = None, model: str | None = None,
-                use_ema: bool = False, progress: bool = True) -> tuple[dict, list | None, str]:
+                use_ema: bool = False, progress: bool = True,
+                file_flag: str = "--init-from") -> tuple[dict, list | None, str]:
     """-> (state_dict, its class names or None, a description) from ``path`` (an imnet checkpoint, a plain
     state_dict such as torchvision's ``.pth``, or a dict holding one under "model"/"state_dict") or from
     ``weights``, a torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``, fetched by
-    torchvision's own download and cache (``torch.hub.get_dir()/checkpoints``). ValueError when unusable."""
+    torchvision's own download and cache (`download_weights`; ``file_flag`` is the caller's flag for a file,
+    named by the offline message). ValueError when unusable."""
     from imnet import checkpoint
     if weights is not None:
         w = torchvision_weights(weights, model)
-        return w.get_state_dict(progress=progress, check_hash=True), None, f"torchvision weights {weights}"
+        return download_weights(w, weights, progress, file_flag), None, f"torchvision weights {weights}"
     ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when missing or corrupt
     if "version" in ckpt and "config" in ckpt:  # a train.py checkpoint: read_state's schema check
         ckpt = checkpoint.check_state(ckpt, path)
@@ -194,6 +196,32 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
         if isinstance(ckpt.get(key), dict):
             ckpt = ckpt[key]
     return ckpt, None, f"state_dict {path}"
+
+
+def download_weights(w, name: str, progress: bool = True, file_flag: str = "--init-from") -> dict:
+    """The state_dict of torchvision weights ``w`` (called ``name``): from torchvision's cache,
+    ``torch.hub.get_dir()/checkpoints/<the file name of w.url>``, downloaded there first when absent (hash
+    checked). Without a network (compute nodes often have none) ValueError says where to put the file by hand,
+    or which flag (``file_flag``) loads it from anywhere."""
+    import http.client
+    import os
+    import urllib.error
+    import urllib.parse
+    file = os.path.basename(urllib.parse.urlparse(w.url).path)
+    folder = os.path.join(torch.hub.get_dir(), "checkpoints")
+    try:
+        return w.get_state_dict(progress=progress, check_hash=True)
+    except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
+        reason = getattr(e, "reason", None) or e
+        raise ValueError(f"--weights {name}: cannot download {w.url} ({reason}): this machine seems to have no "
+                         f"internet access. Download the file on a machine that has it and put it where torchvision "
+                         f"looks first, {os.path.join(folder, file)} (the folder is torch.hub.get_dir()/checkpoints; "
+                         f"set TORCH_HOME to move it), then run the same command again; or give the file itself "
+                         f"with {file_flag} PATH/{file}.") from None
+    except OSError as e:  # the cache folder cannot be written (permissions, a full disk)
+        raise ValueError(f"--weights {name}: cannot store torchvision's download in {folder} "
+                         f"({e.strerror or e}). Set TORCH_HOME to a writable folder, or download {w.url} yourself "
+                         f"and give the file with {file_flag} PATH/{file}.") from None
 
 
 def torchvision_weights(name: str, model: str | None = None):

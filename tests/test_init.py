@@ -212,3 +212,34 @@ def test_eval_weights_prints_the_published_numbers_and_class_names(monkeypatch, 
     (val.parent / "LOC_synset_mapping.txt").write_text("".join(f"{w} thing {i}, alias\n" for i, w in enumerate(wnids)))
     assert evaluate.main(args) == 0
     assert json.loads((tmp_path / "r.json").read_text())["per_class"]["n00000001"]["name"] == "thing 1, alias"
+
+
+def test_weights_without_internet_say_where_to_put_the_file(monkeypatch, data4, tmp_path, capsys):
+    """An unreachable download (no network on a compute node): one paragraph, exit 2, the file name torchvision
+    expects, the cache folder, and the flag that loads the file instead; for train.py (--dry-run included) and
+    eval.py. Placing the file where the message says then works without the network."""
+    import urllib.error
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+
+    def unreachable(url, dst, *args, **kwargs):
+        raise urllib.error.URLError(OSError(-3, "Temporary failure in name resolution"))
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", unreachable)
+    name = "ResNet18_Weights.IMAGENET1K_V1"
+    file = Path(torchvision.models.get_weight(name).url).name
+    folder = tmp_path / "torch_home" / "hub" / "checkpoints"
+    train_args = ["--data", str(data4), "--model", "resnet18", "--output", str(tmp_path / "run"), "--workers", "0",
+                  "--batch-size", "4", "--weights", name]
+    for args, flag in ((train_args + ["--dry-run"], "--init-from PATH/"), (train_args, "--init-from PATH/")):
+        err = bad(capsys, args)
+        assert len(err.strip().splitlines()) == 1, err
+        assert "Temporary failure in name resolution" in err and str(folder / file) in err and flag + file in err, err
+    assert not (tmp_path / "run" / "last.pt").exists()
+    code = evaluate.main(["--weights", name, "--data", str(data4), "--workers", "0"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
+    assert str(folder / file) in err and f"--model resnet18 --weights-file PATH/{file}" in err, err
+    # the file where the message says: found without the network
+    folder.mkdir(parents=True, exist_ok=True)  # (torch.hub made it before its download failed)
+    torch.save(torchvision.models.resnet18().state_dict(), folder / file)
+    assert train.main(train_args + ["--dry-run"]) == 0
