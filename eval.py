@@ -53,7 +53,7 @@ import time
 import torch
 import torchvision
 
-from imnet import benchmark, checkpoint, config, data, dist, evaluation, folders, models
+from imnet import benchmark, checkpoint, config, data, dist, evaluation, export, folders, models
 from imnet.config import AMP_DTYPES, EvalPolicy
 from imnet.errors import UsageError, message_of
 from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, SIZE, Parser, Range, add_eval_policy_flags)
@@ -131,8 +131,10 @@ def check_flags(args):
                             ("--weights", args.weights)) if v]
     if len(given) > 1:
         raise EvalError(f"{' and '.join(given)} all give weights; use one of them.")
-    if args.weights_file and not args.model:
-        raise EvalError("--weights-file needs --model NAME (a plain state_dict does not say which network it is).")
+    if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
+        raise EvalError(f"--weights-file needs --model NAME: a plain state_dict does not say which network it is "
+                        f"(an export of python -m imnet.export does, in its sidecar "
+                        f"{export.sidecar_path(args.weights_file)}).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
                         "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
@@ -203,12 +205,23 @@ def load_source(args):
         return name, state, None, policy, {
             "weights": args.weights, "published": published, "categories": weights.meta.get("categories")}
     if args.weights_file:
+        side = export.read_sidecar(args.weights_file)  # an export's model, classes and policy; sha256 checked
         state = checkpoint.load(args.weights_file)
         for key in ("model", "state_dict"):  # a checkpoint from train.py or another codebase
             if isinstance(state.get(key), dict):
                 state = state[key]
-        return args.model, state, None, None, {"weights_file": os.path.abspath(args.weights_file),
-                                                "weights": "file"}
+        info = {"weights_file": os.path.abspath(args.weights_file), "weights": "file"}
+        if side is None:
+            if not args.model:  # a JSON beside it, but not an export's sidecar
+                raise EvalError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is "
+                                f"not the sidecar of an imnet export, so nothing says which network the file holds.")
+            return args.model, state, None, None, info
+        if args.model and args.model != side["model"]:
+            raise EvalError(f"--model {args.model} contradicts {side['path']}, which says {args.weights_file} holds "
+                            f"a {side['model']}; drop --model.")
+        info.update(weights=side["weights"], sidecar=str(side["path"]), recorded=side.get("recorded"),
+                    image_size=side["image_size"])
+        return side["model"], state, side["classes"], side["policy"], info
     return args.model, None, None, None, {"weights": "random"}
 
 
@@ -268,6 +281,27 @@ def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
 def policy_warnings(p: EvalPolicy, stored: EvalPolicy | None):
     """The two classic pitfalls, relative to the policy train.py validated with."""
     return config.policy_mismatch(p, stored, "the training run's validation") if stored else []
+
+
+def default_policy_warning(args, p: EvalPolicy) -> str | None:
+    """Weights with no recorded policy (a plain state_dict without an export's sidecar): the parts of ``p`` that
+    no flag gave, which are defaults rather than the weights' own (None when the flags gave them all)."""
+    parts = []
+    if args.val_crop_size is None:
+        parts.append(f"crop {p.crop_size}")
+    if args.val_resize_size is None and args.crop_pct is None:
+        parts.append(f"resize {p.resize_size} (crop_pct {p.crop_pct:.3f})")
+    if args.val_interpolation is None:
+        parts.append(f"{p.interpolation} interpolation")
+    if args.mean is None or args.std is None:
+        parts.append("ImageNet's mean and std")
+    if not parts:
+        return None
+    return (f"{args.weights_file} has no sidecar from python -m imnet.export "
+            f"({export.sidecar_path(args.weights_file)}), so these parts of the evaluation policy are defaults, not "
+            f"the weights' own: {', '.join(parts)}. A model trained with another policy scores lower under them, "
+            f"with no other sign. Give the policy it was trained with (--val-resize-size, --val-crop-size, "
+            f"--val-interpolation, --mean, --std), or evaluate an export of its checkpoint, whose sidecar records it.")
 
 
 # -------------------------------------------------------------------------------------------- reports
@@ -419,6 +453,8 @@ def run(args, info):
     dist.print0(f"policy: {policy.describe()}; tta {args.tta} ({views} view{'s' if views > 1 else ''} per image)")
     for warning in policy_warnings(policy, stored):
         dist.eprint0(f"eval.py: warning: {warning}")
+    if args.weights_file and stored is None and default_policy_warning(args, policy):
+        dist.eprint0(f"eval.py: warning: {default_policy_warning(args, policy)}")
 
     start = time.perf_counter()
     result = evaluation.evaluate(model, loader, info.device, policy, len(classes), tta=args.tta,

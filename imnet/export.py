@@ -6,6 +6,13 @@ atomically (temporary file + os.replace), plus its class names, one per line, in
 next to it. The class file is always written: without it output i of the model means nothing, and a plain
 state_dict cannot carry the names (an extra key would break ``load_state_dict(strict=True)``).
 
+Beside them, ``<output stem>.json`` (the sidecar, `write_sidecar`) records how to feed the model: the evaluation
+policy the run validated with (resize, crop, interpolation, mean/std, decode), the architecture (model name,
+constructor and keyword arguments), the training image size, the class file and the sha256 of the weights file.
+``eval.py --weights-file model.pth`` and ``python -m imnet.predict --weights-file model.pth`` read it
+(`read_sidecar`, which checks the sha256), so the exported model is evaluated as its checkpoint was; the .pth
+itself stays a plain state_dict that any torchvision code loads.
+
 Before writing, the weights are loaded with ``strict=True`` into the very constructor the printed line uses,
 so the printed line is known to work. Then the file's sha256 and that line are printed, e.g.::
 
@@ -34,7 +41,10 @@ import torchvision
 
 from imnet import checkpoint, models
 from imnet.atomic import write_atomic
+from imnet.config import EvalPolicy
 from imnet.errors import UsageError
+
+SIDECAR_FORMAT = "imnet-export-1"  # the sidecar's "format" entry: a JSON without it is not one
 
 
 class ExportError(UsageError):
@@ -96,8 +106,8 @@ def export(src: Path, out: Path, ema: bool) -> dict:
                           f"({type(e).__name__}: {first}). The checkpoint's model name, class list and weights "
                           f"disagree.") from None
 
-    classes_path = out.with_suffix(".classes.txt")
-    for p in (out, classes_path):
+    classes_path, side_path = out.with_suffix(".classes.txt"), sidecar_path(out)
+    for p in (out, classes_path, side_path):
         if p.exists() and p.resolve() == src.resolve():
             raise ExportError(f"The output '{p}' is the checkpoint itself; choose another -o.")
         if p.is_dir():
@@ -105,20 +115,73 @@ def export(src: Path, out: Path, ema: bool) -> dict:
     try:
         write_atomic(out, lambda f: torch.save(weights, f))
         write_atomic(classes_path, lambda f: f.write("".join(c + "\n" for c in classes).encode("utf-8")))
+        digest = sha256(out)
+        policy = EvalPolicy.from_dict(config.get("eval_policy"))
+        write_sidecar(side_path, {
+            "format": SIDECAR_FORMAT, "weights_file": out.name, "sha256": digest, "model": name,
+            "constructor": f"torchvision.models.{fn_name}", "kwargs": kwargs, "image_size": image_size,
+            "num_classes": len(classes), "classes_file": classes_path.name, "weights": "ema" if ema else "model",
+            "eval_policy": policy.to_dict() if policy else None, "recorded": ckpt.get("metrics"),
+            "checkpoint": str(src)})
     except OSError as e:
         raise ExportError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
                           f"'{out.parent}' exists and is writable, or choose another -o.") from None
     load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
-    return {"out": out, "classes_path": classes_path, "name": name, "num_classes": len(classes),
-            "sha256": sha256(out), "size": out.stat().st_size, "src_size": src.stat().st_size,
-            "line": f"model = {call}; model.load_state_dict({load})", "ema": ema}
+    return {"out": out, "classes_path": classes_path, "sidecar": side_path, "name": name, "num_classes": len(classes),
+            "sha256": digest, "size": out.stat().st_size, "src_size": src.stat().st_size,
+            "line": f"model = {call}; model.load_state_dict({load})", "ema": ema, "policy": policy}
+
+
+# ------------------------------------------------------------------------------------------ the sidecar
+
+def sidecar_path(weights) -> Path:
+    """``model.pth`` -> ``model.json``: where the sidecar of a weights file is."""
+    return Path(weights).with_suffix(".json")
+
+
+def write_sidecar(path: Path, d: dict) -> None:
+    write_atomic(path, lambda f: f.write((json.dumps(d, indent=2) + "\n").encode("utf-8")))
+
+
+def read_sidecar(weights) -> dict | None:
+    """The sidecar beside the weights file ``weights`` (None when there is none, or the JSON there is not one:
+    no "format" entry of ours), checked: the file's sha256 must be the one recorded, and the class file must
+    hold ``num_classes`` names. -> the JSON's entries, with "path" (the sidecar), "classes" (the names, in output
+    order) and "policy" (an EvalPolicy, or None when the run recorded none). ExportError otherwise."""
+    weights, path = Path(weights), sidecar_path(weights)
+    if not path.is_file():
+        return None
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ExportError(f"Cannot read the sidecar '{path}' of '{weights}': {e}. Export the checkpoint again "
+                          f"(python -m imnet.export RUN/best.pt -o {weights}).") from None
+    if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
+        return None
+    actual = sha256(weights)
+    if actual != d.get("sha256"):
+        raise ExportError(f"'{weights}' does not match its sidecar '{path}': the file's sha256 is {actual}, the "
+                          f"sidecar records {d.get('sha256')} (the weights were replaced or changed, or the two files "
+                          f"come from different exports). Keep the .pth, .json and .classes.txt of one export "
+                          f"together, or export again: python -m imnet.export RUN/best.pt -o {weights}.")
+    classes_path = path.parent / d["classes_file"]
+    try:
+        classes = classes_path.read_text(encoding="utf-8").splitlines()
+    except OSError as e:
+        raise ExportError(f"Cannot read the class file '{classes_path}' that '{path}' names: {e.strerror or e}. "
+                          f"Keep the .pth, .json and .classes.txt of one export together.") from None
+    if len(classes) != d["num_classes"]:
+        raise ExportError(f"'{classes_path}' holds {len(classes)} class names, but the model of '{path}' has "
+                          f"{d['num_classes']} outputs. Keep the files of one export together, or export again.")
+    return {**d, "path": path, "classes": classes, "policy": EvalPolicy.from_dict(d.get("eval_policy"))}
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
         prog="python -m imnet.export",
         description="Write a train.py checkpoint's weights as a plain state_dict (no optimizer state), print its "
-                    "sha256 and the torchvision line that loads it. The class names go to <output stem>.classes.txt.")
+                    "sha256 and the torchvision line that loads it. The class names go to <output stem>.classes.txt, "
+                    "the evaluation policy and architecture to <output stem>.json.")
     p.add_argument("checkpoint", type=Path, help="a train.py checkpoint, e.g. RUN/best.pt")
     p.add_argument("--ema", action="store_true", help="export the EMA weights instead of the regular ones")
     p.add_argument("-o", "--output", type=Path, required=True, help="the file to write, e.g. model.pth")
@@ -136,6 +199,8 @@ def main(argv=None) -> int:
     print(f"wrote {r['out']} ({mb(r['size'])}; the checkpoint is {mb(r['src_size'])}): the "
           f"{'EMA' if r['ema'] else 'regular'} weights of {r['name']}, {r['num_classes']} classes")
     print(f"class names, line i = output i: {r['classes_path']}")
+    policy = r["policy"].describe() if r["policy"] else "none recorded in the checkpoint"
+    print(f"how to feed it (eval.py and imnet.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
     print(f"sha256: {r['sha256']}")
     print("load it with:")
     print("import torch, torchvision")

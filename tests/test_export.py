@@ -5,6 +5,7 @@ with a message and no traceback."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import subprocess
@@ -176,3 +177,99 @@ def test_bad_input_from_the_command_line_has_no_traceback(bad, case):
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and word in r.stderr, r.stderr
     assert r.stderr.startswith("imnet.export: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+# ------------------------------------------------------------------------------------------ the sidecar
+
+POLICY = {"resize_size": 40, "crop_size": 32, "interpolation": "bicubic", "mean": [0.5, 0.4, 0.3],
+          "std": [0.2, 0.25, 0.3], "decode": "full"}
+
+
+def varied_resnet(seed):
+    """A random 3-class resnet18 whose BatchNorm statistics make its predictions vary from image to image."""
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.state_dict()
+
+
+@pytest.fixture(scope="module")
+def policy_ckpt(tmp_path_factory) -> Path:
+    """A train.py checkpoint validated with a policy far from the defaults (40 -> 32, bicubic, own mean/std)."""
+    row = {"epoch": 2, "val_top1": 40.0, "ema_val_top1": 30.0}
+    ckpt = make_state(model=varied_resnet(0), ema={"module": varied_resnet(1), "num_updates": 5}, optimizer={},
+                      classes=["class_0", "class_1", "class_2"], progress=Progress(2, history=[row]),
+                      config={"model": "resnet18", "train_crop_size": 32, "eval_policy": POLICY})
+    path = tmp_path_factory.mktemp("policy") / "best.pt"
+    torch.save(ckpt, path)
+    return path
+
+
+def evaluate(capsys, *argv) -> tuple[dict, str]:
+    import json
+
+    import eval as imnet_eval
+    out = Path(argv[argv.index("--json") + 1])
+    code = imnet_eval.main([str(a) for a in argv])
+    err = capsys.readouterr().err
+    assert code == 0 and "Traceback" not in err, err
+    return json.loads(out.read_text()), err
+
+
+@pytest.mark.parametrize("ema", [False, True], ids=["model", "ema"])
+def test_an_export_is_evaluated_with_its_recorded_policy(policy_ckpt, tiny_data, tmp_path, capsys, ema):
+    """eval.py --weights-file on an export (no --model, no policy flags) gives the checkpoint's own figures: same
+    policy, same classes, same top-1 and loss; without the sidecar, a loud warning and the defaults."""
+    out = tmp_path / "model.pth"
+    assert call_main([policy_ckpt, "-o", out, *(["--ema"] if ema else [])]) == 0
+    printed = capsys.readouterr().out
+    side = json.loads((tmp_path / "model.json").read_text())
+    assert side["eval_policy"]["resize_size"] == 40 and side["eval_policy"]["mean"] == POLICY["mean"]
+    assert side["sha256"] == hashlib.sha256(out.read_bytes()).hexdigest() and side["model"] == "resnet18"
+    assert side["kwargs"] == {"num_classes": 3} and side["classes_file"] == "model.classes.txt"
+    assert "model.json" in printed and "resize 40 (shorter side, bicubic) -> centre crop 32" in printed
+
+    common = ["--data", tiny_data, "--workers", "0", "--batch-size", "8"]
+    a, _ = evaluate(capsys, "--checkpoint", policy_ckpt, *(["--use-ema"] if ema else []), *common,
+                    "--json", tmp_path / "ckpt.json")
+    b, err = evaluate(capsys, "--weights-file", out, *common, "--json", tmp_path / "file.json")
+    assert "warning" not in err, err
+    assert b["policy"] == a["policy"] and b["policy"]["interpolation"] == "bicubic"
+    assert (b["top1"], b["top5"], b["count"]) == (a["top1"], a["top5"], a["count"]) == (b["top1"], b["top5"], 21)
+    assert b["loss"] == pytest.approx(a["loss"], rel=1e-6)
+    assert b["weights"] == ("ema" if ema else "model") and b["recorded"]["val_top1"] == 40.0
+
+    if ema:
+        return
+    # the same .pth without its sidecar: the default policy, said loudly; the figures are not the checkpoint's
+    (tmp_path / "model.json").rename(tmp_path / "elsewhere.json")
+    c, err = evaluate(capsys, "--model", "resnet18", "--weights-file", out, *common, "--json", tmp_path / "bare.json")
+    assert "warning: " in err and "has no sidecar" in err and "resize 256 (crop_pct 0.875)" in err, err
+    assert "ImageNet's mean and std" in err and "bilinear interpolation" in err, err
+    assert (c["policy"]["resize_size"], c["policy"]["crop_size"]) == (256, 224) and c["loss"] != a["loss"]
+    # every part given by the flags: nothing is a default, nothing to warn about
+    _, err = evaluate(capsys, "--model", "resnet18", "--weights-file", out, *common, "--val-resize-size", "40",
+                      "--val-crop-size", "32", "--val-interpolation", "bicubic", "--mean", "0.5", "0.4", "0.3",
+                      "--std", "0.2", "0.25", "0.3", "--json", tmp_path / "flags.json")
+    assert "warning" not in err, err
+
+
+def test_a_sidecar_that_does_not_match_its_weights_is_refused(policy_ckpt, tiny_data, tmp_path, capsys):
+    import eval as imnet_eval
+    out = tmp_path / "model.pth"
+    assert call_main([policy_ckpt, "-o", out]) == 0
+    torch.save(varied_resnet(7), out)  # other weights under the exported name
+    capsys.readouterr()
+    assert imnet_eval.main(["--weights-file", str(out), "--data", str(tiny_data), "--workers", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "does not match its sidecar" in err and hashlib.sha256(out.read_bytes()).hexdigest() in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    # a --model that contradicts the sidecar
+    assert call_main([policy_ckpt, "-o", out]) == 0
+    capsys.readouterr()
+    assert imnet_eval.main(["--model", "resnet50", "--weights-file", str(out), "--data", str(tiny_data)]) == 2
+    assert "contradicts" in capsys.readouterr().err
