@@ -1,0 +1,230 @@
+"""Predict the classes of unlabelled images: ``python -m imnet.predict --checkpoint RUN/best.pt IMAGES...``.
+
+    python -m imnet.predict --checkpoint runs/r50/best.pt photos/ --topk 5 --csv predictions.csv
+    python -m imnet.predict --checkpoint runs/r50/best.pt --use-ema a.jpg b.png "more/*.jpg"
+    python -m imnet.predict --weights-file model.pth photos/       # an export of imnet.export, with its sidecar
+
+IMAGES are folders (every image file under them, in torchvision's ImageFolder order), files (any extension), or
+glob patterns (expanded here when the shell did not). The model, its class names and its evaluation policy
+(resize, crop, interpolation, mean/std, decode) are the checkpoint's, or those an export's sidecar records
+(imnet.export), so a prediction's top-1 is the one eval.py reports for the same file; the evaluation-policy flags
+of eval.py override them. Files are decoded by DataLoader workers in batches, like timm's inference.py; a file that
+cannot be read is reported on stderr and skipped, and the others are predicted (exit 0). Each image gets one line
+"file: class (probability), ..." on stdout and, with ``--csv``, a row "file, class1, prob1, ..." (eval.py's
+--predictions columns without the true class). Bad input (no weights, a path that does not exist, a pattern that
+matches nothing, no readable image at all) is one paragraph on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import csv
+import glob
+import os
+import sys
+
+import torch
+
+from imnet import checkpoint, config, dist, export, folders, models
+from imnet.data import why_unreadable
+from imnet.errors import UsageError, message_of
+from imnet.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
+from imnet.transforms import normalize
+
+
+class PredictError(UsageError):
+    """Bad input; the message says what is wrong and how to fix it (exit 2, no traceback)."""
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="python -m imnet.predict",
+               description="Predict the classes of unlabelled images with a train.py checkpoint (or an export with "
+                           "its sidecar), using its class names and evaluation policy.")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or "
+                   "glob patterns")
+    g = p.add_argument_group("weights")
+    g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
+    g.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
+    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.export (its sidecar "
+                   "FILE.json gives the model, classes and policy)")
+    g = p.add_argument_group("output")
+    g.add_argument("--topk", type=COUNT, default=5, help="classes per image (at most the number of classes)")
+    g.add_argument("--csv", metavar="PATH", help="write the predictions as CSV: file, class1, prob1, ...")
+    g = p.add_argument_group("speed")
+    g.add_argument("--batch-size", "-b", type=COUNT, default=64, help="images per batch")
+    g.add_argument("--workers", "-j", type=NATURAL, default=4, help="decoding processes (0: in this process)")
+    g.add_argument("--device", default="auto", help="auto (cuda if available, else Apple's mps, else cpu), cpu, "
+                   "cuda, mps...")
+    add_eval_policy_flags(p.add_argument_group("evaluation policy (default: the checkpoint's)"))
+    return p
+
+
+# ------------------------------------------------------------------------------------------ inputs
+
+def find_images(items: list[str]) -> list[str]:
+    """The files to predict, in the order given: a folder's image files (recursively, in ImageFolder order), a
+    file as it is, a glob pattern's matching files (sorted). PredictError for a path that does not exist or a
+    pattern that matches nothing (a typo, before any work)."""
+    files = []
+    for item in items:
+        if os.path.isdir(item):
+            found = [os.path.join(item, rel) for rel in folders.list_images(item)]
+            if not found:
+                raise PredictError(f"the folder {item} holds no image file (extensions "
+                                   f"{', '.join(folders.IMG_EXTENSIONS)}, in any case, searched recursively).")
+            files += found
+        elif os.path.exists(item):
+            files.append(item)
+        elif glob.has_magic(item):
+            found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
+            if not found:
+                raise PredictError(f"the pattern {item!r} matches no file.")
+            files += found
+        else:
+            raise PredictError(f"{item} does not exist: give image files, folders or glob patterns.")
+    return files
+
+
+class Files(torch.utils.data.Dataset):
+    """``ds[i] -> (uint8 CHW or None, i, why it could not be read or None)`` for the files ``paths``."""
+
+    def __init__(self, paths: list[str], transform):
+        self.paths, self.transform = paths, transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return self.transform(self.paths[i]), i, None
+        except Exception:  # anything a broken file can make PIL/torchvision raise; the reason is found below
+            return None, i, why_unreadable(self.paths[i])
+
+
+def collate(batch):
+    """-> (the readable images as one uint8 batch, or None; their indices; [(index, why)] of the others)."""
+    good = [(image, i) for image, i, _ in batch if image is not None]
+    images = torch.stack([image for image, _ in good]) if good else None
+    return images, [i for _, i in good], [(i, why) for image, i, why in batch if image is None]
+
+
+def check_writable(path: str) -> None:
+    """Up front, before the predictions: ``path`` can be created (a file that did not exist is removed again)."""
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise PredictError(f"cannot write --csv {path}: {e.strerror or e}. Give a file path in an existing folder "
+                           f"that you can write to.") from None
+    if not existed:
+        os.remove(path)
+
+
+# ------------------------------------------------------------------------------------------ weights
+
+def load_source(args):
+    """-> (model name, state_dict, class names, evaluation policy or None, the training image size)."""
+    if bool(args.checkpoint) == bool(args.weights_file):
+        raise PredictError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
+                           "FILE for an export of python -m imnet.export (one of them).")
+    if args.checkpoint:
+        ckpt = checkpoint.read_state(args.checkpoint)
+        kind = "ema" if args.use_ema else "model"
+        try:
+            state = checkpoint.weights_of(ckpt, kind, args.checkpoint)
+        except checkpoint.CheckpointError as e:
+            raise PredictError(f"{e} Drop --use-ema.") from None
+        run = ckpt["config"]
+        return (run["model"], state, list(ckpt["classes"]), config.EvalPolicy.from_dict(run.get("eval_policy")),
+                run.get("train_crop_size"))
+    if args.use_ema:
+        raise PredictError("--use-ema reads the EMA weights of a train.py checkpoint; an export holds one set of "
+                           "weights (python -m imnet.export --ema exports the EMA). Drop --use-ema.")
+    side = export.read_sidecar(args.weights_file)
+    if side is None:
+        raise PredictError(f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}) to say "
+                           f"which model, classes and policy it has: export the checkpoint with python -m "
+                           f"imnet.export, or give the checkpoint itself with --checkpoint.")
+    return side["model"], checkpoint.load(args.weights_file), side["classes"], side["policy"], side["image_size"]
+
+
+def build_model(name: str, state: dict, num_classes: int, image_size: int):
+    """The model with every weight loaded (`imnet.models.load_init`; a ViT's position embedding interpolated to
+    ``image_size`` when the crop differs from its training size)."""
+    try:
+        model = models.build_model(name, num_classes, image_size=image_size)
+        done = models.load_init(model, name, state, image_size, what="The weights")
+    except ValueError as e:
+        raise PredictError(str(e)) from None
+    if done["reinitialised"]:
+        raise PredictError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
+                           f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
+    return model.eval()
+
+
+# ------------------------------------------------------------------------------------------ main
+
+@torch.inference_mode()
+def predict(model, loader, device, policy, topk: int):
+    """Yield (file index, [class index...], [probability...]) for the readable files, and (file index, None, why)
+    for the others, batch by batch."""
+    for images, indices, bad in loader:
+        for i, why in bad:
+            yield i, None, why
+        if images is None:
+            continue
+        x = normalize(images.to(device, non_blocking=True), policy.mean, policy.std)
+        probs = model(x).float().softmax(dim=1)
+        top_prob, top_idx = probs.topk(topk, dim=1)
+        for i, idx, prob in zip(indices, top_idx.tolist(), top_prob.tolist()):
+            yield i, idx, prob
+
+
+def run(args) -> int:
+    name, state, classes, stored, train_size = load_source(args)
+    given = config.policy_keys(vars(args))
+    policy = config.resolve_eval_policy(given, stored)
+    files = find_images(args.images)
+    if args.csv:
+        check_writable(args.csv)
+    device = dist.init(args.device).device
+    image_size = policy.crop_size if models.fixed_input_size(name) else train_size or policy.crop_size
+    model = build_model(name, state, len(classes), image_size).to(device)
+    topk = min(args.topk, len(classes))
+    loader = torch.utils.data.DataLoader(Files(files, policy.transform()), batch_size=args.batch_size,
+                                         num_workers=args.workers, collate_fn=collate,
+                                         pin_memory=device.type == "cuda")
+    print(f"imnet.predict: {name}, {len(classes)} classes, {len(files)} files; policy: {policy.describe()}",
+          file=sys.stderr, flush=True)
+    rows, bad = {}, 0
+    for i, idx, prob in predict(model, loader, device, policy, topk):
+        if idx is None:
+            bad += 1
+            print(f"imnet.predict: skipped unreadable file {folders.display_path(files[i])}: {prob}",
+                  file=sys.stderr, flush=True)
+            continue
+        rows[i] = [(classes[c], p) for c, p in zip(idx, prob)]
+        print(f"{files[i]}: " + ", ".join(f"{c} ({p:.4f})" for c, p in rows[i]), flush=True)
+    if not rows:
+        raise PredictError(f"none of the {len(files)} files could be read as an image (each is named above).")
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file"] + [v for j in range(1, topk + 1) for v in (f"class{j}", f"prob{j}")])
+            for i in sorted(rows):
+                writer.writerow([files[i]] + [v for c, p in rows[i] for v in (c, f"{p:.6f}")])
+    print(f"imnet.predict: {len(rows)} images predicted" + (f", {bad} unreadable files skipped" if bad else "")
+          + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr, flush=True)
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        return run(build_parser().parse_args(argv))
+    except UsageError as e:
+        print(f"imnet.predict: error: {message_of(e)}", file=sys.stderr, flush=True)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
