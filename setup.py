@@ -7,5 +7,5 @@ setup(
     packages=["imnet"],
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "pillow>=9.1"],
-    extras_require={"test": ["pytest"]},
+    extras_require={"test": ["pytest", "tensorboard>=2.10"], "tensorboard": ["tensorboard>=2.10"]},
 )

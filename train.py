@@ -41,7 +41,8 @@ from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.errors import UsageError, message_of  # noqa: E402
 from imnet.evaluation import autocast, evaluate  # noqa: E402
-from imnet.log import RunLog, Window, epoch_line, log_window, summary, train_row, val_row  # noqa: E402
+from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, summary, train_row,  # noqa: E402
+                       val_row)
 from imnet.losses import cross_entropy  # noqa: E402
 from imnet.metrics import Meter  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402
@@ -355,6 +356,8 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     below, given = parse_args(argv)
     info = dist.init({**below, **given}["device"])
     cfg = resolve_config(below, given, info)
+    if cfg.tensorboard:
+        require_tensorboard()  # installed, or say so before any work
     output = Path(cfg.output)
     if not cfg.dry_run and info.is_main:
         runfolder.claim(cfg, output, cleanup, dist.print0)
@@ -381,7 +384,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     r = Run(cfg, info, build_parts(cfg, model, groups, len(classes), info), classes, output, train_loader, sampler,
             val_loader, Meter(info.device), data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)),
                                                                len(train_set)),
-            RunLog(output, enabled=info.is_main, quiet=cfg.quiet), preemption)
+            RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard), preemption)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
 

@@ -253,6 +253,7 @@ class Config:
     config: str | None
     dry_run: bool
     quiet: bool
+    tensorboard: bool             # log.jsonl's scalars also as TensorBoard events (imnet.log.RunLog)
     # ---- derived
     world_size: int
     global_batch_size: int        # the global batch used: world_size x batch_size x accum_steps

@@ -501,6 +501,9 @@ def build_parser() -> Parser:
     g.add_argument("--log-every", type=COUNT, default=50, help="console/jsonl line every N optimizer steps")
     g.add_argument("--dry-run", action="store_true", help="build everything, print the plan and warnings, exit")
     g.add_argument("--quiet", action="store_true", help="no console progress lines")
+    g.add_argument("--tensorboard", action="store_true",
+                   help="also write log.jsonl's scalars as TensorBoard events into the run folder (needs the "
+                        "tensorboard package: pip install tensorboard)")
     return p
 
 

@@ -7,7 +7,13 @@ set of weights the run keeps, named by `val_key`: "val_top1" for the trained wei
 EMA, "swa_val_top1" for the SWA average (and _loss, _top5). train.py, eval.py and imnet.plot read these names
 from here.
 
-Imports no torch (imnet.plot and the --help path read this module).
+With ``--tensorboard`` the numbers of the "train" events (loss, lr, img_per_s, data_share, grad_norm,
+peak_mem_gib; step: the optimizer step) and of the "epoch" rows (train_loss, val_top1, ema_val_top1, lr,
+epoch_time...; step: the epoch number, from 1) are also TensorBoard scalars, tagged "train/loss",
+"epoch/val_top1"..., written through ``torch.utils.tensorboard`` into the run folder (``tensorboard --logdir
+runs`` shows every run by its folder name). A resumed run appends events, as it appends to log.jsonl.
+
+Imports no torch (imnet.plot and the --help path read this module); --tensorboard imports it when the run starts.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import time
 from pathlib import Path
 
 from imnet.atomic import write_text
+from imnet.errors import UsageError
 
 WEIGHTS = ("model", "ema", "swa")   # the weights a run evaluates: trained, EMA, SWA average
 VAL_METRICS = ("loss", "top1", "top5")
@@ -71,13 +78,47 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
+class LogError(UsageError):
+    """A logging option that cannot work here (one paragraph, exit 2, at setup)."""
+
+
+# The log.jsonl events whose numbers are TensorBoard scalars, each with the field that is their step (the other
+# position fields are not scalars), and the events that end a run (the TensorBoard file is closed).
+SCALAR_EVENTS = {"train": "global_step", "epoch": "epoch"}
+POSITION_FIELDS = ("epoch", "step", "global_step")
+FINAL_EVENTS = ("done", "preempted", "nonfinite")
+
+
+def require_tensorboard():
+    """torch.utils.tensorboard's SummaryWriter, or LogError saying how to install the tensorboard package."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise LogError(f"--tensorboard needs the tensorboard package, which is not installed here ({e}). Install "
+                       f"it (pip install tensorboard; in a clone of imnet, pip install -e \".[tensorboard]\"), or "
+                       f"drop --tensorboard: log.jsonl and summary.csv hold the same figures.") from None
+    return SummaryWriter
+
+
+def scalars(kind: str, fields: dict) -> tuple[int, dict] | None:
+    """(step, {tag: number}) of a log.jsonl event that TensorBoard shows (`SCALAR_EVENTS`), else None."""
+    if kind not in SCALAR_EVENTS or fields.get(SCALAR_EVENTS[kind]) is None:
+        return None
+    numbers = {f"{kind}/{k}": float(v) for k, v in fields.items() if k not in POSITION_FIELDS
+               and isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return int(fields[SCALAR_EVENTS[kind]]), numbers
+
+
 class RunLog:
-    def __init__(self, output: Path | None, enabled: bool = True, quiet: bool = False):
+    def __init__(self, output: Path | None, enabled: bool = True, quiet: bool = False, tensorboard: bool = False):
         self.output = Path(output) if output is not None else None
         self.enabled = enabled and output is not None
         self.quiet = quiet or not enabled
+        self.writer = None  # TensorBoard's, with --tensorboard
         if self.enabled:
             self.output.mkdir(parents=True, exist_ok=True)
+            if tensorboard:
+                self.writer = require_tensorboard()(log_dir=str(self.output))
 
     def print(self, *args) -> None:
         if not self.quiet:
@@ -92,6 +133,16 @@ class RunLog:
         rec = {"time": round(time.time(), 3), "event": kind, **fields}
         with open(self.output / "log.jsonl", "a") as f:
             f.write(json.dumps(rec, default=str) + "\n")
+        if self.writer is not None:
+            found = scalars(kind, fields)
+            if found:
+                step, numbers = found
+                for tag, value in numbers.items():
+                    self.writer.add_scalar(tag, value, step, walltime=rec["time"])
+                self.writer.flush()  # a killed run keeps what it logged, as log.jsonl does
+            if kind in FINAL_EVENTS:
+                self.writer.close()
+                self.writer = None
 
     def write_summary(self, history: list[dict]) -> None:
         """Rewrite summary.csv and curves.svg from the full per-epoch history (kept in the checkpoint,
