@@ -41,8 +41,8 @@ from imnet.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.errors import UsageError, message_of  # noqa: E402
 from imnet.evaluation import autocast, evaluate  # noqa: E402
-from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, summary, train_row,  # noqa: E402
-                       val_row)
+from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
+                       summary, train_row, val_row)
 from imnet.losses import cross_entropy  # noqa: E402
 from imnet.metrics import Meter  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402
@@ -392,6 +392,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     resume_path = runfolder.find_resume(cfg)
     if resume_path is not None:
         r.progress = checkpoint.restore(resume_path, cfg, classes, r.parts, r.meter, r.bad_counter, info, r.log)
+        resume_lr_note(r.log, cfg, r.parts.optimizer, r.progress.global_step)  # a changed schedule's LR jump
         if info.is_main and resume_path == output / "last.pt":
             runfolder.repair_best(output, r.progress, r.log)
     else:

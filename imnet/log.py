@@ -199,6 +199,24 @@ def log_window(log: RunLog, cfg, progress, window: Window, grad_norm, eta: float
               peak_mem_gib=mem)
 
 
+def resume_lr_note(log: RunLog, cfg, optimizer, global_step: int) -> None:
+    """After a resume at ``global_step`` (steps done): when this command's schedule does not continue the LR the
+    checkpoint's last step trained at (the optimizer's restored LR, without its group's lr_scale), say in one line
+    what the LR does next. Extending a finished run (--epochs 5 after 3) recomputes the cosine over the new length,
+    so the LR jumps from about 0 back up; a resume with unchanged settings says nothing."""
+    if global_step == 0 or global_step >= cfg.total_steps:
+        return
+    group = optimizer.param_groups[0]
+    last, nxt = group["lr"] / group.get("lr_scale", 1.0), cfg.lr_at(global_step)
+    if math.isclose(last, cfg.lr_at(global_step - 1), rel_tol=1e-6, abs_tol=1e-12):
+        return
+    log.event("lr_jump", last_lr=last, next_lr=nxt, global_step=global_step, echo=(
+        f"note: the LR jumps {'up' if nxt > last else 'down'} from {last:.4g} (the checkpoint's last step, {global_step}) "
+        f"to {nxt:.4g} (the next, step {global_step + 1} of {cfg.total_steps}): the schedule is this command's "
+        f"({cfg.epochs} epochs, {cfg.sched}), recomputed over its length, not the checkpoint's continued; to go on "
+        f"at a low LR instead, start a new run with --init-from and its own schedule."))
+
+
 def train_row(cfg, train: dict, epoch: int, mixing: bool, bad_images: int) -> dict:
     """The finished (0-based) ``epoch``'s summary row, training figures (``train``: the meter's loss and top1);
     the validation figures are added by `val_row`."""
