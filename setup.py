@@ -7,5 +7,7 @@ setup(
     packages=["imnet"],
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "pillow>=9.1"],
-    extras_require={"test": ["pytest", "tensorboard>=2.10"], "tensorboard": ["tensorboard>=2.10"]},
+    # The test extra also installs what the tests compare against or read back: timm (its LARS, LAMB and
+    # binary cross-entropy, an independent implementation of imnet's) and tensorboard (--tensorboard's events).
+    extras_require={"test": ["pytest", "tensorboard>=2.10", "timm>=1.0.31,<1.1"], "tensorboard": ["tensorboard>=2.10"]},
 )
