@@ -252,10 +252,16 @@ def report_bad_images(r: Run, paths: list) -> None:
 
 def end_epoch(r: Run, epoch_t0: float, train_size: int) -> None:
     """The epoch's training is done: average it into SWA, record its row, and secure it in last.pt before the
-    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away)."""
+    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away).
+
+    The SWA average gets its own BatchNorm statistics right here, before it is saved: every saved average (this
+    last.pt, and the timed saves of the next epoch) carries statistics computed for its weights, whether or not
+    the epoch is evaluated, and the evaluation uses them as they are."""
     cfg, progress = r.cfg, r.progress
     if r.parts.swa is not None and progress.epoch + 1 >= cfg.swa_start:
         r.parts.swa.update_parameters(r.parts.model)
+        with r.signals.deferred():  # workers may be forked here; a signal waits until the pass ends
+            swa_batchnorm(r, progress.epoch)
     row = train_row(cfg, r.meter.compute(distributed=True), progress.epoch, r.parts.mixer is not None,
                     r.bad_counter.count)
     row.update(epoch_time=time.time() - epoch_t0, train_size=train_size)
@@ -303,8 +309,7 @@ def evaluate_epoch(r: Run, epoch: int) -> dict:
               f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
     if p.ema is not None:
         row.update(val_row("ema", run_eval(p.ema.module)))
-    if p.swa is not None and int(p.swa.n_averaged) > 0:
-        swa_batchnorm(r, epoch)
+    if p.swa is not None and int(p.swa.n_averaged) > 0:  # its BatchNorm statistics are its own (end_epoch)
         row.update(val_row("swa", run_eval(p.swa.module)))
     return row
 
@@ -313,9 +318,11 @@ def swa_batchnorm(r: Run, epoch: int) -> None:
     """BatchNorm statistics for the averaged weights (Izmailov et al. 2018, "Averaging Weights Leads to Wider
     Optima and Better Generalization", Sec. 3.2): the running means and variances of the snapshots do not
     describe the activations of their average, so torch's ``update_bn`` recomputes them as plain averages
-    over one pass of the training data (this epoch's augmentation, from its first sample). Each rank sees
-    its shard; the ranks' statistics are then averaged (equal shard sizes: the mean is exact, the variance
-    is the mean of the ranks' variances). A model without BatchNorm skips the pass."""
+    over one pass of the training data (epoch ``epoch``'s augmentation, from its first sample), right after
+    each update of the average (`end_epoch`). Each rank sees its shard; the ranks' statistics are then
+    averaged: with equal shards the mean is exact, the variance is the mean of the ranks' batch variances,
+    which lacks the spread of the ranks' batch means (tests/test_distributed.py measures it). A model without
+    BatchNorm skips the pass."""
     swa, cfg, device = r.parts.swa, r.cfg, r.parts.device
     norms = [m for m in swa.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:

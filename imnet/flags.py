@@ -282,8 +282,8 @@ def build_parser() -> Parser:
                    help="ramp the EMA decay up over the first steps")
     g.add_argument("--swa-start", type=COUNT, default=None, metavar="EPOCH",
                    help="Stochastic Weight Averaging: from this epoch (1-based) on, train at --swa-lr and average "
-                        "the weights at the end of each epoch; BatchNorm statistics are recomputed over the "
-                        "training data before each evaluation of the average")
+                        "the weights at the end of each epoch; the average's BatchNorm statistics are recomputed "
+                        "over the epoch's training data at each update, before the average is saved or evaluated")
     g.add_argument("--swa-lr", type=Range(float, 0.0, lo_open=True), default=None,
                    help="constant learning rate of the SWA epochs")
 
