@@ -320,9 +320,10 @@ def swa_batchnorm(r: Run, epoch: int) -> None:
     describe the activations of their average, so torch's ``update_bn`` recomputes them as plain averages
     over one pass of the training data (epoch ``epoch``'s augmentation, from its first sample), right after
     each update of the average (`end_epoch`). Each rank sees its shard; the ranks' statistics are then
-    averaged: with equal shards the mean is exact, the variance is the mean of the ranks' batch variances,
-    which lacks the spread of the ranks' batch means (tests/test_distributed.py measures it). A model without
-    BatchNorm skips the pass."""
+    averaged. That is not the 1-process result: the first BatchNorm's mean is exact (equal shards), but its
+    variance lacks the spread of the ranks' batch means, and later layers see activations normalised by the
+    per-rank batch, as in DDP training without SyncBatchNorm (tests/test_distributed.py measures the gap). A
+    model without BatchNorm skips the pass."""
     swa, cfg, device = r.parts.swa, r.cfg, r.parts.device
     norms = [m for m in swa.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
