@@ -87,7 +87,7 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
         torch.manual_seed(seeds.derive(seeds.DROPOUT, *where))
         gen = torch.Generator().manual_seed(seeds.derive(seeds.MIXING, *where))
         if cfg.random_erase > 0:
-            images = random_erase(images, cfg.random_erase, generator=gen)
+            images = random_erase(images, cfg.random_erase, mode=cfg.random_erase_mode, generator=gen)
         targets = labels
         if p.mixer is not None:  # soft targets (label smoothing included): the loss adds none
             images, targets = p.mixer(images, labels, generator=gen)
@@ -565,10 +565,7 @@ def init_line(report: dict) -> str:
 
 
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
-    if cfg.decay_norm_bias:
-        return [{"name": "decay (all)", "params": [p for p in model.parameters() if p.requires_grad],
-                 "weight_decay": cfg.weight_decay}]
-    return param_groups(model, cfg.weight_decay)
+    return param_groups(model, cfg.weight_decay, cfg.no_decay_on)
 
 
 def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info) -> Parts:
@@ -587,7 +584,8 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
         model=model, train_model=train_model, eval_model=eval_model, optimizer=optimizer, device=info.device,
         rank=info.rank, scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
         sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
-        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
+        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every,
+                     copy_steps=cfg.warmup_steps if cfg.ema_copy_warmup else None) if cfg.ema else None,
         mixer=Mixer(num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.mix_label_smoothing) if cfg.mixing else None,
         swa=AveragedModel(model) if cfg.swa_start is not None else None)  # a copy on the model's device

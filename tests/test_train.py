@@ -241,7 +241,7 @@ def test_dry_run_prints_the_plan_and_trains_nothing(data, tmp_path, capsys):
     out = tmp_path / "dry"
     assert train.main(["--data", str(data), "--model", "resnet18", "--batch-size", "4", "--accum-steps", "2",
                        "--lr-base", "0.1", "--epochs", "4", "--warmup-epochs", "1", "--opt", "adamw",
-                       "--decay-norm-bias", "--weight-decay", "0.05", "--workers", "0", "--output", str(out),
+                       "--no-decay-on", "none", "--weight-decay", "0.05", "--workers", "0", "--output", str(out),
                        "--dry-run"]) == 0
     text = capsys.readouterr().out
     assert "global batch 8" in text
