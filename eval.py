@@ -78,7 +78,7 @@ def build_parser():
                    "and evaluation policy are read from it")
     g.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
     g.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA average (train.py "
-                   "--swa-start), with the BatchNorm statistics recomputed for it")
+                   "--swa-start), with the BatchNorm statistics train.py recomputed for it when it updated the average")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
     g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
                    "published weights); classes are the sorted class folders of the data")

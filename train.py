@@ -88,7 +88,7 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
         torch.manual_seed(seeds.derive(seeds.DROPOUT, *where))
         gen = torch.Generator().manual_seed(seeds.derive(seeds.MIXING, *where))
         if cfg.random_erase > 0:
-            images = random_erase(images, cfg.random_erase, generator=gen)
+            images = random_erase(images, cfg.random_erase, mode=cfg.random_erase_mode, generator=gen)
         targets = labels
         if p.mixer is not None:  # soft targets (label smoothing included): the loss adds none
             images, targets = p.mixer(images, labels, generator=gen)
@@ -253,10 +253,16 @@ def report_bad_images(r: Run, paths: list) -> None:
 
 def end_epoch(r: Run, epoch_t0: float, train_size: int) -> None:
     """The epoch's training is done: average it into SWA, record its row, and secure it in last.pt before the
-    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away)."""
+    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away).
+
+    The SWA average gets its own BatchNorm statistics right here, before it is saved: every saved average (this
+    last.pt, and the timed saves of the next epoch) carries statistics computed for its weights, whether or not
+    the epoch is evaluated, and the evaluation uses them as they are."""
     cfg, progress = r.cfg, r.progress
     if r.parts.swa is not None and progress.epoch + 1 >= cfg.swa_start:
         r.parts.swa.update_parameters(r.parts.model)
+        with r.signals.deferred():  # workers may be forked here; a signal waits until the pass ends
+            swa_batchnorm(r, progress.epoch)
     row = train_row(cfg, r.meter.compute(distributed=True), progress.epoch, r.parts.mixer is not None,
                     r.bad_counter.count)
     row.update(epoch_time=time.time() - epoch_t0, train_size=train_size)
@@ -304,8 +310,7 @@ def evaluate_epoch(r: Run, epoch: int) -> dict:
               f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
     if p.ema is not None:
         row.update(val_row("ema", run_eval(p.ema.module)))
-    if p.swa is not None and int(p.swa.n_averaged) > 0:
-        swa_batchnorm(r, epoch)
+    if p.swa is not None and int(p.swa.n_averaged) > 0:  # its BatchNorm statistics are its own (end_epoch)
         row.update(val_row("swa", run_eval(p.swa.module)))
     return row
 
@@ -314,9 +319,12 @@ def swa_batchnorm(r: Run, epoch: int) -> None:
     """BatchNorm statistics for the averaged weights (Izmailov et al. 2018, "Averaging Weights Leads to Wider
     Optima and Better Generalization", Sec. 3.2): the running means and variances of the snapshots do not
     describe the activations of their average, so torch's ``update_bn`` recomputes them as plain averages
-    over one pass of the training data (this epoch's augmentation, from its first sample). Each rank sees
-    its shard; the ranks' statistics are then averaged (equal shard sizes: the mean is exact, the variance
-    is the mean of the ranks' variances). A model without BatchNorm skips the pass."""
+    over one pass of the training data (epoch ``epoch``'s augmentation, from its first sample), right after
+    each update of the average (`end_epoch`). Each rank sees its shard; the ranks' statistics are then
+    averaged. That is not the 1-process result: the first BatchNorm's mean is exact (equal shards), but its
+    variance lacks the spread of the ranks' batch means, and later layers see activations normalised by the
+    per-rank batch, as in DDP training without SyncBatchNorm (tests/test_distributed.py measures the gap). A
+    model without BatchNorm skips the pass."""
     swa, cfg, device = r.parts.swa, r.cfg, r.parts.device
     norms = [m for m in swa.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if not norms:
@@ -561,10 +569,7 @@ def init_line(report: dict) -> str:
 
 
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
-    if cfg.decay_norm_bias:
-        return [{"name": "decay (all)", "params": [p for p in model.parameters() if p.requires_grad],
-                 "weight_decay": cfg.weight_decay}]
-    return param_groups(model, cfg.weight_decay)
+    return param_groups(model, cfg.weight_decay, cfg.no_decay_on)
 
 
 def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info) -> Parts:
@@ -583,7 +588,8 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
         model=model, train_model=train_model, eval_model=eval_model, optimizer=optimizer, device=info.device,
         rank=info.rank, scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
         sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
-        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every) if cfg.ema else None,
+        ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every,
+                     copy_steps=cfg.warmup_steps if cfg.ema_copy_warmup else None) if cfg.ema else None,
         mixer=Mixer(num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.mix_label_smoothing) if cfg.mixing else None,
         swa=AveragedModel(model) if cfg.swa_start is not None else None)  # a copy on the model's device

@@ -6,7 +6,8 @@ says what is wrong, why it matters and how to fix it. The checks:
 1. Weight decay on norms and biases with AdamW. Decoupled weight decay (Loshchilov & Hutter 2019) pulls every
    decayed parameter towards zero by ``lr * wd * w`` per step; for LayerNorm/BatchNorm scales that means
    shrinking the features the next layer sees, and biases and position embeddings have no scale invariance
-   to excuse it. ViT/DeiT/Swin/ConvNeXt recipes exclude them (0.05 is a large decay).
+   to excuse it. DeiT/Swin/ConvNeXt recipes exclude them (0.05 is a large decay). Not warned when the run's
+   recipe decays them itself, as its source did (torchvision's vit_b_16 command).
 2. No warmup with a large global batch: the linear scaling rule (Goyal et al. 2017, "Accurate, Large Minibatch
    SGD: Training ImageNet in 1 Hour") breaks in the first epochs, when the weights change fastest; they needed
    a gradual 5-epoch warmup from batch 1024 up (8k in the paper) to match the small-batch accuracy.
@@ -103,12 +104,15 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
     warnings = []
 
     wd = cfg.weight_decay or 0.0
-    if cfg.opt == "adamw" and cfg.decay_norm_bias and wd > 0:
+    norms_spared = lambda categories: bool({"norm", "1d"} & set(categories))  # noqa: E731
+    source_decays_norms = recipe is not None and not norms_spared(recipe.get("no_decay_on", ()))
+    if cfg.opt == "adamw" and not norms_spared(cfg.no_decay_on) and wd > 0 and not source_decays_norms:
         warnings.append(
-            f"Weight decay {wd:g} also applies to norm weights, biases and embeddings with AdamW "
-            f"(--decay-norm-bias). Decoupled decay shrinks these towards zero every step, which removes "
-            f"normalisation scales and offsets the network needs; transformer and ConvNeXt recipes exclude "
-            f"them and their accuracies assume it. Fix: drop --decay-norm-bias.")
+            f"Weight decay {wd:g} also applies to norm weights and biases with AdamW (--no-decay-on "
+            f"{' '.join(cfg.no_decay_on) or 'none'}). Decoupled decay shrinks these towards zero every step, which "
+            f"removes normalisation scales and offsets the network needs; transformer and ConvNeXt recipes exclude "
+            f"them and their accuracies assume it. Fix: --no-decay-on norm (or drop the flag: the default "
+            f"exempts them).")
 
     global_batch = cfg.global_batch_size
     if global_batch >= LARGE_BATCH and not cfg.warmup_epochs:

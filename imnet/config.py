@@ -209,7 +209,7 @@ class Config:
     momentum: float
     nesterov: bool
     weight_decay: float
-    decay_norm_bias: bool
+    no_decay_on: tuple            # categories of parameters without weight decay (imnet.optim); () decays all
     clip_grad: float
     sam: float                    # SAM's rho (0: off)
     sam_adaptive: bool            # ASAM
@@ -230,11 +230,13 @@ class Config:
     ra_num_ops: int
     ra_magnitude: int
     random_erase: float
+    random_erase_mode: str        # "pixel" (normal noise) or "const" (0 after normalisation)
     ra_reps: int                  # repeated augmentation: copies of each image per epoch (1: off)
     ema: bool
     ema_decay: float
     ema_every: int
     ema_warmup: bool
+    ema_copy_warmup: bool         # torchvision's: EMA updates copy the weights through the LR warmup
     swa_start: int | None         # SWA: average the weights at the end of epochs swa_start.. (1-based)
     swa_lr: float | None          # ... and train those epochs at this constant learning rate
     # mixed precision, distributed
@@ -276,6 +278,11 @@ class Config:
     def amp_dtype(self):
         return AMP_DTYPES[self.amp]
 
+    @property
+    def warmup_steps(self) -> int:
+        """The LR warmup in optimizer steps (the EMA's copy phase under ema_copy_warmup ends with it)."""
+        return round(self.warmup_epochs * self.steps_per_epoch)
+
     def lr_at(self, step: int) -> float:
         """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the
         first step of epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
@@ -283,7 +290,7 @@ class Config:
         if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
             return self.swa_lr
         return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps,
-                     warmup_steps=round(self.warmup_epochs * spe), warmup_start_factor=self.warmup_start_factor,
+                     warmup_steps=self.warmup_steps, warmup_start_factor=self.warmup_start_factor,
                      sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
                      gamma=self.lr_gamma)
 
@@ -380,6 +387,13 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
                           f"--train-crop-size {f['train_crop_size']}), but the evaluation crop is "
                           f"{policy.crop_size}. Use --val-crop-size {f['train_crop_size']} (and a resize >= it), "
                           f"or train at the evaluation size.")
+
+    if "none" in f["no_decay_on"]:
+        if len(f["no_decay_on"]) > 1:
+            raise ConfigError(f"--no-decay-on {' '.join(f['no_decay_on'])}: 'none' decays every parameter; give it "
+                              f"alone, or only the categories to exempt.")
+        f["no_decay_on"] = ()
+    f["no_decay_on"] = tuple(dict.fromkeys(f["no_decay_on"]))
 
     # Label smoothing has one home: folded into the soft targets of MixUp/CutMix when they are on (their mixer
     # smooths every batch, mixed or not), else in the loss; never both.

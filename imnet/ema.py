@@ -6,14 +6,27 @@ TensorFlow's ``ExponentialMovingAverage`` and timm's ``ModelEma``, is
 
     ema <- decay * ema + (1 - decay) * w        (= torch.lerp(ema, w, 1 - decay))
 
-after an optimizer step. The average starts from a copy of the model at construction.
+after an optimizer step.
 
-Decay warmup (TensorFlow ``ExponentialMovingAverage(num_updates=...)``, timm): with n the number of
-EMA updates already done (0 at the first one),
+Where the average starts, two ways:
+
+- from a copy of the model at construction (the default), as timm's ``ModelEma`` / ``ModelEmaV2`` and
+  DeiT (which builds it from the initial weights). The initial weights then keep a share decay**t of
+  the average after t steps;
+- ``copy_steps=N``: torchvision's reference script (references/classification/train.py) resets
+  AveragedModel's ``n_averaged`` after every EMA update during its LR warmup epochs, so each of those
+  updates, and the first one after them, copies the weights; averaging starts with the update after
+  that. Here: an update copies when it is the first, or when the update before it came at an optimizer
+  step <= N (give N = the LR warmup's steps; N = 0 leaves only the first update a copy, torchvision
+  without warmup).
+
+Decay warmup (``warmup=True``, TensorFlow ``ExponentialMovingAverage(num_updates=...)``): with n the
+number of EMA updates already done (0 at the first one),
 
     decay_n = min(decay, (1 + n) / (10 + n)),
 
-so that the early average is not dominated by the random initial weights.
+so that the early average is not dominated by the random initial weights. (timm's ModelEmaV3 warmup is
+another formula, decay_n = 1 - (1 + n)^(-2/3); this is not it.)
 
 Updating every k optimizer steps with decay**k keeps the same time constant (~ 1 / (1 - decay)
 steps) at 1/k of the cost: k updates of decay d shrink the old average by d**k.
@@ -48,12 +61,15 @@ def unwrap(model):
 class ModelEma:
     """EMA of ``model`` (see the module docstring). ``.module`` is the averaged float32 copy, in eval
     mode, without gradients; evaluate it like any model. Call ``.update(model, step)`` after each
-    optimizer step; it averages only when ``step % every == 0``."""
+    optimizer step (``step`` = optimizer steps done); it updates only when ``step % every == 0``.
+    ``copy_steps``: None (start from the model at construction) or torchvision's copy phase (module
+    docstring)."""
 
-    def __init__(self, model, decay=0.9999, warmup=False, every=1, device=None):
+    def __init__(self, model, decay=0.9999, warmup=False, every=1, device=None, copy_steps=None):
         self.decay = decay
         self.warmup = warmup
         self.every = every
+        self.copy_steps = copy_steps
         self.num_updates = 0
         self.module = copy.deepcopy(unwrap(model)).float().eval().requires_grad_(False)
         if device is not None:
@@ -69,6 +85,7 @@ class ModelEma:
     def update(self, model, step):
         if step % self.every != 0:
             return
+        copies = self.copy_steps is not None and (self.num_updates == 0 or step - self.every <= self.copy_steps)
         decay = self.decay_at(self.num_updates) ** self.every
         ema_floats, model_floats = [], []
         ema_tensors = list(self.module.parameters()) + list(self.module.buffers())
@@ -77,7 +94,7 @@ class ModelEma:
         if len(ema_tensors) != len(model_tensors):
             raise ValueError("the model does not have the structure of the EMA copy")
         for e, w in zip(ema_tensors, model_tensors):
-            if e.is_floating_point():
+            if e.is_floating_point() and not copies:
                 ema_floats.append(e)
                 model_floats.append(w.detach().to(device=e.device, dtype=e.dtype))
             else:
@@ -88,12 +105,12 @@ class ModelEma:
 
     def state_dict(self):
         """{"module": the averaged model's plain state_dict (same keys as the model), "num_updates",
-        "decay", "warmup", "every"}."""
+        "decay", "warmup", "every", "copy_steps"}."""
         return {"module": self.module.state_dict(), "num_updates": self.num_updates,
-                "decay": self.decay, "warmup": self.warmup, "every": self.every}
+                "decay": self.decay, "warmup": self.warmup, "every": self.every, "copy_steps": self.copy_steps}
 
     def load_state_dict(self, state):
-        """Restore the average and the update count. The settings (decay, warmup, every) stay those of
-        the constructor, i.e. of the current command line."""
+        """Restore the average and the update count. The settings (decay, warmup, every, copy_steps) stay
+        those of the constructor, i.e. of the current command line."""
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])

@@ -30,6 +30,11 @@ from imnet.recipes import RECIPES
 AMP_CHOICES = ("none", "bf16", "fp16")  # imnet.config maps them to torch dtypes
 DECODE_MODES = ("full", "reduced")
 INTERPOLATIONS = ("bilinear", "bicubic")
+# imnet.optim.NO_DECAY_CATEGORIES and IMNET_NO_DECAY (this module imports no torch); tests/test_optim.py checks
+# that they agree
+NO_DECAY_CATEGORIES = ("norm", "bias", "embedding", "1d", "layer_scale")
+IMNET_NO_DECAY = ("1d", "embedding", "layer_scale")
+ERASE_MODES = ("pixel", "const")
 
 # Values that a run's config.json holds besides its flags: derived once by imnet.config.resolve (and
 # Config.with_data), recomputed on every run, so a --config file's copies are ignored.
@@ -350,7 +355,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
 
 def build_parser() -> Parser:
     """train.py's flags. Aliases in the spelling of timm's and torchvision's reference scripts: -b, -j,
-    --output-dir, --model-ema, --smoothing, --reprob."""
+    --output-dir, --model-ema, --smoothing, --reprob, --remode."""
     p = Parser(prog="train.py", aliases=ALIASES,
                description="Train a torchvision classifier on an ImageFolder tree (train/<class>/*, val/<class>/*). "
                            "With no arguments at all, runs the demo recipe on a generated dataset.")
@@ -421,8 +426,13 @@ def build_parser() -> Parser:
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum")
     g.add_argument("--weight-decay", type=MAGNITUDE, default=1e-4,
                    help="L2 (SGD) or decoupled (AdamW) weight decay")
-    g.add_argument("--decay-norm-bias", action=argparse.BooleanOptionalAction, default=False,
-                   help="also decay normalization weights, biases and tokens (off: they are excluded)")
+    g.add_argument("--no-decay-on", nargs="+", choices=[*NO_DECAY_CATEGORIES, "none"], default=list(IMNET_NO_DECAY),
+                   metavar="CATEGORY",
+                   help="parameters trained without weight decay: norm (normalization layers' weights and biases, "
+                        "torchvision's --norm-weight-decay 0), bias (parameters named bias: --bias-weight-decay 0), "
+                        "embedding (class tokens, position embeddings, relative-position tables: "
+                        "--transformer-embedding-decay 0), 1d (every parameter of <= 1 dimension: timm's and DeiT's "
+                        "rule), layer_scale (ConvNeXt's); none: decay every parameter")
     g.add_argument("--clip-grad", type=MAGNITUDE, default=0.0, help="max global gradient norm (0: off)")
     g.add_argument("--sam", type=MAGNITUDE, default=0.0, metavar="RHO",
                    help="Sharpness-Aware Minimization with radius RHO, e.g. 0.05 (0: off); two forward/backward "
@@ -453,6 +463,9 @@ def build_parser() -> Parser:
     g.add_argument("--ra-magnitude", type=Range(int, 0, 30), default=9,
                    help="RandAugment magnitude (bin of torchvision's 31)")
     g.add_argument("--random-erase", "--reprob", type=PROB, default=0.0, help="RandomErasing probability per image")
+    g.add_argument("--random-erase-mode", "--remode", choices=ERASE_MODES, default="pixel",
+                   help="what fills the erased box: pixel (per-pixel normal noise, timm's and DeiT's) or const (0 "
+                        "after normalisation = the mean colour, torchvision's RandomErasing value=0)")
     g.add_argument("--ra-reps", type=COUNT, default=1, metavar="N",
                    help="repeated augmentation (DeiT's RASampler): each image N times per epoch, differently "
                         "augmented, on different processes when there are >= N; the epoch keeps its length, so it "
@@ -463,11 +476,16 @@ def build_parser() -> Parser:
                    help="EMA decay per optimizer step")
     g.add_argument("--ema-every", type=COUNT, default=1, help="update the EMA every k optimizer steps (decay**k)")
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=False,
-                   help="ramp the EMA decay up over the first steps")
+                   help="ramp the EMA decay up over the first updates: min(decay, (1 + n) / (10 + n)) after n updates "
+                        "(TensorFlow's ExponentialMovingAverage num_updates)")
+    g.add_argument("--ema-copy-warmup", action=argparse.BooleanOptionalAction, default=False,
+                   help="torchvision's EMA start: the first EMA update, every update during the LR warmup "
+                        "(--warmup-epochs) and the first one after it copy the weights; averaging starts after "
+                        "(off: the average starts from the initial weights, as timm's ModelEma in DeiT)")
     g.add_argument("--swa-start", type=COUNT, default=None, metavar="EPOCH",
                    help="Stochastic Weight Averaging: from this epoch (1-based) on, train at --swa-lr and average "
-                        "the weights at the end of each epoch; BatchNorm statistics are recomputed over the "
-                        "training data before each evaluation of the average")
+                        "the weights at the end of each epoch; the average's BatchNorm statistics are recomputed "
+                        "over the epoch's training data at each update, before the average is saved or evaluated")
     g.add_argument("--swa-lr", type=Range(float, 0.0, lo_open=True), default=None,
                    help="constant learning rate of the SWA epochs")
 

@@ -252,9 +252,11 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
     - the classifier head (`head_keys`): loaded when its shape fits and the classes are the same ones (when
       both lists are known); otherwise the model keeps its freshly initialised head;
     - a ViT/DeiT position embedding of another length (weights trained at another image size): interpolated
-      bicubically on its 2-D grid by torchvision's ``interpolate_embeddings`` (the class token is kept), as
-      in Dosovitskiy et al. 2021 ("An Image is Worth 16x16 Words", Sec. 3.2) and Touvron et al. 2021 (DeiT,
-      fine-tuning at 384).
+      bicubically on its 2-D grid by torchvision's ``interpolate_embeddings`` (the class token is kept;
+      ``align_corners=True``), the 2-D interpolation of Dosovitskiy et al. 2021 ("An Image is Worth 16x16
+      Words", Sec. 3.2). DeiT's fine-tuning code (main.py ``--finetune``) and timm resize with
+      ``align_corners=False`` (as imnet.deit does for the distilled DeiT), so the embedding interpolated here
+      differs slightly from DeiT's (recipes.md, known differences).
 
     Returns {"loaded", "reinitialised", "interpolated"} key lists. Raises ValueError naming the keys when the
     weights do not fit (missing or unexpected keys, or a shape mismatch outside the head); ``what`` names the

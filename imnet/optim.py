@@ -7,10 +7,27 @@ trained without it (Goyal et al. 2017, Sec. 5.1: no decay on the BN coefficients
 "Bag of Tricks", Sec. 3.1: "no bias decay"; DeiT, Touvron et al. 2021, and timm exclude pos_embed and
 cls_token).
 
-A trainable parameter goes to the no-decay group when ``p.ndim <= 1`` or when the last component of
-its dotted name is in ``no_decay_names``. ``layer_scale`` is in the default list because torchvision
-stores ConvNeXt's per-channel layer scale as (C, 1, 1), where the original ConvNeXt code (timm,
-which excludes 1-D parameters) has (C,). Parameters with ``requires_grad=False`` are left out.
+Which parameters are exempt is a set of categories (``no_decay_on``), because the recipes' sources draw the
+line differently:
+
+- ``"norm"``: the weights and biases of normalization layers (BatchNorm, LayerNorm and its subclasses such as
+  ConvNeXt's LayerNorm2d, GroupNorm, InstanceNorm, LocalResponseNorm), found by module class: torchvision's
+  ``--norm-weight-decay`` (references/classification/utils.py, ``set_weight_decay``).
+- ``"bias"``: parameters named exactly ``bias`` (torchvision's ``--bias-weight-decay``; MultiheadAttention's
+  ``in_proj_bias`` is not one, as there).
+- ``"embedding"``: class and distillation tokens, position embeddings and relative-position bias tables, by
+  name (`EMBEDDING_NAMES`): torchvision's ``--transformer-embedding-decay`` (whose key list misses
+  torchvision's own ViT ``pos_embedding``; here it is included) and DeiT's ``no_weight_decay()`` (pos_embed,
+  cls_token, dist_token).
+- ``"1d"``: every parameter with at most one dimension, timm's and DeiT's rule (``filter_bias_and_bn``: norm
+  weights and biases, all biases, per-channel scales).
+- ``"layer_scale"``: ConvNeXt's layer scale, which torchvision stores as (C, 1, 1) where the original ConvNeXt
+  code (timm) has (C,) and so exempts it as 1-D.
+
+torchvision's ``--norm-weight-decay 0`` is ``("norm",)``; its Swin command (norm, bias and embedding decay 0)
+``("norm", "bias", "embedding")``; DeiT / timm ``("1d", "embedding")``; ``()`` decays everything (the classic
+recipes, torchvision's ViT command). The default, `IMNET_NO_DECAY` = ``("1d", "embedding", "layer_scale")``,
+is timm's rule carried over to torchvision's ConvNeXt. Parameters with ``requires_grad=False`` are left out.
 
 Optimizers: SGD with (Nesterov) momentum and L2 weight decay added to the gradient, the classic
 ResNet recipe; AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"), whose
@@ -50,30 +67,58 @@ from torchvision.models.convnext import ConvNeXt
 from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
-__all__ = ["NO_DECAY_NAMES", "param_groups", "count_param_groups", "build_optimizer", "layer_ids",
-           "layer_decay_groups"]
+__all__ = ["NO_DECAY_CATEGORIES", "IMNET_NO_DECAY", "EMBEDDING_NAMES", "NORM_LAYERS", "no_decay_names",
+           "param_groups", "count_param_groups", "build_optimizer", "layer_ids", "layer_decay_groups"]
 
-NO_DECAY_NAMES = (
+NO_DECAY_CATEGORIES = ("norm", "bias", "embedding", "1d", "layer_scale")
+IMNET_NO_DECAY = ("1d", "embedding", "layer_scale")
+
+EMBEDDING_NAMES = (
     # torchvision
-    "class_token", "pos_embedding", "relative_position_bias_table", "layer_scale",
+    "class_token", "pos_embedding", "relative_position_bias_table",
     # timm / DeiT / Swin naming
-    "cls_token", "dist_token", "pos_embed", "absolute_pos_embed", "position_embedding",
-    "position_embeddings",
+    "cls_token", "dist_token", "pos_embed", "absolute_pos_embed", "position_embedding", "position_embeddings",
 )
 
+# torchvision's reference set_weight_decay's norm_classes
+NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm,
+               torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
 
-def _no_decay(name, param, no_decay_names):
-    return param.ndim <= 1 or name.rsplit(".", 1)[-1] in no_decay_names
+
+def _check_categories(no_decay_on):
+    unknown = set(no_decay_on) - set(NO_DECAY_CATEGORIES)
+    if unknown:
+        raise ValueError(f"unknown weight-decay exemption {sorted(unknown)}; the categories are "
+                         f"{', '.join(NO_DECAY_CATEGORIES)} (see imnet/optim.py)")
 
 
-def param_groups(model, weight_decay, no_decay_names=NO_DECAY_NAMES):
+def no_decay_names(model, no_decay_on=IMNET_NO_DECAY):
+    """The names (as ``model.named_parameters()`` gives them) of the trainable parameters that the categories
+    ``no_decay_on`` exempt from weight decay (module docstring)."""
+    _check_categories(no_decay_on)
+    out = set()
+    for module_name, module in model.named_modules():
+        for leaf, param in module.named_parameters(recurse=False):
+            if not param.requires_grad:
+                continue
+            if (("norm" in no_decay_on and isinstance(module, NORM_LAYERS))
+                    or ("bias" in no_decay_on and leaf == "bias")
+                    or ("embedding" in no_decay_on and leaf in EMBEDDING_NAMES)
+                    or ("1d" in no_decay_on and param.ndim <= 1)
+                    or ("layer_scale" in no_decay_on and leaf == "layer_scale")):
+                out.add(f"{module_name}.{leaf}" if module_name else leaf)
+    return out
+
+
+def param_groups(model, weight_decay, no_decay_on=IMNET_NO_DECAY):
     """Two param groups, ``{"name": "decay", "params": [...], "weight_decay": weight_decay}`` and
-    ``{"name": "no_decay", ..., "weight_decay": 0.0}``, in model order; empty groups are dropped.
-    Shared parameters appear once (``named_parameters`` deduplicates)."""
+    ``{"name": "no_decay", ..., "weight_decay": 0.0}`` (the parameters ``no_decay_on`` exempts), in model
+    order; empty groups are dropped. Shared parameters appear once (``named_parameters`` deduplicates)."""
+    exempt = no_decay_names(model, no_decay_on)
     decay, no_decay = [], []
     for name, param in model.named_parameters():
         if param.requires_grad:
-            (no_decay if _no_decay(name, param, no_decay_names) else decay).append(param)
+            (no_decay if name in exempt else decay).append(param)
     groups = [dict(name="decay", params=decay, weight_decay=weight_decay),
               dict(name="no_decay", params=no_decay, weight_decay=0.0)]
     return [g for g in groups if g["params"]]
@@ -141,19 +186,21 @@ def layer_ids(model):
                      f"{type(model).__name__} has no such blocks. Leave layer decay off (1.0) for this model.")
 
 
-def layer_decay_groups(model, weight_decay, layer_decay, no_decay_names=NO_DECAY_NAMES):
+def layer_decay_groups(model, weight_decay, layer_decay, no_decay_on=IMNET_NO_DECAY):
     """Param groups per (layer, decay / no decay), named "layer 3 decay", "layer 3 no_decay", ..., each with
-    ``"lr_scale": layer_decay ** (L + 1 - layer_id)`` and the weight decay of ``param_groups``'s rule.
+    ``"lr_scale": layer_decay ** (L + 1 - layer_id)`` and the weight decay of ``param_groups``'s rule (the same
+    ``no_decay_on``).
     Groups come in layer order (embeddings first), empty ones are dropped, frozen parameters left out."""
     if not 0 < layer_decay <= 1:
         raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}: each layer's LR is layer_decay "
                          f"times the next one's (0.65-0.9 in the published fine-tuning recipes).")
     ids, num_layers = layer_ids(model)
+    exempt = no_decay_names(model, no_decay_on)
     groups = {}
     for name, param in model.named_parameters():
         if not param.requires_grad:
             continue
-        layer, skip = ids[name], _no_decay(name, param, no_decay_names)
+        layer, skip = ids[name], name in exempt
         key = (layer, "no_decay" if skip else "decay")
         if key not in groups:
             groups[key] = dict(name=f"layer {layer} {key[1]}", params=[],

@@ -130,3 +130,68 @@ def test_unwraps_ddp_and_compile(tmp_path):
         torch.testing.assert_close(ema.module[4].weight, before + 1.0)
     finally:
         dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("every, copy_steps", [(2, 5), (3, 6), (1, 0), (4, 0)])
+def test_copy_warmup_is_torchvisions_reset_of_averaged_model(every, copy_steps):
+    """torchvision's reference (train.py): after each EMA update, ``if epoch < lr_warmup_epochs:
+    model_ema.n_averaged.fill_(0)``, so AveragedModel's next update copies. Here the same loop, with the update
+    after optimizer step s in the warmup when s <= copy_steps (the warmup's steps), against ModelEma(copy_steps)."""
+    model, decay = _model(), 0.7
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    reference = AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay ** every), use_buffers=True)
+    ema = ModelEma(model, decay=decay, every=every, copy_steps=copy_steps)
+    copies = []
+    for step in range(1, 25):
+        _train_step(model, opt, step)
+        ema.update(model, step)
+        if step % every:
+            continue
+        reference.update_parameters(model)
+        if step <= copy_steps:  # this update came during the warmup
+            reference.n_averaged.fill_(0)
+        expected, got = _float_state(reference.module), _float_state(ema.module)
+        for k in expected:
+            torch.testing.assert_close(got[k], expected[k], rtol=1e-6, atol=1e-7, msg=(step, k))
+        copies.append(all(torch.equal(v, model.state_dict()[k]) for k, v in got.items()))
+    # the copies: every update up to the first one after the warmup; then averages
+    n_copies = copy_steps // every + 1
+    assert copies == [True] * n_copies + [False] * (len(copies) - n_copies)
+
+
+def test_default_start_keeps_the_initial_weights_in_the_average():
+    """timm's ModelEma (DeiT): the average starts from the model at construction, whose weight is decay**t."""
+    model = nn.Linear(3, 1, bias=False)
+    w0 = model.weight.detach().clone()
+    ema = ModelEma(model, decay=0.9)
+    with torch.no_grad():
+        model.weight.add_(1.0)
+    for step in range(1, 4):
+        ema.update(model, step)
+    torch.testing.assert_close(ema.module.weight, 0.9 ** 3 * w0 + (1 - 0.9 ** 3) * model.weight.detach())
+
+
+def test_train_step_updates_the_ema_once_per_optimizer_step_under_accumulation():
+    """train.py's train_step with 3 micro-batches per optimizer step: one EMA update after each optimizer step,
+    of the weights that step produced (an update per micro-step would average the unchanged weights 3 times)."""
+    from types import SimpleNamespace
+
+    import train
+    from imnet.metrics import Meter
+    model, decay, accum = _model(), 0.5, 3
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    cfg = SimpleNamespace(lr_at=lambda s: 0.2, accum_steps=accum, clip_grad=0.0, channels_last=False, seed=0,
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None)
+    parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
+                        ema=ModelEma(model, decay=decay))
+    g = torch.Generator().manual_seed(2)
+    expected = {k: v.clone() for k, v in _float_state(model).items()}
+    for step in range(4):
+        micro = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g),
+                  torch.randint(0, 5, (4,), generator=g)) for _ in range(accum)]
+        train.train_step(cfg, parts, micro, 0, step, step, Meter("cpu"))
+        for k, v in _float_state(model).items():
+            expected[k] = decay * expected[k] + (1 - decay) * v
+    assert parts.ema.num_updates == 4
+    for k, v in _float_state(parts.ema.module).items():
+        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7, msg=k)

@@ -8,8 +8,10 @@ from torch import nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
+from imnet import flags, models
+from imnet import optim as imoptim
 from imnet.deit import DistilledVisionTransformer
-from imnet.optim import build_optimizer, count_param_groups, layer_decay_groups, param_groups
+from imnet.optim import build_optimizer, count_param_groups, layer_decay_groups, no_decay_names, param_groups
 
 NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -76,6 +78,126 @@ def test_frozen_shared_and_empty_groups():
     assert split == {"decay": ["0.weight"], "no_decay": ["0.bias"]}
     only_norm = param_groups(nn.LayerNorm(3), 0.1)
     assert [g["name"] for g in only_norm] == ["no_decay"]
+
+
+# ------------------------------------------------------------------------------- the sources' exemption rules
+
+TORCHVISION_NORMS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm, nn.modules.instancenorm._InstanceNorm,
+                     nn.LocalResponseNorm)
+
+
+def torchvision_set_weight_decay(model, weight_decay, norm_weight_decay=None, custom_keys_weight_decay=()):
+    """torchvision's references/classification/utils.py ``set_weight_decay``, written out from its code: walk the
+    modules depth first, each one's own parameters; a custom key matches the parameter's own name (or its dotted
+    path when the key has a dot) and wins; else a parameter of a norm-class module goes to "norm" when
+    norm_weight_decay is given; else "other"."""
+    params = {"other": [], "norm": [], **{key: [] for key, _ in custom_keys_weight_decay}}
+    decay = {"other": weight_decay, "norm": norm_weight_decay, **dict(custom_keys_weight_decay)}
+
+    def add(module, prefix=""):
+        for name, p in module.named_parameters(recurse=False):
+            if not p.requires_grad:
+                continue
+            for key, _ in custom_keys_weight_decay:
+                target = f"{prefix}.{name}" if prefix != "" and "." in key else name
+                if key == target:
+                    params[key].append(p)
+                    break
+            else:
+                params["norm" if norm_weight_decay is not None and isinstance(module, TORCHVISION_NORMS)
+                       else "other"].append(p)
+        for child_name, child in module.named_children():
+            add(child, f"{prefix}.{child_name}" if prefix != "" else child_name)
+
+    add(model)
+    return [{"params": params[k], "weight_decay": decay[k]} for k in params if params[k]]
+
+
+def torchvision_exempt(model, command_flags: str) -> set:
+    """The parameter names that torchvision's train.py, given these weight-decay flags (values 0), trains without
+    weight decay: --norm-weight-decay, --bias-weight-decay, --transformer-embedding-decay (train.py builds the
+    custom keys "bias" and class_token / position_embedding / relative_position_bias_table from the last two)."""
+    words = command_flags.split()
+    values = {words[i]: float(words[i + 1]) for i in range(0, len(words), 2)}
+    custom = []
+    if "--bias-weight-decay" in values:
+        custom.append(("bias", values["--bias-weight-decay"]))
+    if "--transformer-embedding-decay" in values:
+        custom += [(key, values["--transformer-embedding-decay"])
+                   for key in ("class_token", "position_embedding", "relative_position_bias_table")]
+    groups = torchvision_set_weight_decay(model, 0.05, values.get("--norm-weight-decay"), custom)
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    return {by_id[id(p)] for g in groups if g["weight_decay"] == 0.0 for p in g["params"]}
+
+
+# timm's VisionTransformer.no_weight_decay() (pos_embed, cls_token, dist_token) in torchvision's names
+TIMM_VIT_NO_WEIGHT_DECAY = ("encoder.pos_embedding", "class_token", "dist_token")
+
+
+def timm_exempt(model, no_weight_decay=TIMM_VIT_NO_WEIGHT_DECAY) -> set:
+    """timm's param_groups_weight_decay (create_optimizer's filter_bias_and_bn, which DeiT uses): no decay for
+    ndim <= 1, names ending in .bias, and the model's no_weight_decay() names."""
+    return {n for n, p in model.named_parameters()
+            if p.requires_grad and (p.ndim <= 1 or n.endswith(".bias") or n in no_weight_decay)}
+
+
+def _meta(name):
+    with torch.device("meta"):
+        return models.build_model(name, 10)
+
+
+NORM = "--norm-weight-decay 0.0"
+SWIN = "--norm-weight-decay 0.0 --bias-weight-decay 0.0 --transformer-embedding-decay 0.0"
+
+
+@pytest.mark.parametrize("name, command_flags, categories, exempt", [
+    # counts of exempt tensors, from torchvision's rule (its BatchNorm / LayerNorm weights and biases only)
+    ("resnet50", NORM, ("norm",), 106), ("resnext50_32x4d", NORM, ("norm",), 106),
+    ("efficientnet_b0", NORM, ("norm",), 98), ("mobilenet_v3_large", NORM, ("norm",), 92),
+    ("convnext_tiny", NORM, ("norm",), 46), ("swin_t", SWIN, ("norm", "bias", "embedding"), 120),
+    ("swin_t", NORM, ("norm",), 58), ("resnet50", "", (), 0), ("vit_b_16", "", (), 0),
+    ("convnext_tiny", "--norm-weight-decay 0.0 --bias-weight-decay 0.0", ("norm", "bias"), 46 + 59),
+])
+def test_categories_exempt_what_torchvisions_flags_exempt(name, command_flags, categories, exempt):
+    model = _meta(name)
+    assert no_decay_names(model, categories) == torchvision_exempt(model, command_flags)
+    assert len(torchvision_exempt(model, command_flags)) == exempt
+    assert len(param_groups(model, 0.05, categories)[-1]["params"]) == exempt or exempt == 0
+
+
+def test_torchvisions_embedding_keys_miss_its_vits_position_embedding():
+    """The one place imnet's "embedding" is not torchvision's --transformer-embedding-decay: torchvision's keys
+    match own names exactly, and its ViT calls the embedding pos_embedding, not position_embedding."""
+    model = _meta("vit_b_16")
+    ours = no_decay_names(model, ("embedding",))
+    assert ours - torchvision_exempt(model, "--transformer-embedding-decay 0.0") == {"encoder.pos_embedding"}
+    assert ours == {"class_token", "encoder.pos_embedding"}
+
+
+@pytest.mark.parametrize("name", ["deit_small", "deit_tiny", "vit_b_16"])
+def test_1d_and_embedding_exempt_what_timm_exempts(name):
+    model = _meta(name)
+    assert no_decay_names(model, ("1d", "embedding")) == timm_exempt(model)
+    distilled = _distilled_deit()
+    assert no_decay_names(distilled, ("1d", "embedding")) == timm_exempt(distilled)
+    assert "dist_token" in timm_exempt(distilled)
+
+
+def test_imnet_default_and_layer_scale():
+    """The default (1d, embedding, layer_scale) is timm's rule plus torchvision's (C, 1, 1) ConvNeXt layer scale;
+    the categories' names are one list in flags.py (no torch there) and optim.py."""
+    model = _meta("convnext_tiny")
+    scales = {n for n, _ in model.named_parameters() if n.endswith("layer_scale")}
+    assert len(scales) == 18
+    assert no_decay_names(model) == timm_exempt(model, ()) | scales == _expected_no_decay(model)
+    assert no_decay_names(model, ("layer_scale",)) == scales
+    assert (flags.NO_DECAY_CATEGORIES, flags.IMNET_NO_DECAY) == (imoptim.NO_DECAY_CATEGORIES, imoptim.IMNET_NO_DECAY)
+    with pytest.raises(ValueError, match="unknown weight-decay exemption"):
+        no_decay_names(model, ("norms",))
+    groups = layer_decay_groups(model, 0.05, 0.5, no_decay_on=("norm",))  # layer decay takes the same categories
+    by_id = {id(p): n for n, p in model.named_parameters()}
+    assert {by_id[id(p)] for g in groups if g["weight_decay"] == 0 for p in g["params"]} == \
+        no_decay_names(model, ("norm",))
 
 
 @pytest.mark.parametrize("name", ["sgd", "adamw"])

@@ -251,8 +251,11 @@ def one(warnings: list[str], needle: str) -> str:
 
 
 def test_audit_adamw_decay_on_norms():
-    one(audit(config("convnext_tiny", decay_norm_bias=True)), "norm weights, biases")
-    assert audit(config("convnext_tiny", decay_norm_bias=True, weight_decay=0.0)) == []
+    one(audit(config("convnext_tiny", no_decay_on=["none"])), "norm weights and biases")
+    one(audit(config("convnext_tiny", no_decay_on=["bias", "embedding"])), "norm weights and biases")
+    assert audit(config("convnext_tiny", no_decay_on=["none"], weight_decay=0.0)) == []
+    assert audit(config("convnext_tiny", no_decay_on=["1d"])) == []
+    assert audit(config("vit_b_16")) == []  # decaying everything is torchvision's ViT command, not a mistake
     assert audit(config("regnet_y_8gf")) == []  # SGD decaying everything is the classic recipe, not a mistake
 
 

@@ -437,3 +437,45 @@ def test_train_py_sam_learns_resumes_bitwise_and_refuses_accumulation(tmp_path, 
     capsys.readouterr()
     assert train.main(base + ["--output", str(tmp_path / "x"), "--accum-steps", "2"]) == 2
     assert "SAM's ascent needs the gradient of the whole batch" in capsys.readouterr().err
+
+
+def test_train_step_second_pass_leaves_batchnorm_statistics_alone():
+    """train.py's train_step with SAM on a BatchNorm net: the running statistics after the step are those of the
+    first pass alone (one momentum update from the batch at w), not also of the second pass at w + e."""
+    import copy
+    from types import SimpleNamespace
+
+    import train
+    from imnet.data import to_device
+    from imnet.metrics import Meter
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(6, 3))
+    g = torch.Generator().manual_seed(1)
+    images, labels = torch.randint(0, 256, (8, 3, 12, 12), dtype=torch.uint8, generator=g), torch.randint(0, 3, (8,))
+    first_pass = copy.deepcopy(model).train()
+    first_pass(to_device(images, labels, "cpu")[0])  # the statistics one forward at w gives
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    cfg = SimpleNamespace(lr_at=lambda s: 0.1, accum_steps=1, clip_grad=0.0, channels_last=False, seed=0,
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None)
+    parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
+                        sam=SAM(opt, rho=0.5))
+    train.train_step(cfg, parts, [(images, labels)], 0, 0, 0, Meter("cpu"))
+    bn, expected = model[1], first_pass[1]
+    assert int(bn.num_batches_tracked) == 1
+    for name in ("running_mean", "running_var"):
+        assert torch.equal(getattr(bn, name), getattr(expected, name)), name
+
+
+def test_train_py_sam_with_batchnorm_counts_one_batch_per_step(tmp_path):
+    """End to end: train.py --sam on a ResNet-18, 3 optimizer steps: every BatchNorm has seen 3 batches."""
+    import train
+    from conftest import make_imagefolder
+    data = make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=2)
+    assert train.main(["--data", str(data), "--model", "resnet18", "--epochs", "1", "--batch-size", "8",
+                       "--train-crop-size", "32", "--val-crop-size", "32", "--val-resize-size", "36", "--lr", "0.01",
+                       "--workers", "0", "--quiet", "--sam", "0.05", "--output", str(tmp_path / "o")]) == 0
+    state = torch.load(tmp_path / "o" / "last.pt", map_location="cpu", weights_only=True)
+    assert state["global_step"] == 3
+    counts = {int(v) for k, v in state["model"].items() if k.endswith("num_batches_tracked")}
+    assert counts == {3}

@@ -131,3 +131,34 @@ def test_progressive_size_closed_form_by_hand():
     assert sizes.count(160) == 71 and sizes.count(192) == 17 and set(sizes) == {160, 192}
     # Ties round to even: 32 -> 48 over epochs 1 -> 3 gives 40 at epoch 2, 40 / 16 = 2.5 -> 2 -> 32.
     assert progressive_size(1, 32, 48, 1, 3) == 32
+
+
+# ------------------------------------------------------------------------------------------ Config.lr_at
+
+def _config(*flags, steps_per_epoch=10, world_size=1):
+    """A resolved Config (train.py's resolver) with `flags`, 10 optimizer steps per epoch."""
+    from imnet import config
+    from imnet.flags import parse_args
+    below, given = parse_args(["--data", "d", "--output", "o", "--lr", "0.8", *flags])
+    cfg = config.resolve(below, given, world_size)
+    return cfg.with_data(steps_per_epoch * cfg.global_batch_size, 1, 2)
+
+
+def test_config_lr_at_converts_warmup_epochs_to_steps():
+    """Warmup given in epochs (2.5 epochs of 10 steps: 25 steps), the cosine over the 75 steps after it."""
+    cfg = _config("--epochs", "10", "--warmup-epochs", "2.5", "--warmup-start-factor", "0.1")
+    assert cfg.steps_per_epoch == 10 and cfg.total_steps == 100 and cfg.warmup_steps == 25
+    assert cfg.lr_at(0) == pytest.approx(0.08)
+    assert cfg.lr_at(10) == pytest.approx(0.8 * (0.1 + 0.9 * 10 / 25))  # 1 epoch into the 2.5-epoch warmup
+    assert cfg.lr_at(24) < 0.8 and cfg.lr_at(25) == pytest.approx(0.8)
+    assert cfg.lr_at(25 + 75 // 2) == pytest.approx(0.8 * (1 + math.cos(math.pi * 37 / 75)) / 2)
+    # accumulation counts optimizer steps, not micro-steps: the same schedule
+    acc = _config("--epochs", "10", "--warmup-epochs", "2.5", "--warmup-start-factor", "0.1", "--accum-steps", "4",
+                  "--batch-size", "8")
+    assert acc.steps_per_epoch == 10 and [acc.lr_at(t) for t in range(100)] == [cfg.lr_at(t) for t in range(100)]
+
+
+def test_config_lr_at_converts_step_milestones_from_epochs():
+    cfg = _config("--epochs", "9", "--sched", "step", "--lr-milestones", "3", "6", "--lr-gamma", "0.5")
+    lrs = [cfg.lr_at(t) for t in range(90)]
+    assert lrs == [0.8] * 30 + [0.4] * 30 + [0.2] * 30
