@@ -176,3 +176,35 @@ def test_sam_and_repeated_augmentation_two_processes_equal_one(single, ddata, tm
     assert_close_weights(weights(one), weights(two))
     with pytest.raises(AssertionError):  # and the flags change the run (`single` is the same without them)
         assert_close_weights(weights(single), weights(one), rel=1e-4)
+
+
+def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata, tmp_path):
+    """A teacher (soft distillation; a BatchNorm net in eval mode: nothing to synchronise), LARS and layer-wise LR
+    decay under DDP: each rank's teacher sees that rank's share of the global batch, so 2 processes x 4 still
+    equal 1 process x 8."""
+    from imnet.checkpoint import Progress, make_state
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(7)
+    torch.save(make_state(model=models.build_model("resnet18", 3).state_dict(), optimizer={}, progress=Progress(),
+                          classes=["class_0", "class_1", "class_2"],
+                          config={"model": "resnet18", "train_crop_size": 32,
+                                  "eval_policy": EvalPolicy(36, 32).to_dict()}), teacher)
+    # LARS steps each tensor by lr x 0.001 x its norm: its LRs are large (MLPerf's are tens)
+    extra = ["--teacher", str(teacher), "--distill", "soft", "--distill-tau", "2", "--opt", "lars", "--lr", "10",
+             "--layer-decay", "0.8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
+    assert r.returncode == 0, r.stderr
+    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())],
+                 *COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_close_weights(weights(one), weights(two))
+    # the weights moved well beyond the tolerance, so the equality is not the trivial kind
+    torch.manual_seed(5)
+    init = models.build_model("convnext_tiny", 3, drop_path=0.0).state_dict()
+    moved = weights(one)["features.1.0.block.0.weight"] - init["features.1.0.block.0.weight"]
+    ratio = (moved.norm() / init["features.1.0.block.0.weight"].norm()).item()
+    assert 1e-2 < ratio < 0.5, ratio  # (far above 0.5 would mean another initialisation than the run's)
+    with pytest.raises(AssertionError):  # and the flags change the run (`single` is the same without them)
+        assert_close_weights(weights(single), weights(one), rel=1e-4)
