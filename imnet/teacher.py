@@ -119,8 +119,7 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
                            f"{len(classes)}: {detail}). Its output c must mean the student's class c: distil from a "
                            f"teacher trained on exactly these class folders.")
     try:
-        with torch.random.fork_rng(devices=[]):  # its random init is overwritten: leave the run's RNG untouched
-            teacher = models.build_model(name, len(classes), image_size=image_size)
+        teacher = models.build_model(name, len(classes), image_size=image_size)
     except ValueError as e:
         raise TeacherError(f"--teacher {spec}: {e}") from None
     if models.fixed_input_size(name):
