@@ -322,6 +322,24 @@ def test_refused_at_setup(data, teacher, tmp_path, capsys):
     assert not (tmp_path / "o" / "last.pt").exists()
 
 
+def test_a_plain_state_dict_teacher_with_its_network(teacher, tmp_path):
+    """--teacher FILE --teacher-model NAME: a bare state_dict (or one under "model", as DeiT's teacher file) loads
+    strictly into NAME; what it cannot say (training size, normalisation) is left unknown and noted."""
+    from imnet.audit import notes
+    from imnet.teacher import load_teacher
+    weights = load(teacher)["model"]
+    for i, content in enumerate((weights, {"model": weights})):
+        path = tmp_path / f"plain{i}.pth"
+        torch.save(content, path)
+        net, record = load_teacher(str(path), "resnet18", CLASSES, 32)
+        assert not net.training and all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
+        assert record["source"] == "state_dict" and record["image_size"] is None and record["eval_policy"] is None
+        assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
+    below, given = train.parse_args(["--data", "x", "--output", "o", "--teacher", str(path)])
+    (note,) = notes(config.resolve(below, given, 1).with_teacher(record))
+    assert "plain state_dict" in note and "unknown" in note
+
+
 def audit_of(teacher_record=None, **flags):
     from imnet.audit import audit
     below, given = train.parse_args(["--data", "x", "--output", "o", "--model", "resnet50"])
