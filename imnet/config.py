@@ -73,12 +73,6 @@ class EvalPolicy:
                 f"(crop_pct {self.crop_pct:.4f}); mean ({fmt(self.mean)}), std ({fmt(self.std)}); "
                 f"{self.decode} decode")
 
-    def with_teacher(self, info: dict) -> "Config":
-        """The same Config with the record of the distillation teacher (train.py's build_teacher reads the file):
-        {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
-        config.json and every checkpoint; the teacher's weights never do."""
-        return dataclasses.replace(self, teacher_info=dict(info))
-
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d.update(mean=list(self.mean), std=list(self.std), crop_pct=self.crop_pct)
@@ -435,8 +429,8 @@ def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
         if f["model"] in DEIT_DISTILLED:
             raise ConfigError(f"{f['model']} has a distillation token and head, which only a teacher trains, while "
                               f"its evaluation averages both heads: without --teacher the average would include an "
-                              f"untrained head. Give --teacher (DeiT: a RegNetY-16GF, --distill hard), or train "
-                              f"{f['model'].replace('_distilled', '')} instead.")
+                              f"untrained head. Give --teacher (DeiT: a RegNetY-16GF, --distill hard), or train a "
+                              f"model without a distillation token (deit_tiny, deit_small, vit_b_16...).")
     elif f["model"] in DEIT_DISTILLED and f["distill_alpha"] == 0:
         raise ConfigError(f"--distill-alpha 0 gives {f['model']}'s distillation head no loss at all, while its "
                           f"evaluation averages both heads. Use alpha > 0 (DeiT: 0.5), or a model without a "
