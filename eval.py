@@ -226,11 +226,11 @@ def load_source(args):
 
 
 def model_of(weights) -> str:
-    """The torchvision model name whose weights enum ``weights`` belongs to."""
-    for name in torchvision.models.list_models(module=torchvision.models):
-        if torchvision.models.get_model_weights(name) is type(weights):
-            return name
-    raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
+    """The torchvision model name whose weights enum ``weights`` belongs to (`imnet.models.weights_model`)."""
+    name = models.weights_model(weights)
+    if name is None:
+        raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
+    return name
 
 
 def build_model(name, state, num_classes, image_size):
@@ -248,7 +248,8 @@ def build_model(name, state, num_classes, image_size):
                         f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
     if done["interpolated"]:
         side = model.image_size // model.patch_size
-        before = int((state["encoder.pos_embedding"].shape[1] - 1) ** 0.5)
+        tokens = model.seq_length - side * side  # the class token, and a distilled DeiT's distillation token
+        before = int((state["encoder.pos_embedding"].shape[1] - tokens) ** 0.5)
         dist.eprint0(f"eval.py: note: the position embedding was interpolated from a {before}x{before} to a "
                      f"{side}x{side} patch grid (bicubic): this model was not trained at {model.image_size}px, so the "
                      f"figure is that of an untuned resolution change (fine-tune at this size with train.py "

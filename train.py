@@ -38,18 +38,21 @@ import imnet  # noqa: E402
 from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
 from imnet.config import Config, ConfigError  # noqa: E402
 from imnet.data import to_device  # noqa: E402
+from imnet.distill import distillation_loss  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.errors import UsageError, message_of  # noqa: E402
 from imnet.evaluation import autocast, evaluate  # noqa: E402
+from imnet.lars import LAMB, LARS  # noqa: E402
 from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
                        summary, train_row, val_row)
-from imnet.losses import cross_entropy  # noqa: E402
+from imnet.losses import binary_cross_entropy, cross_entropy  # noqa: E402
 from imnet.metrics import Meter  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402
-from imnet.optim import build_optimizer, param_groups  # noqa: E402
+from imnet.optim import build_optimizer, layer_decay_groups, param_groups  # noqa: E402
 from imnet.sam import SAM, keep_buffers  # noqa: E402
 from imnet.schedule import progressive_size, set_lr  # noqa: E402
 from imnet.signals import PreemptionSignals  # noqa: E402
+from imnet.teacher import load_teacher  # noqa: E402
 from imnet.transforms import random_erase, train_transform  # noqa: E402
 
 parse_args, build_parser = flags.parse_args, flags.build_parser
@@ -71,6 +74,7 @@ class Parts:
     ema: ModelEma | None = None
     sam: SAM | None = None        # the ascent / descent around the optimizer's parameters
     swa: AveragedModel | None = None
+    teacher: nn.Module | None = None  # distillation: eval mode, no gradients, never saved (`build_teacher`)
 
 
 def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int, global_step: int, meter: Meter):
@@ -96,14 +100,20 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
         # DDP all-reduces the gradients on the last micro-batch only; the others accumulate locally.
         last = micro == len(micro_batches) - 1
         with contextlib.nullcontext() if last or not hasattr(p.train_model, "no_sync") else p.train_model.no_sync():
+            teacher_logits = None
             with autocast(p.device, cfg.amp_dtype):
-                logits = p.train_model(images)
-            loss = cross_entropy(logits, targets, label_smoothing=cfg.loss_label_smoothing)  # fp32
+                outputs = p.train_model(images)  # a distilled DeiT: (class logits, distillation logits)
+                if p.teacher is not None:  # as DeiT: these very images, after erasing and mixing; eval mode
+                    with torch.no_grad():
+                        teacher_logits = p.teacher(images)
+            loss = step_loss(cfg, outputs, targets, teacher_logits)  # fp32
             scaled = loss / cfg.accum_steps  # the mean over the whole accumulated batch
             (p.scaler.scale(scaled) if p.scaler is not None else scaled).backward()
         if p.sam is not None:  # accum_steps is 1 (the config refuses more): this is the whole batch
-            sam_second_pass(cfg, p, images, targets)
+            sam_second_pass(cfg, p, images, targets, teacher_logits)
         hard = p.mixer is None  # accuracy against mixed targets would mean nothing
+        # the accuracy of what evaluation scores: a distilled DeiT's eval mode averages its two heads
+        logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
         meter.update(loss.detach(), logits.detach() if hard else None, labels if hard else None, n=labels.shape[0])
         losses.append(loss.detach())
 
@@ -123,9 +133,28 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
     return torch.stack(losses).mean(), grad_norm
 
 
-def sam_second_pass(cfg: Config, p: Parts, images, targets) -> None:
+def step_loss(cfg: Config, outputs, targets, teacher_logits=None) -> torch.Tensor:
+    """The loss of one micro-batch (float32). The label loss is cross-entropy, or with --bce binary
+    cross-entropy (`imnet.losses`), with the label smoothing the Config put in the loss (none when MixUp/CutMix
+    carry it in the targets). With a teacher, `imnet.distill.distillation_loss`: (1 - alpha) x the label loss of
+    the class head + alpha x the distillation loss (hard: CE to the teacher's argmax; soft: tau^2 KL) of the
+    distillation head, both heads being the same logits for a one-head student; at alpha 0 exactly the label
+    loss."""
+    if cfg.bce:
+        base = functools.partial(binary_cross_entropy, label_smoothing=cfg.loss_label_smoothing,
+                                 target_threshold=cfg.bce_target_thresh)
+    else:
+        base = functools.partial(cross_entropy, label_smoothing=cfg.loss_label_smoothing)
+    if teacher_logits is None:
+        return base(outputs, targets)
+    return distillation_loss(outputs, targets, teacher_logits, base, kind=cfg.distill, alpha=cfg.distill_alpha,
+                             tau=cfg.distill_tau)
+
+
+def sam_second_pass(cfg: Config, p: Parts, images, targets, teacher_logits=None) -> None:
     """SAM (imnet/sam.py): from the first pass's gradient g, move to w + e, take the gradient of the same batch
-    (same augmentation, same mixing) there, and come back to w with that gradient in p.grad.
+    (same augmentation, same mixing; the teacher's logits of these images are the first pass's) there, and come
+    back to w with that gradient in p.grad.
 
     The first backward was all-reduced (the last micro-step, not under no_sync), so every DDP rank ascends to
     the same w + e. Under fp16 the gradients stay scaled until the one unscale_ before the clip: the ascent
@@ -134,8 +163,8 @@ def sam_second_pass(cfg: Config, p: Parts, images, targets) -> None:
     p.sam.ascend()
     with keep_buffers(p.model):
         with autocast(p.device, cfg.amp_dtype):
-            logits = p.train_model(images)
-        loss = cross_entropy(logits, targets, label_smoothing=cfg.loss_label_smoothing)
+            outputs = p.train_model(images)
+        loss = step_loss(cfg, outputs, targets, teacher_logits)
         (p.scaler.scale(loss) if p.scaler is not None else loss).backward()
     p.sam.descend()
 
@@ -382,6 +411,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     init_report = None
     if (cfg.init_from or cfg.weights) and runfolder.find_resume(cfg) is None:  # a resumed run has its own weights
         init_report = init_weights(cfg, model, classes, info)
+    teacher, cfg = build_teacher(cfg, classes, info) if cfg.teacher else (None, cfg)
     groups = build_param_groups(cfg, model)
     if cfg.dry_run:
         if info.is_main:
@@ -389,9 +419,9 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
             if init_report:
                 print(init_line(init_report), flush=True)
         return 0
-    r = Run(cfg, info, build_parts(cfg, model, groups, len(classes), info), classes, output, train_loader, sampler,
-            val_loader, Meter(info.device), data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)),
-                                                               len(train_set)),
+    r = Run(cfg, info, build_parts(cfg, model, groups, len(classes), info, teacher), classes, output, train_loader,
+            sampler, val_loader, Meter(info.device),
+            data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set)),
             RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard), preemption)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
@@ -568,14 +598,50 @@ def init_line(report: dict) -> str:
     return s
 
 
+def build_teacher(cfg: Config, classes: list, info) -> tuple[nn.Module, Config]:
+    """--teacher: the distillation teacher on this device (`imnet.teacher.load_teacher`: checked to have the
+    student's classes and, if its input size is fixed, the student's training crop), and the Config with its
+    record (file, sha256, network, sizes). Under torchrun rank 0 downloads published weights first."""
+    first = info.distributed and not Path(cfg.teacher).is_file()
+    if first and not info.is_main:
+        torch.distributed.barrier()
+    try:
+        teacher, record = load_teacher(cfg.teacher, cfg.teacher_model, classes, cfg.train_crop_size,
+                                       size_changes=cfg.progressive_res is not None, progress=not cfg.quiet)
+    finally:
+        if first and info.is_main:
+            torch.distributed.barrier()
+    teacher.to(info.device)
+    if cfg.channels_last:
+        teacher.to(memory_format=torch.channels_last)
+    return teacher, cfg.with_teacher(record)
+
+
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
+    """The optimizer's parameter groups: weight decay except on the --no-decay-on categories (`imnet.optim`); with
+    --layer-decay one group per (layer, decay or not) with its LR scale."""
+    if cfg.layer_decay is not None:
+        try:
+            return layer_decay_groups(models.unwrap(model), cfg.weight_decay, cfg.layer_decay, cfg.no_decay_on)
+        except ValueError as e:  # a model without numbered blocks (ResNet, EfficientNet...)
+            raise ConfigError(f"--layer-decay {cfg.layer_decay} with {cfg.model}: {e}") from None
     return param_groups(model, cfg.weight_decay, cfg.no_decay_on)
 
 
-def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info) -> Parts:
-    """The objects the steps act on: optimizer, DDP / compiled wrappers, scaler, SAM, EMA, mixer, SWA."""
-    optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
-                                momentum=cfg.momentum, nesterov=cfg.nesterov)
+def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info,
+                teacher: nn.Module | None = None) -> Parts:
+    """The objects the steps act on: optimizer, DDP / compiled wrappers, scaler, SAM, EMA, mixer, SWA, and the
+    distillation teacher (`build_teacher`; never wrapped: it takes no gradient, and DDP would only sync nothing)."""
+    if cfg.opt in ("lars", "lamb"):  # over the same groups: no decay and no trust ratio where wd is 0 (lars.py)
+        try:
+            optimizer = LARS(groups, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                             nesterov=cfg.nesterov) if cfg.opt == "lars" else \
+                LAMB(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
+        except ValueError as e:
+            raise ConfigError(f"--opt {cfg.opt}: {e}") from None
+    else:
+        optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
+                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
     train_model = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(
@@ -592,7 +658,8 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
                      copy_steps=cfg.warmup_steps if cfg.ema_copy_warmup else None) if cfg.ema else None,
         mixer=Mixer(num_classes, mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mix_prob,
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.mix_label_smoothing) if cfg.mixing else None,
-        swa=AveragedModel(model) if cfg.swa_start is not None else None)  # a copy on the model's device
+        swa=AveragedModel(model) if cfg.swa_start is not None else None,  # a copy on the model's device
+        teacher=teacher)
 
 
 def start_notes(r: Run, train_set, val_set) -> None:

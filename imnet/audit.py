@@ -22,8 +22,21 @@ says what is wrong, why it matters and how to fix it. The checks:
    convolution is emulated, many times slower than fp32 (10-20x was measured elsewhere;
    even with AVX512-BF16, ResNet-18 steps were 1.2-1.8x slower than fp32 on this repository's CPU).
 
+7. LARS / LAMB with weight decay on norms or biases (--no-decay-on without norm and bias, or 1d): the papers and
+   every reference implementation give norms and biases neither weight decay nor a trust ratio (You et al. 2017,
+   2020; the MLPerf references skip batch-norm parameters and biases); decayed, both apply to them.
+8. A distillation teacher at another input policy than the student: it sees the student's training batches,
+   so a teacher trained at another resolution than the student's training crop (a train.py checkpoint says
+   which) predicts less well on them (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"), and
+   a teacher normalised with another mean / std than ImageNet's sees inputs it was never trained on. The
+   teacher's evaluation resize and interpolation do not matter here: it never sees evaluation images. (Other
+   classes, or a ViT teacher built for another size, are refused when the teacher is loaded.)
+
+Layer-wise LR decay on a model without numbered blocks is not a warning: train.py refuses it at setup.
+
 `notes(cfg)` holds what is worth knowing but not a mistake: a recipe run at a global batch other than its
-reference, whose LR the linear scaling rule has rescaled (from what to what).
+reference, whose LR the linear scaling rule has rescaled (from what to what); a teacher whose training
+resolution and normalisation are unknown (a plain state_dict).
 
 (Label smoothing cannot be applied twice: imnet.config decides once where it goes, the MixUp/CutMix targets or
 the loss.)
@@ -37,7 +50,7 @@ import sys
 import torch
 
 from imnet import dist
-from imnet.config import Config, policy_keys, policy_mismatch, resolve_eval_policy
+from imnet.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
 from imnet.optim import count_param_groups
 from imnet.recipes import META, RECIPES, reference_global_batch, reference_lr
 from imnet.schedule import scale_lr
@@ -74,16 +87,22 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
 def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
     """Facts worth knowing that are not mistakes. Now one: a recipe run at a global batch other than its
     reference, with the LR rescaled linearly (Goyal et al. 2017) from the recipe's to this run's."""
+    teacher = cfg.teacher_info or {}
+    out = []
+    if teacher and teacher.get("eval_policy") is None:
+        out.append(f"the teacher {teacher['spec']} is a plain state_dict: the resolution it was trained at and "
+                   f"its normalisation are unknown, so they cannot be checked against the student's "
+                   f"{cfg.train_crop_size} px ImageNet-normalised training crops, which it sees.")
     name = cfg.recipe
     if recipe is None and name in RECIPES:
         recipe = RECIPES[name]
     if recipe is None or name not in META or "lr_base" not in recipe or cfg.lr_given:
-        return []
+        return out
     ref_batch = reference_global_batch(name)
     if cfg.global_batch_size == ref_batch:
-        return []
+        return out
     ref_lr = reference_lr(name)
-    return [f"recipe '{name}' is tuned for a global batch of {ref_batch} ({META[name]['gpus']} process(es) x "
+    return out + [f"recipe '{name}' is tuned for a global batch of {ref_batch} ({META[name]['gpus']} process(es) x "
             f"{recipe['batch_size']} x {recipe.get('accum_steps', 1)} accumulation steps); this run's is "
             f"{cfg.global_batch_size}, so its LR is rescaled linearly from {ref_lr:g} to {cfg.peak_lr:g} "
             f"(Goyal et al. 2017). Accuracy usually holds for moderate changes, but the recipe's expected top-1 "
@@ -113,6 +132,16 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
             f"removes normalisation scales and offsets the network needs; transformer and ConvNeXt recipes exclude "
             f"them and their accuracies assume it. Fix: --no-decay-on norm (or drop the flag: the default "
             f"exempts them).")
+
+    exempt = set(cfg.no_decay_on)
+    if cfg.opt in ("lars", "lamb") and wd > 0 and not (exempt & {"norm", "1d"} and exempt & {"bias", "1d"}):
+        warnings.append(
+            f"--opt {cfg.opt} with --no-decay-on {' '.join(cfg.no_decay_on) or 'none'}: norm weights or biases get "
+            f"weight decay {wd:g} and a trust ratio of their own. LARS and LAMB exclude them from both (You et al. "
+            f"2017 and 2020, the MLPerf references, timm, NVIDIA's apex): a bias or BatchNorm shift near zero has a "
+            f"tiny norm, so its trust ratio freezes or blows up its update. Fix: --no-decay-on norm bias (or 1d).")
+
+    warnings += teacher_warnings(cfg)
 
     global_batch = cfg.global_batch_size
     if global_batch >= LARGE_BATCH and not cfg.warmup_epochs:
@@ -163,6 +192,58 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
     return warnings
 
 
+def teacher_warnings(cfg: Config) -> list[str]:
+    """Check 8: the teacher's training resolution and normalisation against the student's training batches."""
+    t = cfg.teacher_info
+    if not t:
+        return []
+    out = []
+    size = t.get("image_size")
+    if size is not None and size != cfg.train_crop_size:
+        out.append(
+            f"The teacher {t['spec']} was trained at {size} px but sees the student's {cfg.train_crop_size} px "
+            f"training crops: a network's predictions degrade away from its training resolution (Touvron et al. "
+            f"2019), so the distillation targets are worse than the teacher. Fix: train the student at "
+            f"--train-crop-size {size}, or distil from a teacher trained at {cfg.train_crop_size} px.")
+    if t.get("eval_policy"):
+        theirs = EvalPolicy.from_dict(t["eval_policy"])
+        for sentence in policy_mismatch(cfg.eval_policy, theirs, f"the teacher {t['spec']}"):
+            if sentence.startswith("normalization"):
+                out.append(f"Teacher {sentence} Fix: a teacher trained with the student's (ImageNet) "
+                           f"normalisation.")
+    return out
+
+
+def loss_line(cfg: Config) -> str:
+    """The loss, as train.py's step_loss computes it."""
+    base = "binary cross-entropy" if cfg.bce else "cross-entropy"
+    if cfg.bce_target_thresh is not None:
+        base += f" on targets > {cfg.bce_target_thresh:g} set to 1"
+    where = (f"label smoothing {cfg.mix_label_smoothing:g} in the MixUp/CutMix targets" if cfg.mix_label_smoothing
+             else f"label smoothing {cfg.loss_label_smoothing:g} in the loss" if cfg.loss_label_smoothing
+             else "no label smoothing")
+    line = f"loss: {base}, {where}"
+    t = cfg.teacher_info
+    if t:
+        kind = (f"soft (tau^2 KL at tau {cfg.distill_tau:g})" if cfg.distill == "soft"
+                else "hard (CE to the teacher's top-1)")
+        line += (f"; x (1 - {cfg.distill_alpha:g}) + {cfg.distill_alpha:g} x {kind} distillation from "
+                 f"{t['model']} ({t['source']} {t['file']}, sha256 {t['sha256'][:16]}...), which sees the "
+                 f"student's batch after erasing and MixUp/CutMix, in eval mode, without gradients, under the "
+                 f"same autocast")
+    return line
+
+
+def group_lines(cfg: Config, groups: list[dict]) -> list[str]:
+    """Under --layer-decay, the parameter groups one per line with their LR scales (else none)."""
+    if cfg.layer_decay is None:
+        return []
+    counts = count_param_groups(groups)
+    return [f"parameter groups: {len(counts)}, layer-wise LR decay {cfg.layer_decay:g} (LR x scale):"] + [
+        f"  {name}: {c['tensors']} tensors, {c['elements']:,} elements, weight decay {c['weight_decay']:g}, "
+        f"LR x {c['lr_scale']:.6g}" for name, c in counts.items()]
+
+
 def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -> str:
     """What --dry-run prints: the resolved Config, the derived numbers, the transforms, and the notes and warnings."""
     lines = ["resolved configuration:"]
@@ -174,7 +255,7 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
                                                      f" (= {cfg.lr_base} x {cfg.global_batch_size} / 256, linear scaling)"),
               f"data: {cfg.train_images} train / {cfg.val_images} val images, {cfg.classes} classes; {spe} steps/epoch, "
               f"{total} steps",
-              f"parameter groups: {count_param_groups(groups)}"]
+              *(group_lines(cfg, groups) or [f"parameter groups: {count_param_groups(groups)}"]), loss_line(cfg)]
     keys = sorted({0, 1, round(cfg.warmup_epochs * spe), total // 2, total - 1})
     lines.append("LR at steps: " + ", ".join(f"{s}: {cfg.lr_at(s):.6g}" for s in keys if 0 <= s < total))
     if cfg.progressive_res is not None:

@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from imnet.atomic import write_text
+from imnet.deit import DEIT_DISTILLED
 from imnet.errors import UsageError
 from imnet.flags import AMP_CHOICES, DECODE_MODES
 from imnet.models import fixed_input_size
@@ -239,6 +240,15 @@ class Config:
     ema_copy_warmup: bool         # torchvision's: EMA updates copy the weights through the LR warmup
     swa_start: int | None         # SWA: average the weights at the end of epochs swa_start.. (1-based)
     swa_lr: float | None          # ... and train those epochs at this constant learning rate
+    # distillation, large batches, fine-tuning
+    teacher: str | None           # distillation teacher: a checkpoint, a state_dict (+ teacher_model) or weights name
+    teacher_model: str | None
+    distill: str                  # "hard" (DeiT) or "soft" (Hinton)
+    distill_alpha: float          # loss = (1 - alpha) label loss + alpha distillation loss
+    distill_tau: float
+    layer_decay: float | None     # layer-wise LR decay rate (None: off)
+    bce: bool                     # binary cross-entropy instead of cross-entropy
+    bce_target_thresh: float | None
     # mixed precision, distributed
     amp: str
     device: str
@@ -269,6 +279,7 @@ class Config:
     val_images: int = 0
     classes: int = 0
     steps_per_epoch: int = 0
+    teacher_info: dict | None = None  # what the teacher is: source, file, sha256, model, classes, sizes (with_teacher)
 
     @property
     def total_steps(self) -> int:
@@ -312,6 +323,12 @@ class Config:
         steps = train_images // self.world_size // self.batch_size // self.accum_steps
         return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
                                    steps_per_epoch=steps)
+
+    def with_teacher(self, info: dict) -> "Config":
+        """The same Config with the record of the distillation teacher (train.py's build_teacher reads the file):
+        {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
+        config.json and every checkpoint; the teacher's weights never do."""
+        return dataclasses.replace(self, teacher_info=dict(info))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -394,9 +411,12 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
                               f"alone, or only the categories to exempt.")
         f["no_decay_on"] = ()
     f["no_decay_on"] = tuple(dict.fromkeys(f["no_decay_on"]))
+    check_distillation_and_fine_tuning(f, given)
 
     # Label smoothing has one home: folded into the soft targets of MixUp/CutMix when they are on (their mixer
-    # smooths every batch, mixed or not), else in the loss; never both.
+    # smooths every batch, mixed or not), else in the loss; never both. The loss is cross-entropy or, with --bce,
+    # binary cross-entropy (its --bce-target-thresh binarises the targets after the smoothing), and it is the
+    # base loss of distillation; the distillation term itself is never smoothed (DeiT).
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
     for key in ("crop_scale", "lr_milestones", "progressive_res", "progressive_epochs"):
         f[key] = tuple(f[key]) if f[key] is not None else None
@@ -405,6 +425,37 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given,
                   eval_policy=policy, mixing=mixing, loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
                   mix_label_smoothing=f["label_smoothing"] if mixing else 0.0)
+
+
+def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
+    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model, in the merged flags
+    ``f`` (``given``: the command line's). The teacher itself is checked when train.py loads it."""
+    if f["teacher"] is None:
+        if f["teacher_model"] is not None:
+            raise ConfigError(f"--teacher-model {f['teacher_model']} names the network of a --teacher state_dict; "
+                              f"give --teacher PATH too (or drop --teacher-model).")
+        named = [flag for key, flag in (("distill", "--distill"), ("distill_alpha", "--distill-alpha"),
+                                        ("distill_tau", "--distill-tau")) if key in given]
+        if named:
+            raise ConfigError(f"{', '.join(named)} set{'s' if len(named) == 1 else ''} how to distil from a "
+                              f"teacher, but no --teacher was given: add --teacher PATH|WEIGHTS, or drop "
+                              f"{' and '.join(named)}.")
+        if f["model"] in DEIT_DISTILLED:
+            raise ConfigError(f"{f['model']} has a distillation token and head, which only a teacher trains, while "
+                              f"its evaluation averages both heads: without --teacher the average would include an "
+                              f"untrained head. Give --teacher (DeiT: a RegNetY-16GF, --distill hard), or train a "
+                              f"model without a distillation token (deit_tiny, deit_small, vit_b_16...).")
+    elif f["model"] in DEIT_DISTILLED and f["distill_alpha"] == 0:
+        raise ConfigError(f"--distill-alpha 0 gives {f['model']}'s distillation head no loss at all, while its "
+                          f"evaluation averages both heads. Use alpha > 0 (DeiT: 0.5), or a model without a "
+                          f"distillation token.")
+    if f["bce_target_thresh"] is not None and not f["bce"]:
+        raise ConfigError(f"--bce-target-thresh {f['bce_target_thresh']} binarises the targets of the binary "
+                          f"cross-entropy; add --bce (or drop the threshold).")
+    if f["layer_decay"] is not None and not f["no_decay_on"]:
+        raise ConfigError(f"--layer-decay {f['layer_decay']} builds BEiT's / MAE's parameter groups, which exempt "
+                          f"norms, biases, tokens and position embeddings from weight decay; --no-decay-on none asks "
+                          f"the opposite. Drop --no-decay-on none (no published fine-tuning recipe decays them).")
 
 
 def check_progressive(f: dict, given: dict) -> None:

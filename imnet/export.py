@@ -20,7 +20,9 @@ so the printed line is known to work. Then the file's sha256 and that line are p
 
 DeiT models are torchvision's ``VisionTransformer`` at the DeiT widths (Touvron et al. 2021, Table 1), so
 their line names that class; ViT/DeiT lines carry ``image_size`` (the training crop), on which the position
-embedding's shape depends.
+embedding's shape depends. A distilled DeiT (``deit_*_distilled``) is not a torchvision class: its line builds
+``deit.DistilledVisionTransformer`` from imnet/deit.py, a copyable file (it imports only torch and torchvision)
+to put beside the loading code; the import line printed says so.
 
 Every load uses ``torch.load(..., weights_only=True)`` (imnet.checkpoint reads the file). Bad input (a missing,
 empty or foreign file, ``--ema`` without EMA weights, an output that cannot be written) prints one paragraph to
@@ -65,8 +67,8 @@ def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, obje
         return models.constructor(name, num_classes, image_size)
     except ValueError:
         raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
-                          f"({torchvision.__version__}) nor deit_tiny/deit_small, so no torchvision line can "
-                          f"load it. Export with the torchvision version the run was trained with.") from None
+                          f"({torchvision.__version__}) nor one of imnet's DeiTs, so no loading line can be "
+                          f"written for it. Export with the torchvision version the run was trained with.") from None
 
 
 def sha256(path: Path) -> str:
@@ -97,7 +99,12 @@ def export(src: Path, out: Path, ema: bool) -> dict:
                           for k, v in state.items())
     if hasattr(state, "_metadata"):  # per-module versions, read by load_state_dict (e.g. BatchNorm's)
         weights._metadata = state._metadata
-    call = f"torchvision.models.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
+    # torchvision's classes, or imnet/deit.py's (copied beside the loading code) for a distilled DeiT
+    module = "torchvision.models" if fn.__module__.startswith("torchvision.") else "deit"
+    imports = ("import torch, torchvision" if module == "torchvision.models" else
+               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torch and "
+               "torchvision)")
+    call = f"{module}.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         fn(**kwargs).load_state_dict(weights, strict=True)
     except Exception as e:
@@ -129,7 +136,8 @@ def export(src: Path, out: Path, ema: bool) -> dict:
     load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
     return {"out": out, "classes_path": classes_path, "sidecar": side_path, "name": name, "num_classes": len(classes),
             "sha256": digest, "size": out.stat().st_size, "src_size": src.stat().st_size,
-            "line": f"model = {call}; model.load_state_dict({load})", "ema": ema, "policy": policy}
+            "line": f"model = {call}; model.load_state_dict({load})", "imports": imports, "ema": ema,
+            "policy": policy}
 
 
 # ------------------------------------------------------------------------------------------ the sidecar
@@ -203,7 +211,7 @@ def main(argv=None) -> int:
     print(f"how to feed it (eval.py and imnet.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
     print(f"sha256: {r['sha256']}")
     print("load it with:")
-    print("import torch, torchvision")
+    print(r["imports"])
     print(r["line"])
     return 0
 

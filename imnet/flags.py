@@ -39,7 +39,7 @@ ERASE_MODES = ("pixel", "const")
 # Values that a run's config.json holds besides its flags: derived once by imnet.config.resolve (and
 # Config.with_data), recomputed on every run, so a --config file's copies are ignored.
 DERIVED = ("world_size", "global_batch_size", "peak_lr", "lr_given", "eval_policy", "mixing", "loss_label_smoothing",
-           "mix_label_smoothing", "train_images", "val_images", "classes", "steps_per_epoch")
+           "mix_label_smoothing", "train_images", "val_images", "classes", "steps_per_epoch", "teacher_info")
 
 
 class FlagError(UsageError):
@@ -418,7 +418,9 @@ def build_parser() -> Parser:
     g.add_argument("--global-batch", type=COUNT, default=None,
                    help="total batch per optimizer step; sets --batch-size = global / (world size * accum steps)")
     g.add_argument("--accum-steps", type=COUNT, default=1, help="micro-steps accumulated per optimizer step")
-    g.add_argument("--opt", choices=["sgd", "adamw"], default="sgd", help="optimizer")
+    g.add_argument("--opt", choices=["sgd", "adamw", "lars", "lamb"], default="sgd",
+                   help="optimizer; lars and lamb (imnet/lars.py, for large batches) give no weight decay and no "
+                        "trust ratio to the parameters --no-decay-on exempts")
     g.add_argument("--lr", type=MAGNITUDE, default=None, help="learning rate as is (overrides --lr-base)")
     g.add_argument("--lr-base", type=MAGNITUDE, default=0.1,
                    help="learning rate per 256 images, scaled linearly to the global batch (Goyal et al. 2017)")
@@ -488,6 +490,31 @@ def build_parser() -> Parser:
                         "over the epoch's training data at each update, before the average is saved or evaluated")
     g.add_argument("--swa-lr", type=Range(float, 0.0, lo_open=True), default=None,
                    help="constant learning rate of the SWA epochs")
+
+    g = p.add_argument_group("distillation, large batches, fine-tuning")
+    g.add_argument("--teacher", metavar="PATH|WEIGHTS", default=None,
+                   help="knowledge distillation from this teacher: a train.py checkpoint, a plain state_dict (with "
+                        "--teacher-model), or torchvision weights by name (RegNet_Y_16GF_Weights.IMAGENET1K_V2). It "
+                        "runs in eval mode, without gradients, under the same autocast, on the student's batch "
+                        "after MixUp/CutMix (as DeiT); its classes and input size must be the student's; it is "
+                        "not saved in the checkpoints (its path and sha256 are)")
+    g.add_argument("--teacher-model", metavar="NAME", default=None,
+                   help="the teacher's network, for a --teacher state_dict (checkpoints and weights names say it)")
+    g.add_argument("--distill", choices=["hard", "soft"], default="hard",
+                   help="hard: cross-entropy to the teacher's top-1 class (DeiT's best); soft: tau^2 KL at "
+                        "temperature tau (Hinton et al. 2015)")
+    g.add_argument("--distill-alpha", type=PROB, default=0.5,
+                   help="loss = (1 - alpha) x label loss + alpha x distillation loss (DeiT: 0.5)")
+    g.add_argument("--distill-tau", type=Range(float, 0.0, lo_open=True), default=1.0,
+                   help="temperature of --distill soft")
+    g.add_argument("--layer-decay", type=Range(float, 0.0, 1.0, lo_open=True), default=None, metavar="RATE",
+                   help="layer-wise LR decay for fine-tuning ViT/DeiT/Swin/ConvNeXt (BEiT, MAE: 0.65-0.75): "
+                        "block i of L trains at LR x RATE^(L + 1 - i), the head at LR (default: off)")
+    g.add_argument("--bce", "--bce-loss", action="store_true",
+                   help="binary cross-entropy on the (mixed, smoothed) targets instead of cross-entropy "
+                        "('ResNet strikes back')")
+    g.add_argument("--bce-target-thresh", type=Range(float, 0.0, 1.0, hi_open=True), default=None,
+                   metavar="T", help="with --bce: targets above T count as 1, the others as 0 (RSB: 0.2)")
 
     g = p.add_argument_group("mixed precision")
     g.add_argument("--amp", choices=[*AMP_CHOICES, "auto"], default="none", nargs="?", const="auto",

@@ -1,5 +1,5 @@
-"""Models: any torchvision classifier by name, plus DeiT-Ti/S, with stochastic depth where it fits; initial
-weights from a checkpoint, a state_dict or torchvision's published weights (`load_init`).
+"""Models: any torchvision classifier by name, plus DeiT-Ti/S and DeiT's distilled variants, with stochastic depth
+where it fits; initial weights from a checkpoint, a state_dict or torchvision's published weights (`load_init`).
 
 torchvision's classifiers are those of ``torchvision.models.list_models(module=torchvision.models)``;
 EfficientNet-Lite, for one, is not among them (timm has it).
@@ -7,7 +7,10 @@ EfficientNet-Lite, for one, is not among them (timm has it).
 Every model here is a plain torchvision module, so a checkpoint's ``"model"`` state_dict loads into
 ``torchvision.models.<name>(num_classes=K)`` with ``strict=True``. DeiT (Touvron et al. 2021, "Training
 data-efficient image transformers") is torchvision's ``VisionTransformer`` at the DeiT widths, and loads
-into that class the same way.
+into that class the same way. ``deit_tiny_distilled``, ``deit_small_distilled`` and ``deit_base_distilled`` are
+``imnet.deit.DistilledVisionTransformer`` (a subclass with DeiT's distillation token and second head; deit.py is
+copyable, so their weights load wherever that file is copied): in training they return (class logits,
+distillation logits), in eval mode the mean of the two.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch import nn
 from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
 from torchvision.ops import StochasticDepth, stochastic_depth
 
+from imnet.deit import DEIT_DISTILLED, DistilledVisionTransformer, interpolate_pos_embedding
 from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
 
 # DeiT widths (Touvron et al. 2021, Table 1): patch 16, depth 12, MLP ratio 4.
@@ -39,12 +43,12 @@ _FIXED_DROP_PATH = ("swin", "maxvit")
 def fixed_input_size(name: str) -> bool:
     """Models whose input size is fixed when they are built: torchvision's ViT (and DeiT, built on it), whose
     position embedding has one entry per patch of the ``image_size`` given to the constructor."""
-    return name.startswith("vit_") or name in DEIT
+    return name.startswith("vit_") or name in DEIT or name in DEIT_DISTILLED
 
 
 def model_names() -> list[str]:
     """All names ``build_model`` accepts."""
-    return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT)
+    return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT) + sorted(DEIT_DISTILLED)
 
 
 def check_name(name: str) -> None:
@@ -57,15 +61,23 @@ def check_name(name: str) -> None:
         hint = (" EfficientNet-Lite is not in torchvision (timm has it); torchvision has efficientnet_b0 to "
                 "efficientnet_b7 and efficientnet_v2_s/m/l.")
     raise ValueError(f"Unknown model '{name}'.{hint} Any torchvision classification model works "
-                     f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small.")
+                     f"(torchvision.models.list_models(module=torchvision.models)), plus deit_tiny and deit_small, "
+                     f"and DeiT's distilled {', '.join(sorted(DEIT_DISTILLED))} (trained with --teacher).")
 
 
 def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str, object, dict]:
     """How ``name`` is built, as (the callable's name in torchvision.models, the callable, its keyword arguments):
     the one recipe for building a model by name, used by `build_model` and by imnet.export's loading line.
-    DeiT is torchvision's ``VisionTransformer`` at the DeiT widths; ViT/DeiT take ``image_size`` (their position
-    embedding has one entry per patch); googlenet and inception_v3 are built without their auxiliary heads."""
+    DeiT is torchvision's ``VisionTransformer`` at the DeiT widths, a distilled DeiT imnet.deit's
+    ``DistilledVisionTransformer`` (the callable is then not torchvision's); ViT/DeiT take ``image_size`` (their
+    position embedding has one entry per patch); googlenet and inception_v3 are built without their auxiliary
+    heads."""
     check_name(name)
+    if name in DEIT_DISTILLED:
+        hidden_dim, num_heads = DEIT_DISTILLED[name]
+        return "DistilledVisionTransformer", DistilledVisionTransformer, dict(
+            image_size=image_size, patch_size=16, num_layers=12, num_heads=num_heads, hidden_dim=hidden_dim,
+            mlp_dim=4 * hidden_dim, num_classes=num_classes)
     if name in DEIT:
         d = DEIT[name]
         return "VisionTransformer", VisionTransformer, dict(
@@ -244,6 +256,14 @@ def torchvision_weights(name: str, model: str | None = None):
     return w
 
 
+def weights_model(weights) -> str | None:
+    """The torchvision model name whose weights enum ``weights`` belongs to (None if no classifier's)."""
+    for name in torchvision.models.list_models(module=torchvision.models):
+        if torchvision.models.get_model_weights(name) is type(weights):
+            return name
+    return None
+
+
 def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, source_classes: list | None = None,
               classes: list | None = None, what: str = "The initial weights") -> dict:
     """Copy ``state`` into ``model`` (built by `build_model` for ``classes``): every key must exist on both
@@ -255,8 +275,9 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
       bicubically on its 2-D grid by torchvision's ``interpolate_embeddings`` (the class token is kept;
       ``align_corners=True``), the 2-D interpolation of Dosovitskiy et al. 2021 ("An Image is Worth 16x16
       Words", Sec. 3.2). DeiT's fine-tuning code (main.py ``--finetune``) and timm resize with
-      ``align_corners=False`` (as imnet.deit does for the distilled DeiT), so the embedding interpolated here
-      differs slightly from DeiT's (recipes.md, known differences).
+      ``align_corners=False``, so the embedding interpolated here differs slightly from DeiT's (recipes.md,
+      known differences); a distilled DeiT's goes through `imnet.deit.interpolate_pos_embedding`, which keeps
+      both token rows (class and distillation) and resizes as DeiT does (align_corners=False).
 
     Returns {"loaded", "reinitialised", "interpolated"} key lists. Raises ValueError naming the keys when the
     weights do not fit (missing or unexpected keys, or a shape mismatch outside the head); ``what`` names the
@@ -276,7 +297,11 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
     pos = "encoder.pos_embedding"
     if isinstance(model, VisionTransformer) and state[pos].shape != own[pos].shape:
         try:
-            state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
+            if isinstance(model, DistilledVisionTransformer):
+                grid = model.image_size // model.patch_size
+                state = {**state, pos: interpolate_pos_embedding(state[pos], grid, num_tokens=2)}
+            else:
+                state = interpolate_embeddings(model.image_size, model.patch_size, dict(state))
         except ValueError as e:
             raise ValueError(f"Cannot interpolate the position embedding of {what.lower()}: {e}") from None
         interpolated = [pos]

@@ -280,3 +280,29 @@ def ranks_statistics(root: Path, weights: dict, epoch: int) -> dict:
                                                                                         drop_last=True)), model)
         per_rank.append(model.state_dict())
     return {k: (per_rank[0][k] + per_rank[1][k]) / 2 for k in per_rank[0] if k.endswith(("running_mean", "running_var"))}
+
+
+def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata, tmp_path):
+    """A teacher (soft distillation; a BatchNorm net in eval mode: nothing to synchronise), LARS and layer-wise LR
+    decay under DDP: each rank's teacher sees that rank's share of the global batch, so 2 processes x 4 still
+    equal 1 process x 8."""
+    from imnet.checkpoint import Progress, make_state
+    teacher = tmp_path / "teacher.pt"
+    torch.manual_seed(7)
+    torch.save(make_state(model=models.build_model("resnet18", 3).state_dict(), optimizer={}, progress=Progress(),
+                          classes=["class_0", "class_1", "class_2"],
+                          config={"model": "resnet18", "train_crop_size": 32,
+                                  "eval_policy": EvalPolicy(36, 32).to_dict()}), teacher)
+    # LARS steps each tensor by lr x 0.001 x its norm: its LRs are large (MLPerf's are tens)
+    extra = ["--teacher", str(teacher), "--distill", "soft", "--distill-tau", "2", "--opt", "lars", "--lr", "10",
+             "--layer-decay", "0.8"]
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
+    assert r.returncode == 0, r.stderr
+    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())],
+                 *COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert_same_updates(weights(one), weights(two), initial_weights())
+    with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
+        assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)

@@ -104,6 +104,36 @@ def test_deit_line_names_vision_transformer_with_the_training_crop(tmp_path):
     assert printed_sha(r.stdout) == hashlib.sha256(out.read_bytes()).hexdigest()
 
 
+def test_distilled_deit_line_builds_imnets_deit_py_copied_alone(tmp_path):
+    """deit_*_distilled is not a torchvision class: the printed line builds deit.DistilledVisionTransformer, and
+    works in a folder holding nothing of imnet but a copy of imnet/deit.py."""
+    from imnet.deit import DistilledVisionTransformer
+    kwargs = dict(image_size=32, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=768,
+                  num_classes=3)
+    weights = state_of(DistilledVisionTransformer, 0, **kwargs)
+    src = tmp_path / "last.pt"
+    torch.save(make_state(model=weights, optimizer={}, classes=CLASSES,
+                          config={"model": "deit_tiny_distilled", "train_crop_size": 32}, progress=Progress()), src)
+    out = tmp_path / "deit.pth"
+    r = run_export(src, "-o", out)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    code = lines[lines.index("load it with:") + 1:]
+    assert code[0].startswith("import torch, deit  # deit.py: imnet/deit.py"), code
+    assert code[1].startswith("model = deit.DistilledVisionTransformer(image_size=32, patch_size=16, num_layers=12, "
+                              "num_heads=3, hidden_dim=192, mlp_dim=768, num_classes=3); model.load_state_dict(")
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "deit.py").write_text((REPO / "imnet" / "deit.py").read_text())
+    script = "\n".join(code + ['torch.save(model.state_dict(), "back.pt")'])
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, "-c", script], cwd=alone, capture_output=True, text=True, timeout=300,
+                          env={**env, "OMP_NUM_THREADS": "1"})
+    assert done.returncode == 0, done.stderr
+    back = torch.load(alone / "back.pt", weights_only=True)
+    assert list(back) == list(weights) and all(torch.equal(back[k], weights[k]) for k in weights)
+
+
 def bad_cases(tmp: Path, good: Path) -> dict:
     """name -> (argv, a word the message must contain)."""
     (tmp / "empty.pt").write_bytes(b"")

@@ -26,6 +26,9 @@ from conftest import make_imagefolder
 REPO = Path(__file__).resolve().parents[1]
 MD = (REPO / "recipes.md").read_text()
 PLACEHOLDER = "/path/to/imagenet"
+# Files some commands need, stood in for by small real ones of the tiny data's classes (`placeholder_files`).
+TEACHER = "/path/to/teacher.pt"        # a train.py checkpoint of a distillation teacher
+PRETRAINED = "/path/to/pretrained.pt"  # a train.py checkpoint to fine-tune from
 
 
 # ------------------------------------------------------------------------------------------ parsing recipes.md
@@ -181,6 +184,23 @@ def tiny_root(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def placeholder_files(tiny_root, tmp_path_factory) -> dict:
+    """TEACHER: a resnet18 teacher trained at 224 px; PRETRAINED: a deit_small to fine-tune (random weights: dry
+    runs load and check files, they do not train)."""
+    import torch
+    from imnet import models
+    from imnet.checkpoint import Progress, make_state
+    classes = sorted(d.name for d in (tiny_root / "train").iterdir())
+    folder, files = tmp_path_factory.mktemp("placeholders"), {}
+    for placeholder, name in ((TEACHER, "resnet18"), (PRETRAINED, "deit_small")):
+        files[placeholder] = folder / Path(placeholder).name
+        cfg = {"model": name, "train_crop_size": 224, "eval_policy": imconfig.EvalPolicy(256, 224).to_dict()}
+        torch.save(make_state(model=models.build_model(name, len(classes)).state_dict(), optimizer={},
+                              progress=Progress(), config=cfg, classes=classes), files[placeholder])
+    return files
+
+
 def dry_run(args: list[str], root: Path, capsys) -> str:
     args = [str(root) if a == PLACEHOLDER else a for a in args]
     if not args:  # `python train.py`: the demo; point it at the tiny data instead of generating the demo set
@@ -195,10 +215,10 @@ def dry_run(args: list[str], root: Path, capsys) -> str:
 
 
 @pytest.mark.parametrize("cmd", COMMANDS, ids=[" ".join(train_args(c)[:2] + [f"x{nproc(c)}"]) for c in COMMANDS])
-def test_every_documented_command_dry_runs(cmd, tiny_root, capsys):
+def test_every_documented_command_dry_runs(cmd, tiny_root, placeholder_files, capsys):
     """Each command of recipes.md, in-process with --dry-run on tiny data (one process: the 1-GPU commands
     run exactly as documented; the 8-GPU ones with an eighth of the global batch)."""
-    args = train_args(cmd)
+    args = [str(placeholder_files.get(a, a)) for a in train_args(cmd)]
     name = recipe_of(args)
     out = dry_run(args, tiny_root, capsys)
     assert "WARNING" not in out, out
@@ -207,7 +227,7 @@ def test_every_documented_command_dry_runs(cmd, tiny_root, capsys):
     accum = int(flag(args, "--accum-steps", RECIPES[name].get("accum_steps", 1)))
     global_batch = world * batch * accum
     assert f"= global batch {global_batch}" in out
-    lr = RECIPES[name]["lr_base"] * global_batch / 256
+    lr = float(flag(args, "--lr-base", RECIPES[name]["lr_base"])) * global_batch / 256
     assert f"learning rate {lr:.6g}" in out
     if nproc(cmd) == 1 and name != "demo":
         assert global_batch == reference_global_batch(name)
