@@ -215,6 +215,7 @@ def train_one_epoch(r: Run, t_run: float, steps_at_start: int) -> tuple[bool, in
     p.train_model.train()
     with r.signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
         batches = iter(r.train_loader)
+    signals.test_hook("epoch", progress.epoch + 1)  # the workers are decoding the epoch's first batches
     window, train_size = Window(torch.zeros((), device=p.device)), None
     while progress.step_in_epoch < cfg.steps_per_epoch:
         t = time.perf_counter()

@@ -76,7 +76,7 @@ _counts: dict[str, int] = {}
 
 def test_hook(point: str, count: int | None = None) -> None:
     """Deterministic signals for the test suite: with ``IMNET_TEST_SIGTERM=POINT:N`` in the environment, the
-    N-th time this process reaches the named point (startup, step, eval, save, exit; ``count`` overrides the
+    N-th time this process reaches the named point (startup, epoch, step, eval, save, exit; ``count`` overrides the
     process's own tally) it sends SIGTERM to its whole process group, exactly as a scheduler does - only when it
     leads its group (started with setsid), so that it can never signal the shell or test runner that started it.
     ``POINT:N:SIGINT`` sends that signal instead (Ctrl-C, as a terminal sends it to its foreground group);

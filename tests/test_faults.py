@@ -476,14 +476,15 @@ def test_a_zero_byte_best_is_set_aside_and_rebuilt_from_last(light_run, light_da
 @pytest.mark.parametrize("presses", ["once", "twice"])
 def test_ctrl_c_to_the_process_group_saves_and_says_how_to_continue(presses, light_run, light_data, tmp_path):
     """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group, 2 DataLoader workers included
-    (train.py's test hook signals its own group, started with setsid, after step 4: 1 step into epoch 2). Once:
-    the step is finished, last.pt written, exit 130, no traceback, the log says how to continue, and the resumed
-    run ends bitwise equal to the uninterrupted one. Twice (the second during the save that the first asked
-    for): the run stops at once, exit 130, and the previous last.pt (epoch 1's) is intact."""
+    (train.py's test hook signals its own group, started with setsid). Once, as epoch 2 starts (its workers
+    decoding the first batches, which must survive it): the step is finished, last.pt written, exit 130, no
+    traceback, the log says how to continue, and the resumed run ends bitwise equal to the uninterrupted one.
+    Twice (after step 4, then during the save that the first asked for): the run stops at once, exit 130, and
+    the previous last.pt (epoch 1's) is intact."""
     out = tmp_path / "run"
     args = [a for a in LIGHT if a != "--quiet"] + ["--data", str(light_data), "--output", str(out)]
     args[args.index("--workers") + 1] = "2"
-    moment = "step:4:SIGINT" + (",save:4:SIGINT" if presses == "twice" else "")  # saves 1-3: epoch 1's
+    moment = "epoch:2:SIGINT" if presses == "once" else "step:4:SIGINT,save:4:SIGINT"  # saves 1-3: epoch 1's
     env = dict(os.environ, PYTHONUNBUFFERED="1", IMNET_TEST_SIGTERM=moment)
     res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
                          text=True, timeout=300, start_new_session=True)
