@@ -515,6 +515,18 @@ def test_two_ctrl_c_while_starting_exit_at_once(tmp_path):
     assert "Traceback" not in res.stderr and not out.exists()
 
 
+def test_training_workers_ignore_every_stop_signal():
+    """A forked worker inherits the main process's handlers (a first SIGINT only sets its copy's flag), but a
+    spawned one (macOS, Windows) starts with Python's own, where Ctrl-C raises KeyboardInterrupt and the worker
+    exits: the worker init must ignore SIGINT as well as the schedulers' signals, whatever it inherited."""
+    code = ("import signal; from imnet import data, signals; "
+            "[signal.signal(s, signal.SIG_DFL) for s in signals.PREEMPTION_SIGNALS]; "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); data._preemptible_worker_init(0); "
+            "print(sorted(s.name for s in signals.PREEMPTION_SIGNALS if signal.getsignal(s) == signal.SIG_IGN))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["['SIGINT',", "'SIGTERM',", "'SIGUSR1']"], res.stderr
+
+
 def test_a_signal_handler_stops_at_the_second_ctrl_c_only(monkeypatch):
     """The rule itself: SIGTERM and a first SIGINT only ask for the stop; a second SIGINT raises KeyboardInterrupt,
     except under torchrun (which forwards the terminal's Ctrl-C, so each rank sees every press twice); the exit
