@@ -313,8 +313,8 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
     if not isinstance(then, dict):
         raise CheckpointError(f"Cannot resume from {path}: its config entry is a {type(then).__name__}, not the "
                               f"run's settings. {PIECED}")
-    split = lambda c: (f"{c.get('world_size', '?')} processes x batch {c.get('batch_size', '?')} x accum "
-                       f"{c.get('accum_steps', '?')}")
+    split = lambda c: (f"{c.get('world_size', '?')} process{'' if c.get('world_size') == 1 else 'es'} x batch "
+                       f"{c.get('batch_size', '?')} x accum {c.get('accum_steps', '?')}")
     now = cfg.to_dict()
     problems = [f"{label} {then.get(key)} vs {now[key]}" for key, label in
                 (("model", "model"), ("opt", "optimizer"), ("seed", "seed")) if then.get(key) != now[key]]

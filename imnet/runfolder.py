@@ -1,5 +1,6 @@
-"""The run folder (``--output``): one run at a time, a finished run never overwritten, the leftovers of killed
-saves removed, the checkpoint a run continues from, and a best.pt that never lags behind last.pt.
+"""The run folder (``--output``): one run at a time, only the folder's own run continued there (never another
+run's checkpoint over it), the leftovers of killed saves removed, the checkpoint a run continues from, and a
+best.pt that never lags behind last.pt (nor blocks a resume when it cannot be read).
 
 What a run folder holds: config.json, last.pt (every epoch, every --save-every-minutes, at preemption), best.pt
 (the epoch with the best validation top-1), log.jsonl, summary.csv, curves.svg and ``.lock``.

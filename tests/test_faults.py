@@ -707,7 +707,7 @@ def test_a_world_size_change_is_named_with_the_global_batch(tmp_path):
     below, given = train.parse_args(["--fake-data", "--batch-size", "4", "--output", str(tmp_path)])
     notes = ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=1), ["a", "b"], "last.pt")
     assert notes[0].startswith("processes: 2 -> 1, global batch 4 kept (2 processes x batch 2 x accum 1 -> 1 "
-                               "processes x batch 4 x accum 1"), notes
+                               "process x batch 4 x accum 1"), notes
     below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
     with pytest.raises(ckpt_io.CheckpointError) as e:
         ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=4), ["a", "b"], "last.pt")
