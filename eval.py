@@ -56,7 +56,8 @@ import torchvision
 from imnet import benchmark, checkpoint, config, data, dist, evaluation, export, folders, models
 from imnet.config import AMP_DTYPES, EvalPolicy
 from imnet.errors import UsageError, message_of
-from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, SIZE, Parser, Range, add_eval_policy_flags)
+from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, SIZE, WORKERS, WORKERS_HELP, Parser, Range,
+                          add_eval_policy_flags)
 from imnet.log import val_key
 from imnet.tta import TTA_VIEWS, view_transform
 
@@ -90,8 +91,8 @@ def build_parser():
     g = parser.add_argument_group("data")
     g.add_argument("--data", metavar="ROOT", help="folder holding val/<class>/..., or the val folder itself")
     g.add_argument("--batch-size", "-b", type=COUNT, default=128, help="images per batch per process")
-    g.add_argument("--workers", "-j", type=NATURAL, default=4,
-                   help="decoding processes per rank (0: in the main process)")
+    g.add_argument("--workers", "-j", type=WORKERS, default=4,
+                   help="decoding processes per rank (0: in the main process)" + WORKERS_HELP)
 
     g = parser.add_argument_group("evaluation policy (default: the checkpoint's)")
     add_eval_policy_flags(g, names={"val_crop_size": ("--crop-size",), "val_resize_size": ("--resize-size",),
@@ -185,6 +186,11 @@ def load_source(args):
             state = checkpoint.weights_of(ckpt, kind, args.checkpoint)
         except checkpoint.CheckpointError as e:
             raise EvalError(f"{e} Drop --use-{kind}.") from None
+        with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
+            expected = models.build_model(run["model"], len(ckpt["classes"]),
+                                          image_size=run.get("train_crop_size") or 224).state_dict()
+        checkpoint.check_fits(expected, state, args.checkpoint, {"model": "model"}.get(kind, kind.upper()),
+                              run["model"])
         info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
         return run["model"], state, list(ckpt["classes"]), EvalPolicy.from_dict(run.get("eval_policy")), info
@@ -445,7 +451,10 @@ def run(args, info):
         dist.eprint0(f"eval.py: note: {folders.describe_skipped(dataset.skipped)}")
     sampler = data.EvalSampler(len(dataset), info.world_size, info.rank)
     order = [index for index, _ in sampler]  # the loader keeps this order, so row j of our outputs is order[j]
-    loader = data.build_loader(dataset, sampler, args.batch_size, args.workers,
+    workers, note = data.cap_workers(args.workers)
+    if note:
+        dist.eprint0(f"eval.py: note: {note}")
+    loader = data.build_loader(dataset, sampler, args.batch_size, workers,
                                pin_memory=info.device.type == "cuda")
 
     dist.print0(f"eval.py: {name} ({source['weights']} weights of {label}), {len(classes)} classes, "

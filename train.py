@@ -36,6 +36,7 @@ from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
 
 import imnet  # noqa: E402
 from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
+from imnet.atomic import NoSpace  # noqa: E402
 from imnet.config import Config, ConfigError  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.distill import distillation_loss  # noqa: E402
@@ -216,9 +217,21 @@ class Run:
 
 
 def save(r: Run, name: str) -> None:
-    """Write OUTPUT/name; every rank takes part (the metric sums and the RNG states are gathered)."""
+    """Write OUTPUT/name; every rank takes part (the metric sums and the RNG states are gathered). A full disk
+    stops the run (exit 2) with what was lost and how to continue."""
     signals.test_hook("save")
-    checkpoint.save(r.output / name, r.cfg, r.classes, r.parts, r.progress, r.meter, r.bad_counter, r.info)
+    try:
+        checkpoint.save(r.output / name, r.cfg, r.classes, r.parts, r.progress, r.meter, r.bad_counter, r.info)
+    except NoSpace as e:
+        last = r.output / "last.pt"
+        if last.exists():
+            at = checkpoint.identity(last)
+            then = (f"--resume auto --output {r.output} then continues from last.pt (epoch {at['epoch'] + 1}, "
+                    f"step {at['step_in_epoch']})")
+        else:
+            then = "no last.pt was written yet, so the run starts again from the beginning"
+        raise NoSpace(f"{e} Training stopped at epoch {r.progress.epoch + 1}, step {r.progress.step_in_epoch}; "
+                      f"{then}.") from None
 
 
 def train_one_epoch(r: Run, t_run: float, steps_at_start: int) -> tuple[bool, int | None]:
@@ -232,6 +245,7 @@ def train_one_epoch(r: Run, t_run: float, steps_at_start: int) -> tuple[bool, in
     p.train_model.train()
     with r.signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
         batches = iter(r.train_loader)
+    signals.test_hook("epoch", progress.epoch + 1)  # the workers are decoding the epoch's first batches
     window, train_size = Window(torch.zeros((), device=p.device)), None
     while progress.step_in_epoch < cfg.steps_per_epoch:
         t = time.perf_counter()
@@ -371,17 +385,22 @@ def swa_batchnorm(r: Run, epoch: int) -> None:
 # ----------------------------------------------------------------------------------------------- the run
 
 def main(argv: list[str] | None = None) -> int:
+    """-> the exit code: 0 done (or stopped by a scheduler's signal, last.pt written), 1 the loss became NaN, 2 bad
+    input or no room on the disk (one paragraph), 130 stopped by Ctrl-C (imnet.signals.INTERRUPTED)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # A scheduler's SIGTERM during startup (imports, data scan, model build) only sets a flag, and the run
-    # stops cleanly at the first point where it can (before training, or after a step).
-    preemption = PreemptionSignals().install()
-    preemption.requested = bool(signals.EARLY)
+    # A scheduler's SIGTERM or a Ctrl-C during startup (imports, data scan, model build) only sets a flag, and
+    # the run stops cleanly at the first point where it can (before training, or after a step).
+    preemption = PreemptionSignals().install().take_early()
     try:
         with contextlib.ExitStack() as cleanup:
             return run(argv, preemption, cleanup)
     except UsageError as e:
         dist.eprint0(f"error: {message_of(e)}")
         return 2
+    except KeyboardInterrupt:  # the second Ctrl-C (imnet.signals.PreemptionSignals)
+        dist.eprint0("stopped at once by a second Ctrl-C. The checkpoints in the run folder are those written "
+                     "before it (a save it cut short left the previous file); --resume auto continues from last.pt.")
+        return signals.INTERRUPTED
     finally:
         dist.cleanup()
         preemption.uninstall()
@@ -396,14 +415,14 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     if cfg.tensorboard:
         require_tensorboard()  # installed, or say so before any work
     output = Path(cfg.output)
-    if not cfg.dry_run and info.is_main:
-        runfolder.claim(cfg, output, cleanup, dist.print0)
+    forks = not cfg.dry_run and info.is_main and runfolder.claim(cfg, output, cleanup, dist.print0)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     set_backends(cfg, info.device)
 
     # ---- data
     classes, train_set, val_set = build_datasets(cfg)
     cfg = cfg.with_data(len(train_set), len(val_set), len(classes))
+    unreadable_val = data.check_readable(val_set, "validation")  # an unreadable set stops here, not after an epoch
     sampler, train_loader, val_loader = build_loaders(cfg, info, train_set, val_set, cleanup)
 
     # ---- model and optimizer
@@ -423,70 +442,94 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
             sampler, val_loader, Meter(info.device),
             data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set)),
             RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard), preemption)
-    if info.is_main:
-        config.write_config_file(cfg, output / "config.json")
 
-    # ---- resume, or start
+    # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
     resume_path = runfolder.find_resume(cfg)
     if resume_path is not None:
         r.progress = checkpoint.restore(resume_path, cfg, classes, r.parts, r.meter, r.bad_counter, info, r.log)
         resume_lr_note(r.log, cfg, r.parts.optimizer, r.progress.global_step)  # a changed schedule's LR jump
+        if forks:
+            r.progress.fork()
+            r.log.event("fork", echo=f"note: {resume_path} continues here as a new run", path=str(resume_path),
+                        run_id=r.progress.run_id, forked_from=r.progress.forked_from)
         if info.is_main and resume_path == output / "last.pt":
             runfolder.repair_best(output, r.progress, r.log)
     else:
         r.progress = checkpoint.Progress()
         r.log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
-                    val_images=len(val_set))
+                    val_images=len(val_set), run_id=r.progress.run_id)
         if init_report:
             r.log.event("init", echo=init_line(init_report), **init_report)
-    start_notes(r, train_set, val_set)
+    if info.is_main:
+        config.write_config_file(cfg, output / "config.json")
+    start_notes(r, train_set, val_set, unreadable_val)
 
     # ---- the epochs
     progress = r.progress
     if progress.pending_eval:  # resumed from an epoch saved before its evaluation
         finish_epoch(r, progress.history[-1])
     if preemption.requested and not info.distributed:  # a signal during startup: nothing trained, nothing to lose
-        r.log.event("preempted", echo=f"stopped by signal before training (epoch {progress.epoch + 1}, step "
-                    f"{progress.step_in_epoch}); nothing to save. Continue with --resume auto --output {output}",
-                    epoch=progress.epoch, step_in_epoch=progress.step_in_epoch)
-        return 0
+        return stopped(r, f"before training (epoch {progress.epoch + 1}, step {progress.step_in_epoch})",
+                       "nothing to save")
     r.agree, r.nan_guard, r.last_save = dist.Flags(info, n=3), NonFiniteGuard(info.device), time.time()
     steps_at_start, t_run = progress.global_step, time.time()
     try:
         while progress.epoch < cfg.epochs:
             epoch_t0 = time.time()
-            stopped, train_size = train_one_epoch(r, t_run, steps_at_start)
-            if stopped:
-                r.log.event("preempted", echo=f"stopped by signal at epoch {progress.epoch + 1} step "
-                            f"{progress.step_in_epoch}; last.pt written, continue with --resume auto --output "
-                            f"{output}", epoch=progress.epoch, step_in_epoch=progress.step_in_epoch)
-                return 0
+            stopped_early, train_size = train_one_epoch(r, t_run, steps_at_start)
+            if stopped_early:
+                return stopped(r, f"at epoch {progress.epoch + 1} step {progress.step_in_epoch}", "last.pt written")
             end_epoch(r, epoch_t0, train_size)
             finish_epoch(r, progress.history[-1])
             r.last_save = time.time()
             if r.agree.drain()[0] or (not info.distributed and preemption.requested):
-                r.log.event("preempted", echo=f"stopped by signal after epoch {progress.epoch}; continue with "
-                            f"--resume auto --output {output}", epoch=progress.epoch, step_in_epoch=0)
-                return 0
+                return stopped(r, f"after epoch {progress.epoch}", "last.pt written")
     except NonFiniteLoss as e:
-        last = output / "last.pt"
-        r.log.event("nonfinite", step=e.step)
-        dist.eprint0(f"error: the loss became NaN or infinite at optimizer step {e.step} (epoch {progress.epoch + 1}). "
-                     f"Training stopped; the last good checkpoint {last if last.exists() else '(none yet)'} is "
-                     f"untouched. Lower the learning rate, add warmup or --clip-grad, or use bf16 instead of fp16; "
-                     f"then --resume {last}.")
-        return 1
+        return nonfinite(r, e.step)
 
     summary(r.log, progress, output, time.time() - t_start)
     return 0
 
 
+def stopped(r: Run, where: str, saved: str) -> int:
+    """The run stops on a signal (a scheduler's, or Ctrl-C) -> its exit code (imnet.signals: 0, or 130 after
+    Ctrl-C). The log says where, what was saved and how to continue."""
+    progress = r.progress
+    how = "--stop-at-step" if not r.signals.received and progress.global_step == r.cfg.stop_at_step else \
+        r.signals.name
+    r.log.event("preempted", echo=f"stopped by {how} {where}; {saved}. Continue with --resume auto "
+                f"--output {r.output}", epoch=progress.epoch, step_in_epoch=progress.step_in_epoch,
+                signals=r.signals.received)
+    return r.signals.exit_code
+
+
+def nonfinite(r: Run, step: int) -> int:
+    """The loss became NaN or infinite at optimizer ``step``: nothing was saved after it. -> exit code 1; the
+    message says how to go on from the last good checkpoint, or from the start when there is none yet."""
+    last = r.output / "last.pt"
+    r.log.event("nonfinite", step=step)
+    fixes = "Lower the learning rate, add warmup or --clip-grad, or use bf16 instead of fp16"
+    if last.exists():
+        then = f"the last good checkpoint {last} is untouched. {fixes}; then --resume {last}."
+    else:
+        then = (f"no checkpoint was written yet (none is written after a NaN), so there is nothing to resume. "
+                f"{fixes}, and start the run again (the same --output takes it).")
+    dist.eprint0(f"error: the loss became NaN or infinite at optimizer step {step} (epoch {r.progress.epoch + 1}). "
+                 f"Training stopped; {then}")
+    return 1
+
+
 # ----------------------------------------------------------------------------------------------- setup
 
 def resolve_config(below: dict, given: dict, info) -> Config:
-    """The run's Config: the command line's flags over the lower layers, with the three values that depend
-    on this machine filled in first (a bare --amp, the demo's generated data, the default output folder)."""
+    """The run's Config: the command line's flags over the lower layers, with the values that depend on this
+    machine filled in first (a bare --amp, --workers within the cores, the demo's generated data, the default
+    output folder)."""
     given, flags_now = dict(given), {**below, **given}
+    workers, note = data.cap_workers(flags_now["workers"])
+    if note:
+        dist.print0(f"note: {note}")
+        given["workers"] = workers
     if flags_now["amp"] == "auto":
         given["amp"] = dist.auto_amp(info.device)
         if given["amp"] == "none":
@@ -662,12 +705,18 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
         teacher=teacher)
 
 
-def start_notes(r: Run, train_set, val_set) -> None:
-    """What the run says before its first step: skipped folder entries, the audit's notes, the one-line plan."""
+def start_notes(r: Run, train_set, val_set, unreadable_val: list) -> None:
+    """What the run says before its first step: skipped folder entries, the validation files found unreadable at
+    setup, the audit's notes, the one-line plan."""
     for split, dataset in (("train", train_set), ("val", val_set)):
         if getattr(dataset, "skipped", None):
             r.log.event("skipped_files", echo=f"note: {split}/: {folders.describe_skipped(dataset.skipped)}",
                         split=split, count=len(dataset.skipped))
+    for path, why in unreadable_val:
+        shown = folders.display_path(path)
+        r.log.event("bad_val_image", echo=f"warning: validation image {shown} cannot be read ({why}): each "
+                    f"evaluation replaces it by another image, so it is not exact; repair or remove the file",
+                    path=shown)
     for note in audit.notes(r.cfg):
         r.log.print(f"note: {note}")
     cfg = r.cfg

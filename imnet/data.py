@@ -471,10 +471,12 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _preemptible_worker_init(worker_id: int) -> None:
-    """Worker init of a training loader: schedulers (SLURM, Kubernetes) send SIGTERM to the whole process group.
-    torch's worker handler exits on a SIGTERM that does not come from its parent, and the main process then dies
-    with "DataLoader worker killed by signal" instead of saving its checkpoint. The main process decides:
-    these workers ignore the preemption signals and stop when the main process shuts the loader down
+    """Worker init of a training loader: schedulers (SLURM, Kubernetes) send SIGTERM to the whole process group,
+    and a terminal sends Ctrl-C (SIGINT) to its whole foreground group. torch's worker handler exits on a
+    SIGTERM that does not come from its parent (and its worker loop on a KeyboardInterrupt), and the main
+    process then dies with "DataLoader worker killed by signal" (or "exited unexpectedly") instead of saving
+    its checkpoint. The main process decides: these workers ignore the stop signals
+    (imnet.signals.PREEMPTION_SIGNALS) and stop when the main process shuts the loader down
     (`shutdown_workers`) or exits. train.py forks them with the signals blocked
     (imnet.signals.PreemptionSignals.deferred), so none arrives before this runs."""
     _worker_init(worker_id)
@@ -495,6 +497,24 @@ def shutdown_workers(loader) -> None:
         loader._iterator = None
 
 
+def cap_workers(workers: int) -> tuple[int, str | None]:
+    """--workers within this machine: at most 4 loader processes per CPU core this process may use, shared by
+    the processes of its node (torchrun's LOCAL_WORLD_SIZE), at least 1. Decoding is CPU work, so more only
+    compete for the cores (and each holds its own memory); the number of workers changes no result (every
+    sample is seeded by (seed, epoch, index)). -> (the workers to start, a note when lowered)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS, Windows
+        cores = os.cpu_count() or 1
+    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    limit = max(1, 4 * cores // processes)
+    if workers <= limit:
+        return workers, None
+    shared = f", shared by {processes} processes" if processes > 1 else ""
+    return limit, (f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit} "
+                   f"(more loader processes would only compete for the cores)")
+
+
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
                  drop_last: bool = False, prefetch_factor: int | None = None,
                  preemptible: bool = False) -> torch.utils.data.DataLoader:
@@ -507,7 +527,7 @@ def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bo
       iter(); with the default (global) one, that draw would shift the training process's RNG stream by an
       amount depending on --workers (workers=0 draws every epoch, persistent workers only once). The base
       seed is unused anyway, since every sample is seeded by (seed, epoch, index);
-    - preemptible: the workers ignore SIGTERM/SIGUSR1 (`_preemptible_worker_init`); the caller must then
+    - preemptible: the workers ignore SIGTERM/SIGUSR1/SIGINT (`_preemptible_worker_init`); the caller must then
       `shutdown_workers` before exiting.
     """
     if workers > 0 and prefetch_factor is None:
@@ -565,6 +585,26 @@ def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
     except Exception as exc:
         return display_path(f"{type(exc).__name__}: {exc}")  # the error may quote a non-UTF-8 file name
     return None
+
+
+def check_readable(dataset, split: str, count: int = 16) -> list[tuple[str, str]]:
+    """Decode ``count`` files spread evenly over an ImageFolder (every one when it has fewer), at setup: a set
+    that turns out unreadable only at its first use (the validation set, after a whole training epoch) costs
+    the epoch. Half of them or more unreadable -> DataError (a wrong or damaged copy: the replacements would make
+    every figure meaningless); fewer -> the (path, reason) of each, for a warning. A FakeData set: nothing."""
+    if not isinstance(dataset, ImageFolder) or len(dataset) == 0:
+        return []
+    n = len(dataset)
+    picks = sorted({i * n // min(count, n) for i in range(min(count, n))})
+    bad = [(dataset.path(i), reason) for i in picks
+           if (reason := file_error(dataset.path(i), dataset.max_pixels)) is not None]
+    if 2 * len(bad) >= len(picks):
+        shown = "; ".join(f"{display_path(p)} ({why})" for p, why in bad[:3])
+        raise DataError(f"The {split} set {display_path(dataset.root)!r} looks unreadable: {len(bad)} of the "
+                        f"{len(picks)} files checked at setup (spread over its {n} images) cannot be decoded: "
+                        f"{shown}{' ...' if len(bad) > 3 else ''}. Check the copy of the data set (an interrupted "
+                        f"download or extraction, files of another format) before training on it.")
+    return bad
 
 
 def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:

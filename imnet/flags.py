@@ -87,6 +87,9 @@ PROB = Range(float, 0.0, 1.0)               # probabilities
 MAGNITUDE = Range(float, 0.0)               # learning rates, weight decay, norms, alphas
 FRACTION_OPEN = Range(float, 0.0, 1.0, hi_open=True)   # [0, 1): smoothing, momentum, drop path
 SEED = Range(int, 0, 2**63 - 1)
+WORKERS = Range(int, 0, 256)                # data-loading processes per process (also capped by the cores)
+WORKERS_HELP = ("; above 4 per CPU core of this machine (shared by the processes of one node) it is lowered to "
+                "that at setup, with a note")
 
 
 def max_bad_images(text):
@@ -368,8 +371,8 @@ def build_parser() -> Parser:
 
     g = p.add_argument_group("data")
     g.add_argument("--data", help="root folder holding train/ and val/ (class subfolders in each)")
-    g.add_argument("--workers", "-j", type=NATURAL, default=4,
-                   help="data loading processes per training process (at most 4 per CPU core)")
+    g.add_argument("--workers", "-j", type=WORKERS, default=4,
+                   help="data loading processes per training process" + WORKERS_HELP)
     g.add_argument("--train-crop-size", type=SIZE, default=224, help="RandomResizedCrop output size")
     add_eval_policy_flags(g, crop_default=224, decode_default="full")
     g.add_argument("--interpolation", choices=INTERPOLATIONS, default="bilinear",

@@ -87,7 +87,7 @@ def _check_out(out_dir):
 def read_synsets(path):
     """Class names in index order: the first whitespace-separated token of each non-empty line."""
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not text
             lines = [line.split() for line in f]
     except OSError as e:
         raise PrepareError(f"cannot read the synsets file {path}: {e.strerror or e}.") from None
@@ -107,7 +107,7 @@ def read_labels(path, synsets_path=None):
     (the devkit's one-index-per-line list, which needs ``synsets_path``).
     """
     try:
-        with open(path, encoding="utf-8", newline="") as f:
+        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not the header
             text = f.read()
     except (OSError, UnicodeDecodeError) as e:
         raise PrepareError(f"cannot read the labels file {path}: {getattr(e, 'strerror', None) or e}.") from None

@@ -1,5 +1,6 @@
-"""The run folder (``--output``): one run at a time, a finished run never overwritten, the leftovers of killed
-saves removed, the checkpoint a run continues from, and a best.pt that never lags behind last.pt.
+"""The run folder (``--output``): one run at a time, only the folder's own run continued there (never another
+run's checkpoint over it), the leftovers of killed saves removed, the checkpoint a run continues from, and a
+best.pt that never lags behind last.pt (nor blocks a resume when it cannot be read).
 
 What a run folder holds: config.json, last.pt (every epoch, every --save-every-minutes, at preemption), best.pt
 (the epoch with the best validation top-1), log.jsonl, summary.csv, curves.svg and ``.lock``.
@@ -14,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from imnet.atomic import copy_file
-from imnet.checkpoint import CheckpointError, load
+from imnet.checkpoint import CheckpointError, identity, load
 
 
 def pid_alive(pid: int) -> bool:
@@ -99,21 +100,71 @@ def check_output(output: Path) -> None:
                               f"write to (check the path and its permissions).") from None
 
 
-def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> None:
-    """Rank 0 takes the run folder: refuses a second live run (OUTPUT/.lock, released by ``cleanup``), refuses to
-    start a new run over an earlier one without --resume, and removes the temporary files of saves killed
-    midway (``note`` says which)."""
+def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
+    """Rank 0 takes the run folder: refuses a second live run (OUTPUT/.lock, released by ``cleanup``), refuses any
+    run there but the folder's own (`check_continues`), and removes the temporary files of saves killed midway
+    (``note`` says which). -> whether this run forks: it continues a checkpoint of another folder in this one,
+    which then holds a run of its own (`imnet.checkpoint.Progress.fork`)."""
     check_output(output)
     lock = RunLock(output).acquire()
     cleanup.callback(lock.release)
-    if cfg.resume is None and (output / "last.pt").exists():
-        # A bare `python train.py` is the demo; with any flag it is not, so the demo's commands name --recipe demo.
-        demo = " (for the demo: python train.py --recipe demo --resume auto)" if cfg.recipe == "demo" else ""
-        raise CheckpointError(f"{output} already holds a run (last.pt). A new run there would overwrite its "
-                              f"checkpoints, best.pt included. To continue that run pass --resume auto{demo}; to "
-                              f"start a new one pass another --output (or delete the folder).")
+    forks = check_continues(cfg, output, find_resume(cfg))
     for path in remove_stale_temporaries(output):
         note(f"note: removed {path.name}, left by a save that was killed midway")
+    return forks
+
+
+def held_checkpoint(output: Path) -> Path | None:
+    """The checkpoint that says which run a folder holds: last.pt, else best.pt; None when it holds neither."""
+    for name in ("last.pt", "best.pt"):
+        if (output / name).exists():
+            return output / name
+    return None
+
+
+def check_continues(cfg, output: Path, resume: Path | None) -> bool:
+    """A folder that holds a run only continues that run: refuse a new run there, and a checkpoint of another run
+    (it would overwrite the folder's checkpoints and mix both runs in its log.jsonl). "The same run" is the run
+    id every checkpoint carries (made when the run started; a checkpoint continued into another folder starts
+    a new run there, remembering where it came from). -> whether the resume forks into this folder.
+
+    - no checkpoint in the folder: a new run, or the fork of ``resume`` (from elsewhere) into it;
+    - ``resume`` lies in the folder (--resume auto, OUTPUT/best.pt): the folder's own run continues;
+    - ``resume`` from elsewhere with the folder's run id (a backup of its own checkpoint): it continues too;
+    - anything else is refused: a new run over a run, another run's checkpoint, and the checkpoint this folder
+      already continues (the folder is ahead of it: --resume auto continues it)."""
+    held = held_checkpoint(output)
+    if held is None:
+        return resume is not None and resume.resolve().parent != output.resolve()
+    if resume is None:
+        # A bare `python train.py` is the demo; with any flag it is not, so the demo's commands name --recipe demo.
+        demo = " (for the demo: python train.py --recipe demo --resume auto)" if cfg.recipe == "demo" else ""
+        how = (f"pass --resume auto{demo}" if held.name == "last.pt" else f"pass --resume {held}")
+        raise CheckpointError(f"{output} already holds a run ({held.name}). A new run there would overwrite its "
+                              f"checkpoints, best.pt included. To continue that run {how}; to start a new one pass "
+                              f"another --output (or delete the folder).")
+    if resume.resolve().parent == output.resolve():
+        return False
+    try:
+        here = identity(held)
+    except CheckpointError as e:
+        raise CheckpointError(f"{output} holds {held.name}, which cannot be read ({e}), so nothing tells whether it "
+                              f"is a run of its own: {resume} is not continued there. Pass another --output for "
+                              f"the continuation of {resume} (or repair or remove {held}).") from None
+    theirs = identity(resume)
+    if here["run_id"] and here["run_id"] == theirs["run_id"]:
+        return False
+    where = f"epoch {here['epoch'] + 1}, step {here['step_in_epoch']}"
+    if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
+        raise CheckpointError(f"{output} already holds a continuation of {resume} (its {held.name}, at {where}, "
+                              f"continues that checkpoint's run). Resuming from {resume} again would throw that "
+                              f"progress away. To continue it pass --resume auto --output {output}; for another "
+                              f"continuation of {resume} pass a new --output.")
+    raise CheckpointError(f"{output} holds another run (its {held.name}, at {where}, is not of the run of {resume}). "
+                          f"Continuing {resume} there would overwrite that run's checkpoints, best.pt included, and "
+                          f"mix both runs in its log.jsonl. Pass an empty or new --output for the continuation (or "
+                          f"--output {resume.parent} to continue it in its own folder); --resume auto --output "
+                          f"{output} continues the run that folder holds.")
 
 
 def find_resume(cfg) -> Path | None:
@@ -127,17 +178,31 @@ def find_resume(cfg) -> Path | None:
 
 
 def repair_best(output: Path, progress, log) -> None:
-    """On resume: best.pt must hold the run's best top-1. A run written before best.pt was saved ahead of last.pt
-    could be killed between the two writes (last.pt knowing a newer best than best.pt); if last.pt's own epoch
-    is that best, it becomes best.pt; otherwise the stale best.pt is reported."""
+    """On resume: best.pt must hold the run's best top-1. A best.pt that cannot be read (0 bytes, corrupt) is set
+    aside as best.pt.unreadable (kept for inspection, never deleted) so that it blocks nothing; such a best.pt,
+    or one that lags behind last.pt (a run written before best.pt was saved ahead of last.pt could be killed
+    between the two writes), is rebuilt from last.pt when last.pt's own epoch is that best; otherwise a note
+    says what best.pt holds now."""
     best_path, last_path = output / "best.pt", output / "last.pt"
-    if progress.pending_eval or progress.best_top1 < 0 or not best_path.exists():
+    if not best_path.exists():
         return
-    best = load(best_path).get("best_top1", -1.0)
-    if best >= progress.best_top1:
+    try:
+        best = load(best_path).get("best_top1", -1.0)
+    except CheckpointError as e:
+        aside = set_aside(best_path)
+        rebuilt = not progress.pending_eval and progress.best_top1 >= 0 and own_epoch_is_best(progress)
+        if rebuilt:
+            copy_file(last_path, best_path)
+        then = ("best.pt now holds last.pt's epoch, the run's best" if rebuilt else
+                "the evaluation still due writes best.pt if it improves on the run's best" if progress.pending_eval
+                else "the next epoch that improves on the run's best writes best.pt again")
+        why = str(e).split(". ")[0]  # the first sentence: what is wrong with it
+        log.event("best_unreadable", echo=f"note: {why}; it was moved to {aside.name} and {then}.",
+                  path=str(best_path), moved_to=str(aside), rebuilt=rebuilt)
         return
-    newest = progress.history[-1].get("val_top1") if progress.history else None
-    if newest == progress.best_top1:
+    if progress.pending_eval or progress.best_top1 < 0 or best >= progress.best_top1:
+        return
+    if own_epoch_is_best(progress):
         copy_file(last_path, best_path)
         log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
                   f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
@@ -146,3 +211,18 @@ def repair_best(output: Path, progress, log) -> None:
         log.event("best_stale", echo=f"warning: best.pt holds top-1 {best:.2f} but the run's best was "
                   f"{progress.best_top1:.2f}, an epoch whose weights were not saved; best.pt is kept as it is",
                   old=best, new=progress.best_top1)
+
+
+def own_epoch_is_best(progress) -> bool:
+    """Whether last.pt's own (last finished) epoch is the run's best: then last.pt is what best.pt must hold."""
+    return bool(progress.history) and progress.history[-1].get("val_top1") == progress.best_top1
+
+
+def set_aside(path: Path) -> Path:
+    """Rename ``path`` to PATH.unreadable (then .unreadable.2, ...: an earlier one is never overwritten)."""
+    for n in range(1, 1000):
+        aside = path.with_name(path.name + ".unreadable" + (f".{n}" if n > 1 else ""))
+        if not aside.exists():
+            os.replace(path, aside)
+            return aside
+    raise CheckpointError(f"{path} cannot be read and 999 earlier copies were set aside beside it; remove them.")

@@ -5,7 +5,10 @@ run.)"""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -120,10 +123,11 @@ def test_a_stale_best_from_an_older_run_is_repaired_on_resume(reference, data, t
 
 
 def test_a_failing_evaluation_keeps_the_epoch(tmp_path):
-    """Every validation image unreadable, read by 2 worker processes: the end-of-epoch evaluation fails with one
-    paragraph (no worker traceback), exit 2 (the process exits: no hang on its workers), and the epoch's
-    training is in last.pt, marked pending. With the images repaired, --resume auto evaluates that epoch and
-    finishes the run."""
+    """Every validation image unreadable by the time of the evaluation (the set checked at setup is skipped
+    here: a file system that fails during the run), read by 2 worker processes: the end-of-epoch evaluation
+    fails with one paragraph (no worker traceback), exit 2 (the process exits: no hang on its workers), and the
+    epoch's training is in last.pt, marked pending. With the images repaired, --resume auto evaluates that epoch
+    and finishes the run."""
     root = make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=2)
     originals = {p: p.read_bytes() for p in (root / "val").rglob("*.JPEG")}
     for p in originals:
@@ -131,8 +135,10 @@ def test_a_failing_evaluation_keeps_the_epoch(tmp_path):
     out = tmp_path / "run"
     args = BASE + ["--epochs", "1", "--warmup-epochs", "0", "--workers", "2", "--data", str(root),
                    "--output", str(out)]
-    # As a script: the process must also exit (workers that ignore SIGTERM must not hang the interpreter's exit).
-    res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True,
+    # As a process of its own: it must also exit (workers that ignore SIGTERM must not hang the interpreter's exit).
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import train; from imnet import data; "
+              f"data.check_readable = lambda *a, **k: []; sys.exit(train.main(sys.argv[1:]))")
+    res = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
     err = res.stderr
     assert res.returncode == 2, err
@@ -360,3 +366,407 @@ def test_fifo_loop_and_non_utf8_bad_name_are_reported_by_train_and_eval(tmp_path
     code = imnet_eval.main(["--checkpoint", str(out / "last.pt"), "--data", str(root), "--workers", "0"])
     captured = capsys.readouterr()
     assert code == 0 and "1 entries with image names were skipped" in captured.err and "images 4" in captured.out
+
+
+# ------------------------------------------------------------------------ a folder continues only its own run
+# A lighter run for the cases below: 3 steps per epoch, 6 validation images, 12 MB checkpoints.
+LIGHT = ["--model", "mobilenet_v3_small", "--epochs", "2", "--batch-size", "8", "--train-crop-size", "32",
+         "--val-crop-size", "32", "--val-resize-size", "36", "--lr", "0.01", "--warmup-epochs", "0",
+         "--log-every", "1", "--quiet", "--seed", "1", "--workers", "0", "--save-every-minutes", "0"]
+
+
+@pytest.fixture(scope="module")
+def light_data(tmp_path_factory) -> Path:
+    return make_imagefolder(tmp_path_factory.mktemp("light_data"), num_classes=3, train_per_class=8,
+                            val_per_class=2, size=32)
+
+
+@pytest.fixture(scope="module")
+def light_run(light_data, tmp_path_factory) -> Path:
+    """A finished 2-epoch run folder (read it, or copy it before writing)."""
+    out = tmp_path_factory.mktemp("light_run")
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == 0
+    return out
+
+
+def files(folder: Path) -> dict:
+    """{name: bytes} of a run folder, its lock aside."""
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir()) if p.is_file() and p.name != ".lock"}
+
+
+def one_paragraph(err: str) -> str:
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1 and err.startswith("error: "), err
+    return " ".join(err.split())
+
+
+def test_a_folder_that_holds_a_run_only_continues_that_run(light_data, light_run, tmp_path, capsys):
+    """`--resume A/last.pt --output B` where B holds another run is refused, B untouched byte for byte
+    (config.json and log.jsonl included); into an empty folder it forks (a new run id that remembers A's); a
+    second fork into that folder is refused (it would throw its progress away) while --resume auto continues it;
+    B = A continues A, and so does a backup copy of a folder's own checkpoint; the fork's checkpoint does not
+    continue in A. (--stop-at-step keeps each run to a step or two.)"""
+    a, b, c, backup = (tmp_path / name for name in ("a", "b", "c", "backup"))
+    shutil.copytree(light_run, a)
+    common = LIGHT + ["--data", str(light_data), "--epochs", "3"]
+    assert train.main(common + ["--seed", "2", "--stop-at-step", "1", "--output", str(b)]) == 0
+    a_files, b_files = files(a), files(b)
+    a_id = load(a / "last.pt")["run_id"]
+
+    capsys.readouterr()
+    assert train.main(common + ["--resume", str(a / "last.pt"), "--output", str(b)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"{b} holds another run" in err and f"--output {a}" in err and "log.jsonl" in err
+    assert files(b) == b_files
+
+    assert train.main(common + ["--resume", str(a / "last.pt"), "--output", str(c), "--stop-at-step", "7"]) == 0
+    fork = load(c / "last.pt")
+    assert fork["forked_from"] == a_id and fork["run_id"] not in ("", a_id) and fork["global_step"] == 7
+    assert files(a) == a_files
+    assert "fork" in [json.loads(line)["event"] for line in open(c / "log.jsonl")]
+    c_files = files(c)
+    assert train.main(common + ["--resume", str(a / "last.pt"), "--output", str(c)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert "already holds a continuation" in err and f"--resume auto --output {c}" in err
+    assert files(c) == c_files
+    assert train.main(common + ["--resume", "auto", "--output", str(c), "--stop-at-step", "8"]) == 0
+    assert load(c / "last.pt")["run_id"] == fork["run_id"] and load(c / "last.pt")["global_step"] == 8
+
+    assert train.main(common + ["--resume", str(a / "last.pt"), "--output", str(a), "--epochs", "2"]) == 0  # B = A
+    backup.mkdir()
+    shutil.copy(b / "last.pt", backup / "last.pt")
+    assert train.main(common + ["--seed", "2", "--resume", str(backup / "last.pt"), "--output", str(b),
+                                "--stop-at-step", "2"]) == 0
+    assert load(b / "last.pt")["run_id"] == load(backup / "last.pt")["run_id"]
+    assert load(b / "last.pt")["global_step"] == 2
+    capsys.readouterr()
+    assert train.main(common + ["--resume", str(c / "last.pt"), "--output", str(a)]) == 2
+    assert f"{a} holds another run" in one_paragraph(capsys.readouterr().err)
+    assert load(a / "last.pt")["run_id"] == a_id
+
+
+def test_a_zero_byte_best_is_set_aside_and_rebuilt_from_last(light_run, light_data, tmp_path, capsys):
+    """A 0-byte best.pt next to a good last.pt does not block --resume auto: it is moved to best.pt.unreadable
+    (with a note) and rebuilt from last.pt when last.pt's epoch is the run's best; when that epoch is not the
+    best, best.pt stays absent until an epoch beats it, and the note says so."""
+    for own_epoch_best in (True, False):
+        out = tmp_path / f"run_{own_epoch_best}"
+        shutil.copytree(light_run, out)
+        state = load(out / "last.pt")
+        newest = state["history"][-1]["val_top1"]
+        state["best_top1"] = newest if own_epoch_best else newest + 1.0
+        state["checksum"] = ckpt_io.content_digest(state)
+        torch.save(state, out / "last.pt")
+        (out / "best.pt").write_bytes(b"")
+        assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out), "--resume", "auto"]) == 0
+        assert (out / "best.pt.unreadable").stat().st_size == 0
+        events = [json.loads(line) for line in open(out / "log.jsonl")]
+        note = next(e for e in events if e["event"] == "best_unreadable")
+        assert note["rebuilt"] is own_epoch_best
+        if own_epoch_best:
+            assert (out / "best.pt").read_bytes() == (out / "last.pt").read_bytes()
+        else:
+            assert not (out / "best.pt").exists()
+    capsys.readouterr()
+    (out / "best.pt").write_bytes(b"")  # a second one is set aside beside the first, which is kept
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out), "--resume", "auto"]) == 0
+    assert (out / "best.pt.unreadable").exists() and (out / "best.pt.unreadable.2").exists()
+
+
+# ------------------------------------------------------------------------------------------ Ctrl-C
+@pytest.mark.parametrize("presses", ["once", "twice"])
+def test_ctrl_c_to_the_process_group_saves_and_says_how_to_continue(presses, light_run, light_data, tmp_path):
+    """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group, 2 DataLoader workers included
+    (train.py's test hook signals its own group, started with setsid). Once, as epoch 2 starts (its workers
+    decoding the first batches, which must survive it): the step is finished, last.pt written, exit 130, no
+    traceback, the log says how to continue, and the resumed run ends bitwise equal to the uninterrupted one.
+    Twice (after step 4, then during the save that the first asked for): the run stops at once, exit 130, and
+    the previous last.pt (epoch 1's) is intact."""
+    out = tmp_path / "run"
+    args = [a for a in LIGHT if a != "--quiet"] + ["--data", str(light_data), "--output", str(out)]
+    args[args.index("--workers") + 1] = "2"
+    moment = "epoch:2:SIGINT" if presses == "once" else "step:4:SIGINT,save:4:SIGINT"  # saves 1-3: epoch 1's
+    env = dict(os.environ, PYTHONUNBUFFERED="1", IMNET_TEST_SIGTERM=moment)
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
+                         text=True, timeout=300, start_new_session=True)
+    assert res.returncode == 130, res.stdout[-2000:] + res.stderr[-3000:]
+    assert "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr, res.stderr
+    assert not list(out.glob(".*.tmp-*"))
+    if presses == "once":
+        assert f"stopped by Ctrl-C at epoch 2 step 1; last.pt written. Continue with --resume auto --output {out}" \
+            in res.stdout
+        assert json.loads((out / "log.jsonl").read_text().splitlines()[-1])["event"] == "preempted"
+        assert load(out / "last.pt")["global_step"] == 4
+        assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out), "--resume", "auto"]) == 0
+        assert same_weights(load(out / "last.pt"), load(light_run / "last.pt"))
+    else:
+        assert "stopped at once by a second Ctrl-C" in res.stderr
+        state = ckpt_io.read_state(out / "last.pt")  # whole, checksum verified
+        assert (state["global_step"], state["epoch"]) == (3, 1)
+
+
+def test_two_ctrl_c_while_starting_exit_at_once(tmp_path):
+    """Ctrl-C twice while train.py is still starting (before torch is imported): exit 130 at once, no traceback,
+    nothing created."""
+    out = tmp_path / "run"
+    env = dict(os.environ, IMNET_TEST_SIGTERM="startup:1:SIGINT,startup:1:SIGINT")
+    res = subprocess.run([sys.executable, str(REPO / "train.py"), "--fake-data", "--output", str(out)], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
+    assert res.returncode == 130 and "stopped by a second Ctrl-C" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and not out.exists()
+
+
+def test_training_workers_ignore_every_stop_signal():
+    """A forked worker inherits the main process's handlers (a first SIGINT only sets its copy's flag), but a
+    spawned one (macOS, Windows) starts with Python's own, where Ctrl-C raises KeyboardInterrupt and the worker
+    exits: the worker init must ignore SIGINT as well as the schedulers' signals, whatever it inherited."""
+    code = ("import signal; from imnet import data, signals; "
+            "[signal.signal(s, signal.SIG_DFL) for s in signals.PREEMPTION_SIGNALS]; "
+            "signal.signal(signal.SIGINT, signal.default_int_handler); data._preemptible_worker_init(0); "
+            "print(sorted(s.name for s in signals.PREEMPTION_SIGNALS if signal.getsignal(s) == signal.SIG_IGN))")
+    res = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.stdout.split() == ["['SIGINT',", "'SIGTERM',", "'SIGUSR1']"], res.stderr
+
+
+def test_a_signal_handler_stops_at_the_second_ctrl_c_only(monkeypatch):
+    """The rule itself: SIGTERM and a first SIGINT only ask for the stop; a second SIGINT raises KeyboardInterrupt,
+    except under torchrun (which forwards the terminal's Ctrl-C, so each rank sees every press twice); the exit
+    code is 130 once Ctrl-C was pressed, 0 for a scheduler's signals alone."""
+    p = imnet_signals.PreemptionSignals()
+    p._handler(signal.SIGTERM, None)
+    assert p.requested and p.exit_code == 0 and p.name == "SIGTERM"
+    p._handler(signal.SIGINT, None)
+    assert p.exit_code == imnet_signals.INTERRUPTED == 130 and p.name == "Ctrl-C"
+    with pytest.raises(KeyboardInterrupt):
+        p._handler(signal.SIGINT, None)
+    monkeypatch.setenv("TORCHELASTIC_RUN_ID", "job")
+    p._handler(signal.SIGINT, None)
+    assert p.received.count(signal.SIGINT) == 2
+    assert signal.SIGINT in imnet_signals.PREEMPTION_SIGNALS  # what the training loader's workers ignore
+
+
+# ------------------------------------------------------------------------------------------ a full disk
+def tmpfs_available() -> bool:
+    """A small tmpfs in a mount namespace of our own (unshare: no root needed where user namespaces are on)."""
+    if not shutil.which("unshare"):
+        return False
+    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null || "
+                            "mount -t tmpfs -o size=64k tmpfs /tmp"], capture_output=True)
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not tmpfs_available(), reason="no mount namespace with tmpfs here (the simulated ENOSPC "
+                    "test below covers the writer)")
+def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_checkpoint(light_run, light_data, tmp_path):
+    """A real full disk: the run folder on a tmpfs of 2.5 checkpoints. Epoch 1's last.pt and best.pt fit; the
+    rewrite of last.pt after the evaluation does not. One paragraph, exit 2: which file, how much was written
+    and needed, that the previous last.pt is intact, where --resume auto continues. No temporary file is left,
+    last.pt loads (checksum verified) and the resumed run (with room) ends bitwise equal to the uninterrupted."""
+    out, kept = tmp_path / "run", tmp_path / "kept"
+    out.mkdir()
+    kept.mkdir()
+    size_kib = int(2.5 * (light_run / "last.pt").stat().st_size) // 1024
+    args = LIGHT + ["--data", str(light_data), "--output", str(out)]
+    script = (f'mount -t tmpfs -o size={size_kib}k tmpfs "$1" || exit 99; shift 2; "$@"; rc=$?; '
+              f'cp -a {out}/. {kept}/; exit $rc')
+    res = subprocess.run(["unshare", "-rm", "sh", "-c", script, "sh", str(out), "-", sys.executable,
+                          str(REPO / "train.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 2, res.stdout[-2000:] + res.stderr[-3000:]
+    err = one_paragraph(res.stderr)
+    assert f"Cannot write {out / 'last.pt'}: the disk is full" in err
+    assert "MB of it were written; it needs about 12." in err and "The previous last.pt is intact" in err
+    assert f"--resume auto --output {out} then continues from last.pt (epoch 2, step 0)" in err
+    assert not list(kept.glob(".*.tmp-*"))
+    state = ckpt_io.read_state(kept / "last.pt")
+    assert (state["epoch"], state["global_step"], state["pending_eval"]) == (1, 3, True)
+    ckpt_io.read_state(kept / "best.pt")
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(kept), "--resume", "auto"]) == 0
+    assert same_weights(load(kept / "last.pt"), load(light_run / "last.pt"))
+
+
+def full_disk_after(monkeypatch, limit: int, names: tuple):
+    """Simulate a full disk in the writer: a temporary file of one of ``names`` takes at most ``limit`` bytes,
+    then every write fails with ENOSPC, as the kernel's would."""
+    from imnet import atomic
+    real_open = open
+
+    class Full:
+        def __init__(self, f):
+            self.f, self.n = f, 0
+
+        def write(self, b):
+            if self.n + len(b) > limit:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            self.n += len(b)
+            return self.f.write(b)
+
+        def __getattr__(self, name):
+            return getattr(self.f, name)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            self.f.close()
+
+    def fake_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        return Full(f) if any(Path(path).name.startswith(f".{n}.tmp-") for n in names) else f
+    monkeypatch.setattr(atomic, "open", fake_open, raising=False)
+
+
+def test_a_simulated_full_disk_in_the_writer(light_data, tmp_path, monkeypatch, capsys):
+    """ENOSPC from the writer, wherever a real tmpfs cannot be mounted. write_atomic: a NoSpace paragraph, the
+    target untouched, no temporary left; torch.save's own wrapping of the error (a RuntimeError about the zip
+    position) is seen through. A run whose best.pt cannot be written stops with exit 2, saying nothing was
+    replaced, its last.pt (the epoch, evaluation pending) intact."""
+    from imnet import atomic
+    target = tmp_path / "x.pt"
+    target.write_bytes(b"old")
+    full_disk_after(monkeypatch, 1000, ("x.pt",))
+    with pytest.raises(atomic.NoSpace, match="the disk is full") as e:
+        ckpt_io.save_atomic({"w": torch.zeros(10_000)}, target)
+    assert "needs about 40.0 kB" in str(e.value) and "The previous x.pt is intact" in str(e.value)
+    assert target.read_bytes() == b"old" and not list(tmp_path.glob(".*"))
+
+    out = tmp_path / "run"
+    full_disk_after(monkeypatch, 1_000_000, ("best.pt",))
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"Cannot write {out / 'best.pt'}" in err and "No earlier best.pt was there; nothing was replaced" in err
+    assert "of it were written; it needs about 12." in err
+    state = ckpt_io.read_state(out / "last.pt")
+    assert state["pending_eval"] and state["global_step"] == 3 and not (out / "best.pt").exists()
+
+
+# ------------------------------------------------------------------ checkpoints whose contents do not fit
+def edited(src: Path, dst: Path, edit) -> Path:
+    """A copy of checkpoint ``src`` at ``dst`` with ``edit(state)`` applied, its checksum recomputed (as if its
+    pieces had been assembled by a program): only its contents are wrong."""
+    state = load(src)
+    edit(state)
+    state["checksum"] = ckpt_io.content_digest(state)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, dst)
+    return dst
+
+
+def resnet34_under_resnet18(state):
+    import torchvision
+    state["model"] = torchvision.models.resnet34(num_classes=3).state_dict()
+    state["config"]["model"] = "resnet18"
+
+
+CONTENT_CASES = {
+    "a missing model key": (lambda s: s["model"].pop("classifier.3.bias"),
+                            "its model weights are not those of mobilenet_v3_small, the model its config names "
+                            "(missing tensors 1 (classifier.3.bias))"),
+    "another architecture's weights": (resnet34_under_resnet18,
+                                       "its model weights are not those of resnet18, the model its config names "
+                                       "(unexpected tensors"),
+    "no optimizer state": (lambda s: s.update(optimizer={}), "its optimizer state cannot be restored into sgd"),
+    "no RNG state": (lambda s: s.pop("rng"), "its RNG state cannot be restored (KeyError: 'rng')"),
+    "a malformed RNG state": (lambda s: s.update(rng=[{"python": 1}]), "its RNG state cannot be restored"),
+    "a non-integer epoch": (lambda s: s.update(epoch=1.5), "its epoch is 1.5, not a whole number >= 0"),
+    "a step beyond the epoch": (lambda s: s.update(step_in_epoch=7, epoch=1),
+                                "it is at step 7 of epoch 2, beyond the 3 steps an epoch of this run has"),
+}
+
+
+def test_a_checkpoint_whose_contents_do_not_fit_is_one_paragraph(light_run, light_data, tmp_path, capsys):
+    """Top-level entries all present, contents wrong (the checksum recomputed, so only the contents speak): every
+    case is refused in one paragraph, exit 2, before anything is written into the folder; eval.py refuses another
+    architecture's weights with the very same sentence."""
+    import eval as imnet_eval
+    for case, (edit, needle) in CONTENT_CASES.items():
+        out = tmp_path / case.replace(" ", "_").replace("'", "")
+        edited(light_run / "last.pt", out / "last.pt", edit)
+        before = files(out)
+        model = ["--model", "resnet18"] if case == "another architecture's weights" else []
+        capsys.readouterr()
+        assert train.main(LIGHT + model + ["--epochs", "3", "--data", str(light_data), "--output", str(out),
+                                           "--resume", "auto"]) == 2, case
+        err = one_paragraph(capsys.readouterr().err)
+        assert needle in err and "use another checkpoint of the run" in err, (case, err)
+        assert files(out) == before, case  # config.json is written only once the checkpoint is accepted
+        if case in ("a missing model key", "another architecture's weights"):
+            assert imnet_eval.main(["--checkpoint", str(out / "last.pt"), "--data", str(light_data),
+                                    "--workers", "0"]) == 2
+            eval_err = " ".join(capsys.readouterr().err.split())
+            assert needle in eval_err and "Traceback" not in eval_err, eval_err
+
+
+def test_a_world_size_change_is_named_with_the_global_batch(tmp_path):
+    """Resuming a 2-process run (batch 2 each) on 1 process: batch 4 keeps the global batch, and the note says
+    that the number of processes changed, not only "batch_size: 2 -> 4"; on 4 processes with batch 2 the refusal
+    names both splits and the flag that keeps the global batch."""
+    from imnet import config as imnet_config
+    below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
+    then = imnet_config.resolve(below, given, world_size=2)
+    state = {"config": then.to_dict(), "classes": ["a", "b"]}
+    below, given = train.parse_args(["--fake-data", "--batch-size", "4", "--output", str(tmp_path)])
+    notes = ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=1), ["a", "b"], "last.pt")
+    assert notes[0].startswith("processes: 2 -> 1, global batch 4 kept (2 processes x batch 2 x accum 1 -> 1 "
+                               "process x batch 4 x accum 1"), notes
+    below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
+    with pytest.raises(ckpt_io.CheckpointError) as e:
+        ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=4), ["a", "b"], "last.pt")
+    assert ("global batch 4 (2 processes x batch 2 x accum 1) vs 8 (4 processes x batch 2 x accum 1): "
+            "--global-batch 4 keeps it") in str(e.value)
+
+
+# ------------------------------------------------------------------------------------------ setup checks
+def test_an_unreadable_validation_set_stops_before_training(tmp_path, capsys):
+    """Every validation file unreadable: exit 2 at setup, one paragraph, nothing trained (no checkpoint, no step
+    in the log). A few unreadable ones among readable files are named for a warning instead (data.check_readable
+    decodes 16 files spread over the set)."""
+    from imnet import data as imnet_data
+    root = make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=2, size=32)
+    val = sorted((root / "val").rglob("*.JPEG"))
+    for p in val:
+        p.write_bytes(b"not a JPEG")
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(root), "--output", str(out)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert "The validation set" in err and "looks unreadable: 6 of the 6 files checked at setup" in err
+    assert not (out / "last.pt").exists() and not (out / "log.jsonl").exists()
+
+    big = make_imagefolder(tmp_path / "big", num_classes=2, train_per_class=1, val_per_class=20, size=16)
+    bad = sorted((big / "val").rglob("*.JPEG"))[0]
+    bad.write_bytes(b"")
+    ds = imnet_data.ImageFolder(big / "val", ["class_0", "class_1"], transform=None)
+    assert imnet_data.check_readable(ds, "validation") == [(str(bad), "empty file")]  # index 0 is always checked
+
+
+def test_workers_are_capped_by_the_cores_with_a_note(light_data, tmp_path, monkeypatch, capsys):
+    """--workers 1000 is refused by the flag's static bound (256); within it, more than 4 per core of this
+    machine (shared by a node's processes) is lowered to that, with a note, in the run's Config."""
+    from imnet import data as imnet_data
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(light_data), "--workers", "1000", "--dry-run"]) == 2
+    assert "--workers must be >= 0 and <= 256 (got 1000)" in capsys.readouterr().err
+    many = min(256, 4 * cores + 1)
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(tmp_path / "o"), "--dry-run",
+                               "--workers", str(many)]) == 0
+    out = capsys.readouterr().out
+    assert f"note: --workers {many} is more than 4 per CPU core ({cores} cores here): using {4 * cores}" in out
+    assert f"workers                {4 * cores}\n" in out
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
+    assert imnet_data.cap_workers(9) == (8, "--workers 9 is more than 4 per CPU core (8 cores here, shared by 4 "
+                                             "processes): using 8 (more loader processes would only compete for "
+                                             "the cores)")
+    assert imnet_data.cap_workers(8) == (8, None) and imnet_data.cap_workers(0) == (0, None)
+
+
+def test_a_nan_before_any_checkpoint_does_not_suggest_resuming(light_data, tmp_path, capsys):
+    """The NaN message names --resume OUTPUT/last.pt only when that file exists (test_train.py covers that
+    case); before the first checkpoint it says there is nothing to resume."""
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out), "--lr", "1e30"]) == 1
+    err = " ".join(capsys.readouterr().err.split())
+    assert "NaN or infinite at optimizer step" in err and "no checkpoint was written yet" in err
+    assert "--resume" not in err and not (out / "last.pt").exists()

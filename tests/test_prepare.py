@@ -107,6 +107,24 @@ def test_module_entry_point(tmp_path):
     assert tree(out) == expected_tree(ALL)
 
 
+@pytest.mark.parametrize("label_format", ["csv", "devkit"])
+def test_label_files_with_a_byte_order_mark_are_read(tmp_path, capsys, label_format):
+    """Files saved by Windows editors start with a UTF-8 byte-order mark: it is not part of the header (or of
+    the first index, or of the first wnid)."""
+    flat = make_flat(tmp_path / "flat", ALL)
+    if label_format == "csv":
+        files = [write_csv(tmp_path / "labels.csv", ALL)]
+        argv = ["--labels", str(files[0])]
+    else:
+        files = list(write_devkit(tmp_path, ALL, ["n09193705", "n01440764", "n02119789"]))
+        argv = ["--labels", str(files[0]), "--synsets", str(files[1])]
+    for path in files:
+        path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    out = tmp_path / "val"
+    assert prepare.main(["val", "--flat", str(flat), "--out", str(out)] + argv) == 0, capsys.readouterr().err
+    assert tree(out) == expected_tree(ALL)
+
+
 def run_bad(tmp_path, capsys, argv):
     code = prepare.main(["val"] + argv)
     err = capsys.readouterr().err

@@ -205,7 +205,7 @@ def test_resume_with_other_settings_is_refused(reference, data, tmp_path, capsys
     err = bad_setup(capsys, [a if a != "deit_tiny" else "resnet18" for a in args])
     assert "Cannot resume" in err and "model" in err
     err = bad_setup(capsys, args + ["--accum-steps", "2"])
-    assert "global batch 8 vs 16" in err
+    assert "global batch 8 (1 process x batch 8 x accum 1) vs 16 (1 process x batch 8 x accum 2)" in err
 
 
 def test_bf16_autocast_trains_on_cpu_and_resnet_checkpoint_loads_into_torchvision(data, tmp_path):
