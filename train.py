@@ -32,7 +32,7 @@ if __name__ == "__main__":
 
 import torch  # noqa: E402 (after the signal handlers and the flags, on purpose)
 from torch import nn  # noqa: E402
-from torch.optim.swa_utils import AveragedModel, update_bn  # noqa: E402
+from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 import imnet  # noqa: E402
 from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
@@ -47,13 +47,14 @@ from imnet.lars import LAMB, LARS  # noqa: E402
 from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
                        summary, train_row, val_row)
 from imnet.losses import binary_cross_entropy, cross_entropy  # noqa: E402
-from imnet.metrics import Meter  # noqa: E402
+from imnet.metrics import Meter, NonFiniteGuard, NonFiniteLoss  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402
 from imnet.optim import build_optimizer, layer_decay_groups, param_groups  # noqa: E402
 from imnet.sam import SAM, keep_buffers  # noqa: E402
 from imnet.schedule import progressive_size, set_lr  # noqa: E402
 from imnet.signals import PreemptionSignals  # noqa: E402
-from imnet.teacher import load_teacher  # noqa: E402
+from imnet.swa import recompute_batchnorm  # noqa: E402
+from imnet.teacher import build_teacher  # noqa: E402
 from imnet.transforms import random_erase, train_transform  # noqa: E402
 
 parse_args, build_parser = flags.parse_args, flags.build_parser
@@ -170,29 +171,6 @@ def sam_second_pass(cfg: Config, p: Parts, images, targets, teacher_logits=None)
     p.sam.descend()
 
 
-class NonFiniteLoss(Exception):
-    def __init__(self, step: int):
-        super().__init__(step)
-        self.step = step
-
-
-class NonFiniteGuard:
-    """Remembers the first optimizer step whose loss was NaN or infinite, on the device: ``update`` is a masked
-    fill (no host synchronisation per step); ``check`` reads the one number back and raises NonFiniteLoss naming
-    the step. Checked at log time and before every save, so no checkpoint is ever written after a NaN."""
-
-    def __init__(self, device):
-        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
-
-    def update(self, loss: torch.Tensor, step: int) -> None:
-        self.first_bad.masked_fill_((self.first_bad < 0) & ~torch.isfinite(loss), step)
-
-    def check(self) -> None:
-        step = int(self.first_bad)
-        if step >= 0:
-            raise NonFiniteLoss(step)
-
-
 # ----------------------------------------------------------------------------------------------- one epoch
 
 @dataclass
@@ -304,8 +282,10 @@ def end_epoch(r: Run, epoch_t0: float, train_size: int) -> None:
     cfg, progress = r.cfg, r.progress
     if r.parts.swa is not None and progress.epoch + 1 >= cfg.swa_start:
         r.parts.swa.update_parameters(r.parts.model)
-        with r.signals.deferred():  # workers may be forked here; a signal waits until the pass ends
-            swa_batchnorm(r, progress.epoch)
+        r.sampler.set_epoch(progress.epoch)  # one pass of this epoch's augmentation, from its first sample
+        r.sampler.set_start(0)
+        with r.signals.deferred(), autocast(r.parts.device, cfg.amp_dtype):  # workers may be forked here
+            recompute_batchnorm(r.parts.swa, data.images_on(r.train_loader, r.parts.device, cfg.channels_last))
     row = train_row(cfg, r.meter.compute(distributed=True), progress.epoch, r.parts.mixer is not None,
                     r.bad_counter.count)
     row.update(epoch_time=time.time() - epoch_t0, train_size=train_size)
@@ -344,8 +324,8 @@ def evaluate_epoch(r: Run, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
     cfg, p = r.cfg, r.parts
-    run_eval = lambda m: evaluate(m, r.val_loader, p.device, cfg.eval_policy, len(r.classes), amp_dtype=cfg.amp_dtype,
-                                  channels_last=cfg.channels_last)
+    run_eval = functools.partial(evaluate, loader=r.val_loader, device=p.device, policy=cfg.eval_policy,
+                                 num_classes=len(r.classes), amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
     v = run_eval(p.eval_model)
     row = val_row("model", v)
     for path in v.unreadable:
@@ -356,30 +336,6 @@ def evaluate_epoch(r: Run, epoch: int) -> dict:
     if p.swa is not None and int(p.swa.n_averaged) > 0:  # its BatchNorm statistics are its own (end_epoch)
         row.update(val_row("swa", run_eval(p.swa.module)))
     return row
-
-
-def swa_batchnorm(r: Run, epoch: int) -> None:
-    """BatchNorm statistics for the averaged weights (Izmailov et al. 2018, "Averaging Weights Leads to Wider
-    Optima and Better Generalization", Sec. 3.2): the running means and variances of the snapshots do not
-    describe the activations of their average, so torch's ``update_bn`` recomputes them as plain averages
-    over one pass of the training data (epoch ``epoch``'s augmentation, from its first sample), right after
-    each update of the average (`end_epoch`). Each rank sees its shard; the ranks' statistics are then
-    averaged. That is not the 1-process result: the first BatchNorm's mean is exact (equal shards), but its
-    variance lacks the spread of the ranks' batch means, and later layers see activations normalised by the
-    per-rank batch, as in DDP training without SyncBatchNorm (tests/test_distributed.py measures the gap). A
-    model without BatchNorm skips the pass."""
-    swa, cfg, device = r.parts.swa, r.cfg, r.parts.device
-    norms = [m for m in swa.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
-        return
-    r.sampler.set_epoch(epoch)
-    r.sampler.set_start(0)
-    with autocast(device, cfg.amp_dtype):
-        update_bn((to_device(x, y, device, channels_last=cfg.channels_last)[0] for x, y, _ in r.train_loader), swa)
-    if cfg.world_size > 1:
-        for m in norms:
-            for t in (m.running_mean, m.running_var):
-                t.copy_(dist.all_reduce_sum(t.clone()) / cfg.world_size)
 
 
 # ----------------------------------------------------------------------------------------------- the run
@@ -417,7 +373,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     output = Path(cfg.output)
     forks = not cfg.dry_run and info.is_main and runfolder.claim(cfg, output, cleanup, dist.print0)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
-    set_backends(cfg, info.device)
+    dist.set_backends(info.device, deterministic=cfg.deterministic)
 
     # ---- data
     classes, train_set, val_set = build_datasets(cfg)
@@ -436,7 +392,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
         if info.is_main:
             print(audit.plan(cfg, groups, getattr(train_set, "transform", None), info.device.type), flush=True)
             if init_report:
-                print(init_line(init_report), flush=True)
+                print(models.describe_init(init_report), flush=True)
         return 0
     r = Run(cfg, info, build_parts(cfg, model, groups, len(classes), info, teacher), classes, output, train_loader,
             sampler, val_loader, Meter(info.device),
@@ -459,7 +415,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
         r.log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
                     val_images=len(val_set), run_id=r.progress.run_id)
         if init_report:
-            r.log.event("init", echo=init_line(init_report), **init_report)
+            r.log.event("init", echo=models.describe_init(init_report), **init_report)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
     start_notes(r, train_set, val_set, unreadable_val)
@@ -546,14 +502,6 @@ def resolve_config(below: dict, given: dict, info) -> Config:
     return config.resolve(below, given, info.world_size)
 
 
-def set_backends(cfg: Config, device: torch.device) -> None:
-    if cfg.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-    elif device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
-
-
 def build_datasets(cfg: Config):
     """(classes, train set, val set). Class folders are checked before any work is done."""
     if cfg.fake_data:
@@ -629,35 +577,6 @@ def init_weights(cfg: Config, model: nn.Module, classes: list, info) -> dict:
         if first and info.is_main:
             torch.distributed.barrier()
     return {"source": source, **done}
-
-
-def init_line(report: dict) -> str:
-    s = f"initial weights: {report['source']}: {len(report['loaded'])} tensors loaded"
-    if report["interpolated"]:
-        s += f"; interpolated to this image size: {', '.join(report['interpolated'])}"
-    if report["reinitialised"]:
-        s += (f"; classifier head re-initialised (other classes): {', '.join(report['reinitialised'])} (the "
-              f"initial weights' head was not used)")
-    return s
-
-
-def build_teacher(cfg: Config, classes: list, info) -> tuple[nn.Module, Config]:
-    """--teacher: the distillation teacher on this device (`imnet.teacher.load_teacher`: checked to have the
-    student's classes and, if its input size is fixed, the student's training crop), and the Config with its
-    record (file, sha256, network, sizes). Under torchrun rank 0 downloads published weights first."""
-    first = info.distributed and not Path(cfg.teacher).is_file()
-    if first and not info.is_main:
-        torch.distributed.barrier()
-    try:
-        teacher, record = load_teacher(cfg.teacher, cfg.teacher_model, classes, cfg.train_crop_size,
-                                       size_changes=cfg.progressive_res is not None, progress=not cfg.quiet)
-    finally:
-        if first and info.is_main:
-            torch.distributed.barrier()
-    teacher.to(info.device)
-    if cfg.channels_last:
-        teacher.to(memory_format=torch.channels_last)
-    return teacher, cfg.with_teacher(record)
 
 
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:

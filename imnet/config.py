@@ -325,7 +325,7 @@ class Config:
                                    steps_per_epoch=steps)
 
     def with_teacher(self, info: dict) -> "Config":
-        """The same Config with the record of the distillation teacher (train.py's build_teacher reads the file):
+        """The same Config with the record of the distillation teacher (imnet.teacher.build_teacher reads the file):
         {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
         config.json and every checkpoint; the teacher's weights never do."""
         return dataclasses.replace(self, teacher_info=dict(info))

@@ -549,6 +549,13 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
     return normalize(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last), labels
 
 
+def images_on(loader, device, channels_last: bool = False):
+    """The images of ``loader``'s batches on ``device``, normalised as the model takes them (`to_device`). A
+    generator: the loader is not iterated (no worker started) before the first image is asked for."""
+    for images, labels, *_ in loader:
+        yield to_device(images, labels, device, channels_last=channels_last)[0]
+
+
 # --------------------------------------------------------------------------------------------------------
 # Counting bad images
 

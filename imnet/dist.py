@@ -154,3 +154,13 @@ class Flags:
         self._pending.wait()
         self._pending = None
         return [bool(v) for v in self._buf.tolist()]
+
+
+def set_backends(device: torch.device, deterministic: bool = False) -> None:
+    """--deterministic: torch's deterministic algorithms (a warning where an op has none) and no cuDNN autotuning;
+    otherwise cuDNN picks the fastest convolution for each shape on CUDA."""
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+    elif device.type == "cuda":
+        torch.backends.cudnn.benchmark = True

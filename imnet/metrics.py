@@ -79,3 +79,28 @@ class Meter:
 
     def load_state_dict(self, state):
         self.sums.copy_(state["sums"].to(self.sums.device, self.sums.dtype))
+
+
+class NonFiniteLoss(Exception):
+    """The loss of optimizer step ``step`` was NaN or infinite."""
+
+    def __init__(self, step: int):
+        super().__init__(step)
+        self.step = step
+
+
+class NonFiniteGuard:
+    """Remembers the first optimizer step whose loss was NaN or infinite, on the device: ``update`` is a masked
+    fill (no host synchronisation per step); ``check`` reads the one number back and raises NonFiniteLoss naming
+    the step. Checked at log time and before every save, so no checkpoint is ever written after a NaN."""
+
+    def __init__(self, device):
+        self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)
+
+    def update(self, loss: torch.Tensor, step: int) -> None:
+        self.first_bad.masked_fill_((self.first_bad < 0) & ~torch.isfinite(loss), step)
+
+    def check(self) -> None:
+        step = int(self.first_bad)
+        if step >= 0:
+            raise NonFiniteLoss(step)

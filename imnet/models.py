@@ -316,3 +316,14 @@ def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, s
     take = [k for k in own if k not in head or keep_head]
     model.load_state_dict({**own, **{k: state[k] for k in take}}, strict=True)
     return {"loaded": take, "reinitialised": sorted(set(own) - set(take)), "interpolated": interpolated}
+
+
+def describe_init(report: dict) -> str:
+    """The log's line for `load_init`'s report (with its "source")."""
+    s = f"initial weights: {report['source']}: {len(report['loaded'])} tensors loaded"
+    if report["interpolated"]:
+        s += f"; interpolated to this image size: {', '.join(report['interpolated'])}"
+    if report["reinitialised"]:
+        s += (f"; classifier head re-initialised (other classes): {', '.join(report['reinitialised'])} (the "
+              f"initial weights' head was not used)")
+    return s

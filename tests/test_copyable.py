@@ -1,6 +1,6 @@
 """Each copyable module works when copied alone into an empty folder.
 
-The copyable modules (transforms, mixing, losses, schedule, ema, optim, metrics, sam, lars, distill, deit) are
+The copyable modules (transforms, mixing, losses, schedule, ema, optim, metrics, sam, swa, lars, distill, deit) are
 meant to be copied
 into another project one file at a time, so each imports only the standard library, torch, torchvision,
 numpy and PIL, never another imnet module. transforms.py also has an optional companion, fastjpeg.py:
@@ -98,6 +98,29 @@ meter = m.Meter("cpu")
 meter.update(torch.tensor(2.0), logits, torch.tensor([1, 2]))
 r = meter.compute()
 assert r["loss"] == 2.0 and r["top1"] == 50.0 and r["count"] == 2, r
+guard = m.NonFiniteGuard("cpu")
+for step, loss in enumerate([1.0, float("nan"), float("inf")]):
+    guard.update(torch.tensor(loss), step)
+try:
+    guard.check()
+    raise AssertionError("a NaN loss passed the guard")
+except m.NonFiniteLoss as e:
+    assert e.step == 1, e.step  # the first bad step
+""",
+    "swa": """
+# momentum None: the running statistics are the plain means of the batches' statistics (unbiased variance)
+net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.BatchNorm2d(2))
+batches = [torch.randn(4, 3, 2, 2) * (1 + i) + i for i in range(3)]
+assert m.recompute_batchnorm(net, batches)
+with torch.no_grad():
+    feats = [net[0](x) for x in batches]
+bn = net[1]
+assert torch.allclose(bn.running_mean, torch.stack([f.mean((0, 2, 3)) for f in feats]).mean(0), atol=1e-5)
+assert torch.allclose(bn.running_var, torch.stack([f.var((0, 2, 3)) for f in feats]).mean(0), atol=1e-4)
+def untouchable():
+    raise AssertionError("iterated for a model without BatchNorm")
+    yield
+assert not m.recompute_batchnorm(torch.nn.Linear(2, 2), untouchable())
 """,
     "lars": """
 w = torch.nn.Parameter(torch.tensor([3.0, 4.0]))

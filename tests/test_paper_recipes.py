@@ -63,9 +63,11 @@ def load(path: Path) -> dict:
 def assert_bitwise(a: dict, b: dict) -> None:
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    if a.get("ema"):
-        for k in a["ema"]["module"]:
-            assert torch.equal(a["ema"]["module"][k], b["ema"]["module"][k]), f"ema.{k}"
+    assert (a["state_dict_ema"] is None) == (b["state_dict_ema"] is None)
+    if a["state_dict_ema"] is not None:
+        for k in a["state_dict_ema"]:
+            assert torch.equal(a["state_dict_ema"][k], b["state_dict_ema"][k]), f"ema.{k}"
+        assert int(a["model_ema"]["n_averaged"]) == int(b["model_ema"]["n_averaged"])
     sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
     assert sa.keys() == sb.keys()
     for i in sa:
@@ -220,9 +222,8 @@ def test_distilled_run_records_the_teacher_and_never_saves_it(distilled_run, tea
     assert record["source"] == "checkpoint" and record["classes"] == 3 and record["image_size"] == 32
     assert json.loads((distilled_run / "config.json").read_text())["teacher_info"] == record
     teacher_keys = set(load(teacher)["model"])
-    for key in ("model", "ema"):
-        saved = state[key] if key == "model" else state[key]["module"]
-        assert not teacher_keys & set(saved), key  # only the student's tensors
+    for key in ("model", "state_dict_ema", "model_ema"):  # the weights and both spellings of the EMA
+        assert state[key] and not teacher_keys & {k.removeprefix("module.") for k in state[key]}, key
     # the student is a DistilledVisionTransformer: both heads trained, loadable strictly
     net = models.build_model("deit_tiny_distilled", 3, image_size=32)
     net.load_state_dict(state["model"], strict=True)
