@@ -118,6 +118,12 @@ def test_resume_mid_epoch_is_bitwise_exact(reference, data, tmp_path):
     assert train.main(args + ["--stop-at-step", "8"]) == 0  # 2 steps into epoch 2
     mid = load(out / "last.pt")
     assert (mid["epoch"], mid["step_in_epoch"], mid["global_step"]) == (1, 2, 8)
+    # One more step and stopped again: what the checkpoint carries besides the weights (the best top-1 so far,
+    # the epoch rows, the run) comes back from the file, not from a fresh start.
+    assert train.main(args + ["--resume", "auto", "--stop-at-step", "9"]) == 0
+    again = load(out / "last.pt")
+    assert again["global_step"] == 9 and again["best_top1"] == mid["best_top1"] > 0
+    assert again["history"] == mid["history"] and again["run_id"] == mid["run_id"]
     assert train.main(args + ["--resume", "auto"]) == 0
     assert_same_state(load(reference / "last.pt"), load(out / "last.pt"))
     # The record matches too: the same per-epoch rows.
