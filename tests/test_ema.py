@@ -171,9 +171,12 @@ def test_default_start_keeps_the_initial_weights_in_the_average():
     torch.testing.assert_close(ema.module.weight, 0.9 ** 3 * w0 + (1 - 0.9 ** 3) * model.weight.detach())
 
 
-def test_train_step_updates_the_ema_once_per_optimizer_step_under_accumulation():
+@pytest.mark.parametrize("every", [1, 3])
+def test_train_step_updates_the_ema_once_per_optimizer_step_under_accumulation(every):
     """train.py's train_step with 3 micro-batches per optimizer step: one EMA update after each optimizer step,
-    of the weights that step produced (an update per micro-step would average the unchanged weights 3 times)."""
+    of the weights that step produced (an update per micro-step would average the unchanged weights 3 times);
+    with --ema-every N, after optimizer steps N, 2N, ... (ModelEma's ``step`` = optimizer steps done), with the
+    decay to the power N."""
     from types import SimpleNamespace
 
     import train
@@ -183,15 +186,16 @@ def test_train_step_updates_the_ema_once_per_optimizer_step_under_accumulation()
     cfg = SimpleNamespace(lr_at=lambda s: 0.2, accum_steps=accum, clip_grad=0.0, channels_last=False, seed=0,
                           random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False)
     parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
-                        ema=ModelEma(model, decay=decay))
+                        ema=ModelEma(model, decay=decay, every=every))
     g = torch.Generator().manual_seed(2)
     expected = {k: v.clone() for k, v in _float_state(model).items()}
-    for step in range(4):
+    for step in range(6):
         micro = [(torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8, generator=g),
                   torch.randint(0, 5, (4,), generator=g)) for _ in range(accum)]
         train.train_step(cfg, parts, micro, 0, step, step, Meter("cpu"))
-        for k, v in _float_state(model).items():
-            expected[k] = decay * expected[k] + (1 - decay) * v
-    assert parts.ema.num_updates == 4
-    for k, v in _float_state(parts.ema.module).items():
-        torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7, msg=k)
+        if (step + 1) % every == 0:
+            for k, v in _float_state(model).items():
+                expected[k] = decay ** every * expected[k] + (1 - decay ** every) * v
+        assert parts.ema.num_updates == (step + 1) // every
+        for k, v in _float_state(parts.ema.module).items():
+            torch.testing.assert_close(v, expected[k], rtol=1e-6, atol=1e-7, msg=f"step {step + 1}: {k}")
