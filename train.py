@@ -564,18 +564,14 @@ def init_weights(cfg: Config, model: nn.Module, classes: list, info) -> dict:
     """--init-from / --weights: copy the initial weights into the fresh model (`imnet.models.load_init`:
     strict keys and shapes, except the classifier head and a ViT position embedding). -> what the log says.
     Under torchrun, rank 0 downloads --weights into torchvision's cache first; the others then read that file."""
-    first = cfg.weights is not None and info.distributed
-    if first and not info.is_main:
-        torch.distributed.barrier()
-    try:
-        state, source_classes, source = models.init_source(cfg.init_from, cfg.weights, cfg.model, cfg.init_ema,
-                                                           progress=not cfg.quiet)
-        done = models.load_init(models.unwrap(model), cfg.model, state, cfg.train_crop_size, source_classes, classes)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
-    finally:
-        if first and info.is_main:
-            torch.distributed.barrier()
+    with dist.main_rank_first(info, needed=cfg.weights is not None):
+        try:
+            state, source_classes, source = models.init_source(cfg.init_from, cfg.weights, cfg.model, cfg.init_ema,
+                                                               progress=not cfg.quiet)
+            done = models.load_init(models.unwrap(model), cfg.model, state, cfg.train_crop_size, source_classes,
+                                    classes)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     return {"source": source, **done}
 
 

@@ -7,6 +7,7 @@ NCCL is the backend on CUDA, gloo on the CPU.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import sys
@@ -154,6 +155,21 @@ class Flags:
         self._pending.wait()
         self._pending = None
         return [bool(v) for v in self._buf.tolist()]
+
+
+@contextlib.contextmanager
+def main_rank_first(info: DistInfo, needed: bool = True):
+    """Under torchrun, rank 0 runs the block first and the other ranks after it (when ``needed``): a download
+    into a cache that every rank then reads (torchvision weights, a teacher) happens once, not once per rank
+    into the same file. Rank 0 releases the others however its block ends; one process: just the block."""
+    needed = needed and info.distributed
+    if needed and not info.is_main:
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if needed and info.is_main:
+            dist.barrier()
 
 
 def set_backends(device: torch.device, deterministic: bool = False) -> None:

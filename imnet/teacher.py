@@ -33,6 +33,7 @@ from torch import nn
 
 from imnet import checkpoint, models
 from imnet.config import Config, EvalPolicy
+from imnet.dist import main_rank_first
 from imnet.errors import UsageError
 from imnet.export import sha256
 
@@ -154,15 +155,9 @@ def build_teacher(cfg: Config, classes: list, info) -> tuple[nn.Module, Config]:
     """train.py's --teacher: the distillation teacher on info.device (`load_teacher`: checked to have the
     student's classes and, if its input size is fixed, the student's training crop), and the Config with its
     record (file, sha256, network, sizes). Under torchrun rank 0 downloads published weights first."""
-    first = info.distributed and not Path(cfg.teacher).is_file()
-    if first and not info.is_main:
-        torch.distributed.barrier()
-    try:
+    with main_rank_first(info, needed=not Path(cfg.teacher).is_file()):
         teacher, record = load_teacher(cfg.teacher, cfg.teacher_model, classes, cfg.train_crop_size,
                                        size_changes=cfg.progressive_res is not None, progress=not cfg.quiet)
-    finally:
-        if first and info.is_main:
-            torch.distributed.barrier()
     teacher.to(info.device)
     if cfg.channels_last:
         teacher.to(memory_format=torch.channels_last)

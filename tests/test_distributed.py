@@ -306,3 +306,39 @@ def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata
     assert_same_updates(weights(one), weights(two), initial_weights())
     with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
         assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)
+
+
+MAIN_RANK_FIRST = r"""
+import os, sys, time
+from imnet import dist
+info = dist.init("cpu", timeout_minutes=1)
+marker, failing = sys.argv[1], sys.argv[2] == "fail"
+try:
+    with dist.main_rank_first(info):
+        if info.is_main:
+            time.sleep(1.0)  # the others would be here by now if they did not wait
+            open(marker, "w").write("downloaded")
+            if failing:
+                raise ValueError("the download failed")
+        else:
+            assert os.path.exists(marker), "rank 1 ran its block before rank 0 finished"
+    print(f"rank {info.rank} done")
+except ValueError:
+    print(f"rank {info.rank} failed as asked")
+dist.cleanup()
+"""
+
+
+@pytest.mark.parametrize("outcome", ["ok", "fail"])
+def test_main_rank_first_orders_the_ranks_and_always_releases_them(outcome, tmp_path):
+    """dist.main_rank_first (a --weights or --teacher download): rank 1 enters its block only after rank 0 left
+    its own, also when rank 0's block raised (the others are released rather than left waiting)."""
+    script = tmp_path / "first.py"
+    script.write_text(MAIN_RANK_FIRST)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(script),
+           str(tmp_path / "marker"), outcome]
+    r = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "rank 1 done" in r.stdout
+    assert ("rank 0 failed as asked" if outcome == "fail" else "rank 0 done") in r.stdout
