@@ -42,7 +42,6 @@ Bad input (missing or corrupt checkpoint, classes that differ, a flat folder of 
 ``--data``, contradictory flags) is reported in one paragraph on stderr with exit status 2, no traceback.
 """
 
-import argparse
 import csv
 import json
 import os
@@ -54,9 +53,10 @@ import torch
 import torchvision
 
 from imnet import benchmark, checkpoint, config, data, dist, evaluation, export, folders, models
+from imnet.atomic import check_writable
 from imnet.config import AMP_DTYPES, EvalPolicy
 from imnet.errors import UsageError, message_of
-from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, SIZE, WORKERS, WORKERS_HELP, Parser, Range,
+from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
                           add_eval_policy_flags)
 from imnet.log import val_key
 from imnet.tta import TTA_VIEWS, view_transform
@@ -152,22 +152,6 @@ def check_flags(args):
         for flag in ("json", "predictions"):
             if getattr(args, flag):
                 check_writable(getattr(args, flag), f"--{flag}")
-
-
-def check_writable(path, flag):
-    """Up front, before minutes of evaluation: the output file can be created (a file that did not exist is
-    removed again)."""
-    if os.path.isdir(path):
-        raise EvalError(f"{flag} {path} is a folder; give a file path (e.g. {os.path.join(path, 'results.json')}).")
-    existed = os.path.exists(path)
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise EvalError(f"cannot write {flag} {path}: {e.strerror or e}. Give a path in an existing folder "
-                        f"that you can write to.") from None
-    if not existed:
-        os.remove(path)
 
 
 # ------------------------------------------------------------------------------------ weights & classes

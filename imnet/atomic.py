@@ -30,6 +30,26 @@ class NoSpace(UsageError):
     """A write that did not fit on its file system; the file it was to replace is untouched."""
 
 
+class NotWritable(UsageError):
+    """An output file that cannot be created, found before the work that would fill it."""
+
+
+def check_writable(path: str | os.PathLike, flag: str) -> None:
+    """Up front, before minutes of work: the output ``path`` (given as ``flag``) can be created; a file that did
+    not exist is removed again. A folder, a missing folder or no permission -> NotWritable, one paragraph."""
+    if os.path.isdir(path):
+        raise NotWritable(f"{flag} {path} is a folder; give a file path inside it.")
+    existed = os.path.exists(path)
+    try:
+        with open(path, "a"):
+            pass
+    except OSError as e:
+        raise NotWritable(f"cannot write {flag} {path}: {e.strerror or e}. Give a file path in an existing folder "
+                          f"that you can write to.") from None
+    if not existed:
+        os.remove(path)
+
+
 def temporary_name(path: str | os.PathLike) -> Path:
     """Where `write_atomic` writes ``path`` before the rename."""
     path = Path(path)

@@ -25,6 +25,7 @@ import sys
 import torch
 
 from imnet import checkpoint, config, dist, export, folders, models
+from imnet.atomic import check_writable
 from imnet.data import why_unreadable
 from imnet.errors import UsageError, message_of
 from imnet.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
@@ -107,19 +108,6 @@ def collate(batch):
     return images, [i for _, i in good], [(i, why) for image, i, why in batch if image is None]
 
 
-def check_writable(path: str) -> None:
-    """Up front, before the predictions: ``path`` can be created (a file that did not exist is removed again)."""
-    existed = os.path.exists(path)
-    try:
-        with open(path, "a"):
-            pass
-    except OSError as e:
-        raise PredictError(f"cannot write --csv {path}: {e.strerror or e}. Give a file path in an existing folder "
-                           f"that you can write to.") from None
-    if not existed:
-        os.remove(path)
-
-
 # ------------------------------------------------------------------------------------------ weights
 
 def load_source(args):
@@ -186,7 +174,7 @@ def run(args) -> int:
     policy = config.resolve_eval_policy(given, stored)
     files = find_images(args.images)
     if args.csv:
-        check_writable(args.csv)
+        check_writable(args.csv, "--csv")
     device = dist.init(args.device).device
     image_size = policy.crop_size if models.fixed_input_size(name) else train_size or policy.crop_size
     model = build_model(name, state, len(classes), image_size).to(device)
