@@ -326,7 +326,7 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
         problems.append(f"classes differ ({len(state['classes'])} in the checkpoint, {len(classes)} in the data)")
     if problems:
         raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(problems) + ". Resume with the settings "
-                              f"of the original run, or start a new run with another --output.")
+                              "of the original run, or start a new run with another --output.")
     plain = lambda v: list(v) if isinstance(v, tuple) else v  # config.json and checkpoints hold lists
     changes = [f"{k}: {then[k]} -> {v}" for k, v in cfg.flags().items()
                if k in then and k not in IGNORED_ON_RESUME and plain(then[k]) != plain(v)]

@@ -27,7 +27,6 @@ mode; the base loss uses the mixed (soft) targets. The teacher's logits are deta
 no gradient reaches the teacher. Computed in float32 like imnet.losses.
 """
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["soft_distillation", "hard_distillation", "distillation_loss"]

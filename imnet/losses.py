@@ -31,7 +31,6 @@ q > t, else 0 (timm's ``--bce-target-thresh``): a class that makes up enough of 
 "present". Also in float32.
 """
 
-import torch
 import torch.nn.functional as F
 
 __all__ = ["cross_entropy", "binary_cross_entropy"]

@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from imnet.distill import distillation_loss, hard_distillation, soft_distillation
 from imnet.losses import cross_entropy

@@ -24,7 +24,7 @@ import pytest
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # (run as a script: conftest beside this file)
-from conftest import REPO, make_imagefolder  # noqa: E402
+from conftest import make_imagefolder  # noqa: E402
 
 ARGS = ["--model", "deit_tiny", "--epochs", "2", "--batch-size", "8", "--train-crop-size", "32",
         "--val-crop-size", "32", "--val-resize-size", "36", "--lr", "1e-3", "--warmup-epochs", "1",

@@ -3,7 +3,6 @@ warns exactly when it should."""
 
 from __future__ import annotations
 
-import dataclasses
 
 import math
 import os
