@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torchvision
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,3 +45,35 @@ def make_imagefolder(root: Path, num_classes: int = 3, train_per_class: int = 24
 def tiny_data(tmp_path_factory) -> Path:
     """3 classes, 72 train / 21 val images (val is odd-sized on purpose)."""
     return make_imagefolder(tmp_path_factory.mktemp("tiny_data"))
+
+
+def random_resnet(seed):
+    """A resnet18 for 3 classes with random weights and non-trivial BatchNorm statistics.
+
+    Fresh BatchNorm running stats (mean 0, var 1) with random convolutions make nearly constant outputs;
+    random statistics make the predictions vary from image to image, so comparisons of predictions mean something.
+    """
+    torch.manual_seed(seed)
+    model = torchvision.models.resnet18(num_classes=3)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_(0, 0.1)
+            m.running_var.uniform_(0.5, 2.0)
+            m.weight.data.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def parse_table(md: str, after: str | None = None) -> dict[str, dict[str, str]]:
+    """The first markdown table whose header starts with "| recipe |" (after the line ``after``, if given):
+    {recipe: {column: cell}}; every row must have the header's number of cells."""
+    lines = md[md.index(after):].splitlines() if after else md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
+    header = [c.strip() for c in lines[start].strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert len(cells) == len(header), line
+        rows[cells[0]] = dict(zip(header, cells))
+    return rows

@@ -47,6 +47,14 @@ def torchrun(extra: list[str], *args: str, timeout: int = 600) -> subprocess.Com
     return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=timeout)
 
 
+def two_processes(*args: str) -> subprocess.CompletedProcess:
+    """train.py under torchrun, 2 processes on this machine (loopback); it must succeed."""
+    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+                  "--master_port", str(free_port())], *args)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return r
+
+
 def python(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env(),
                           capture_output=True, text=True, timeout=600)
@@ -106,10 +114,7 @@ def assert_same_updates(a: dict, b: dict, init: dict, rel: float = REL) -> None:
 
 def test_two_processes_equal_one_process_with_twice_the_batch(single, ddata, tmp_path):
     out = tmp_path / "ddp"
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())],
-                 *COMMON, "--data", str(ddata), "--batch-size", "4", "--output", str(out))
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*COMMON, "--data", str(ddata), "--batch-size", "4", "--output", str(out))
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     run = state["config"]
     assert state["global_step"] == 6 and run["global_batch_size"] == 8 and run["world_size"] == 2
@@ -145,9 +150,7 @@ def test_progressive_resolution_two_processes_equal_one_process(ddata, tmp_path)
     one, two = tmp_path / "one", tmp_path / "two"
     r = python(*ramp, "--batch-size", "8", "--output", str(one))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())], *ramp, "--batch-size", "4", "--output", str(two))
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*ramp, "--batch-size", "4", "--output", str(two))
     for out in (one, two):
         state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
         assert state["global_step"] == 12
@@ -190,10 +193,7 @@ def test_sam_and_repeated_augmentation_two_processes_equal_one(single, ddata, tm
     one, two = tmp_path / "one", tmp_path / "two"
     r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
     assert r.returncode == 0, r.stderr
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())],
-                 *COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
     assert_same_updates(weights(one), weights(two), initial_weights())
     with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
         assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)
@@ -218,9 +218,7 @@ def test_swa_two_processes_and_one(ddata, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     r = python(*COMMON, *swa, "--batch-size", "8", "--output", str(one))
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())], *COMMON, *swa, "--batch-size", "4", "--output", str(two))
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*COMMON, *swa, "--batch-size", "4", "--output", str(two))
     a, b = (torch.load(out / "last.pt", map_location="cpu", weights_only=True) for out in (one, two))
     assert int(a["swa"]["n_averaged"]) == int(b["swa"]["n_averaged"]) == 2
     swa_of = lambda s: {k[len("module."):]: v for k, v in s["swa"].items() if k.startswith("module.")}  # noqa: E731
@@ -237,10 +235,7 @@ def test_swa_two_processes_and_one(ddata, tmp_path):
         shutil.copytree(base, out)
     r = python(*bn, "--batch-size", "8", "--output", str(tmp_path / "bn1"), "--resume", "auto")
     assert r.returncode == 0, r.stderr[-3000:]
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())], *bn, "--batch-size", "4", "--output", str(tmp_path / "bn2"),
-                 "--resume", "auto")
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*bn, "--batch-size", "4", "--output", str(tmp_path / "bn2"), "--resume", "auto")
     s1, s2 = (swa_of(torch.load(tmp_path / n / "last.pt", map_location="cpu", weights_only=True))
               for n in ("bn1", "bn2"))
     expected = ranks_statistics(ddata, s1, epoch=0)
@@ -299,10 +294,7 @@ def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata
     one, two = tmp_path / "one", tmp_path / "two"
     r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
     assert r.returncode == 0, r.stderr
-    r = torchrun(["--nnodes", "1", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-                  "--master_port", str(free_port())],
-                 *COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
-    assert r.returncode == 0, r.stderr[-3000:]
+    two_processes(*COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
     assert_same_updates(weights(one), weights(two), initial_weights())
     with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
         assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
-from conftest import REPO, make_imagefolder
+from conftest import REPO, make_imagefolder, random_resnet
 from PIL import Image
 from torchvision.transforms import v2
 
@@ -28,22 +28,6 @@ POLICY = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear",
           "mean": list(transforms.IMAGENET_MEAN), "std": list(transforms.IMAGENET_STD)}
 PYTHON = sys.executable  # the interpreter running the tests, whatever venv it lives in
 TORCHRUN_ARGS = [sys.executable, "-m", "torch.distributed.run"]
-
-
-def random_resnet(seed):
-    """A resnet18 for 3 classes with random weights and non-trivial BatchNorm statistics.
-
-    Fresh BatchNorm running stats (mean 0, var 1) with random convolutions make nearly constant outputs;
-    random statistics make the predictions vary from image to image, so the comparisons below mean something.
-    """
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model.eval()
 
 
 def make_checkpoint(path, classes=CLASSES, policy=POLICY, ema=True, model_seed=0):

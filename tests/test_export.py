@@ -16,7 +16,7 @@ import pytest
 import torch
 import torchvision
 
-from conftest import REPO
+from conftest import REPO, random_resnet
 from imnet.checkpoint import Progress, make_state
 
 CLASSES = ["cat", "dog", "fish"]
@@ -215,23 +215,12 @@ POLICY = {"resize_size": 40, "crop_size": 32, "interpolation": "bicubic", "mean"
           "std": [0.2, 0.25, 0.3], "decode": "full"}
 
 
-def varied_resnet(seed):
-    """A random 3-class resnet18 whose BatchNorm statistics make its predictions vary from image to image."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model.state_dict()
-
-
 @pytest.fixture(scope="module")
 def policy_ckpt(tmp_path_factory) -> Path:
     """A train.py checkpoint validated with a policy far from the defaults (40 -> 32, bicubic, own mean/std)."""
     row = {"epoch": 2, "val_top1": 40.0, "ema_val_top1": 30.0}
-    ckpt = make_state(model=varied_resnet(0), ema={"module": varied_resnet(1), "num_updates": 5}, optimizer={},
+    ckpt = make_state(model=random_resnet(0).state_dict(),
+                      ema={"module": random_resnet(1).state_dict(), "num_updates": 5}, optimizer={},
                       classes=["class_0", "class_1", "class_2"], progress=Progress(2, history=[row]),
                       config={"model": "resnet18", "train_crop_size": 32, "eval_policy": POLICY})
     path = tmp_path_factory.mktemp("policy") / "best.pt"
@@ -292,7 +281,7 @@ def test_a_sidecar_that_does_not_match_its_weights_is_refused(policy_ckpt, tiny_
     import eval as imnet_eval
     out = tmp_path / "model.pth"
     assert call_main([policy_ckpt, "-o", out]) == 0
-    torch.save(varied_resnet(7), out)  # other weights under the exported name
+    torch.save(random_resnet(7).state_dict(), out)  # other weights under the exported name
     capsys.readouterr()
     assert imnet_eval.main(["--weights-file", str(out), "--data", str(tiny_data), "--workers", "0"]) == 2
     err = capsys.readouterr().err

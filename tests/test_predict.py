@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
 
 import eval as imnet_eval
-from conftest import REPO
+from conftest import REPO, random_resnet
 from imnet import checkpoint, predict
 
 CLASSES = ["class_0", "class_1", "class_2"]
@@ -23,22 +22,10 @@ POLICY = {"resize_size": 40, "crop_size": 32, "interpolation": "bicubic", "mean"
           "std": [0.2, 0.25, 0.3]}
 
 
-def varied_resnet(seed):
-    """A random 3-class resnet18 whose BatchNorm statistics make its predictions vary from image to image."""
-    torch.manual_seed(seed)
-    model = torchvision.models.resnet18(num_classes=3)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.normal_(0, 0.1)
-            m.running_var.uniform_(0.5, 2.0)
-            m.weight.data.uniform_(0.5, 1.5)
-    return model.state_dict()
-
-
 @pytest.fixture(scope="module")
 def ckpt(tmp_path_factory) -> Path:
-    state = checkpoint.make_state(model=varied_resnet(0), ema={"module": varied_resnet(2), "num_updates": 3},
-                                  optimizer={}, progress=checkpoint.Progress(1), classes=CLASSES,
+    state = checkpoint.make_state(model=random_resnet(0).state_dict(),
+                                  ema={"module": random_resnet(2).state_dict(), "num_updates": 3}, optimizer={}, progress=checkpoint.Progress(1), classes=CLASSES,
                                   config={"model": "resnet18", "train_crop_size": 32, "eval_policy": POLICY})
     path = tmp_path_factory.mktemp("ckpt") / "best.pt"
     torch.save(state, path)

@@ -20,7 +20,7 @@ from imnet.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, 
                            reference_lr, torchvision_ema_decay)
 from imnet.transforms import resolve_eval_sizes
 
-from conftest import make_imagefolder
+from conftest import make_imagefolder, parse_table
 
 REPO = Path(__file__).resolve().parents[1]
 MD = (REPO / "recipes.md").read_text()
@@ -31,20 +31,6 @@ PRETRAINED = "/path/to/pretrained.pt"  # a train.py checkpoint to fine-tune from
 
 
 # ------------------------------------------------------------------------------------------ parsing recipes.md
-
-def parse_table(md: str) -> dict[str, dict[str, str]]:
-    lines = md.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
-    header = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        assert len(cells) == len(header), line
-        rows[cells[0]] = dict(zip(header, cells))
-    return rows
-
 
 def parse_commands(md: str) -> list[list[str]]:
     """Every `torchrun ...` / `python train.py ...` line inside a ```sh block, as argv lists."""

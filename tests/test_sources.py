@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from conftest import parse_table
 from imnet import config, dist, models
 from imnet.optim import no_decay_names, param_groups
 from imnet.recipes import META, RECIPES
@@ -18,20 +19,7 @@ from test_optim import timm_exempt, torchvision_exempt
 MD = (Path(__file__).resolve().parents[1] / "recipes.md").read_text()
 
 
-def table(md: str, heading: str) -> dict[str, dict[str, str]]:
-    lines = md[md.index(heading):].splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("| recipe |"))
-    header = [c.strip() for c in lines[start].strip("|").split("|")]
-    rows = {}
-    for line in lines[start + 2:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(header, cells))
-    return rows
-
-
-ROWS = table(MD, "## Against the sources")
+ROWS = parse_table(MD, after="## Against the sources")
 
 
 def resolved(name: str) -> config.Config:
