@@ -77,3 +77,23 @@ def parse_table(md: str, after: str | None = None) -> dict[str, dict[str, str]]:
         assert len(cells) == len(header), line
         rows[cells[0]] = dict(zip(header, cells))
     return rows
+
+
+def assert_same_state(a: dict, b: dict) -> None:
+    """Two train.py checkpoints hold bitwise the same weights, EMA (weights and update count, or none in
+    both), optimizer state and step."""
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), f"model.{k} differs"
+    assert (a["state_dict_ema"] is None) == (b["state_dict_ema"] is None)
+    if a["state_dict_ema"] is not None:
+        assert a["state_dict_ema"].keys() == b["state_dict_ema"].keys()
+        for k in a["state_dict_ema"]:
+            assert torch.equal(a["state_dict_ema"][k], b["state_dict_ema"][k]), f"ema.{k} differs"
+        assert int(a["model_ema"]["n_averaged"]) == int(b["model_ema"]["n_averaged"])
+    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
+    assert sa.keys() == sb.keys()
+    for i in sa:
+        for k in sa[i]:
+            assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"optimizer state {i}.{k} differs"
+    assert a["global_step"] == b["global_step"]

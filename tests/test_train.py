@@ -17,7 +17,7 @@ import torchvision
 from torchvision.models import VisionTransformer
 
 import train
-from conftest import REPO, make_imagefolder
+from conftest import REPO, assert_same_state, make_imagefolder
 
 # Everything the exact-resume claim covers: MixUp/CutMix, label smoothing, EMA, RandomErasing, stochastic
 # depth, RandomResizedCrop + flip in data-loading workers.
@@ -47,22 +47,6 @@ def reference(data, tmp_path_factory) -> Path:
 
 def load(path: Path) -> dict:
     return torch.load(path, map_location="cpu", weights_only=True)
-
-
-def assert_same_state(a: dict, b: dict) -> None:
-    """Bitwise equality of weights, EMA weights and optimizer state."""
-    for key in ("model",):
-        assert a[key].keys() == b[key].keys()
-        for k in a[key]:
-            assert torch.equal(a[key][k], b[key][k]), f"{key}.{k} differs"
-    for k in a["state_dict_ema"]:
-        assert torch.equal(a["state_dict_ema"][k], b["state_dict_ema"][k]), f"ema.{k} differs"
-    sa, sb = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert sa.keys() == sb.keys()
-    for i in sa:
-        for k in sa[i]:
-            assert torch.equal(torch.as_tensor(sa[i][k]), torch.as_tensor(sb[i][k])), f"optimizer state {i}.{k} differs"
-    assert a["global_step"] == b["global_step"]
 
 
 def read_summary(out: Path) -> list[dict]:
