@@ -192,3 +192,14 @@ def test_train_and_val_interpolation_flags(tmp_path):
     config.write_config_file(cfg, path)
     again = resolved("--config", str(path))
     assert (again.eval_policy.interpolation, again.train_interpolation) == ("bilinear", "bilinear")
+
+
+def test_the_demo_on_two_processes_doubles_the_global_batch_unless_the_batch_is_halved():
+    """README: `torchrun --nproc_per_node=2 train.py` runs the demo at a global batch of 64 (the LR scaled with
+    it, half the steps per epoch); `--recipe demo --batch-size 16` keeps the 1-process global batch and LR."""
+    one = resolved("--recipe", "demo").with_data(2000, 400, 10)
+    two = resolved("--recipe", "demo", world_size=2).with_data(2000, 400, 10)
+    halved = resolved("--recipe", "demo", "--batch-size", "16", world_size=2).with_data(2000, 400, 10)
+    assert (one.global_batch_size, two.global_batch_size, halved.global_batch_size) == (32, 64, 32)
+    assert (one.steps_per_epoch, two.steps_per_epoch, halved.steps_per_epoch) == (62, 31, 62)
+    assert two.peak_lr == 2 * one.peak_lr and halved.peak_lr == one.peak_lr
