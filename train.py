@@ -36,7 +36,7 @@ from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 import imnet  # noqa: E402
 from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
-from imnet.atomic import NoSpace  # noqa: E402
+from imnet.atomic import NoSpace, link_file  # noqa: E402
 from imnet.config import Config, ConfigError  # noqa: E402
 from imnet.data import to_device  # noqa: E402
 from imnet.distill import distillation_loss  # noqa: E402
@@ -194,12 +194,15 @@ class Run:
     last_save: float = 0.0
 
 
-def save(r: Run, name: str) -> None:
-    """Write OUTPUT/name; every rank takes part (the metric sums and the RNG states are gathered). A full disk
-    stops the run (exit 2) with what was lost and how to continue."""
+def save(r: Run, name: str, like: str | None = None) -> None:
+    """Write OUTPUT/name (every rank takes part: metric sums and RNG states are gathered), or make it a hard link
+    of OUTPUT/like, just written from the same state. A full disk stops the run (exit 2) with how to continue."""
     signals.test_hook("save")
     try:
-        checkpoint.save(r.output / name, r.cfg, r.classes, r.parts, r.progress, r.meter, r.bad_counter, r.info)
+        if like is None:
+            checkpoint.save(r.output / name, r.cfg, r.classes, r.parts, r.progress, r.meter, r.bad_counter, r.info)
+        elif r.info.is_main:
+            link_file(r.output / like, r.output / name)
     except NoSpace as e:
         last = r.output / "last.pt"
         if last.exists():
@@ -312,10 +315,11 @@ def finish_epoch(r: Run, row: dict) -> None:
             row.update(evaluate_epoch(r, progress.epoch - 1))
         progress.pending_eval = False
         row["epoch_time"] = row.get("epoch_time", 0.0) + time.time() - t0
-        if row["val_top1"] > progress.best_top1:
+        improved = row["val_top1"] > progress.best_top1
+        if improved:
             progress.best_top1 = row["val_top1"]
             save(r, "best.pt")
-        save(r, "last.pt")
+        save(r, "last.pt", like="best.pt" if improved else None)  # the same bytes: a link, not a second copy
     r.log.event("epoch", echo=epoch_line(row), **row)
     r.log.write_summary(progress.history)
 

@@ -9,6 +9,10 @@ A full disk (or quota) makes the write fail with `NoSpace`, one paragraph (a Usa
 which file, how much had been written when the disk filled, how large it was to be (``size``, when the writer
 knows it, else the size of the file it replaces), the space left, and that the file it was to replace is intact.
 
+`link_file(src, dst)` makes ``dst`` a second name of the file ``src`` (a hard link, renamed over ``dst``): best.pt
+and last.pt of an epoch that improved the best are one file on the disk, not two copies of every tensor. Every
+write is a rename of a new file, so rewriting either name later leaves the other as it was.
+
 Standard library only. Used for every file imnet writes into a run folder or an export: checkpoints,
 config.json, summary.csv, curves.svg, exported weights and their side files.
 """
@@ -62,6 +66,7 @@ def write_atomic(path: str | os.PathLike, write, size: int | None = None) -> Non
     a full disk raises `NoSpace` (``size``: the bytes the file will have, for its message, when known)."""
     path = Path(path)
     tmp = temporary_name(path)
+    tmp.unlink(missing_ok=True)  # a stale one may be a hard link (`link_file`): opening it would truncate its twin
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -77,8 +82,14 @@ def write_atomic(path: str | os.PathLike, write, size: int | None = None) -> Non
     finally:
         if tmp.exists():
             tmp.unlink()
-    if hasattr(os, "O_DIRECTORY"):  # folders cannot be opened (or fsync'ed) on Windows
-        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+    fsync_folder(path.parent)
+
+
+def fsync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a power cut (a no-op on Windows, where folders cannot be
+    opened)."""
+    if hasattr(os, "O_DIRECTORY"):
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
         try:
             os.fsync(fd)
         finally:
@@ -137,3 +148,22 @@ def copy_file(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 << 
             for block in iter(lambda: s.read(chunk), b""):
                 f.write(block)
     write_atomic(dst, write)
+
+
+def link_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
+    """Make ``dst`` the same file as ``src``, atomically: a hard link beside ``dst``, renamed over it. No byte is
+    copied and no space is taken; a later `write_atomic` of either name gives that name a new file and leaves the
+    other untouched. Where the file system has no hard links (some network and FUSE mounts), `copy_file`."""
+    src, dst = Path(src), Path(dst)
+    tmp = temporary_name(dst)
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(src, tmp)
+    except OSError:
+        copy_file(src, dst)
+        return
+    try:
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_folder(dst.parent)

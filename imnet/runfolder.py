@@ -14,7 +14,7 @@ import socket
 import tempfile
 from pathlib import Path
 
-from imnet.atomic import copy_file
+from imnet.atomic import link_file
 from imnet.checkpoint import CheckpointError, identity, load
 
 
@@ -192,7 +192,7 @@ def repair_best(output: Path, progress, log) -> None:
         aside = set_aside(best_path)
         rebuilt = not progress.pending_eval and progress.best_top1 >= 0 and own_epoch_is_best(progress)
         if rebuilt:
-            copy_file(last_path, best_path)
+            link_file(last_path, best_path)
         then = ("best.pt now holds last.pt's epoch, the run's best" if rebuilt else
                 "the evaluation still due writes best.pt if it improves on the run's best" if progress.pending_eval
                 else "the next epoch that improves on the run's best writes best.pt again")
@@ -203,7 +203,7 @@ def repair_best(output: Path, progress, log) -> None:
     if progress.pending_eval or progress.best_top1 < 0 or best >= progress.best_top1:
         return
     if own_epoch_is_best(progress):
-        copy_file(last_path, best_path)
+        link_file(last_path, best_path)
         log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
                   f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
                   new=progress.best_top1)

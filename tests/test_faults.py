@@ -43,15 +43,24 @@ class Killed(BaseException):
 
 
 def counting_writes(monkeypatch, kill_after: int | None = None) -> list[str]:
-    """Record every checkpoint write by name; with kill_after=k, 'kill' the run right after the k-th write."""
-    real, names = ckpt_io.save_atomic, []
+    """Record every checkpoint write by name, a hard link (last.pt made a second name of best.pt) included; with
+    kill_after=k, 'kill' the run right after the k-th write."""
+    real_save, real_link, names = ckpt_io.save_atomic, train.link_file, []
 
-    def save_atomic(obj, path):
-        real(obj, path)
+    def wrote(path):
         names.append(Path(path).name)
         if len(names) == kill_after:
             raise Killed
+
+    def save_atomic(obj, path):
+        real_save(obj, path)
+        wrote(path)
+
+    def link_file(src, dst):
+        real_link(src, dst)
+        wrote(dst)
     monkeypatch.setattr(ckpt_io, "save_atomic", save_atomic)
+    monkeypatch.setattr(train, "link_file", link_file)
     return names
 
 
@@ -78,6 +87,23 @@ def test_epoch_is_saved_before_evaluation_and_best_before_last(reference):
     # Per epoch: last.pt (training done, evaluation pending), best.pt when the top-1 improved, last.pt.
     assert writes[:3] == ["last.pt", "best.pt", "last.pt"] and writes[-1] == "last.pt"
     assert writes.count("last.pt") == 4
+
+
+def test_last_is_a_hard_link_of_best_when_its_epoch_is_the_best(reference, data, tmp_path):
+    """An epoch that improves the best leaves best.pt and last.pt as one file (one copy on the disk); the next
+    last.pt is a new file, and best.pt keeps the best epoch's bytes. Epoch 1 of a 3-epoch run, LR 0, improves
+    on 'no evaluation yet'; epochs 2 and 3 (the same weights, the same top-1) do not."""
+    ref_out, _ = reference
+    linked = os.path.samefile(ref_out / "best.pt", ref_out / "last.pt")
+    assert linked == (load(ref_out / "best.pt")["epoch"] == load(ref_out / "last.pt")["epoch"])
+    flat = BASE + ["--data", str(data), "--lr", "0", "--warmup-epochs", "0"]
+    one, three = tmp_path / "one", tmp_path / "three"
+    assert train.main(flat + ["--output", str(one), "--epochs", "1"]) == 0
+    assert os.path.samefile(one / "best.pt", one / "last.pt") and (one / "best.pt").stat().st_nlink == 2
+    assert train.main(flat + ["--output", str(three), "--epochs", "3"]) == 0
+    assert not os.path.samefile(three / "best.pt", three / "last.pt") and (three / "best.pt").stat().st_nlink == 1
+    best, last = load(three / "best.pt"), load(three / "last.pt")
+    assert (best["epoch"], last["epoch"]) == (1, 3) and same_weights(best, last)
 
 
 def test_best_is_consistent_with_last_after_a_kill_between_any_two_writes(reference, data, tmp_path, monkeypatch):
@@ -117,7 +143,7 @@ def test_a_stale_best_from_an_older_run_is_repaired_on_resume(reference, data, t
     stale["checksum"] = ckpt_io.content_digest(stale)
     torch.save(stale, out / "best.pt")
     assert train.main(BASE + ["--data", str(data), "--output", str(out), "--resume", "auto"]) == 0
-    assert (out / "best.pt").read_bytes() == (out / "last.pt").read_bytes()
+    assert os.path.samefile(out / "best.pt", out / "last.pt")
     assert load(out / "best.pt")["best_top1"] == newest
     assert "best_repaired" in [json.loads(line)["event"] for line in open(out / "log.jsonl")]
 
@@ -557,10 +583,12 @@ def tmpfs_available() -> bool:
 @pytest.mark.skipif(not tmpfs_available(), reason="no mount namespace with tmpfs here (the simulated ENOSPC "
                     "test below covers the writer)")
 def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_checkpoint(light_run, light_data, tmp_path):
-    """A real full disk: the run folder on a tmpfs of 2.5 checkpoints. Epoch 1's last.pt and best.pt fit; the
-    rewrite of last.pt after the evaluation does not. One paragraph, exit 2: which file, how much was written
-    and needed, that the previous last.pt is intact, where --resume auto continues. No temporary file is left,
-    last.pt loads (checksum verified) and the resumed run (with room) ends bitwise equal to the uninterrupted."""
+    """A real full disk: the run folder on a tmpfs of 2.5 checkpoints. Epoch 1 fits (its best.pt and last.pt are
+    one file), and so does epoch 2's last.pt (evaluation pending) beside it; epoch 2 does not improve the best,
+    so last.pt is written again after its evaluation, and that third copy does not fit. One paragraph, exit 2:
+    which file, how much was written and needed, that the previous last.pt is intact, where --resume auto
+    continues. No temporary file is left, last.pt loads (checksum verified) and the resumed run (with room)
+    ends bitwise equal to the uninterrupted."""
     out, kept = tmp_path / "run", tmp_path / "kept"
     out.mkdir()
     kept.mkdir()
@@ -574,11 +602,11 @@ def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_checkpoi
     err = one_paragraph(res.stderr)
     assert f"Cannot write {out / 'last.pt'}: the disk is full" in err
     assert "MB of it were written; it needs about 12." in err and "The previous last.pt is intact" in err
-    assert f"--resume auto --output {out} then continues from last.pt (epoch 2, step 0)" in err
+    assert f"--resume auto --output {out} then continues from last.pt (epoch 3, step 0)" in err
     assert not list(kept.glob(".*.tmp-*"))
     state = ckpt_io.read_state(kept / "last.pt")
-    assert (state["epoch"], state["global_step"], state["pending_eval"]) == (1, 3, True)
-    ckpt_io.read_state(kept / "best.pt")
+    assert (state["epoch"], state["global_step"], state["pending_eval"]) == (2, 6, True)
+    assert ckpt_io.read_state(kept / "best.pt")["epoch"] == 1
     assert train.main(LIGHT + ["--data", str(light_data), "--output", str(kept), "--resume", "auto"]) == 0
     assert same_weights(load(kept / "last.pt"), load(light_run / "last.pt"))
 
