@@ -9,5 +9,5 @@ setup(
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "pillow>=9.1"],
     # The test extra also installs what the tests compare against or read back: timm (its LARS, LAMB and
     # binary cross-entropy, an independent implementation of imnet's) and tensorboard (--tensorboard's events).
-    extras_require={"test": ["pytest", "tensorboard>=2.10", "timm>=1.0.31,<1.1"], "tensorboard": ["tensorboard>=2.10"]},
+    extras_require={"test": ["pytest>=7.3", "tensorboard>=2.10", "timm>=1.0.31,<1.1"], "tensorboard": ["tensorboard>=2.10"]},
 )
