@@ -112,6 +112,18 @@ def assert_same_updates(a: dict, b: dict, init: dict, rel: float = REL) -> None:
     assert moved > 100, "the weights actually moved: equality is not the trivial kind"
 
 
+def assert_two_equal_one_with(extra: list[str], single: Path, ddata: Path, tmp_path: Path) -> None:
+    """COMMON + ``extra`` on 1 process x 8 and on 2 processes x 4: the same updates. And the flags change the run:
+    ``single`` is the 1-process run without them, and its updates differ by more than 10%."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
+    assert r.returncode == 0, r.stderr
+    two_processes(*COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
+    assert_same_updates(weights(one), weights(two), initial_weights())
+    with pytest.raises(AssertionError, match="the updates differ"):
+        assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)
+
+
 def test_two_processes_equal_one_process_with_twice_the_batch(single, ddata, tmp_path):
     out = tmp_path / "ddp"
     two_processes(*COMMON, "--data", str(ddata), "--batch-size", "4", "--output", str(out))
@@ -189,14 +201,7 @@ def test_sync_bn_on_cpu_is_refused_up_front(ddata, tmp_path):
 def test_sam_and_repeated_augmentation_two_processes_equal_one(single, ddata, tmp_path):
     """--sam under DDP ascends along the all-reduced gradient of the global batch, and --ra-reps spreads the
     copies of an image over the ranks: 2 processes x 4 still equal 1 process x 8."""
-    extra = ["--sam", "0.05", "--ra-reps", "2"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
-    assert r.returncode == 0, r.stderr
-    two_processes(*COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
-    assert_same_updates(weights(one), weights(two), initial_weights())
-    with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
-        assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)
+    assert_two_equal_one_with(["--sam", "0.05", "--ra-reps", "2"], single, ddata, tmp_path)
 
 
 def test_swa_two_processes_and_one(ddata, tmp_path):
@@ -289,15 +294,8 @@ def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata
                           config={"model": "resnet18", "train_crop_size": 32,
                                   "eval_policy": EvalPolicy(36, 32).to_dict()}), teacher)
     # LARS steps each tensor by lr x 0.001 x its norm: its LRs are large (MLPerf's are tens)
-    extra = ["--teacher", str(teacher), "--distill", "soft", "--distill-tau", "2", "--opt", "lars", "--lr", "10",
-             "--layer-decay", "0.8"]
-    one, two = tmp_path / "one", tmp_path / "two"
-    r = python(*COMMON, *extra, "--data", str(ddata), "--batch-size", "8", "--output", str(one))
-    assert r.returncode == 0, r.stderr
-    two_processes(*COMMON, *extra, "--data", str(ddata), "--batch-size", "4", "--output", str(two))
-    assert_same_updates(weights(one), weights(two), initial_weights())
-    with pytest.raises(AssertionError, match="the updates differ"):  # and the flags change the run (`single`
-        assert_same_updates(weights(single), weights(one), initial_weights(), rel=0.1)  # is the same without them)
+    assert_two_equal_one_with(["--teacher", str(teacher), "--distill", "soft", "--distill-tau", "2", "--opt", "lars",
+                               "--lr", "10", "--layer-decay", "0.8"], single, ddata, tmp_path)
 
 
 MAIN_RANK_FIRST = r"""
