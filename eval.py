@@ -10,7 +10,7 @@
 What it guarantees, and why each piece is there:
 
 - **The numbers are exact.** Every validation image is evaluated exactly once, however many processes run
-  (``imnet.data.EvalSampler`` shards without padding, unlike ``DistributedSampler``, which repeats images to
+  (``imnet.run.data.EvalSampler`` shards without padding, unlike ``DistributedSampler``, which repeats images to
   even out the shards), and accuracies are ratios of counts summed over all ranks, not means of per-rank
   means. The count is printed so it can be checked against the size of the set (50,000 for ImageNet-1k).
 - **The policy is the training run's.** A checkpoint carries the model name, the class names in index
@@ -35,7 +35,7 @@ What it guarantees, and why each piece is there:
   there (4x less to copy than float32); ``torch.inference_mode``; optional autocast, channels_last and
   torch.compile.
 
-Test-time augmentation (``--tta flip|10crop``) averages the softmax probabilities of the views (`imnet.tta`
+Test-time augmentation (``--tta flip|10crop``) averages the softmax probabilities of the views (`imnet.run.tta`
 says why). ``--batch-size`` counts images, so 10crop runs 10 times as many forward passes per batch.
 
 Bad input (missing or corrupt checkpoint, classes that differ, a flat folder of images given as
@@ -52,14 +52,15 @@ import time
 import torch
 import torchvision
 
-from imnet import benchmark, checkpoint, config, data, dist, evaluation, export, folders, models
-from imnet.atomic import check_writable
-from imnet.config import AMP_DTYPES, EvalPolicy
-from imnet.errors import UsageError, message_of
-from imnet.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
+from imnet.run import benchmark, checkpoint, config, data, dist, evaluation, folders, models
+from imnet.tools import export
+from imnet.run.atomic import check_writable
+from imnet.run.config import AMP_DTYPES, EvalPolicy
+from imnet.run.errors import UsageError, message_of
+from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
                           add_eval_policy_flags)
-from imnet.log import val_key
-from imnet.tta import TTA_VIEWS, view_transform
+from imnet.run.log import val_key
+from imnet.run.tta import TTA_VIEWS, view_transform
 
 
 class EvalError(UsageError):
@@ -68,9 +69,9 @@ class EvalError(UsageError):
 
 # --------------------------------------------------------------------------------------------- flags
 def build_parser():
-    """eval.py's flags; the evaluation policy's are train.py's (imnet.flags.add_eval_policy_flags), with eval.py's
+    """eval.py's flags; the evaluation policy's are train.py's (imnet.run.flags.add_eval_policy_flags), with eval.py's
     older spellings (--crop-size, --resize-size, --interpolation, --decode) kept as aliases, and the spellings of
-    torchvision's and timm's evaluation (imnet.flags.EVAL_ALIASES: --data-path, --data-dir, --model-ema)."""
+    torchvision's and timm's evaluation (imnet.run.flags.EVAL_ALIASES: --data-path, --data-dir, --model-ema)."""
     parser = Parser(prog="eval.py", aliases=EVAL_ALIASES,
                     description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
                                 "distributed under torchrun), or benchmark inference with --bench.")
@@ -134,7 +135,7 @@ def check_flags(args):
         raise EvalError(f"{' and '.join(given)} all give weights; use one of them.")
     if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
         raise EvalError(f"--weights-file needs --model NAME: a plain state_dict does not say which network it is "
-                        f"(an export of python -m imnet.export does, in its sidecar "
+                        f"(an export of python -m imnet.tools.export does, in its sidecar "
                         f"{export.sidecar_path(args.weights_file)}).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
@@ -216,7 +217,7 @@ def load_source(args):
 
 
 def model_of(weights) -> str:
-    """The torchvision model name whose weights enum ``weights`` belongs to (`imnet.models.weights_model`)."""
+    """The torchvision model name whose weights enum ``weights`` belongs to (`imnet.run.models.weights_model`)."""
     name = models.weights_model(weights)
     if name is None:
         raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
@@ -224,7 +225,7 @@ def model_of(weights) -> str:
 
 
 def build_model(name, state, num_classes, image_size):
-    """The model with the weights loaded strictly (every key, every shape: `imnet.models.load_init`), except that
+    """The model with the weights loaded strictly (every key, every shape: `imnet.run.models.load_init`), except that
     a ViT's position embedding trained at another size is interpolated to ``image_size`` (with a note)."""
     try:
         model = models.build_model(name, num_classes, image_size=image_size or 224)
@@ -264,7 +265,7 @@ def check_classes(data_classes, model_classes, val_dir, source):
 
 # --------------------------------------------------------------------------------------------- policy
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    """The checkpoint's policy overridden by the flags given (precedence: `imnet.config.resolve_eval_policy`)."""
+    """The checkpoint's policy overridden by the flags given (precedence: `imnet.run.config.resolve_eval_policy`)."""
     given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
     return config.resolve_eval_policy(given, stored)
 
@@ -288,7 +289,7 @@ def default_policy_warning(args, p: EvalPolicy) -> str | None:
         parts.append("ImageNet's mean and std")
     if not parts:
         return None
-    return (f"{args.weights_file} has no sidecar from python -m imnet.export "
+    return (f"{args.weights_file} has no sidecar from python -m imnet.tools.export "
             f"({export.sidecar_path(args.weights_file)}), so these parts of the evaluation policy are defaults, not "
             f"the weights' own: {', '.join(parts)}. A model trained with another policy scores lower under them, "
             f"with no other sign. Give the policy it was trained with (--val-resize-size, --val-crop-size, "
@@ -483,7 +484,7 @@ def main(argv=None):
         args = build_parser().parse_args(argv)
         check_flags(args)
         info = dist.init(args.device)
-        if args.amp == "auto":  # a bare --amp: what it means on this device (imnet.dist.auto_amp)
+        if args.amp == "auto":  # a bare --amp: what it means on this device (imnet.run.dist.auto_amp)
             args.amp = dist.auto_amp(info.device)
         try:
             return run(args, info)

@@ -4,7 +4,7 @@ setup(
     name="imnet",
     version="0.1.0",
     description="A small, readable, fast and provably correct ImageNet training and evaluation reference.",
-    packages=["imnet"],
+    packages=["imnet", "imnet.run", "imnet.tools"],
     python_requires=">=3.10",
     install_requires=["torch>=2.4", "torchvision>=0.19", "numpy", "pillow>=9.1"],
     # The test extra also installs what the tests compare against or read back: timm (its LARS, LAMB and

@@ -9,7 +9,7 @@ Read `run` first: it is the table of contents (settings -> data -> model and opt
 epochs -> summary). One optimizer step is `train_step`; `train_one_epoch` is the loop around it with what a real
 run needs besides (logging, timed checkpoints, preemption, the bad-image budget); `finish_epoch` evaluates and
 writes best.pt and last.pt. What is not the recipe lives in the module that owns its subject (docs/design.md).
-``python train.py --help`` is the manual (imnet/flags.py).
+``python train.py --help`` is the manual (imnet/run/flags.py).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from imnet import flags, signals
+from imnet.run import flags, signals
 
 if __name__ == "__main__":
     # A scheduler's SIGTERM can come while torch is still importing: until main() takes over it is only
@@ -35,16 +35,16 @@ from torch import nn  # noqa: E402
 from torch.optim.swa_utils import AveragedModel  # noqa: E402
 
 import imnet  # noqa: E402
-from imnet import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
-from imnet.atomic import NoSpace, link_file  # noqa: E402
-from imnet.config import Config, ConfigError  # noqa: E402
-from imnet.data import to_device  # noqa: E402
+from imnet.run import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
+from imnet.run.atomic import NoSpace, link_file  # noqa: E402
+from imnet.run.config import Config, ConfigError  # noqa: E402
+from imnet.run.data import to_device  # noqa: E402
 from imnet.distill import distillation_loss  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
-from imnet.errors import UsageError, message_of  # noqa: E402
-from imnet.evaluation import autocast, evaluate  # noqa: E402
+from imnet.run.errors import UsageError, message_of  # noqa: E402
+from imnet.run.evaluation import autocast, evaluate  # noqa: E402
 from imnet.lars import LAMB, LARS  # noqa: E402
-from imnet.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
+from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
                        summary, train_row, val_row)
 from imnet.losses import binary_cross_entropy, cross_entropy  # noqa: E402
 from imnet.metrics import Meter, NonFiniteGuard, NonFiniteLoss  # noqa: E402
@@ -52,9 +52,9 @@ from imnet.mixing import Mixer  # noqa: E402
 from imnet.optim import build_optimizer, layer_decay_groups, param_groups  # noqa: E402
 from imnet.sam import SAM, keep_buffers  # noqa: E402
 from imnet.schedule import progressive_size, set_lr  # noqa: E402
-from imnet.signals import PreemptionSignals  # noqa: E402
+from imnet.run.signals import PreemptionSignals  # noqa: E402
 from imnet.swa import recompute_batchnorm  # noqa: E402
-from imnet.teacher import build_teacher  # noqa: E402
+from imnet.run.teacher import build_teacher  # noqa: E402
 from imnet.transforms import random_erase, train_transform  # noqa: E402
 
 parse_args, build_parser = flags.parse_args, flags.build_parser
@@ -346,7 +346,7 @@ def evaluate_epoch(r: Run, epoch: int) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     """-> the exit code: 0 done (or stopped by a scheduler's signal, last.pt written), 1 the loss became NaN, 2 bad
-    input or no room on the disk (one paragraph), 130 stopped by Ctrl-C (imnet.signals.INTERRUPTED)."""
+    input or no room on the disk (one paragraph), 130 stopped by Ctrl-C (imnet.run.signals.INTERRUPTED)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # A scheduler's SIGTERM or a Ctrl-C during startup (imports, data scan, model build) only sets a flag, and
     # the run stops cleanly at the first point where it can (before training, or after a step).
@@ -357,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         dist.eprint0(f"error: {message_of(e)}")
         return 2
-    except KeyboardInterrupt:  # the second Ctrl-C (imnet.signals.PreemptionSignals)
+    except KeyboardInterrupt:  # the second Ctrl-C (imnet.run.signals.PreemptionSignals)
         dist.eprint0("stopped at once by a second Ctrl-C. The checkpoints in the run folder are those written "
                      "before it (a save it cut short left the previous file); --resume auto continues from last.pt.")
         return signals.INTERRUPTED
@@ -452,7 +452,7 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
 
 
 def stopped(r: Run, where: str, saved: str) -> int:
-    """The run stops on a signal (a scheduler's, or Ctrl-C) -> its exit code (imnet.signals: 0, or 130 after
+    """The run stops on a signal (a scheduler's, or Ctrl-C) -> its exit code (imnet.run.signals: 0, or 130 after
     Ctrl-C). The log says where, what was saved and how to continue."""
     progress = r.progress
     how = "--stop-at-step" if not r.signals.received and progress.global_step == r.cfg.stop_at_step else \
@@ -496,7 +496,7 @@ def resolve_config(below: dict, given: dict, info) -> Config:
             dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32). bf16 autocast runs on CPUs "
                         f"without native bf16 support many times slower than fp32; ask --amp bf16 to force it.")
     if flags_now["data"] is None and flags_now["recipe"] == "demo" and not flags_now["fake_data"]:
-        from imnet.demo import ensure_dataset
+        from imnet.tools.demo import ensure_dataset
         given["data"] = str(ensure_dataset())
     if given.get("data", flags_now["data"]) is None and not flags_now["fake_data"]:
         raise ConfigError("No data: pass --data ROOT, where ROOT holds train/<class>/*.JPEG and val/<class>/*.JPEG "
@@ -565,7 +565,7 @@ def build_model(cfg: Config, num_classes: int, info) -> nn.Module:
 
 
 def init_weights(cfg: Config, model: nn.Module, classes: list, info) -> dict:
-    """--init-from / --weights: copy the initial weights into the fresh model (`imnet.models.load_init`:
+    """--init-from / --weights: copy the initial weights into the fresh model (`imnet.run.models.load_init`:
     strict keys and shapes, except the classifier head and a ViT position embedding). -> what the log says.
     Under torchrun, rank 0 downloads --weights into torchvision's cache first; the others then read that file."""
     with dist.main_rank_first(info, needed=cfg.weights is not None):

@@ -10,7 +10,7 @@ per-round ratios (paired, so drift between rounds cancels).
                         [--steps 4] [--device cpu]
 
 Prints img/s of each and ``bf16_speedup`` = bf16 img/s / fp32 img/s per size; the last line is a JSON object.
-It is the measurement behind the CPU default (`imnet.dist.auto_amp`): a speed-up below 1 on a CPU says fp32
+It is the measurement behind the CPU default (`imnet.run.dist.auto_amp`): a speed-up below 1 on a CPU says fp32
 is the faster choice there, above 1 that bf16 autocast pays (CPUs with native bf16: AVX512-BF16, AMX).
 """
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from step import Imnet, make_batches, sync  # noqa: E402  (bench/step.py: train.py's loop around train_step)
 
-from imnet import models  # noqa: E402
+from imnet.run import models  # noqa: E402
 
 
 def measure(args, size: int, device: torch.device) -> dict:

@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import step  # noqa: E402  (bench/step.py: the batches, the timing helper and train.py's loop)
-from imnet import models  # noqa: E402
+from imnet.run import models  # noqa: E402
 
 
 def main(argv=None) -> int:

@@ -90,7 +90,7 @@ def section_flops():
     """FLOPs of one training step per image: forward + loss + backward, counted by FlopCounterMode
     (matmuls and convolutions, 2 FLOPs per multiply-add; what the tensor cores do)."""
     from torch.utils.flop_counter import FlopCounterMode
-    from imnet.models import build_model
+    from imnet.run.models import build_model
     dev = device()
     model = build_model(MODEL, 1000, image_size=SIZE).to(dev).train()
     n = 2
@@ -149,7 +149,7 @@ def step_config(full, size, batch, amp):
     """The Config train.py resolves for a --fake-data run of resnet18 (full: the resnet50 recipe's
     regularization), for driving train.train_step directly."""
     import train
-    from imnet import config
+    from imnet.run import config
     below = vars(train.build_parser().parse_args([]))
     given = dict(model="resnet18", fake_data=True, num_classes=1000, train_crop_size=size, batch_size=batch,
                  channels_last=True, amp=amp, lr=0.01, epochs=100, output=tempfile.gettempdir(), quiet=True)
@@ -168,7 +168,7 @@ def section_syncs():
     from imnet.ema import ModelEma
     from imnet.metrics import Meter
     from imnet.mixing import Mixer
-    from imnet.models import build_model
+    from imnet.run.models import build_model
     from imnet.optim import build_optimizer, param_groups
     dev = device()
     model = build_model("resnet18", 1000).to(dev).to(memory_format=torch.channels_last)
@@ -315,7 +315,7 @@ def section_data():
     flip, ToTensor, Normalize, default collate) with the same workers, for scale."""
     import torchvision
     import torchvision.transforms as T
-    from imnet import data, folders
+    from imnet.run import data, folders
     from imnet.transforms import train_transform
     if not os.path.isdir(DATA):
         raise FileNotFoundError(f"no JPEG sample at {DATA} (set IMNET_GPU_CHECK_DATA)")

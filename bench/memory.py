@@ -5,7 +5,7 @@ ImageNet's train split is 1,281,167 files in 1000 class folders. Three measureme
 * **index**: a synthetic listing shaped like ImageNet's (1000 classes ``n0xxxxxxx``, ~1281 files each named
   ``<wnid>_<number>.JPEG``, in arbitrary order as a directory listing gives them) goes through the code path
   ImageFolder uses after its scandir calls, ``SampleIndex.from_listings`` (sorting included). Side by side
-  in the same process: the list of (path, label) tuples imnet.data kept before (torchvision's ``samples``).
+  in the same process: the list of (path, label) tuples imnet.run.data kept before (torchvision's ``samples``).
 * **workers**: a torch DataLoader with ``--workers`` forked workers reads every sample's path and label once,
   in a random order (as training does), over each representation in turn. Each worker reads its private
   memory (Private_Clean + Private_Dirty of /proc/self/smaps_rollup) when it starts and after each batch;
@@ -34,8 +34,8 @@ import torch
 from torchvision.datasets.folder import make_dataset
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from imnet import folders  # noqa: E402
-from imnet.data import ImageFolder, SampleIndex  # noqa: E402
+from imnet.run import folders  # noqa: E402
+from imnet.run.data import ImageFolder, SampleIndex  # noqa: E402
 
 ROOT = "/data/imagenet/train"  # the synthetic paths are never opened
 IMAGENET_TRAIN = 1281167

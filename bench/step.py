@@ -42,10 +42,10 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train  # noqa: E402
-from imnet import config, models, seeds  # noqa: E402
-from imnet.data import to_device  # noqa: E402
+from imnet.run import config, models, seeds  # noqa: E402
+from imnet.run.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
-from imnet.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
+from imnet.run.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
 from imnet.losses import cross_entropy  # noqa: E402
 from imnet.metrics import Meter  # noqa: E402
 from imnet.mixing import Mixer  # noqa: E402

@@ -52,7 +52,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from imnet.folders import check_data_root, list_images  # noqa: E402
+from imnet.run.folders import check_data_root, list_images  # noqa: E402
 from imnet.schedule import progressive_size  # noqa: E402
 
 

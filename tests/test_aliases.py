@@ -1,4 +1,4 @@
-"""The familiar spellings of torchvision's and timm's scripts (imnet/flags.py ALIASES, EVAL_ALIASES): each accepted
+"""The familiar spellings of torchvision's and timm's scripts (imnet/run/flags.py ALIASES, EVAL_ALIASES): each accepted
 one gives exactly the Config of imnet's own flag, in both ``--flag value`` and ``--flag=value`` forms; each whose
 meaning differs stops with one paragraph (exit 2) naming the imnet flag to use instead."""
 
@@ -10,7 +10,7 @@ import pytest
 
 import eval as imnet_eval
 import train
-from imnet import config, flags
+from imnet.run import config, flags
 
 BASE = ["--output", "o"]
 

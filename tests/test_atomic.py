@@ -1,4 +1,4 @@
-"""imnet.atomic's second names: `link_file` makes best.pt and last.pt one file on the disk, and no later write of
+"""imnet.run.atomic's second names: `link_file` makes best.pt and last.pt one file on the disk, and no later write of
 either name may change the other (the full-disk paths are in test_faults.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import errno
 import os
 
-from imnet import atomic
+from imnet.run import atomic
 
 
 def test_link_file_gives_a_second_name_and_a_later_write_gives_it_a_new_file(tmp_path):

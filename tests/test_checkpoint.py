@@ -15,7 +15,7 @@ from torch.optim.swa_utils import AveragedModel
 import eval as imnet_eval
 import train
 from conftest import make_imagefolder
-from imnet import checkpoint
+from imnet.run import checkpoint
 
 TINY = ["--model", "resnet18", "--epochs", "2", "--batch-size", "8", "--train-crop-size", "32", "--val-crop-size",
         "32", "--val-resize-size", "36", "--lr", "0.01", "--opt", "sgd", "--log-every", "3", "--quiet", "--seed", "1",
@@ -110,7 +110,7 @@ def test_flipped_bytes_are_found_on_every_load(run, data, tmp_path, capsys):
     assert train.main(TINY + ["--data", str(data), "--output", str(tmp_path / "new"), "--init-from",
                               str(bad / "last.pt")]) == 2
     assert needle in capsys.readouterr().err
-    from imnet.export import main as export
+    from imnet.tools.export import main as export
     assert export([str(bad / "last.pt"), "-o", str(tmp_path / "m.pth")]) == 2
     assert needle in capsys.readouterr().err
     # The intact copy next to it still loads.

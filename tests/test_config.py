@@ -12,8 +12,8 @@ import pytest
 import eval as imnet_eval
 import train
 from conftest import make_imagefolder
-from imnet import config
-from imnet.config import ConfigError, EvalPolicy, resolve_eval_policy
+from imnet.run import config
+from imnet.run.config import ConfigError, EvalPolicy, resolve_eval_policy
 
 
 def resolved(*argv: str, world_size: int = 1) -> config.Config:

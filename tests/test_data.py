@@ -1,4 +1,4 @@
-"""imnet.data: folder checks, the robust reader, samplers, collate, device normalization, bad-image counting.
+"""imnet.run.data: folder checks, the robust reader, samplers, collate, device normalization, bad-image counting.
 
 Images are identified by their content: each generated image draws its id as a 4x4 grid of black and white
 cells (8 bits of id + 8 bits of its complement, so a wrongly decoded image does not pass for another one).
@@ -19,10 +19,10 @@ import torchvision.transforms as T
 from torchvision.datasets.folder import make_dataset
 from PIL import Image
 
-from imnet import data, folders
-from imnet.data import (BadImageCounter, EvalSampler, FakeData, ImageFolder, SampleIndex, TrainSampler,
+from imnet.run import data, folders
+from imnet.run.data import (BadImageCounter, EvalSampler, FakeData, ImageFolder, SampleIndex, TrainSampler,
                         build_loader, collate, parse_max_bad, to_device)
-from imnet.folders import DataError, check_data_root, find_classes
+from imnet.run.folders import DataError, check_data_root, find_classes
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -194,7 +194,7 @@ def test_data_errors_explain(tmp_path):
     flat = tmp_path / "flat"
     for k in range(3):
         save(flat / f"ILSVRC2012_val_{k:08d}.JPEG", k, fmt="JPEG")
-    with pytest.raises(DataError, match=r"3 image files but no class subfolders.*python -m imnet.prepare val"):
+    with pytest.raises(DataError, match=r"3 image files but no class subfolders.*python -m imnet.tools.prepare val"):
         find_classes(flat)
 
     root = tmp_path / "root"

@@ -1,4 +1,4 @@
-"""imnet.demo: deterministic, complete, safe under concurrent starts; and the demo run reaches its top-1."""
+"""imnet.tools.demo: deterministic, complete, safe under concurrent starts; and the demo run reaches its top-1."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from imnet import demo
-from imnet.recipes import DEMO_MIN_TOP1
+from imnet.tools import demo
+from imnet.run.recipes import DEMO_MIN_TOP1
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,7 @@ def test_reused_not_rewritten(cache):
 def test_two_concurrent_starts(cache, tmp_path):
     """Two processes generating into the same empty cache at once: one complete dataset, no error, no debris."""
     root = tmp_path / "shared"
-    cmd = [sys.executable, "-m", "imnet.demo", "--root", str(root)]
+    cmd = [sys.executable, "-m", "imnet.tools.demo", "--root", str(root)]
     procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=600) for p in procs]

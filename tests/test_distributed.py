@@ -22,10 +22,10 @@ import pytest
 import torch
 
 from conftest import REPO, make_imagefolder
-from imnet import data as imdata
-from imnet import config as imconfig
-from imnet import evaluation, models
-from imnet.config import EvalPolicy
+from imnet.run import data as imdata
+from imnet.run import config as imconfig
+from imnet.run import evaluation, models
+from imnet.run.config import EvalPolicy
 
 COMMON = ["--model", "convnext_tiny", "--drop-path", "0", "--epochs", "1", "--train-crop-size", "32",
           "--val-crop-size", "32", "--val-resize-size", "36", "--opt", "sgd", "--lr", "0.01", "--momentum", "0.9",
@@ -286,7 +286,7 @@ def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata
     """A teacher (soft distillation; a BatchNorm net in eval mode: nothing to synchronise), LARS and layer-wise LR
     decay under DDP: each rank's teacher sees that rank's share of the global batch, so 2 processes x 4 still
     equal 1 process x 8."""
-    from imnet.checkpoint import Progress, make_state
+    from imnet.run.checkpoint import Progress, make_state
     teacher = tmp_path / "teacher.pt"
     torch.manual_seed(7)
     torch.save(make_state(model=models.build_model("resnet18", 3).state_dict(), optimizer={}, progress=Progress(),
@@ -300,7 +300,7 @@ def test_distillation_lars_and_layer_decay_two_processes_equal_one(single, ddata
 
 MAIN_RANK_FIRST = r"""
 import os, sys, time
-from imnet import dist
+from imnet.run import dist
 info = dist.init("cpu", timeout_minutes=1)
 marker, failing = sys.argv[1], sys.argv[2] == "fail"
 try:

@@ -20,8 +20,9 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import eval as imnet_eval
-from imnet import benchmark, checkpoint, transforms, tta
-from imnet.config import EvalPolicy
+from imnet.run import benchmark, checkpoint, tta
+from imnet import transforms
+from imnet.run.config import EvalPolicy
 
 CLASSES = ["class_0", "class_1", "class_2"]
 POLICY = {"resize_size": 36, "crop_size": 32, "interpolation": "bilinear",
@@ -31,7 +32,7 @@ TORCHRUN_ARGS = [sys.executable, "-m", "torch.distributed.run"]
 
 
 def make_checkpoint(path, classes=CLASSES, policy=POLICY, ema=True, model_seed=0):
-    """A checkpoint in train.py's schema (imnet.checkpoint.make_state) around a random resnet18."""
+    """A checkpoint in train.py's schema (imnet.run.checkpoint.make_state) around a random resnet18."""
     ckpt = checkpoint.make_state(
         model=random_resnet(model_seed).state_dict(), optimizer={},
         ema={"module": random_resnet(model_seed + 1).state_dict(), "num_updates": 10, "decay": 0.99} if ema else None,
@@ -358,7 +359,7 @@ def test_flat_folder_is_refused_with_how_to_arrange_it(tmp_path, ckpt, capsys):
     for i in range(1, 4):
         Image.new("RGB", (40, 40)).save(flat / f"ILSVRC2012_val_{i:08d}.JPEG")
     code, _, err = run_eval(capsys, "--checkpoint", ckpt, "--data", flat)
-    assert code == 2 and "no class folders" in err and "python -m imnet.prepare val --flat" in err
+    assert code == 2 and "no class folders" in err and "python -m imnet.tools.prepare val --flat" in err
 
 
 def test_command_line_exit_code_without_traceback(tmp_path):

@@ -1,4 +1,4 @@
-"""python -m imnet.export: plain state_dict out of a train.py checkpoint (regular or EMA weights), smaller than
+"""python -m imnet.tools.export: plain state_dict out of a train.py checkpoint (regular or EMA weights), smaller than
 the checkpoint, sha256 printed, the printed torchvision line works, class file next to it; bad input exits 2
 with a message and no traceback."""
 
@@ -17,13 +17,13 @@ import torch
 import torchvision
 
 from conftest import REPO, random_resnet
-from imnet.checkpoint import Progress, make_state
+from imnet.run.checkpoint import Progress, make_state
 
 CLASSES = ["cat", "dog", "fish"]
 
 
 def run_export(*args) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "imnet.export", *map(str, args)], cwd=REPO, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "imnet.tools.export", *map(str, args)], cwd=REPO, capture_output=True,
                           text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
@@ -178,8 +178,8 @@ def bad(tmp_path_factory, resnet_ckpt):
 
 def call_main(argv) -> int:
     """In-process: any exception other than SystemExit propagates and fails the test, which is exactly the
-    condition for a traceback when run as ``python -m imnet.export`` (whose last line is sys.exit(main()))."""
-    from imnet.export import main
+    condition for a traceback when run as ``python -m imnet.tools.export`` (whose last line is sys.exit(main()))."""
+    from imnet.tools.export import main
     try:
         return main([str(a) for a in argv])
     except SystemExit as e:
@@ -206,7 +206,7 @@ def test_bad_input_from_the_command_line_has_no_traceback(bad, case):
     r = run_export(*argv)
     assert r.returncode == 2, (r.returncode, r.stdout, r.stderr)
     assert "Traceback" not in r.stderr and word in r.stderr, r.stderr
-    assert r.stderr.startswith("imnet.export: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.stderr.startswith("imnet.tools.export: ") and len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 # ------------------------------------------------------------------------------------------ the sidecar

@@ -20,10 +20,10 @@ import torch
 
 import train
 from conftest import REPO, make_imagefolder
-from imnet import checkpoint as ckpt_io
-from imnet import dist
-from imnet import log as imnet_log
-from imnet import signals as imnet_signals
+from imnet.run import checkpoint as ckpt_io
+from imnet.run import dist
+from imnet.run import log as imnet_log
+from imnet.run import signals as imnet_signals
 
 # Small and fast, in-process, no workers: 6 steps per epoch, evaluation every epoch.
 BASE = ["--model", "deit_tiny", "--epochs", "2", "--batch-size", "8", "--train-crop-size", "32",
@@ -162,7 +162,7 @@ def test_a_failing_evaluation_keeps_the_epoch(tmp_path):
     args = BASE + ["--epochs", "1", "--warmup-epochs", "0", "--workers", "2", "--data", str(root),
                    "--output", str(out)]
     # As a process of its own: it must also exit (workers that ignore SIGTERM must not hang the interpreter's exit).
-    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import train; from imnet import data; "
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r}); import train; from imnet.run import data; "
               f"data.check_readable = lambda *a, **k: []; sys.exit(train.main(sys.argv[1:]))")
     res = subprocess.run([sys.executable, "-c", script, *args], cwd=REPO, capture_output=True, text=True,
                          timeout=120)
@@ -545,7 +545,7 @@ def test_training_workers_ignore_every_stop_signal():
     """A forked worker inherits the main process's handlers (a first SIGINT only sets its copy's flag), but a
     spawned one (macOS, Windows) starts with Python's own, where Ctrl-C raises KeyboardInterrupt and the worker
     exits: the worker init must ignore SIGINT as well as the schedulers' signals, whatever it inherited."""
-    code = ("import signal; from imnet import data, signals; "
+    code = ("import signal; from imnet.run import data, signals; "
             "[signal.signal(s, signal.SIG_DFL) for s in signals.PREEMPTION_SIGNALS]; "
             "signal.signal(signal.SIGINT, signal.default_int_handler); data._preemptible_worker_init(0); "
             "print(sorted(s.name for s in signals.PREEMPTION_SIGNALS if signal.getsignal(s) == signal.SIG_IGN))")
@@ -614,7 +614,7 @@ def test_a_full_disk_while_saving_names_the_file_and_keeps_the_previous_checkpoi
 def full_disk_after(monkeypatch, limit: int, names: tuple):
     """Simulate a full disk in the writer: a temporary file of one of ``names`` takes at most ``limit`` bytes,
     then every write fails with ENOSPC, as the kernel's would."""
-    from imnet import atomic
+    from imnet.run import atomic
     real_open = open
 
     class Full:
@@ -647,7 +647,7 @@ def test_a_simulated_full_disk_in_the_writer(light_data, tmp_path, monkeypatch, 
     target untouched, no temporary left; torch.save's own wrapping of the error (a RuntimeError about the zip
     position) is seen through. A run whose best.pt cannot be written stops with exit 2, saying nothing was
     replaced, its last.pt (the epoch, evaluation pending) intact."""
-    from imnet import atomic
+    from imnet.run import atomic
     target = tmp_path / "x.pt"
     target.write_bytes(b"old")
     full_disk_after(monkeypatch, 1000, ("x.pt",))
@@ -728,7 +728,7 @@ def test_a_world_size_change_is_named_with_the_global_batch(tmp_path):
     """Resuming a 2-process run (batch 2 each) on 1 process: batch 4 keeps the global batch, and the note says
     that the number of processes changed, not only "batch_size: 2 -> 4"; on 4 processes with batch 2 the refusal
     names both splits and the flag that keeps the global batch."""
-    from imnet import config as imnet_config
+    from imnet.run import config as imnet_config
     below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
     then = imnet_config.resolve(below, given, world_size=2)
     state = {"config": then.to_dict(), "classes": ["a", "b"]}
@@ -748,7 +748,7 @@ def test_an_unreadable_validation_set_stops_before_training(tmp_path, capsys):
     """Every validation file unreadable: exit 2 at setup, one paragraph, nothing trained (no checkpoint, no step
     in the log). A few unreadable ones among readable files are named for a warning instead (data.check_readable
     decodes 16 files spread over the set)."""
-    from imnet import data as imnet_data
+    from imnet.run import data as imnet_data
     root = make_imagefolder(tmp_path / "data", num_classes=3, train_per_class=8, val_per_class=2, size=32)
     val = sorted((root / "val").rglob("*.JPEG"))
     for p in val:
@@ -770,7 +770,7 @@ def test_an_unreadable_validation_set_stops_before_training(tmp_path, capsys):
 def test_workers_are_capped_by_the_cores_with_a_note(light_data, tmp_path, monkeypatch, capsys):
     """--workers 1000 is refused by the flag's static bound (256); within it, more than 4 per core of this
     machine (shared by a node's processes) is lowered to that, with a note, in the run's Config."""
-    from imnet import data as imnet_data
+    from imnet.run import data as imnet_data
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     capsys.readouterr()
     assert train.main(LIGHT + ["--data", str(light_data), "--workers", "1000", "--dry-run"]) == 2

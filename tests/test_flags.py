@@ -1,4 +1,4 @@
-"""The flags (imnet/flags.py): a valid range for every number, the same checks for --config files as for the command
+"""The flags (imnet/run/flags.py): a valid range for every number, the same checks for --config files as for the command
 line, one-paragraph errors with "did you mean", --help before torch, and eval.py reading train.py's eval flags."""
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import pytest
 import eval as imnet_eval
 import train
 from conftest import REPO
-from imnet import config, flags
-from imnet.recipes import RECIPES
+from imnet.run import config, flags
+from imnet.run.recipes import RECIPES
 
 
 def actions(parser) -> dict:

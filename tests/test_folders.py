@@ -1,8 +1,8 @@
-"""imnet.folders: the walker (order, hidden entries, FIFOs, symlink loops, non-UTF-8 names), resolve_val_dir,
+"""imnet.run.folders: the walker (order, hidden entries, FIFOs, symlink loops, non-UTF-8 names), resolve_val_dir,
 and the one flat-folder message.
 
 The order of the listing is checked against two references on generated trees: torchvision's make_dataset,
-and imnet.data's listing before the compact index (copied below), so indices, and therefore training, stay
+and imnet.run.data's listing before the compact index (copied below), so indices, and therefore training, stay
 exactly what they were.
 """
 
@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 from torchvision.datasets.folder import make_dataset
 
-from imnet import data, folders
-from imnet.data import BadImageCounter, ImageFolder, why_unreadable
-from imnet.folders import (IMG_EXTENSIONS, DataError, describe_skipped, display_path, find_classes, list_images,
+from imnet.run import data, folders
+from imnet.run.data import BadImageCounter, ImageFolder, why_unreadable
+from imnet.run.folders import (IMG_EXTENSIONS, DataError, describe_skipped, display_path, find_classes, list_images,
                            resolve_val_dir, walk_images)
 
 
@@ -39,7 +39,7 @@ def read(path) -> torch.Tensor:
 
 
 def old_samples(root, classes):
-    """imnet.data's listing before the compact index, verbatim: the reference for order and labels."""
+    """imnet.run.data's listing before the compact index, verbatim: the reference for order and labels."""
     def walk(folder):
         listing = []
         for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
@@ -94,7 +94,7 @@ def tricky_tree(root):
         jpeg(elsewhere / "files" / f"f{k}.jpg", value=100 + k)
     os.symlink(elsewhere / "real", root / "train/linked")  # a symlinked class folder
     os.symlink(elsewhere / "real", root / "train/z/linked_sub")  # a symlinked subfolder, not a loop
-    for k in range(3):  # imnet.prepare's layout: one symlink per file
+    for k in range(3):  # imnet.tools.prepare's layout: one symlink per file
         os.symlink(elsewhere / "files" / f"f{k}.jpg", root / "train/A" / f"link_{k}.jpg")
     (root / "train/a/notes.txt").write_text("not an image")
     return root / "train"
@@ -276,7 +276,7 @@ def test_resolve_val_dir(tmp_path):
     message = str(from_resolve.value)
     assert message == str(from_find.value)  # one message, whichever check meets the flat folder first
     assert "holds 3 image files but no class subfolders" in message and "no class folders" in message
-    assert f"python -m imnet.prepare val --flat {flat} --labels LOC_val_solution.csv --out ROOT/val" in message
+    assert f"python -m imnet.tools.prepare val --flat {flat} --labels LOC_val_solution.csv --out ROOT/val" in message
     flat_root = tmp_path / "flat_root"
     for k in range(2):
         jpeg(flat_root / "val" / f"{k}.JPEG")

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import train
-from imnet import config, dist
+from imnet.run import config, dist
 from imnet.metrics import Meter
 from imnet.optim import no_decay_names
 

@@ -2,7 +2,7 @@
 
 A refactor must not move behaviour: on the platform the hashes were recorded on, this run must give exactly
 these bytes. WHEN THEY MAY CHANGE, and only then (update GOLDEN and say why in the commit):
-- a deliberate change of what a run computes: a random stream's derivation (imnet.seeds), the augmentation or
+- a deliberate change of what a run computes: a random stream's derivation (imnet.run.seeds), the augmentation or
   its order, the step (loss, mixing, EMA, the optimizer's arithmetic), the initialisation, the data order;
 - another torch / torchvision release, or another CPU instruction set (the fingerprint below): floating-point
   kernels differ. On another platform only the platform-independent checks run: the data stream's hash (uint8
@@ -76,14 +76,14 @@ def digest(obj) -> str:
 
 def golden_run(tmp: Path) -> dict:
     import train
-    from imnet import data as imnet_data
+    from imnet.run import data as imnet_data
     root = make_imagefolder(tmp / "data", num_classes=3, train_per_class=16, val_per_class=5)
     out = tmp / "run"
     assert train.main(ARGS + ["--data", str(root), "--output", str(out)]) == 0
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     # The data stream: what the loader hands the first epoch's steps, through the run's own transform and sampler.
     below, given = train.parse_args(ARGS + ["--data", str(root), "--output", str(tmp / "unused")])
-    from imnet import config
+    from imnet.run import config
     cfg = config.resolve(below, given, 1)
     _, train_set, _ = train.build_datasets(cfg)
     sampler = imnet_data.TrainSampler(len(train_set), 1, 0, seed=cfg.seed, drop_last=True)

@@ -14,7 +14,7 @@ from torchvision.models.vision_transformer import interpolate_embeddings
 import eval as evaluate
 import train
 from conftest import make_imagefolder
-from imnet import models
+from imnet.run import models
 
 TINY = ["--model", "deit_tiny", "--batch-size", "8", "--train-crop-size", "32", "--val-crop-size", "32",
         "--val-resize-size", "36", "--opt", "adamw", "--weight-decay", "0.05", "--workers", "0", "--quiet",

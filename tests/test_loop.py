@@ -10,7 +10,7 @@ import pytest
 
 import train
 from conftest import make_imagefolder
-from imnet import config, data
+from imnet.run import config, data
 
 # 3 classes x 16 images, global batch 8 (4 x 2 micro-steps): 6 optimizer steps per epoch, 12 in all; a
 # half-epoch warmup so that consecutive steps have different LRs.

@@ -1,4 +1,4 @@
-"""A resume under another schedule says what the LR does next (imnet.log.resume_lr_note): extending a finished
+"""A resume under another schedule says what the LR does next (imnet.run.log.resume_lr_note): extending a finished
 cosine run (--epochs 3 after 1) jumps from the old schedule's last LR back up to the new schedule's; a resume with
 the same settings says nothing."""
 

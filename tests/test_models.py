@@ -9,7 +9,7 @@ import torch
 import torchvision
 from torchvision.models import VisionTransformer
 
-from imnet import models
+from imnet.run import models
 
 
 def test_torchvision_names_build_and_load_into_torchvision():

@@ -8,7 +8,7 @@ from torch import nn
 from torchvision.models.convnext import CNBlock
 from torchvision.models.vision_transformer import Encoder, VisionTransformer
 
-from imnet import flags, models
+from imnet.run import flags, models
 from imnet import optim as imoptim
 from imnet.deit import DistilledVisionTransformer
 from imnet.optim import build_optimizer, count_param_groups, layer_decay_groups, no_decay_names, param_groups

@@ -19,9 +19,9 @@ import torch.nn.functional as F
 import eval as evaluate_script
 import train
 from conftest import assert_same_state, make_imagefolder
-from imnet import checkpoint, config, dist, models, seeds
-from imnet.config import EvalPolicy
-from imnet.data import to_device
+from imnet.run import checkpoint, config, dist, models, seeds
+from imnet.run.config import EvalPolicy
+from imnet.run.data import to_device
 from imnet.deit import interpolate_pos_embedding
 from imnet.metrics import Meter
 
@@ -310,8 +310,8 @@ def test_refused_at_setup(data, teacher, tmp_path, capsys):
 def test_a_plain_state_dict_teacher_with_its_network(teacher, tmp_path):
     """--teacher FILE --teacher-model NAME: a bare state_dict (or one under "model", as DeiT's teacher file) loads
     strictly into NAME; what it cannot say (training size, normalisation) is left unknown and noted."""
-    from imnet.audit import notes
-    from imnet.teacher import load_teacher
+    from imnet.run.audit import notes
+    from imnet.run.teacher import load_teacher
     weights = load(teacher)["model"]
     for i, content in enumerate((weights, {"model": weights})):
         path = tmp_path / f"plain{i}.pth"
@@ -326,7 +326,7 @@ def test_a_plain_state_dict_teacher_with_its_network(teacher, tmp_path):
 
 
 def audit_of(teacher_record=None, **flags):
-    from imnet.audit import audit
+    from imnet.run.audit import audit
     below, given = train.parse_args(["--data", "x", "--output", "o", "--model", "resnet50"])
     cfg = config.resolve(below, {**given, **flags}, 1)
     return audit(cfg.with_teacher(teacher_record) if teacher_record else cfg)

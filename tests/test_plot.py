@@ -1,4 +1,4 @@
-"""imnet.plot: the SVG parses, has one polyline per (run, metric), and its points follow the values."""
+"""imnet.tools.plot: the SVG parses, has one polyline per (run, metric), and its points follow the values."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from imnet.plot import nice_ticks, read_summary, write_curves_svg, write_overlay_svg
+from imnet.tools.plot import nice_ticks, read_summary, write_curves_svg, write_overlay_svg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,9 +62,9 @@ def test_one_series_per_metric(tmp_path):
 
 
 def test_swa_curves_are_drawn_from_the_run_log_columns(tmp_path):
-    """The columns a run with --swa-start writes (imnet.log.val_key) are drawn: loss and accuracy of the average,
+    """The columns a run with --swa-start writes (imnet.run.log.val_key) are drawn: loss and accuracy of the average,
     in the panels of the other weights' curves."""
-    from imnet.log import SUMMARY_COLUMNS, val_key
+    from imnet.run.log import SUMMARY_COLUMNS, val_key
     data = rows(ema=True)
     for r in data[3:]:  # SWA starts at epoch 4: no point before
         r.update({val_key("swa", "loss"): r["val_loss"] - 0.1, val_key("swa", "top1"): r["val_top1"] + 1.0,
@@ -134,12 +134,12 @@ def test_cli_overlay(tmp_path):
     a = write_csv(tmp_path / "a", rows())
     b = write_csv(tmp_path / "b", rows(shift=1.0))
     out = tmp_path / "cmp.svg"
-    res = subprocess.run([sys.executable, "-m", "imnet.plot", str(a), str(b), "-o", str(out)], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "imnet.tools.plot", str(a), str(b), "-o", str(out)], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == str(out)
     assert len(polylines(out)) == 2 * 5
-    res = subprocess.run([sys.executable, "-m", "imnet.plot", str(tmp_path / "nope")], cwd=REPO,
+    res = subprocess.run([sys.executable, "-m", "imnet.tools.plot", str(tmp_path / "nope")], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and "no summary.csv" in res.stderr
 

@@ -1,4 +1,4 @@
-"""python -m imnet.predict: the top-1 class of every image is eval.py's (its --predictions CSV, same checkpoint,
+"""python -m imnet.tools.predict: the top-1 class of every image is eval.py's (its --predictions CSV, same checkpoint,
 same files), from a checkpoint, its EMA weights or an export; unreadable files are reported and skipped (exit 0);
 bad input is one paragraph with exit 2."""
 
@@ -15,7 +15,8 @@ import torch
 
 import eval as imnet_eval
 from conftest import REPO, random_resnet
-from imnet import checkpoint, predict
+from imnet.run import checkpoint
+from imnet.tools import predict
 
 CLASSES = ["class_0", "class_1", "class_2"]
 POLICY = {"resize_size": 40, "crop_size": 32, "interpolation": "bicubic", "mean": [0.5, 0.4, 0.3],
@@ -69,7 +70,7 @@ def test_predict_gives_the_top1_of_eval(ckpt, tiny_data, tmp_path, capsys, ema):
 
 
 def test_an_export_predicts_like_its_checkpoint(ckpt, tiny_data, tmp_path, capsys):
-    from imnet.export import main as export
+    from imnet.tools.export import main as export
     assert export([str(ckpt), "-o", str(tmp_path / "model.pth")]) == 0
     capsys.readouterr()
     expected = eval_top1(capsys, ckpt, tiny_data, tmp_path)
@@ -99,12 +100,12 @@ def test_bad_input_is_one_paragraph(ckpt, tmp_path, capsys):
         assert predict.main(["--checkpoint", str(ckpt), *map(str, argv), "--workers", "0"]) == 2, argv
         err = capsys.readouterr().err
         last = err.strip().splitlines()[-1]  # (after the lines naming each unreadable file)
-        assert needle in last and last.startswith("imnet.predict: error: ") and "Traceback" not in err, err
+        assert needle in last and last.startswith("imnet.tools.predict: error: ") and "Traceback" not in err, err
     assert predict.main([str(tmp_path / "bad.jpg")]) == 2
     assert "give the weights" in capsys.readouterr().err
 
 
 def test_command_line():
-    r = subprocess.run([sys.executable, "-m", "imnet.predict", "--help"], cwd=REPO, capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "imnet.tools.predict", "--help"], cwd=REPO, capture_output=True, text=True,
                        timeout=120)
     assert r.returncode == 0 and "--topk" in r.stdout and "--use-ema" in r.stdout, r.stderr

@@ -1,4 +1,4 @@
-"""imnet.prepare: ILSVRC2012's flat validation folder -> val/<wnid>/ symlinks, from either label format."""
+"""imnet.tools.prepare: ILSVRC2012's flat validation folder -> val/<wnid>/ symlinks, from either label format."""
 
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from imnet import prepare
+from imnet.tools import prepare
 
 # Nine images in three classes, labelled out of order like the real set (file k's class is arbitrary).
 WNIDS = ["n01440764", "n02119789", "n09193705"]
@@ -97,11 +97,11 @@ def test_reports_missing_and_extra_files(tmp_path, capsys):
 
 
 def test_module_entry_point(tmp_path):
-    """``python -m imnet.prepare`` is the documented command."""
+    """``python -m imnet.tools.prepare`` is the documented command."""
     flat = make_flat(tmp_path / "flat", ALL)
     labels = write_csv(tmp_path / "labels.csv", ALL)
     out = tmp_path / "val"
-    result = subprocess.run([sys.executable, "-m", "imnet.prepare", "val", "--flat", str(flat), "--labels",
+    result = subprocess.run([sys.executable, "-m", "imnet.tools.prepare", "val", "--flat", str(flat), "--labels",
                              str(labels), "--out", str(out)], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert tree(out) == expected_tree(ALL)

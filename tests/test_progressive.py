@@ -16,7 +16,7 @@ import torchvision
 
 import train
 from conftest import make_imagefolder
-from imnet import data as imdata
+from imnet.run import data as imdata
 from imnet.schedule import progressive_size
 from imnet.transforms import train_transform
 

@@ -1,4 +1,4 @@
-"""recipes.md agrees with imnet.recipes, every recipe and every documented command dry-runs, and the audit
+"""recipes.md agrees with imnet.run.recipes, every recipe and every documented command dry-runs, and the audit
 warns exactly when it should."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from pathlib import Path
 import pytest
 
 import train
-from imnet import config as imconfig
-from imnet import audit as audit_module
-from imnet.audit import audit, notes, recipe_policy
-from imnet.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
+from imnet.run import config as imconfig
+from imnet.run import audit as audit_module
+from imnet.run.audit import audit, notes, recipe_policy
+from imnet.run.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
                            reference_lr, torchvision_ema_decay)
 from imnet.transforms import resolve_eval_sizes
 
@@ -108,7 +108,7 @@ def test_sources_and_notes_are_in_the_doc():
 
 
 def test_recipe_numbers_are_the_sources_numbers():
-    """Closed-form checks against the published commands (see the comments in imnet/recipes.py)."""
+    """Closed-form checks against the published commands (see the comments in imnet/run/recipes.py)."""
     expected = {  # name: (global batch, LR at that batch) as in the sources
         "resnet50": (1024, 0.5), "resnet101": (1024, 0.5), "resnext50_32x4d": (1024, 0.5),
         "mobilenet_v3_large": (1024, 0.5), "efficientnet_b0": (1024, 0.5), "resnet50_classic": (256, 0.1),
@@ -174,8 +174,8 @@ def placeholder_files(tiny_root, tmp_path_factory) -> dict:
     """TEACHER: a resnet18 teacher trained at 224 px; PRETRAINED: a deit_small to fine-tune (random weights: dry
     runs load and check files, they do not train)."""
     import torch
-    from imnet import models
-    from imnet.checkpoint import Progress, make_state
+    from imnet.run import models
+    from imnet.run.checkpoint import Progress, make_state
     classes = sorted(d.name for d in (tiny_root / "train").iterdir())
     folder, files = tmp_path_factory.mktemp("placeholders"), {}
     for placeholder, name in ((TEACHER, "resnet18"), (PRETRAINED, "deit_small")):

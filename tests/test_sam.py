@@ -446,7 +446,7 @@ def test_train_step_second_pass_leaves_batchnorm_statistics_alone():
     from types import SimpleNamespace
 
     import train
-    from imnet.data import to_device
+    from imnet.run.data import to_device
     from imnet.metrics import Meter
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 6, 3), nn.BatchNorm2d(6), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),

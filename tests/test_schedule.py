@@ -137,8 +137,8 @@ def test_progressive_size_closed_form_by_hand():
 
 def _config(*flags, steps_per_epoch=10, world_size=1):
     """A resolved Config (train.py's resolver) with `flags`, 10 optimizer steps per epoch."""
-    from imnet import config
-    from imnet.flags import parse_args
+    from imnet.run import config
+    from imnet.run.flags import parse_args
     below, given = parse_args(["--data", "d", "--output", "o", "--lr", "0.8", *flags])
     cfg = config.resolve(below, given, world_size)
     return cfg.with_data(steps_per_epoch * cfg.global_batch_size, 1, 2)

@@ -1,4 +1,4 @@
-"""imnet.seeds: one derivation for every random stream; no two purposes (or two places of one purpose) share a
+"""imnet.run.seeds: one derivation for every random stream; no two purposes (or two places of one purpose) share a
 seed, and a seed depends only on its arguments."""
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from conftest import REPO
-from imnet import seeds
-from imnet.data import augment_seed
+from imnet.run import seeds
+from imnet.run.data import augment_seed
 
 
 def grid() -> dict:
@@ -52,7 +52,7 @@ def test_the_length_is_part_of_the_input():
 def test_a_seed_depends_only_on_its_arguments():
     """The same arguments give the same seed in another interpreter (no hidden state: hash randomisation,
     global RNGs)."""
-    code = ("from imnet import seeds; from imnet.data import augment_seed; "
+    code = ("from imnet.run import seeds; from imnet.run.data import augment_seed; "
             "print(seeds.derive(seeds.DROPOUT, 3, 1, 7, 1), augment_seed(3, 1, 7, 2, 1))")
     here = f"{seeds.derive(seeds.DROPOUT, 3, 1, 7, 1)} {augment_seed(3, 1, 7, 2, 1)}"
     r = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,

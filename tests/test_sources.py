@@ -11,9 +11,9 @@ import torch
 
 import train
 from conftest import parse_table
-from imnet import config, dist, models
+from imnet.run import config, dist, models
 from imnet.optim import no_decay_names, param_groups
-from imnet.recipes import META, RECIPES
+from imnet.run.recipes import META, RECIPES
 from test_optim import timm_exempt, torchvision_exempt
 
 MD = (Path(__file__).resolve().parents[1] / "recipes.md").read_text()

@@ -20,7 +20,10 @@ from torch.optim.swa_utils import update_bn
 import eval as evaluate
 import train
 from conftest import REPO, make_imagefolder
-from imnet import config, data, evaluation, models, schedule
+from imnet.run import config, data, evaluation, models
+
+# 3 classes x 16 train images at batch 8: 6 steps per epoch; averaging at the end of epochs 2 and 3.
+from imnet import schedule
 
 # 3 classes x 16 train images at batch 8: 6 steps per epoch; averaging at the end of epochs 2 and 3.
 ARGS = ["--model", "resnet18", "--epochs", "3", "--batch-size", "8", "--train-crop-size", "32",
@@ -183,7 +186,7 @@ def test_a_kill_between_the_save_and_its_evaluation_leaves_a_consistent_average(
     args, ref, _ = every_2
     out = tmp_path / "run"
     kill_at_eval_2 = ("import os, signal, sys\nimport train\n"
-                      "from imnet import signals\n"
+                      "from imnet.run import signals\n"
                       "def hook(point, count=None):\n"
                       "    if (point, count) == ('eval', 2): os.kill(os.getpid(), signal.SIGKILL)\n"
                       "signals.test_hook = hook\n"

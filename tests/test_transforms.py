@@ -330,7 +330,7 @@ MEMORY_PROBE = """
 import json, resource, sys
 import torch
 import imnet.transforms as tr
-import imnet.tta as tta
+import imnet.run.tta as tta
 tall, wide, ordinary = sys.argv[1:4]
 fast = tr.fastjpeg
 

@@ -1,4 +1,4 @@
-"""imnet.tta: the 10-crop views are the single-crop evaluation's, plus four corners and the mirrors.
+"""imnet.run.tta: the 10-crop views are the single-crop evaluation's, plus four corners and the mirrors.
 
 The reference for the geometry is torchvision's v2 pipeline on the decoded tensor (PILToTensor -> Resize
 (antialias) -> FiveCrop), whose resize kernel is the canonical one the evaluation uses.
@@ -12,7 +12,7 @@ import torchvision.transforms.v2 as T2
 from PIL import Image, JpegImagePlugin
 
 import imnet.transforms as tr
-from imnet import tta
+from imnet.run import tta
 
 INTERP = {"bilinear": T2.InterpolationMode.BILINEAR, "bicubic": T2.InterpolationMode.BICUBIC}
 

@@ -1,10 +1,10 @@
 """Training curves as a standalone SVG file (string building, no plotting library).
 
 Three panels, one point per epoch: loss (train, and validation of the trained, EMA and SWA weights), accuracy
-(validation top-1 and top-5 of each) and learning rate; the column names are imnet.log's. Every series is one ``<polyline>`` carrying ``data-run`` / ``data-metric`` / ``data-series``
+(validation top-1 and top-5 of each) and learning rate; the column names are imnet.run.log's. Every series is one ``<polyline>`` carrying ``data-run`` / ``data-metric`` / ``data-series``
 attributes, so the file is easy to check by machine, and a ``<title>`` that a browser shows on hover::
 
-    python -m imnet.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
+    python -m imnet.tools.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
 
 ``train.py`` writes ``curves.svg`` after every epoch with :func:`write_curves_svg`.
 """
@@ -18,8 +18,8 @@ import os
 from pathlib import Path
 from xml.sax.saxutils import escape, quoteattr
 
-from imnet.atomic import write_text
-from imnet.log import WEIGHTS, val_key
+from imnet.run.atomic import write_text
+from imnet.run.log import WEIGHTS, val_key
 
 PANELS = (
     ("Loss", ("train_loss", *(val_key(w, "loss") for w in WEIGHTS))),

@@ -6,7 +6,7 @@ The path of one training batch:
     augments one file into a uint8 CHW tensor -> collate: one uint8 NCHW batch (+ labels, + bad paths)
     -> pinned memory -> to_device: copy, then float + normalize on the device.
 
-Which folders and files make a data set, and the messages when they do not, are imnet.folders' job; this
+Which folders and files make a data set, and the messages when they do not, are imnet.run.folders' job; this
 module keeps the seeds, the datasets (ImageFolder, FakeData), the samplers, the batches (collate,
 build_loader, to_device) and the accounting of unreadable images. Four decisions shape it:
 
@@ -41,10 +41,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imnet.folders import DataError  # noqa: F401  (defined there; imnet.data.DataError is the same class)
-from imnet.folders import display_path, order_listing, short_list, walk_images
-from imnet import seeds
-from imnet.signals import PREEMPTION_SIGNALS
+from imnet.run.folders import DataError  # noqa: F401  (defined there; imnet.run.data.DataError is the same class)
+from imnet.run.folders import display_path, order_listing, short_list, walk_images
+from imnet.run import seeds
+from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
 # Decompression-bomb bound, in pixels (width x height), enforced while the transform opens a file.
@@ -59,7 +59,7 @@ MAX_IMAGE_PIXELS = 2**27
 
 
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
-    """The seed of one sample's augmentation (`imnet.seeds`, purpose AUGMENT). ``attempt`` counts the
+    """The seed of one sample's augmentation (`imnet.run.seeds`, purpose AUGMENT). ``attempt`` counts the
     replacements of an unreadable file; ``repeat`` numbers the copies of an image within an epoch under
     repeated augmentation (TrainSampler with repeats > 1), so that each copy gets its own crop."""
     return seeds.derive(seeds.AUGMENT, seed, epoch, index, attempt, repeat)
@@ -127,7 +127,7 @@ class SampleIndex:
     @classmethod
     def from_listings(cls, listings) -> "SampleIndex":
         """The index of the classes in `listings`, an iterable of (class folder name, listing) in label order,
-        where a listing is the (reldir, file names) pairs imnet.folders.walk_images yields for that class
+        where a listing is the (reldir, file names) pairs imnet.run.folders.walk_images yields for that class
         folder (any iterable of pairs, e.g. a synthetic one). Within a class the order is
         folders.order_listing's, i.e. torchvision's ImageFolder order; the classes follow each other."""
         paths: list[str] = []
@@ -196,7 +196,7 @@ class ImageFolder(torch.utils.data.Dataset):
     bad)`` where `bad` is a tuple of the paths that could not be read for this item (usually empty).
 
     The samples are those of torchvision's ImageFolder, in its order (so indices agree), minus what
-    imnet.folders' walker leaves out: hidden entries, and entries with an image name that are not regular
+    imnet.run.folders' walker leaves out: hidden entries, and entries with an image name that are not regular
     files (FIFOs, sockets, devices, broken links) or folder links that loop. The latter are listed in
     `skipped`, as (path, reason), for the caller to report (folders.describe_skipped). The index is a
     SampleIndex (`index`): no Python object per sample, so forked workers share it. Access:
@@ -476,9 +476,9 @@ def _preemptible_worker_init(worker_id: int) -> None:
     SIGTERM that does not come from its parent (and its worker loop on a KeyboardInterrupt), and the main
     process then dies with "DataLoader worker killed by signal" (or "exited unexpectedly") instead of saving
     its checkpoint. The main process decides: these workers ignore the stop signals
-    (imnet.signals.PREEMPTION_SIGNALS) and stop when the main process shuts the loader down
+    (imnet.run.signals.PREEMPTION_SIGNALS) and stop when the main process shuts the loader down
     (`shutdown_workers`) or exits. train.py forks them with the signals blocked
-    (imnet.signals.PreemptionSignals.deferred), so none arrives before this runs."""
+    (imnet.run.signals.PreemptionSignals.deferred), so none arrives before this runs."""
     _worker_init(worker_id)
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)

@@ -2,14 +2,14 @@
 
 Layers, lowest first: argparse defaults < ``--recipe NAME`` < ``--config FILE`` < flags given on the command
 line. `parse_args` returns two dicts, every flag's value below the command line and the flags the command line
-gave; `imnet.config.resolve` turns them into the run's one frozen Config.
+gave; `imnet.run.config.resolve` turns them into the run's one frozen Config.
 
 Every number has a stated valid range (`Range`: shown in ``--help``, checked on every value), and a value read
 from a ``--config`` file goes through the very same checks as the same value typed on the command line
 (`read_config_file`): its type, its choices, its range. Mistakes are one paragraph, exit code 2 (`FlagError`),
 with "did you mean" for a misspelled flag.
 
-Standard library only (and imnet.recipes, plain data): ``--help`` and flag errors are answered before torch is
+Standard library only (and imnet.run.recipes, plain data): ``--help`` and flag errors are answered before torch is
 imported, which takes seconds.
 """
 
@@ -24,10 +24,10 @@ import sys
 import textwrap
 from dataclasses import dataclass
 
-from imnet.errors import UsageError
-from imnet.recipes import RECIPES
+from imnet.run.errors import UsageError
+from imnet.run.recipes import RECIPES
 
-AMP_CHOICES = ("none", "bf16", "fp16")  # imnet.config maps them to torch dtypes
+AMP_CHOICES = ("none", "bf16", "fp16")  # imnet.run.config maps them to torch dtypes
 DECODE_MODES = ("full", "reduced")
 INTERPOLATIONS = ("bilinear", "bicubic")
 # imnet.optim.NO_DECAY_CATEGORIES and IMNET_NO_DECAY (this module imports no torch); tests/test_optim.py checks
@@ -36,7 +36,7 @@ NO_DECAY_CATEGORIES = ("norm", "bias", "embedding", "1d", "layer_scale")
 IMNET_NO_DECAY = ("1d", "embedding", "layer_scale")
 ERASE_MODES = ("pixel", "const")
 
-# Values that a run's config.json holds besides its flags: derived once by imnet.config.resolve (and
+# Values that a run's config.json holds besides its flags: derived once by imnet.run.config.resolve (and
 # Config.with_data), recomputed on every run, so a --config file's copies are ignored.
 DERIVED = ("world_size", "global_batch_size", "peak_lr", "lr_given", "eval_policy", "mixing", "loss_label_smoothing",
            "mix_label_smoothing", "train_images", "val_images", "classes", "steps_per_epoch", "teacher_info")
@@ -189,7 +189,7 @@ TV, TIMM = "torchvision", "timm"
 _EMA_DECAY_WHY = (
     "the two codebases mean different things by it. timm's is the decay per optimizer step: type --ema-decay D. "
     "torchvision's is rescaled by processes x batch x --model-ema-steps / epochs and applied every "
-    "--model-ema-steps iterations: imnet.recipes.torchvision_ema_decay(global_batch, epochs, decay, steps) gives "
+    "--model-ema-steps iterations: imnet.run.recipes.torchvision_ema_decay(global_batch, epochs, decay, steps) gives "
     "the --ema-decay to use with --ema-every STEPS.")
 _AMP_DTYPE_WHY = (
     "timm's --amp-dtype float16|bfloat16 picks the autocast dtype of its --amp; imnet's --amp takes the dtype as "
@@ -235,7 +235,7 @@ ALIASES = {
     "--model-ema-steps": Alias(TV, why=(
         "torchvision's --model-ema-steps K updates the average every K iterations and also enters its decay "
         "formula; imnet's --ema-every K only spaces the updates (--ema-decay to the power K each): use "
-        "--ema-every K with the --ema-decay that imnet.recipes.torchvision_ema_decay gives.")),
+        "--ema-every K with the --ema-decay that imnet.run.recipes.torchvision_ema_decay gives.")),
     # timm's train.py
     "--data-dir": Alias(TIMM, "--data"),
     "--img-size": Alias(TIMM, why=(
@@ -340,7 +340,7 @@ def describe_aliases(aliases: dict) -> str:
 def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=None) -> None:
     """The evaluation-policy flags, one definition for train.py and eval.py (whose older spellings are passed
     in ``names`` as extra aliases). dests: val_crop_size, val_resize_size, crop_pct, val_interpolation,
-    val_decode (imnet.config.EVAL_FLAGS maps them to the EvalPolicy's fields)."""
+    val_decode (imnet.run.config.EVAL_FLAGS maps them to the EvalPolicy's fields)."""
     names = names or {}
     g.add_argument("--val-crop-size", *names.get("val_crop_size", ()), type=SIZE, default=crop_default,
                    help="centre crop size for evaluation (224, 288, 384...)")

@@ -14,8 +14,8 @@ import socket
 import tempfile
 from pathlib import Path
 
-from imnet.atomic import link_file
-from imnet.checkpoint import CheckpointError, identity, load
+from imnet.run.atomic import link_file
+from imnet.run.checkpoint import CheckpointError, identity, load
 
 
 def pid_alive(pid: int) -> bool:
@@ -104,7 +104,7 @@ def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
     """Rank 0 takes the run folder: refuses a second live run (OUTPUT/.lock, released by ``cleanup``), refuses any
     run there but the folder's own (`check_continues`), and removes the temporary files of saves killed midway
     (``note`` says which). -> whether this run forks: it continues a checkpoint of another folder in this one,
-    which then holds a run of its own (`imnet.checkpoint.Progress.fork`)."""
+    which then holds a run of its own (`imnet.run.checkpoint.Progress.fork`)."""
     check_output(output)
     lock = RunLock(output).acquire()
     cleanup.callback(lock.release)

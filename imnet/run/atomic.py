@@ -3,7 +3,7 @@
 ``write(file)`` goes into a temporary file beside the target (``.NAME.tmp-PID``: same folder, same file system),
 which is flushed and fsync'ed, renamed over the target (``os.replace`` is atomic on POSIX), and then the folder
 is fsync'ed so that the rename itself survives a power cut. A temporary file left by a killed writer carries the
-writer's pid, so the next run can tell it is stale (`imnet.runfolder.remove_stale_temporaries`).
+writer's pid, so the next run can tell it is stale (`imnet.run.runfolder.remove_stale_temporaries`).
 
 A full disk (or quota) makes the write fail with `NoSpace`, one paragraph (a UsageError: exit 2, no traceback):
 which file, how much had been written when the disk filled, how large it was to be (``size``, when the writer
@@ -24,7 +24,7 @@ import os
 import shutil
 from pathlib import Path
 
-from imnet.errors import UsageError
+from imnet.run.errors import UsageError
 
 # The errors that mean "no room": the file system is full, the user's quota is spent.
 NO_SPACE = tuple(getattr(errno, name) for name in ("ENOSPC", "EDQUOT") if hasattr(errno, name))

@@ -4,7 +4,7 @@ keys defined here once) and ``curves.svg``. Only rank 0 writes; the other ranks 
 The epoch's summary row: "epoch", "train_loss", "train_top1" (None under MixUp/CutMix, where accuracy against
 mixed labels means nothing), "lr", "epoch_time", "bad_images", "train_size", and the validation figures of each
 set of weights the run keeps, named by `val_key`: "val_top1" for the trained weights, "ema_val_top1" for their
-EMA, "swa_val_top1" for the SWA average (and _loss, _top5). train.py, eval.py and imnet.plot read these names
+EMA, "swa_val_top1" for the SWA average (and _loss, _top5). train.py, eval.py and imnet.tools.plot read these names
 from here.
 
 With ``--tensorboard`` the numbers of the "train" events (loss, lr, img_per_s, data_share, grad_norm,
@@ -13,7 +13,7 @@ epoch_time...; step: the epoch number, from 1) are also TensorBoard scalars, tag
 "epoch/val_top1"..., written through ``torch.utils.tensorboard`` into the run folder (``tensorboard --logdir
 runs`` shows every run by its folder name). A resumed run appends events, as it appends to log.jsonl.
 
-Imports no torch (imnet.plot and the --help path read this module); --tensorboard imports it when the run starts.
+Imports no torch (imnet.tools.plot and the --help path read this module); --tensorboard imports it when the run starts.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ import sys
 import time
 from pathlib import Path
 
-from imnet.atomic import write_text
-from imnet.errors import UsageError
+from imnet.run.atomic import write_text
+from imnet.run.errors import UsageError
 
 WEIGHTS = ("model", "ema", "swa")   # the weights a run evaluates: trained, EMA, SWA average
 VAL_METRICS = ("loss", "top1", "top5")
@@ -155,7 +155,7 @@ class RunLog:
         for row in history:
             w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS})
         write_text(self.output / "summary.csv", text.getvalue())
-        from imnet.plot import write_curves_svg
+        from imnet.tools.plot import write_curves_svg
         write_curves_svg(history, self.output / "curves.svg", title=self.output.name)
 
 

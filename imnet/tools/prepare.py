@@ -2,11 +2,11 @@
 
 ImageNet's validation images ship as one flat folder of 50,000 files
 (``ILSVRC2012_val_00000001.JPEG`` ... ``ILSVRC2012_val_00050000.JPEG``) with the labels in a separate file,
-while ImageFolder-style loaders (``imnet.data``, torchvision, timm) expect ``val/<wnid>/<file>``. This module
+while ImageFolder-style loaders (``imnet.run.data``, torchvision, timm) expect ``val/<wnid>/<file>``. This module
 builds that tree with symbolic links, so it costs no disk space and leaves the original files untouched::
 
-    python -m imnet.prepare val --flat ILSVRC2012_img_val --labels LOC_val_solution.csv --out /data/imagenet/val
-    python -m imnet.prepare val --flat ILSVRC2012_img_val --labels ILSVRC2012_validation_ground_truth.txt \\
+    python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels LOC_val_solution.csv --out /data/imagenet/val
+    python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels ILSVRC2012_validation_ground_truth.txt \\
         --synsets devkit_synsets.txt --out /data/imagenet/val
 
 Two label formats are understood, detected from the file's first line:
@@ -29,8 +29,8 @@ The command is idempotent: links already in place are kept, so running it twice 
 labelled files that are missing from the flat folder and files of the flat folder that have no label, and
 exits with status 2 and a one-paragraph message on bad input (like the rest of imnet).
 
-It imports only the standard library and imnet.folders (itself standard library only), so it runs without
-torch; the image extensions are imnet.folders' list, the one the datasets use.
+It imports only the standard library and imnet.run.folders (itself standard library only), so it runs without
+torch; the image extensions are imnet.run.folders' list, the one the datasets use.
 """
 
 import argparse
@@ -39,8 +39,8 @@ import csv
 import os
 import sys
 
-from imnet.errors import UsageError
-from imnet.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
+from imnet.run.errors import UsageError
+from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
 SHOW = 10  # how many missing / extra names a report lists before summarising the rest
 
 
@@ -225,7 +225,7 @@ def arrange_val(flat_dir, labels, out_dir):
 
 def build_parser():
     parser = argparse.ArgumentParser(
-        prog="python -m imnet.prepare",
+        prog="python -m imnet.tools.prepare",
         description="Arrange ImageNet data into the class-folder layout imnet expects.")
     commands = parser.add_subparsers(dest="command", required=True)
     val = commands.add_parser(

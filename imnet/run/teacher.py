@@ -11,10 +11,10 @@ A teacher is one of
   torchvision's cache; their card says the network, the classes and the evaluation policy.
 
 Checked before any training (each failure is one paragraph, exit 2): the teacher's weights fit its network
-(strict keys and shapes, `imnet.models.load_init`); its classes are the student's (the same names in the same
+(strict keys and shapes, `imnet.run.models.load_init`); its classes are the student's (the same names in the same
 order when the file lists them, else the same number: the teacher's output c must mean the student's class c);
 a teacher of fixed input size (ViT/DeiT) was built for the student's training crop. What cannot be checked is
-recorded for the audit (`imnet.audit`): the resolution the teacher was trained at and its normalisation.
+recorded for the audit (`imnet.run.audit`): the resolution the teacher was trained at and its normalisation.
 
 The record (`Config.with_teacher`): source, the name given, the file read, its sha256, the network, the number
 of classes, the teacher's training image size and evaluation policy (None where unknown). It is written to
@@ -31,11 +31,11 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from imnet import checkpoint, models
-from imnet.config import Config, EvalPolicy
-from imnet.dist import main_rank_first
-from imnet.errors import UsageError
-from imnet.export import sha256
+from imnet.run import checkpoint, models
+from imnet.run.config import Config, EvalPolicy
+from imnet.run.dist import main_rank_first
+from imnet.run.errors import UsageError
+from imnet.tools.export import sha256
 
 WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
 

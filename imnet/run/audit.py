@@ -1,6 +1,6 @@
 """What a run will do and the classic mistakes in it: the ``train.py --dry-run`` plan (`plan`) and its warnings.
 
-``audit(cfg)`` looks only at the resolved `imnet.config.Config`; it never builds a model or reads data. Each warning
+``audit(cfg)`` looks only at the resolved `imnet.run.config.Config`; it never builds a model or reads data. Each warning
 says what is wrong, why it matters and how to fix it. The checks:
 
 1. Weight decay on norms and biases with AdamW. Decoupled weight decay (Loshchilov & Hutter 2019) pulls every
@@ -38,7 +38,7 @@ Layer-wise LR decay on a model without numbered blocks is not a warning: train.p
 reference, whose LR the linear scaling rule has rescaled (from what to what); a teacher whose training
 resolution and normalisation are unknown (a plain state_dict).
 
-(Label smoothing cannot be applied twice: imnet.config decides once where it goes, the MixUp/CutMix targets or
+(Label smoothing cannot be applied twice: imnet.run.config decides once where it goes, the MixUp/CutMix targets or
 the loss.)
 """
 
@@ -49,10 +49,10 @@ import sys
 
 import torch
 
-from imnet import dist
-from imnet.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
+from imnet.run import dist
+from imnet.run.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
 from imnet.optim import count_param_groups
-from imnet.recipes import META, RECIPES, reference_global_batch, reference_lr
+from imnet.run.recipes import META, RECIPES, reference_global_batch, reference_lr
 from imnet.schedule import scale_lr
 
 REFERENCE_GPUS = 8
@@ -65,7 +65,7 @@ def recipe_policy(recipe: dict):
 
 
 def device_type(cfg: Config) -> str:
-    """The device type a run of cfg gets (as `imnet.dist.init` picks it), without starting anything."""
+    """The device type a run of cfg gets (as `imnet.run.dist.init` picks it), without starting anything."""
     if cfg.device == "auto":
         return "cuda" if torch.cuda.is_available() else "mps" if dist.mps_available() else "cpu"
     return cfg.device.split(":")[0]

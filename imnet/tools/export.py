@@ -1,4 +1,4 @@
-"""Export a train.py checkpoint as plain weights for others: ``python -m imnet.export RUN/best.pt -o model.pth``.
+"""Export a train.py checkpoint as plain weights for others: ``python -m imnet.tools.export RUN/best.pt -o model.pth``.
 
 A checkpoint carries the optimizer state, RNG states, history and so on (a ResNet-18 best.pt is about
 90 MB, its weights 45 MB). The export is the model's state_dict alone (``--ema``: the EMA weights), written
@@ -9,7 +9,7 @@ state_dict cannot carry the names (an extra key would break ``load_state_dict(st
 Beside them, ``<output stem>.json`` (the sidecar, `write_sidecar`) records how to feed the model: the evaluation
 policy the run validated with (resize, crop, interpolation, mean/std, decode), the architecture (model name,
 constructor and keyword arguments), the training image size, the class file and the sha256 of the weights file.
-``eval.py --weights-file model.pth`` and ``python -m imnet.predict --weights-file model.pth`` read it
+``eval.py --weights-file model.pth`` and ``python -m imnet.tools.predict --weights-file model.pth`` read it
 (`read_sidecar`, which checks the sha256), so the exported model is evaluated as its checkpoint was; the .pth
 itself stays a plain state_dict that any torchvision code loads.
 
@@ -24,7 +24,7 @@ embedding's shape depends. A distilled DeiT (``deit_*_distilled``) is not a torc
 ``deit.DistilledVisionTransformer`` from imnet/deit.py, a copyable file (it imports only torch and torchvision)
 to put beside the loading code; the import line printed says so.
 
-Every load uses ``torch.load(..., weights_only=True)`` (imnet.checkpoint reads the file). Bad input (a missing,
+Every load uses ``torch.load(..., weights_only=True)`` (imnet.run.checkpoint reads the file). Bad input (a missing,
 empty or foreign file, ``--ema`` without EMA weights, an output that cannot be written) prints one paragraph to
 stderr and exits with code 2.
 """
@@ -41,10 +41,10 @@ from pathlib import Path
 import torch
 import torchvision
 
-from imnet import checkpoint, models
-from imnet.atomic import write_atomic
-from imnet.config import EvalPolicy
-from imnet.errors import UsageError
+from imnet.run import checkpoint, models
+from imnet.run.atomic import write_atomic
+from imnet.run.config import EvalPolicy
+from imnet.run.errors import UsageError
 
 SIDECAR_FORMAT = "imnet-export-1"  # the sidecar's "format" entry: a JSON without it is not one
 
@@ -54,7 +54,7 @@ class ExportError(UsageError):
 
 
 def load_checkpoint(path: Path) -> dict:
-    """The train.py checkpoint at ``path`` (`imnet.checkpoint.read_state`: weights_only, schema checked)."""
+    """The train.py checkpoint at ``path`` (`imnet.run.checkpoint.read_state`: weights_only, schema checked)."""
     if path.exists() and not path.is_file():
         raise ExportError(f"'{path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
     return checkpoint.read_state(path)
@@ -62,7 +62,7 @@ def load_checkpoint(path: Path) -> dict:
 
 def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, object, dict]:
     """(the expression's callable name, the callable, keyword arguments) that build ``name`` as train.py did
-    (`imnet.models.constructor`)."""
+    (`imnet.run.models.constructor`)."""
     try:
         return models.constructor(name, num_classes, image_size)
     except ValueError:
@@ -163,7 +163,7 @@ def read_sidecar(weights) -> dict | None:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
         raise ExportError(f"Cannot read the sidecar '{path}' of '{weights}': {e}. Export the checkpoint again "
-                          f"(python -m imnet.export RUN/best.pt -o {weights}).") from None
+                          f"(python -m imnet.tools.export RUN/best.pt -o {weights}).") from None
     if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
         return None
     actual = sha256(weights)
@@ -171,7 +171,7 @@ def read_sidecar(weights) -> dict | None:
         raise ExportError(f"'{weights}' does not match its sidecar '{path}': the file's sha256 is {actual}, the "
                           f"sidecar records {d.get('sha256')} (the weights were replaced or changed, or the two files "
                           f"come from different exports). Keep the .pth, .json and .classes.txt of one export "
-                          f"together, or export again: python -m imnet.export RUN/best.pt -o {weights}.")
+                          f"together, or export again: python -m imnet.tools.export RUN/best.pt -o {weights}.")
     classes_path = path.parent / d["classes_file"]
     try:
         classes = classes_path.read_text(encoding="utf-8").splitlines()
@@ -186,7 +186,7 @@ def read_sidecar(weights) -> dict | None:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(
-        prog="python -m imnet.export",
+        prog="python -m imnet.tools.export",
         description="Write a train.py checkpoint's weights as a plain state_dict (no optimizer state), print its "
                     "sha256 and the torchvision line that loads it. The class names go to <output stem>.classes.txt, "
                     "the evaluation policy and architecture to <output stem>.json.")
@@ -201,14 +201,14 @@ def main(argv=None) -> int:
     try:
         r = export(args.checkpoint, args.output, args.ema)
     except UsageError as e:
-        print(f"imnet.export: {e}", file=sys.stderr)
+        print(f"imnet.tools.export: {e}", file=sys.stderr)
         return 2
     mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
     print(f"wrote {r['out']} ({mb(r['size'])}; the checkpoint is {mb(r['src_size'])}): the "
           f"{'EMA' if r['ema'] else 'regular'} weights of {r['name']}, {r['num_classes']} classes")
     print(f"class names, line i = output i: {r['classes_path']}")
     policy = r["policy"].describe() if r["policy"] else "none recorded in the checkpoint"
-    print(f"how to feed it (eval.py and imnet.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
+    print(f"how to feed it (eval.py and imnet.tools.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
     print(f"sha256: {r['sha256']}")
     print("load it with:")
     print(r["imports"])

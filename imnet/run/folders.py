@@ -2,7 +2,7 @@
 
 The expected layout is torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``, and for training
 a data root ``ROOT/{train,val}/<class>/...``. This module only looks at names and directory listings; it never
-opens an image (imnet.data reads them). Every problem it finds is raised as a DataError whose message is one
+opens an image (imnet.run.data reads them). Every problem it finds is raised as a DataError whose message is one
 paragraph saying what is wrong and how to fix it; train.py and eval.py print it and exit with code 2.
 
 The walker (walk_images, list_images) differs from os.walk / torchvision in three ways, each because a real
@@ -12,7 +12,7 @@ data copy did it:
 * only regular files are listed, or symbolic links to regular files: a FIFO, socket or device named
   ``x.jpg`` would block or fail the first reader that opens it (a FIFO blocks a DataLoader worker forever),
   and a broken link can never be read, so these are skipped and reported;
-* symbolic links to folders are followed (``imnet.prepare`` and hand-made ImageNet trees use them), except a
+* symbolic links to folders are followed (``imnet.tools.prepare`` and hand-made ImageNet trees use them), except a
   link back to a folder that encloses it (``c0/loop -> .``, ``c0/up -> ..``): os.walk would follow such a loop
   until the path grows too long, listing the class up to 40 times. Folders are identified by (st_dev, st_ino),
   so a loop through a bind mount is caught too. Such links are skipped and reported.
@@ -31,7 +31,7 @@ import stat
 from operator import itemgetter
 from typing import Iterator
 
-from imnet.errors import UsageError
+from imnet.run.errors import UsageError
 
 # The extensions torchvision's ImageFolder accepts; matched case-insensitively (ImageNet uses ".JPEG").
 # The one list of image extensions of the project: import it, do not copy it.
@@ -81,7 +81,7 @@ def _flat_folder_error(folder: str, count: int) -> DataError:
         f"{display_path(folder)!r} holds {count} image files but no class subfolders; images must be sorted "
         f"into one folder per class ({_LAYOUT}), the class being the folder name: with no class folders their "
         f"labels are unknown. A freshly extracted ImageNet validation set is flat like this: arrange it with "
-        f"`python -m imnet.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv --out "
+        f"`python -m imnet.tools.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv --out "
         f"ROOT/val` (symlinks into one folder per class; the devkit's ground-truth list works too, with "
         f"--synsets), then pass ROOT, the folder holding val/.")
 

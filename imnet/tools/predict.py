@@ -1,13 +1,13 @@
-"""Predict the classes of unlabelled images: ``python -m imnet.predict --checkpoint RUN/best.pt IMAGES...``.
+"""Predict the classes of unlabelled images: ``python -m imnet.tools.predict --checkpoint RUN/best.pt IMAGES...``.
 
-    python -m imnet.predict --checkpoint runs/r50/best.pt photos/ --topk 5 --csv predictions.csv
-    python -m imnet.predict --checkpoint runs/r50/best.pt --use-ema a.jpg b.png "more/*.jpg"
-    python -m imnet.predict --weights-file model.pth photos/       # an export of imnet.export, with its sidecar
+    python -m imnet.tools.predict --checkpoint runs/r50/best.pt photos/ --topk 5 --csv predictions.csv
+    python -m imnet.tools.predict --checkpoint runs/r50/best.pt --use-ema a.jpg b.png "more/*.jpg"
+    python -m imnet.tools.predict --weights-file model.pth photos/       # an export of imnet.tools.export, with its sidecar
 
 IMAGES are folders (every image file under them, in torchvision's ImageFolder order), files (any extension), or
 glob patterns (expanded here when the shell did not). The model, its class names and its evaluation policy
 (resize, crop, interpolation, mean/std, decode) are the checkpoint's, or those an export's sidecar records
-(imnet.export), so a prediction's top-1 is the one eval.py reports for the same file; the evaluation-policy flags
+(imnet.tools.export), so a prediction's top-1 is the one eval.py reports for the same file; the evaluation-policy flags
 of eval.py override them. Files are decoded by DataLoader workers in batches, like timm's inference.py; a file that
 cannot be read is reported on stderr and skipped, and the others are predicted (exit 0). Each image gets one line
 "file: class (probability), ..." on stdout and, with ``--csv``, a row "file, class1, prob1, ..." (eval.py's
@@ -24,11 +24,12 @@ import sys
 
 import torch
 
-from imnet import checkpoint, config, dist, export, folders, models
-from imnet.atomic import check_writable
-from imnet.data import why_unreadable
-from imnet.errors import UsageError, message_of
-from imnet.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
+from imnet.run import checkpoint, config, dist, folders, models
+from imnet.tools import export
+from imnet.run.atomic import check_writable
+from imnet.run.data import why_unreadable
+from imnet.run.errors import UsageError, message_of
+from imnet.run.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
 from imnet.transforms import normalize
 
 
@@ -37,7 +38,7 @@ class PredictError(UsageError):
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="python -m imnet.predict",
+    p = Parser(prog="python -m imnet.tools.predict",
                description="Predict the classes of unlabelled images with a train.py checkpoint (or an export with "
                            "its sidecar), using its class names and evaluation policy.")
     p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or "
@@ -45,7 +46,7 @@ def build_parser() -> Parser:
     g = p.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
     g.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.export (its sidecar "
+    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.tools.export (its sidecar "
                    "FILE.json gives the model, classes and policy)")
     g = p.add_argument_group("output")
     g.add_argument("--topk", type=COUNT, default=5, help="classes per image (at most the number of classes)")
@@ -114,7 +115,7 @@ def load_source(args):
     """-> (model name, state_dict, class names, evaluation policy or None, the training image size)."""
     if bool(args.checkpoint) == bool(args.weights_file):
         raise PredictError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
-                           "FILE for an export of python -m imnet.export (one of them).")
+                           "FILE for an export of python -m imnet.tools.export (one of them).")
     if args.checkpoint:
         ckpt = checkpoint.read_state(args.checkpoint)
         kind = "ema" if args.use_ema else "model"
@@ -127,17 +128,17 @@ def load_source(args):
                 run.get("train_crop_size"))
     if args.use_ema:
         raise PredictError("--use-ema reads the EMA weights of a train.py checkpoint; an export holds one set of "
-                           "weights (python -m imnet.export --ema exports the EMA). Drop --use-ema.")
+                           "weights (python -m imnet.tools.export --ema exports the EMA). Drop --use-ema.")
     side = export.read_sidecar(args.weights_file)
     if side is None:
         raise PredictError(f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}) to say "
                            f"which model, classes and policy it has: export the checkpoint with python -m "
-                           f"imnet.export, or give the checkpoint itself with --checkpoint.")
+                           f"imnet.tools.export, or give the checkpoint itself with --checkpoint.")
     return side["model"], checkpoint.load(args.weights_file), side["classes"], side["policy"], side["image_size"]
 
 
 def build_model(name: str, state: dict, num_classes: int, image_size: int):
-    """The model with every weight loaded (`imnet.models.load_init`; a ViT's position embedding interpolated to
+    """The model with every weight loaded (`imnet.run.models.load_init`; a ViT's position embedding interpolated to
     ``image_size`` when the crop differs from its training size)."""
     try:
         model = models.build_model(name, num_classes, image_size=image_size)
@@ -182,13 +183,13 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(Files(files, policy.transform()), batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda")
-    print(f"imnet.predict: {name}, {len(classes)} classes, {len(files)} files; policy: {policy.describe()}",
+    print(f"imnet.tools.predict: {name}, {len(classes)} classes, {len(files)} files; policy: {policy.describe()}",
           file=sys.stderr, flush=True)
     rows, bad = {}, 0
     for i, idx, prob in predict(model, loader, device, policy, topk):
         if idx is None:
             bad += 1
-            print(f"imnet.predict: skipped unreadable file {folders.display_path(files[i])}: {prob}",
+            print(f"imnet.tools.predict: skipped unreadable file {folders.display_path(files[i])}: {prob}",
                   file=sys.stderr, flush=True)
             continue
         rows[i] = [(classes[c], p) for c, p in zip(idx, prob)]
@@ -201,7 +202,7 @@ def run(args) -> int:
             writer.writerow(["file"] + [v for j in range(1, topk + 1) for v in (f"class{j}", f"prob{j}")])
             for i in sorted(rows):
                 writer.writerow([files[i]] + [v for c, p in rows[i] for v in (c, f"{p:.6f}")])
-    print(f"imnet.predict: {len(rows)} images predicted" + (f", {bad} unreadable files skipped" if bad else "")
+    print(f"imnet.tools.predict: {len(rows)} images predicted" + (f", {bad} unreadable files skipped" if bad else "")
           + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr, flush=True)
     return 0
 
@@ -210,7 +211,7 @@ def main(argv=None) -> int:
     try:
         return run(build_parser().parse_args(argv))
     except UsageError as e:
-        print(f"imnet.predict: error: {message_of(e)}", file=sys.stderr, flush=True)
+        print(f"imnet.tools.predict: error: {message_of(e)}", file=sys.stderr, flush=True)
         return 2
 
 

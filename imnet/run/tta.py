@@ -64,7 +64,7 @@ class TenCrop:
 
 
 def view_transform(policy, tta: str):
-    """The worker-side transform for ``tta`` under an `imnet.config.EvalPolicy` (its resize_size, crop_size,
+    """The worker-side transform for ``tta`` under an `imnet.run.config.EvalPolicy` (its resize_size, crop_size,
     interpolation and decode)."""
     if tta == "10crop":
         return TenCrop(policy.crop_size, policy.resize_size, policy.interpolation, policy.decode)

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from imnet.errors import UsageError
+from imnet.run.errors import UsageError
 
 
 @dataclass

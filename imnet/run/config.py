@@ -20,17 +20,17 @@ from pathlib import Path
 
 import torch
 
-from imnet.atomic import write_text
+from imnet.run.atomic import write_text
 from imnet.deit import DEIT_DISTILLED
-from imnet.errors import UsageError
-from imnet.flags import AMP_CHOICES, DECODE_MODES
-from imnet.models import fixed_input_size
+from imnet.run.errors import UsageError
+from imnet.run.flags import AMP_CHOICES, DECODE_MODES
+from imnet.run.models import fixed_input_size
 from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_for_crop
 AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
 
-# The evaluation-policy flags (train.py's and eval.py's, imnet.flags.add_eval_policy_flags) -> EvalPolicy fields.
+# The evaluation-policy flags (train.py's and eval.py's, imnet.run.flags.add_eval_policy_flags) -> EvalPolicy fields.
 EVAL_FLAGS = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "crop_pct": "crop_pct",
               "val_interpolation": "interpolation", "val_decode": "decode"}
 
@@ -265,7 +265,7 @@ class Config:
     config: str | None
     dry_run: bool
     quiet: bool
-    tensorboard: bool             # log.jsonl's scalars also as TensorBoard events (imnet.log.RunLog)
+    tensorboard: bool             # log.jsonl's scalars also as TensorBoard events (imnet.run.log.RunLog)
     # ---- derived
     world_size: int
     global_batch_size: int        # the global batch used: world_size x batch_size x accum_steps
@@ -325,7 +325,7 @@ class Config:
                                    steps_per_epoch=steps)
 
     def with_teacher(self, info: dict) -> "Config":
-        """The same Config with the record of the distillation teacher (imnet.teacher.build_teacher reads the file):
+        """The same Config with the record of the distillation teacher (imnet.run.teacher.build_teacher reads the file):
         {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
         config.json and every checkpoint; the teacher's weights never do."""
         return dataclasses.replace(self, teacher_info=dict(info))
@@ -352,7 +352,7 @@ FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
 def resolve(below: dict, given: dict, world_size: int) -> Config:
     """-> the run's Config, from every flag's value below the command line (argparse default, recipe, config
     file), the flags given on the command line, and the world size. Each value is already within its own valid
-    range (imnet.flags checks them one by one); contradictions between them raise ConfigError here."""
+    range (imnet.run.flags checks them one by one); contradictions between them raise ConfigError here."""
     f = {**below, **given}
     if f["crop_scale"][0] > f["crop_scale"][1]:
         raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need MIN <= MAX.")
@@ -493,7 +493,7 @@ def check_progressive(f: dict, given: dict) -> None:
 
 def write_config_file(cfg: Config, path: Path) -> None:
     """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values
-    (``--config`` reads it back through imnet.flags.read_config_file)."""
+    (``--config`` reads it back through imnet.run.flags.read_config_file)."""
     d = cfg.to_dict()
     d.update(cfg.flags())
     write_text(path, json.dumps(d, indent=2, sort_keys=False) + "\n")

@@ -1,7 +1,7 @@
 """Checkpoints: the schema (built and read here only), atomic saving, safe loading, and the save and restore of a
 run's every stateful piece, so that a resumed run continues exactly.
 
-- Atomic: written by `imnet.atomic.write_atomic` (temporary file, fsync, rename, fsync of the folder). A kill at
+- Atomic: written by `imnet.run.atomic.write_atomic` (temporary file, fsync, rename, fsync of the folder). A kill at
   any moment leaves either the old complete file or the new complete file, never a torn one.
 - Safe: every load uses ``torch.load(..., weights_only=True)``, which unpickles only tensors and plain
   Python containers, so a checkpoint from elsewhere cannot run code. Hence everything saved here is
@@ -31,9 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from imnet import dist
-from imnet.atomic import write_atomic
-from imnet.errors import UsageError
+from imnet.run import dist
+from imnet.run.atomic import write_atomic
+from imnet.run.errors import UsageError
 
 
 class CheckpointError(UsageError):
@@ -41,7 +41,7 @@ class CheckpointError(UsageError):
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic (`write_atomic`; a full disk raises its `imnet.atomic.NoSpace`, which names the
+    """``torch.save`` made atomic (`write_atomic`; a full disk raises its `imnet.run.atomic.NoSpace`, which names the
     size the checkpoint needs)."""
     write_atomic(path, lambda f: torch.save(obj, f), size=payload_bytes(obj))
 
@@ -157,13 +157,13 @@ def content_digest(state: dict) -> str:
 VERSION = 3  # bump when a key changes meaning; read_state upgrades format 2 and refuses others with a message
 
 # What every train.py checkpoint holds. "model" is a plain state_dict that loads strictly into the torchvision
-# constructor; "config" is the run's resolved imnet.config.Config as a dict (with its "eval_policy").
+# constructor; "config" is the run's resolved imnet.run.config.Config as a dict (with its "eval_policy").
 # The EMA weights, when the run keeps them (else None): "model_ema" in torchvision's reference format (an
 # AveragedModel state_dict: "n_averaged", the number of EMA updates, and "module."-prefixed keys), which
 # `model_ema.load_state_dict(ckpt["model_ema"])` loads there; "state_dict_ema", the same tensors as a plain
 # state_dict, which timm's validate.py --use-ema reads (it looks for state_dict_ema first). "swa" is torch's
 # AveragedModel of the SWA weights, None without SWA. "run_id": the run the checkpoint belongs to (one per run
-# folder; `imnet.runfolder.claim` lets a folder continue only its own run), "forked_from": the run it continues
+# folder; `imnet.run.runfolder.claim` lets a folder continue only its own run), "forked_from": the run it continues
 # from another folder ("" for a run started from scratch). "checksum": `content_digest` of everything else.
 REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step_in_epoch", "global_step")
 

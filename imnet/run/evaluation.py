@@ -1,8 +1,8 @@
 """One evaluation pass (`evaluate`): loss, top-1 and top-5 of a model on a loader, exact over any number of ranks.
 
-The eval sampler (`imnet.data.EvalSampler`) gives every image to exactly one rank with no padding, and the sums
+The eval sampler (`imnet.run.data.EvalSampler`) gives every image to exactly one rank with no padding, and the sums
 (not the means) are reduced across ranks, so the figures equal a single-process evaluation whatever the world
-size and the size of the last batch. Test-time views (`imnet.tta`) are made on the device from the uint8 batch.
+size and the size of the last batch. Test-time views (`imnet.run.tta`) are made on the device from the uint8 batch.
 train.py evaluates with it after each epoch; eval.py for a checkpoint.
 """
 
@@ -15,11 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from imnet import dist
+from imnet.run import dist
 from imnet.losses import cross_entropy
 from imnet.metrics import Meter
 from imnet.transforms import normalize
-from imnet.tta import make_views
+from imnet.run.tta import make_views
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
@@ -54,7 +54,7 @@ def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes
 
     The eval sampler gives every image to exactly one rank with no padding, and Meter sums counts (not
     means) across ranks, so the figures equal a single-process evaluation whatever the world size. With
-    test-time views (``tta``: see `imnet.tta`) the softmax probabilities of the views are averaged and the
+    test-time views (``tta``: see `imnet.run.tta`) the softmax probabilities of the views are averaged and the
     loss is the cross-entropy of that average. Nothing is read back to the host inside the loop.
     """
     model.eval()

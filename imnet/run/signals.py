@@ -20,7 +20,7 @@ Three pieces make that hold at every moment of a run:
 - `PreemptionSignals`: while the run is alive, a signal sets ``requested``; the training loop reads it after
   every step. ``deferred()`` blocks the signals (kept pending, delivered at its end) while worker processes are
   forked, so a child cannot be killed in the instant before its worker init makes it ignore them
-  (`imnet.data`: the main process decides, the workers ignore the signals).
+  (`imnet.run.data`: the main process decides, the workers ignore the signals).
 - `test_hook`: deterministic signals for the test suite (inert unless ``IMNET_TEST_SIGTERM`` is set).
 
 Standard library only (this module is imported before torch).

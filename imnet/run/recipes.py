@@ -154,7 +154,7 @@ _DEIT = dict(
 RECIPES["deit_small"] = dict(_DEIT, model="deit_small")
 RECIPES["deit_tiny"] = dict(_DEIT, model="deit_tiny")
 
-# The demo: `python train.py` on the generated dataset (imnet.demo), under 4 minutes on a 2-core CPU (3.5 min
+# The demo: `python train.py` on the generated dataset (imnet.tools.demo), under 4 minutes on a 2-core CPU (3.5 min
 # measured, generation included). 32 px keeps a ResNet-18 step cheap; AdamW learned this task from scratch in
 # far fewer steps than SGD did here; crop scale (0.6, 1) because the default minimum of 0.08 often crops the
 # single object out of these small images (8 epochs, seed 0: 57.5% with 0.35, 70.5% with 0.6, 56% with 1.0).

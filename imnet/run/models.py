@@ -67,7 +67,7 @@ def check_name(name: str) -> None:
 
 def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str, object, dict]:
     """How ``name`` is built, as (the callable's name in torchvision.models, the callable, its keyword arguments):
-    the one recipe for building a model by name, used by `build_model` and by imnet.export's loading line.
+    the one recipe for building a model by name, used by `build_model` and by imnet.tools.export's loading line.
     DeiT is torchvision's ``VisionTransformer`` at the DeiT widths, a distilled DeiT imnet.deit's
     ``DistilledVisionTransformer`` (the callable is then not torchvision's); ViT/DeiT take ``image_size`` (their
     position embedding has one entry per patch); googlenet and inception_v3 are built without their auxiliary
@@ -190,7 +190,7 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
     ``weights``, a torchvision weights name such as ``ResNet50_Weights.IMAGENET1K_V2``, fetched by
     torchvision's own download and cache (`download_weights`; ``file_flag`` is the caller's flag for a file,
     named by the offline message). ValueError when unusable."""
-    from imnet import checkpoint
+    from imnet.run import checkpoint
     if weights is not None:
         w = torchvision_weights(weights, model)
         return download_weights(w, weights, progress, file_flag), None, f"torchvision weights {weights}"
