@@ -70,7 +70,7 @@ def section(md: str, start: str, end: str) -> str:
 
 TABLE = parse_table(MD)
 COMMANDS = parse_commands(MD)  # every command in the file: each one dry-runs
-RECIPE_COMMANDS = parse_commands(section(MD, "## The recipes", "## The tricks"))  # each recipe's own two
+RECIPE_COMMANDS = parse_commands(section(MD, "## The recipes", "## Beyond the table"))  # each recipe's own two
 
 
 def test_table_matches_code():

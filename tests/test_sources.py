@@ -1,4 +1,4 @@
-"""recipes.md's "Against the sources" table is what the recipes resolve to and what their sources do: the
+"""docs/sources.md's "Against the sources" table is what the recipes resolve to and what their sources do: the
 RandomErasing fill, the auto-augment interpolation of the transform train.py builds, the parameters without
 weight decay (by the source's own rule on the model), and where the EMA starts."""
 
@@ -16,7 +16,7 @@ from imnet.optim import no_decay_names, param_groups
 from imnet.run.recipes import META, RECIPES
 from test_optim import timm_exempt, torchvision_exempt
 
-MD = (Path(__file__).resolve().parents[1] / "recipes.md").read_text()
+MD = (Path(__file__).resolve().parents[1] / "docs" / "sources.md").read_text()
 
 
 ROWS = parse_table(MD, after="## Against the sources")
