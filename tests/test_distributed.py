@@ -3,7 +3,7 @@ distributed evaluation, SWA, and the --sync-bn refusal. Each run is a few SGD st
 (the SWA test also resumes a ResNet-18 to compare the BatchNorm statistics of the average).
 
 torch's SyncBatchNorm refuses CPU tensors, so the equivalence is proven with convnext_tiny (LayerNorm) and
---drop-path 0 (docs/design.md, "What the tests prove"): plain DDP over 2 processes with batch b must then equal one
+--drop-path 0 (docs/guarantees.md, "What the tests prove"): plain DDP over 2 processes with batch b must then equal one
 process with batch 2b, because the sampler hands rank r the samples r, r+2, ... of each global batch and
 each sample's augmentation depends only on (seed, epoch, index). "Equal" is measured on the weight updates
 (`assert_same_updates`), tightly enough that a 0.5% error in the gradient's scale fails.
