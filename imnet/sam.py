@@ -162,6 +162,6 @@ def keep_buffers(model: torch.nn.Module):
 def check_accum_steps(accum_steps: int) -> None:
     """Raise ValueError for accum_steps > 1 (module docstring)."""
     if accum_steps > 1:
-        raise ValueError(f"SAM does not support gradient accumulation (accum_steps={accum_steps}): its ascent "
+        raise ValueError(f"SAM does not support gradient accumulation (accum_steps={accum_steps}): SAM's ascent "
                          f"needs the gradient of the whole batch. Use accum_steps=1 with a batch that fits, or more "
                          f"processes.")
