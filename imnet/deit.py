@@ -17,10 +17,9 @@ heads) trunc_normal(std .02) with zero bias, LayerNorms 1 / 0, the patch-embeddi
 default. (timm's and torch's trunc_normal_ cut at +-2 in absolute value, i.e. at 100 std here: in
 effect a plain normal.) torchvision's own ViT init differs (zero class token and head, Xavier MLPs).
 
-``interpolate_pos_embedding`` resizes the position embedding to another image size for fine-tuning: the
-two token rows are kept, the N patch rows are resized on their 2-D grid bicubically with
-``align_corners=False``, as DeiT's fine-tuning code (main.py, ``--finetune``) did for its published 384 px
-models. torchvision's ``interpolate_embeddings`` keeps one token row only and uses align_corners=True.
+``interpolate_pos_embedding`` resizes the position embedding for fine-tuning at another image size as DeiT's
+fine-tuning code (main.py, ``--finetune``) did for its published 384 px models; torchvision's
+``interpolate_embeddings`` keeps one token row only and uses align_corners=True.
 """
 
 import math

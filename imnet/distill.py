@@ -14,16 +14,14 @@ The tau^2 keeps the soft term's gradients the same size whatever tau (they scale
 on ImageNet, which changes what a given alpha means; its authors report batchmean "slightly lower/similar"
 (facebookresearch/deit issue 61).
 
-A student with two heads (DeiT's distillation token, imnet.deit) returns (cls_logits, dist_logits) in
-training: the base loss is taken on the class head and the distillation loss on the distillation head,
-each weighted as above (DeiT uses alpha = 0.5 for hard distillation: 1/2 CE(y) + 1/2 CE(y_teacher)). A
-student with one head gets both losses on its logits (Hinton's classic setting).
+A two-head student (DeiT's distillation token, imnet.deit) returns (cls_logits, dist_logits) in training: the
+base loss goes on the class head, the distillation loss on the distillation head (DeiT's hard distillation:
+alpha = 0.5, 1/2 CE(y) + 1/2 CE(y_teacher)); a one-head student gets both on its logits (Hinton's setting).
 
-What the teacher sees, in DeiT (engine.py, train_one_epoch): the batch *after* MixUp/CutMix, the very
-images the student gets (``samples, targets = mixup_fn(samples, targets)``, then the criterion runs
-``teacher_model(samples)`` under torch.no_grad(), inside the same autocast), with the teacher in eval
-mode; the base loss uses the mixed (soft) targets. The teacher's logits are detached here in any case, so
-no gradient reaches the teacher. Computed in float32 like imnet.losses.
+What the teacher sees, in DeiT (engine.py, train_one_epoch): the batch *after* MixUp/CutMix, the very images
+the student gets (``samples, targets = mixup_fn(samples, targets)``, then ``teacher_model(samples)`` under
+torch.no_grad(), in the same autocast), the teacher in eval mode; the base loss uses the mixed (soft) targets.
+The teacher's logits are detached here in any case. Computed in float32 like imnet.losses.
 """
 
 import torch.nn.functional as F

@@ -61,8 +61,7 @@ would apply s * g'. The ascent direction is invariant to the scale, rho * (s g) 
 (also for ASAM, T_w s g is linear in s), bitwise so with s a power of two. Only the norm ``ascend`` returns is
 s * ||g||: divide it by ``scaler.get_scale()`` to log it.
 
-Gradient clipping clips the second gradient g', after the second backward (and after ``unscale_``) and before
-the base step. The first gradient needs none: global-norm clipping only rescales g, which the ascent ignores.
+Gradient clipping acts on g' only (as above): global-norm clipping only rescales g, which the ascent ignores.
 
 DDP: the first backward must NOT run under ``model.no_sync()``: its all-reduce gives every rank the same global
 gradient, so every rank moves to the same w + e; the second backward is all-reduced as usual, and ``descend``
@@ -74,8 +73,8 @@ batch before any second pass, so every micro-batch (with its augmentation and mi
 recomputed until the ascent, which an accumulating loop does not do. Ascending per micro-batch is m-sharpness
 with m = the micro-batch, again not SAM on the batch.
 
-Costs: two forward/backward passes per step and one copy of the parameters (the saved w). Dropout and
-stochastic depth draw new masks in the second pass; that is the usual practice.
+Costs: two forward/backward passes per step and one copy of the parameters (the saved w). Dropout and stochastic
+depth draw new masks in the second pass, the usual practice.
 """
 
 from __future__ import annotations

@@ -174,8 +174,6 @@ def rrc_params(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
                          w = round(sqrt(A r)),  h = round(sqrt(A / r))
                          accept if 0 < w <= W and 0 < h <= H; top ~ U{0..H-h}, left ~ U{0..W-w}
         fallback:        the whole image, centre-cropped to the nearest aspect ratio inside ``ratio``.
-
-    The same seed gives torchvision's box (torch's global RNG, drawn in the same order).
     """
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -410,18 +408,15 @@ def eval_crops(src, resize_size, crop_size, interpolation="bilinear", draft=Fals
     ``corners`` torchvision's ``FiveCrop`` (top-left, top-right, bottom-left, bottom-right, centre;
     `five_crop_origins`) -> contiguous uint8 (V, 3, crop, crop), V = 1 or 5.
 
-    How the pixels are made, geometry (`eval_geometry`) being the same in every case:
+    How the pixels are made, the geometry (`eval_geometry`) being the same in every case:
 
-    * canonical: the whole image is resized by torchvision's antialiased tensor kernel and the squares are
-      cut from it: ``v2.Resize(resize_size, antialias=True)`` + ``v2.CenterCrop`` / ``v2.FiveCrop`` on the
-      decoded tensor, pixel for pixel (a centre crop larger than the image is zero-padded, as there);
-    * bounded, when the resized image would hold more than `WHOLE_RESIZE_MAX` times the pixels of one crop
-      (extreme aspect ratios): each square, mapped to source coordinates with sub-pixel precision
-      (``x_src = x * width / new_w``, the mapping of the resize), is resampled alone by PIL
-      (`_resample_box`). Same boxes; the two kernels round differently, so within 2 grey levels of the
-      canonical pixels (noise included); memory and time are those of the crops, whatever the file;
-    * ``draft`` (with `fastjpeg`): a JPEG at least k = 2, 4 or 8 times larger than the resized image is
-      decoded at 1/k and then resampled as in the bounded case (PSNR above 30 dB against the canonical).
+    * canonical: ``v2.Resize(resize_size, antialias=True)`` + ``v2.CenterCrop`` / ``v2.FiveCrop`` on the decoded
+      tensor, pixel for pixel (a centre crop larger than the image is zero-padded, as there);
+    * bounded, beyond `WHOLE_RESIZE_MAX`: each square, mapped to source coordinates sub-pixel exact
+      (``x_src = x * width / new_w``, the resize's mapping), is resampled alone by PIL (`_resample_box`): within
+      2 grey levels of the canonical pixels (the kernels round differently); memory and time are the crops';
+    * ``draft`` (with `fastjpeg`): a JPEG at least k = 2, 4 or 8 times larger than the resized image is decoded
+      at 1/k, then resampled as in the bounded case (PSNR above 30 dB against the canonical).
     """
     img = _open(src)
     width, height = img.size
@@ -437,7 +432,7 @@ def eval_crops(src, resize_size, crop_size, interpolation="bilinear", draft=Fals
         if not fits:  # zero padding, as torchvision's CenterCrop
             return TF.center_crop(x, [c, c]).unsqueeze(0).contiguous()
         return torch.stack([x[:, y0:y0 + c, x0:x0 + c] for x0, y0 in origins])
-    # Bounded or draft: resample only what each crop keeps (x_src = x * width / new_w, times the decode scale).
+    # bounded or draft (the decode scale joins the resize's mapping)
     image = img.rgb_pil() if fastjpeg is not None else img
     sx, sy = width / new_w * scale, height / new_h * scale
     views = []
