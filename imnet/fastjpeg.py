@@ -30,8 +30,7 @@ _PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 def draft_factor(box_w, box_h, out_w, out_h):
-    """Largest k in `DRAFT_FACTORS` with ``box_w / k >= out_w`` and ``box_h / k >= out_h``, else 1: a box
-    decoded at 1/k still has at least as many pixels as the output in both directions."""
+    """Largest k in `DRAFT_FACTORS` with ``box_w / k >= out_w`` and ``box_h / k >= out_h``, else 1."""
     for k in DRAFT_FACTORS:
         if box_w / k >= out_w and box_h / k >= out_h:
             return k

@@ -7,15 +7,13 @@ decay on the BN coefficients; He et al. 2019, "Bag of Tricks", Sec. 3.1: "no bia
 2021, and timm exclude pos_embed and cls_token). The exempt parameters are a set of categories
 (``no_decay_on``), because the recipes' sources draw the line differently:
 
-- ``"norm"``: the weights and biases of normalization layers (BatchNorm, LayerNorm and its subclasses such as
-  ConvNeXt's LayerNorm2d, GroupNorm, InstanceNorm, LocalResponseNorm), found by module class: torchvision's
-  ``--norm-weight-decay`` (references/classification/utils.py, ``set_weight_decay``).
+- ``"norm"``: the weights and biases of normalization layers, by module class (`NORM_LAYERS`, subclasses such
+  as ConvNeXt's LayerNorm2d included): torchvision's ``--norm-weight-decay`` (references/classification/utils.py).
 - ``"bias"``: parameters named exactly ``bias`` (torchvision's ``--bias-weight-decay``; MultiheadAttention's
   ``in_proj_bias`` is not one, as there).
-- ``"embedding"``: class and distillation tokens, position embeddings and relative-position bias tables, by
-  name (`EMBEDDING_NAMES`): torchvision's ``--transformer-embedding-decay`` (whose key list misses
-  torchvision's own ViT ``pos_embedding``; here it is included) and DeiT's ``no_weight_decay()`` (pos_embed,
-  cls_token, dist_token).
+- ``"embedding"``: tokens, position embeddings and relative-position bias tables, by name (`EMBEDDING_NAMES`):
+  torchvision's ``--transformer-embedding-decay`` (whose key list misses its own ViT ``pos_embedding``, included
+  here) and DeiT's ``no_weight_decay()`` (pos_embed, cls_token, dist_token).
 - ``"1d"``: every parameter with at most one dimension, timm's and DeiT's rule (``filter_bias_and_bn``: norm
   weights and biases, all biases, per-channel scales).
 - ``"layer_scale"``: ConvNeXt's layer scale, which torchvision stores as (C, 1, 1) where the original ConvNeXt
@@ -74,7 +72,7 @@ EMBEDDING_NAMES = (
     "cls_token", "dist_token", "pos_embed", "absolute_pos_embed", "position_embedding", "position_embeddings",
 )
 
-# torchvision's reference set_weight_decay's norm_classes
+# torchvision's reference set_weight_decay's norm_classes (references/classification/utils.py)
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm,
                torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
 

@@ -26,31 +26,20 @@ by copy, so no NaN survives the step, and ``keep_buffers`` keeps it out of Batch
 
 The loop stays visible; ``SAM`` only moves the weights out and back.
 
-Plain (fp32, or bf16 autocast, which needs no scaler)::
+One step, fp16 with ``scaler = torch.amp.GradScaler()`` (in fp32, or bf16 autocast, which needs no scaler, drop
+the scaler: ``loss.backward()``, no ``unscale_``, ``optimizer.step()``)::
 
     sam = SAM(optimizer, rho=0.05)              # or SAM(model.parameters(), ...)
-    loss = criterion(model(x), y)               # first pass at w (log this loss)
-    loss.backward()
-    sam.ascend()                                # w -> w + e; clears p.grad
-    with keep_buffers(model):                   # BatchNorm statistics are not updated at w + e
-        criterion(model(x), y).backward()       # second pass: same x, y (same augmentation, same mixup)
-    sam.descend()                               # w + e -> w; p.grad is g'
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional: clips g'
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-fp16 with ``scaler = torch.amp.GradScaler()``::
-
     with torch.autocast("cuda", torch.float16):
-        loss = criterion(model(x), y)
+        loss = criterion(model(x), y)           # first pass at w (log this loss)
     scaler.scale(loss).backward()               # p.grad = s * g
-    sam.ascend()                                # NO unscale_ here (see below)
-    with keep_buffers(model), torch.autocast("cuda", torch.float16):
-        loss2 = criterion(model(x), y)
+    sam.ascend()                                # w -> w + e; clears p.grad; NO unscale_ before it (see below)
+    with keep_buffers(model), torch.autocast("cuda", torch.float16):   # BatchNorm statistics not updated at w + e
+        loss2 = criterion(model(x), y)          # second pass: same x, y (same augmentation, same mixup)
     scaler.scale(loss2).backward()              # p.grad = s * g'
-    sam.descend()
+    sam.descend()                               # w + e -> w; p.grad is g'
     scaler.unscale_(optimizer)                  # the one unscale_ of this step, on g'
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional: clips g'
     scaler.step(optimizer)                      # skipped if g' (or, through NaN, g) overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
