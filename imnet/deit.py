@@ -6,11 +6,10 @@ that attends like the class token and feeds a second head trained on the teacher
     train:  (head(z_class), head_dist(z_dist))                       -> imnet.distill.distillation_loss
     eval:   (head(z_class) + head_dist(z_dist)) / 2                  (the paper's late fusion, Table 3)
 
-Widths as DeiT's Table 1: patch 16, depth 12, MLP ratio 4; tiny 192 wide / 3 heads, small 384 / 6, base
-768 / 12. Parameter names are torchvision's (``class_token``, ``conv_proj``, ``encoder.pos_embedding``,
-``encoder.layers``, ``heads.head``) plus ``dist_token`` and ``head_dist`` (DeiT's names for the new ones),
-so the state_dict loads strictly into a freshly built instance and torchvision-ViT tools (stochastic
-depth on ``encoder.layers``, the weight-decay and layer-decay rules) apply unchanged.
+Widths as DeiT's Table 1 (`DEIT_DISTILLED`). Parameter names are torchvision's (``class_token``, ``conv_proj``,
+``encoder.pos_embedding``, ``encoder.layers``, ``heads.head``) plus DeiT's ``dist_token`` and ``head_dist``, so
+the state_dict loads strictly into a freshly built instance and torchvision-ViT tools (stochastic depth on
+``encoder.layers``, the weight-decay and layer-decay rules) apply unchanged.
 
 Initialisation as DeiT's (its models.py on timm 0.3's VisionTransformer): class token, distillation token
 and position embedding ~ trunc_normal(std .02), every Linear (attention in/out projections, MLP, both
@@ -18,10 +17,9 @@ heads) trunc_normal(std .02) with zero bias, LayerNorms 1 / 0, the patch-embeddi
 default. (timm's and torch's trunc_normal_ cut at +-2 in absolute value, i.e. at 100 std here: in
 effect a plain normal.) torchvision's own ViT init differs (zero class token and head, Xavier MLPs).
 
-``interpolate_pos_embedding`` resizes the position embedding to another image size for fine-tuning: the
-two token rows are kept, the N patch rows are resized on their 2-D grid bicubically with
-``align_corners=False``, as DeiT's fine-tuning code (main.py, ``--finetune``) did for its published 384 px
-models. torchvision's ``interpolate_embeddings`` keeps one token row only and uses align_corners=True.
+``interpolate_pos_embedding`` resizes the position embedding for fine-tuning at another image size as DeiT's
+fine-tuning code (main.py, ``--finetune``) did for its published 384 px models; torchvision's
+``interpolate_embeddings`` keeps one token row only and uses align_corners=True.
 """
 
 import math
@@ -42,7 +40,7 @@ DEIT_DISTILLED = {
 
 
 class DistilledVisionTransformer(VisionTransformer):
-    """torchvision's VisionTransformer with DeiT's distillation token and head; see the module docstring."""
+    """torchvision's VisionTransformer with DeiT's distillation token and head."""
 
     def __init__(self, image_size=224, patch_size=16, num_layers=12, num_heads=3, hidden_dim=192, mlp_dim=None,
                  num_classes=1000, dropout=0.0, attention_dropout=0.0):
@@ -95,15 +93,13 @@ def deit_distilled(name, num_classes=1000, image_size=224):
 
 
 def interpolate_pos_embedding(pos_embedding, grid_size, num_tokens=2):
-    """(1, num_tokens + g*g, D) -> (1, num_tokens + grid_size**2, D): the token rows unchanged, the patch
-    rows resized from their g x g grid to grid_size x grid_size (bicubic, align_corners=False, in float32).
-    For a DistilledVisionTransformer at image size S with patch P, grid_size = S // P."""
+    """(1, num_tokens + g*g, D) -> (1, num_tokens + grid_size**2, D), grid_size = image size // patch size:
+    the token rows unchanged, the patch grid resized (bicubic, align_corners=False, in float32)."""
     tokens, patches = pos_embedding[:, :num_tokens], pos_embedding[:, num_tokens:]
     old = math.isqrt(patches.shape[1])
     if old * old != patches.shape[1] or pos_embedding.shape[0] != 1:
         raise ValueError(f"expected a position embedding of shape (1, {num_tokens} + g*g, D), got "
-                         f"{tuple(pos_embedding.shape)}; pass num_tokens=1 for a ViT without a distillation "
-                         f"token.")
+                         f"{tuple(pos_embedding.shape)}; pass num_tokens=1 for a ViT without a distillation token.")
     grid = patches.reshape(1, old, old, -1).permute(0, 3, 1, 2).float()
     grid = F.interpolate(grid, size=(grid_size, grid_size), mode="bicubic", align_corners=False)
     patches = grid.permute(0, 2, 3, 1).reshape(1, grid_size * grid_size, -1).to(pos_embedding.dtype)

@@ -9,22 +9,19 @@ With student logits z_s, teacher logits z_t, temperature tau and psi = softmax:
     loss = (1 - alpha) * base + alpha * distill
 
 The tau^2 keeps the soft term's gradients the same size whatever tau (they scale as 1/tau^2; Hinton Sec. 2).
-``reduction="batchmean"`` (the default) is the KL per sample, averaged over the batch: the mathematical KL,
-as Hinton define it. DeiT's code (losses.py) sums and divides by N * C, torch's legacy
-``reduction="mean"``: the same loss divided by the number of classes (1000x smaller on ImageNet, which
-changes what a given alpha means); its authors report batchmean "slightly lower/similar"
-(facebookresearch/deit issue 61). ``reduction="mean"`` reproduces DeiT's scaling.
+``reduction="batchmean"`` (the default) is the KL per sample averaged over the batch, Hinton's KL. DeiT's code
+(losses.py) divides the sum by N * C, torch's legacy ``reduction="mean"`` (reproduced by "mean"): 1000x smaller
+on ImageNet, which changes what a given alpha means; its authors report batchmean "slightly lower/similar"
+(facebookresearch/deit issue 61).
 
-A student with two heads (DeiT's distillation token, imnet.deit) returns (cls_logits, dist_logits) in
-training: the base loss is taken on the class head and the distillation loss on the distillation head,
-each weighted as above (DeiT uses alpha = 0.5 for hard distillation: 1/2 CE(y) + 1/2 CE(y_teacher)). A
-student with one head gets both losses on its logits (Hinton's classic setting).
+A two-head student (DeiT's distillation token, imnet.deit) returns (cls_logits, dist_logits) in training: the
+base loss goes on the class head, the distillation loss on the distillation head (DeiT's hard distillation:
+alpha = 0.5, 1/2 CE(y) + 1/2 CE(y_teacher)); a one-head student gets both on its logits (Hinton's setting).
 
-What the teacher sees, in DeiT (engine.py, train_one_epoch): the batch *after* MixUp/CutMix, the very
-images the student gets (``samples, targets = mixup_fn(samples, targets)``, then the criterion runs
-``teacher_model(samples)`` under torch.no_grad(), inside the same autocast), with the teacher in eval
-mode; the base loss uses the mixed (soft) targets. The teacher's logits are detached here in any case, so
-no gradient reaches the teacher. Computed in float32 like imnet.losses.
+What the teacher sees, in DeiT (engine.py, train_one_epoch): the batch *after* MixUp/CutMix, the very images
+the student gets (``samples, targets = mixup_fn(samples, targets)``, then ``teacher_model(samples)`` under
+torch.no_grad(), in the same autocast), the teacher in eval mode; the base loss uses the mixed (soft) targets.
+The teacher's logits are detached here in any case. Computed in float32 like imnet.losses.
 """
 
 import torch.nn.functional as F
@@ -33,11 +30,9 @@ __all__ = ["soft_distillation", "hard_distillation", "distillation_loss"]
 
 
 def soft_distillation(student_logits, teacher_logits, tau=1.0, reduction="batchmean"):
-    """tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau)), float32 scalar; ``reduction`` "batchmean"
-    (sum over classes, mean over samples) or "mean" (DeiT's: divided by N * C)."""
+    """tau^2 * KL(softmax(z_t / tau) || softmax(z_s / tau)), float32 scalar."""
     if reduction not in ("batchmean", "mean"):
-        raise ValueError(f"reduction must be 'batchmean' (the KL per sample) or 'mean' (DeiT's, divided by "
-                         f"the number of classes too), got {reduction!r}.")
+        raise ValueError(f"reduction must be 'batchmean' (the KL per sample) or 'mean' (DeiT's), got {reduction!r}.")
     log_p_s = F.log_softmax(student_logits.float() / tau, dim=-1)
     log_p_t = F.log_softmax(teacher_logits.detach().float() / tau, dim=-1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="sum", log_target=True)
@@ -54,12 +49,10 @@ def distillation_loss(outputs, target, teacher_logits, base_loss, kind="hard", a
                       reduction="batchmean"):
     """(1 - alpha) * base_loss(class logits, target) + alpha * distillation(distillation logits, teacher).
 
-    ``outputs``: the student's logits, or its (cls_logits, dist_logits) pair (DeiT's split);
-    ``base_loss(logits, target)``: e.g. imnet.losses.cross_entropy; ``kind``: "hard" or "soft" (then
-    ``tau`` and ``reduction`` apply)."""
+    ``outputs``: the student's logits, or its (cls_logits, dist_logits) pair; ``base_loss(logits, target)``:
+    e.g. imnet.losses.cross_entropy; ``tau`` and ``reduction`` apply to ``kind="soft"``."""
     if kind not in ("hard", "soft"):
-        raise ValueError(f"kind must be 'hard' (CE to the teacher's argmax) or 'soft' (KL at temperature "
-                         f"tau), got {kind!r}.")
+        raise ValueError(f"kind must be 'hard' or 'soft', got {kind!r}.")
     if not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1] (the weight of the distillation loss), got {alpha}.")
     cls_logits, dist_logits = outputs if isinstance(outputs, (tuple, list)) else (outputs, outputs)

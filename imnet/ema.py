@@ -14,11 +14,9 @@ Where the average starts, two ways:
   DeiT (which builds it from the initial weights). The initial weights then keep a share decay**t of
   the average after t steps;
 - ``copy_steps=N``: torchvision's reference script (references/classification/train.py) resets
-  AveragedModel's ``n_averaged`` after every EMA update during its LR warmup epochs, so each of those
-  updates, and the first one after them, copies the weights; averaging starts with the update after
-  that. Here: an update copies when it is the first, or when the update before it came at an optimizer
-  step <= N (give N = the LR warmup's steps; N = 0 leaves only the first update a copy, torchvision
-  without warmup).
+  AveragedModel's ``n_averaged`` after every EMA update during its LR warmup epochs, so those updates and
+  the first one after them copy the weights. Here: an update copies when it is the first, or when the
+  update before it came at an optimizer step <= N (N = the LR warmup's steps; N = 0: only the first).
 
 Decay warmup (``warmup=True``, TensorFlow ``ExponentialMovingAverage(num_updates=...)``): with n the
 number of EMA updates already done (0 at the first one),
@@ -31,12 +29,10 @@ another formula, decay_n = 1 - (1 + n)^(-2/3); this is not it.)
 Updating every k optimizer steps with decay**k keeps the same time constant (~ 1 / (1 - decay)
 steps) at 1/k of the cost: k updates of decay d shrink the old average by d**k.
 
-BatchNorm buffers: floating buffers (running_mean, running_var) are *averaged* like the weights.
-The running statistics are themselves averages of the live model's activations; averaging them over
-the same window as the weights gives statistics that belong to roughly the same averaged network,
-which is what timm's ModelEmaV2/V3 and torchvision's reference (AveragedModel with use_buffers=True)
-do. Integer buffers (``num_batches_tracked``) cannot be interpolated and are *copied*.
-(AveragedModel computes ``int(ema * d + w * (1 - d))`` for them, a meaningless truncated value.)
+BatchNorm buffers: floating buffers (running_mean, running_var) are *averaged* like the weights, over the
+same window, so they belong to roughly the same averaged network (timm's ModelEmaV2/V3, torchvision's
+AveragedModel with use_buffers=True). Integer buffers (``num_batches_tracked``) are *copied* (AveragedModel
+computes ``int(ema * d + w * (1 - d))`` for them, a meaningless truncated value).
 """
 
 import copy
@@ -59,11 +55,9 @@ def unwrap(model):
 
 
 class ModelEma:
-    """EMA of ``model`` (see the module docstring). ``.module`` is the averaged float32 copy, in eval
-    mode, without gradients; evaluate it like any model. Call ``.update(model, step)`` after each
-    optimizer step (``step`` = optimizer steps done); it updates only when ``step % every == 0``.
-    ``copy_steps``: None (start from the model at construction) or torchvision's copy phase (module
-    docstring)."""
+    """EMA of ``model``: ``.module`` is the averaged float32 copy, in eval mode, without gradients. Call
+    ``.update(model, step)`` after each optimizer step (``step`` = steps done); it updates when
+    ``step % every == 0``."""
 
     def __init__(self, model, decay=0.9999, warmup=False, every=1, device=None, copy_steps=None):
         self.decay = decay
@@ -104,13 +98,10 @@ class ModelEma:
         self.num_updates += 1
 
     def state_dict(self):
-        """{"module": the averaged model's plain state_dict (same keys as the model), "num_updates",
-        "decay", "warmup", "every", "copy_steps"}."""
         return {"module": self.module.state_dict(), "num_updates": self.num_updates,
                 "decay": self.decay, "warmup": self.warmup, "every": self.every, "copy_steps": self.copy_steps}
 
     def load_state_dict(self, state):
-        """Restore the average and the update count. The settings (decay, warmup, every, copy_steps) stay
-        those of the constructor, i.e. of the current command line."""
+        """Restore the average and the update count; the settings stay the constructor's."""
         self.module.load_state_dict(state["module"])
         self.num_updates = int(state["num_updates"])

@@ -1,23 +1,19 @@
 """Fast decode-and-resize for `transforms`: the same crops, computed with less work.
 
-`transforms` uses this module when it sits next to it (in imnet, or copied beside a copy of transforms.py)
-and works without it. The crop geometry and the random draws are decided by `transforms` either way; this
-module only changes how the pixels of a given box are produced. Two levers:
+`transforms` uses this module when it sits next to it and works without it; the geometry and the random draws
+are decided there either way, this module only changes how the pixels of a given box are made. Two levers:
 
 * **Full-size decoding straight into a tensor.** ``torchvision.io.decode_jpeg`` (libjpeg-turbo) decodes RGB
-  and greyscale JPEGs into an HWC-strided uint8 tensor without a PIL round trip, and the box is resized by
-  torch's vectorized uint8 antialiased kernel - the kernel torchvision's ``Resize(antialias=True)`` calls,
-  so the pixels are those of torchvision's tensor pipeline, about 2x faster than PIL's resize. Everything
-  else (CMYK/YCCK, palette, alpha, 16-bit, PNG data behind a .JPEG name, a PIL image passed in) is decoded
-  by PIL and converted to 8-bit RGB by the caller's function (transforms' ``to_rgb``: one conversion rule
-  whichever module decodes).
-* **Reduced-size ("draft") JPEG decoding**, opt-in per call. A baseline JPEG stores 8x8 blocks of DCT
-  coefficients, and libjpeg can run a smaller inverse DCT to decode the image at 1/2, 1/4 or 1/8 of its
-  size for a fraction of the cost (PIL's ``Image.draft``). The largest factor k is chosen at which the box,
-  seen at 1/k, still covers the output in both directions (`draft_factor`), so resampling only ever
-  shrinks, as it would from the full image; the box is mapped to the reduced image with sub-pixel
-  precision (PIL's ``resize(box=...)``). The geometry stays exact; the pixels differ a little from a
-  full-size decode (PSNR well above 30 dB), since the IDCT has already low-passed the image.
+  and greyscale JPEGs without a PIL round trip, and the box is resized by the uint8 antialiased kernel
+  torchvision's ``Resize(antialias=True)`` calls: torchvision's pixels, about 2x faster than PIL's resize.
+  Everything else (CMYK/YCCK, palette, alpha, 16-bit, PNG data behind a .JPEG name, a PIL image passed in) is
+  decoded by PIL and converted by the caller's ``to_rgb`` (one conversion rule whichever module decodes).
+* **Reduced-size ("draft") JPEG decoding**, opt-in per call. A JPEG stores 8x8 blocks of DCT coefficients, and
+  libjpeg can run a smaller inverse DCT to decode at 1/2, 1/4 or 1/8 of the size for a fraction of the cost
+  (PIL's ``Image.draft``). The largest k at which the box still covers the output (`draft_factor`) is taken,
+  so resampling only ever shrinks; the box is mapped to the reduced image sub-pixel exact (PIL's
+  ``resize(box=...)``). The geometry stays exact; the pixels differ a little from a full-size decode (PSNR
+  well above 30 dB), since the IDCT has already low-passed the image.
 
 Depends on torch, torchvision and PIL only.
 """
@@ -34,8 +30,7 @@ _PIL_RESAMPLE = {"bilinear": Image.BILINEAR, "bicubic": Image.BICUBIC}
 
 
 def draft_factor(box_w, box_h, out_w, out_h):
-    """Largest k in `DRAFT_FACTORS` with ``box_w / k >= out_w`` and ``box_h / k >= out_h``, else 1: a box
-    decoded at 1/k still has at least as many pixels as the output in both directions."""
+    """Largest k in `DRAFT_FACTORS` with ``box_w / k >= out_w`` and ``box_h / k >= out_h``, else 1."""
     for k in DRAFT_FACTORS:
         if box_w / k >= out_w and box_h / k >= out_h:
             return k
@@ -73,10 +68,8 @@ def hwc_tensor(im):
 
 
 def resize_tensor(x, size, interpolation):
-    """uint8 (3, H, W) -> uint8 (3, *size), antialiased, with the kernel of torchvision's
-    ``Resize(antialias=True)`` (same output). Its fast path wants a channels_last-contiguous input; a crop
-    view of a decoded HWC image is not, so it is packed first, a cheap copy that makes the resize about
-    1.7x faster. The result has HWC strides."""
+    """uint8 (3, H, W) -> uint8 (3, *size) with HWC strides, by torchvision's ``Resize(antialias=True)`` kernel.
+    Its fast path wants channels_last-contiguous input: a crop view is packed first (a cheap copy, 1.7x faster)."""
     x = x.unsqueeze(0).contiguous(memory_format=torch.channels_last)
     out = F.interpolate(x, size=tuple(size), mode=interpolation, align_corners=False, antialias=True)
     return out[0]
@@ -85,11 +78,10 @@ def resize_tensor(x, size, interpolation):
 class Source:
     """An image to transform: its ``size`` (width, height), and the decoders that may produce its pixels.
 
-    ``to_rgb(pil_image, name) -> 8-bit RGB PIL image`` converts whatever PIL decodes (transforms' `to_rgb`;
-    ``name`` is the path, for its messages). A file is read once into memory. A baseline/progressive RGB or
-    greyscale JPEG within PIL's decompression-bomb limit is recognised from its header alone (no PIL object
-    is made unless needed) and can go to libjpeg-turbo; anything else, and a PIL image passed in, is handled
-    by PIL. ``scale`` is the scale the image is decoded at: 1.0, or 1/k after `draft`.
+    ``to_rgb(pil_image, name)`` converts whatever PIL decodes (transforms' `to_rgb`). A file is read once into
+    memory. An RGB or greyscale JPEG within PIL's decompression-bomb limit is recognised from its header alone
+    (no PIL object unless needed) and can go to libjpeg-turbo; anything else is handled by PIL. ``scale`` is the
+    scale the image is decoded at: 1.0, or 1/k after `draft`.
     """
 
     def __init__(self, src, to_rgb):
@@ -116,9 +108,8 @@ class Source:
         return self.pil
 
     def draft(self, k):
-        """Ask for decoding at 1/k (only JPEG files read here; a PIL image passed in is left untouched), once:
-        later calls keep the first answer. -> the scale applied (``self.scale``): 1 / k, or 1.0 when not
-        possible."""
+        """Ask for decoding at 1/k, once (later calls keep the first answer; only JPEG files read here) -> the
+        scale applied: 1 / k, or 1.0 when not possible."""
         if k == 1 or self.data is None or self.scale != 1.0:
             return self.scale
         im = self.open()
@@ -138,9 +129,8 @@ class Source:
         return self.to_rgb(self.open(), self.name)
 
     def rgb_tensor(self):
-        """Full-size RGB decode -> uint8 (3, H, W) tensor with HWC strides: libjpeg-turbo straight into the
-        tensor when the header allowed it, else PIL and ``to_rgb``. An error from libjpeg-turbo also sends the
-        file to PIL, which then reports it its own way."""
+        """Full-size RGB decode -> uint8 (3, H, W), HWC strides: libjpeg-turbo when the header allowed it, else
+        (or when libjpeg-turbo fails: PIL then reports the error its own way) PIL and ``to_rgb``."""
         if self.pil is None:
             try:
                 return decode_jpeg(torch.frombuffer(bytearray(self.data), dtype=torch.uint8),
@@ -155,12 +145,9 @@ class Source:
         return resize_tensor(self.rgb_tensor(), (new_h, new_w), interpolation)
 
     def resized_crop(self, top, left, height, width, size, interpolation="bilinear", draft=True):
-        """The box ``(top, left, height, width)`` of the image, resized to ``size = (out_h, out_w)``
-        -> uint8 (3, out_h, out_w), HWC strides.
-
-        Without draft, or when no reduced scale keeps the box at least as large as the output, this equals
-        torchvision's ``resized_crop(pil_to_tensor(image), ..., antialias=True)``. Otherwise the JPEG is
-        decoded at 1/k and the box, scaled by 1/k, is resampled by PIL."""
+        """The box ``(top, left, height, width)`` resized to ``size = (out_h, out_w)`` -> uint8 (3, out_h, out_w),
+        HWC strides: torchvision's ``resized_crop(pil_to_tensor(image), ..., antialias=True)``, unless ``draft``
+        finds a reduced scale that keeps the box as large as the output; then PIL resamples the box scaled by 1/k."""
         out_h, out_w = size
         s = self.draft(draft_factor(width, height, out_w, out_h)) if draft else 1.0
         if s < 1.0:

@@ -1,7 +1,7 @@
 """LARS and LAMB: layer-wise trust ratios for large-batch training.
 
-Both rescale each parameter tensor's ("layer's") step by a trust ratio built from the norm of its
-weights, so that no layer's update is large relative to its weights, whatever the global LR.
+Both rescale each parameter tensor's ("layer's") step by a trust ratio built from the norm of its weights, so
+that no layer's update is large relative to its weights, whatever the global LR.
 
 LARS (You, Gitman & Ginsburg 2017, "Large Batch Training of Convolutional Networks", Algorithm 1), with
 momentum m, weight decay beta, trust coefficient eta and global LR lr, for each tensor w with gradient g:
@@ -11,10 +11,10 @@ momentum m, weight decay beta, trust coefficient eta and global LR lr, for each 
     b     = m * b + d                       (b = d on the first step)
     w     = w - lr * b                      (Nesterov: w - lr * (d + m * b))
 
-The paper writes the LR inside the momentum (v = m v + lr * ratio * (g + beta w)); here it is outside,
-as in torch.optim.SGD, NVIDIA apex's LARC and timm's Lars: the same steps at a constant LR, and no jump in
-the buffer when a schedule changes the LR. (TensorFlow's contrib LARSOptimizer, used by the MLPerf TF
-references, differs again: it scales the whole momentum buffer by the current ratio.)
+The paper writes the LR inside the momentum (v = m v + lr * ratio * (g + beta w)); here it is outside, as in
+torch.optim.SGD, NVIDIA apex's LARC and timm's Lars: the same steps at a constant LR, and no jump in the buffer
+when a schedule changes the LR. (TensorFlow's contrib LARSOptimizer, used by the MLPerf TF references, scales
+the whole momentum buffer by the current ratio.)
 
 LAMB (You et al. 2020, "Large Batch Optimization for Deep Learning: Training BERT in 76 minutes", ICLR,
 Algorithm 2), with Adam moments and bias correction at step t, decoupled weight decay lambda:
@@ -24,27 +24,25 @@ Algorithm 2), with Adam moments and bias correction at step t, decoupled weight 
     u = r + lambda * w
     w = w - lr * (||w|| / ||u||) * u
 
-The weight decay is added to the Adam direction (as in AdamW, not to the gradient) and so sits inside the
-trust ratio, as in the paper, NVIDIA's FusedLAMB and timm's Lamb (its default, decoupled_decay=False).
-FusedLAMB and timm's Lamb also divide every gradient by max(1, global grad norm) inside the step
-(max_grad_norm=1.0); here that is the training loop's job (torch.nn.utils.clip_grad_norm_ at 1.0 gives
-the same gradients up to its 1e-6 in the denominator).
+The weight decay is added to the Adam direction (as in AdamW, not to the gradient) and so sits inside the trust
+ratio, as in the paper, NVIDIA's FusedLAMB and timm's Lamb (its default, decoupled_decay=False). FusedLAMB and
+timm's Lamb also divide every gradient by max(1, global grad norm) inside the step (max_grad_norm=1.0); here
+that is the training loop's job (clip_grad_norm_ at 1.0 gives the same gradients up to its 1e-6).
 
-Zero norms: when ||w|| = 0 (a tensor initialised to zero) or the step's norm is 0, the ratio is 1, as in
-all the reference implementations: the ratio would otherwise be 0 (the tensor never moves) or 0/0.
+Zero norms: when ||w|| = 0 (a tensor initialised to zero) or the step's norm is 0, the ratio is 1, as in all
+the reference implementations: it would otherwise be 0 (the tensor never moves) or 0/0.
 
 Which tensors get a trust ratio (the "exclusions"): by default, exactly those in a param group with
-weight_decay != 0, so the usual two groups (imnet.optim.param_groups: norms, biases, tokens and position
-embeddings in the no-decay group) give the published behaviour: no decay and no trust ratio for them.
-That is what the references do: the MLPerf ResNet-50 references skip both for batch-norm parameters and
-biases (TensorFlow's LARSOptimizer ``skip_list=['batch_normalization', 'bias']``), timm's Lars and Lamb
-adapt only when the group's weight_decay != 0 (unless ``always_adapt``), apex's FusedLAMB likewise (unless
-``use_nvlamb``), and LAMB's TensorFlow code (tensorflow_addons) defaults ``exclude_from_layer_adaptation``
-to ``exclude_from_weight_decay``. A group may say so explicitly with ``"trust_ratio": True`` or ``False``.
+weight_decay != 0 (a group may set ``"trust_ratio": True`` or ``False``), so the usual two groups
+(imnet.optim.param_groups) give the published behaviour: no decay and no trust ratio for norms, biases, tokens
+and position embeddings; those groups take plain momentum SGD / Adam(W) steps. As the references: the MLPerf
+ResNet-50 references skip both for batch-norm parameters and biases (TensorFlow's LARSOptimizer
+``skip_list=['batch_normalization', 'bias']``), timm's Lars and Lamb adapt only when weight_decay != 0 (unless
+``always_adapt``), apex's FusedLAMB likewise (unless ``use_nvlamb``), and tensorflow_addons' LAMB defaults
+``exclude_from_layer_adaptation`` to ``exclude_from_weight_decay``.
 
-Trust clipping (optional, off by default): LARS with ``trust_clip`` is LARC (apex's, clip=True): the
-per-layer LR lr * ratio is capped at lr, i.e. ratio <- min(ratio / lr, 1). LAMB's caps the ratio at 1
-(timm's trust_clip, "LAMBC").
+Trust clipping (off by default): LARS with ``trust_clip`` is LARC (apex's, clip=True): the per-layer LR
+lr * ratio is capped at lr, i.e. ratio <- min(ratio / lr, 1). LAMB's caps the ratio at 1 (timm's, "LAMBC").
 
 The step loops over tensors with a few kernels each and never reads a value back to the host.
 """
@@ -57,7 +55,7 @@ __all__ = ["LARS", "LAMB"]
 def _check(name, value, low=0.0, high=None):
     if not (value >= low and (high is None or value < high)):
         span = f"in [{low}, {high})" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be {span}, got {value!r}; pass a valid value to the optimizer.")
+        raise ValueError(f"{name} must be {span}, got {value!r}.")
 
 
 def _ratio(ratio, w_norm, u_norm):
@@ -71,11 +69,7 @@ def _adapts(group):
 
 
 class LARS(torch.optim.Optimizer):
-    """LARS: SGD with momentum whose per-tensor step is scaled by eta ||w|| / (||g|| + wd ||w|| + eps).
-
-    Groups with weight_decay 0 (or ``"trust_ratio": False``) take plain momentum SGD steps (with their L2
-    decay, if any). Defaults: eta 0.001 (the paper's), momentum 0.9, eps 0 (the paper's and TensorFlow's;
-    timm uses 1e-8)."""
+    """LARS. Defaults: eta 0.001 (the paper's), momentum 0.9, eps 0 (the paper's and TensorFlow's; timm: 1e-8)."""
 
     def __init__(self, params, lr, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=0.0,
                  nesterov=False, trust_clip=False, trust_ratio=None):
@@ -124,11 +118,7 @@ class LARS(torch.optim.Optimizer):
 
 
 class LAMB(torch.optim.Optimizer):
-    """LAMB: Adam's bias-corrected direction plus decoupled weight decay, u = r + wd w, scaled per tensor
-    by ||w|| / ||u||.
-
-    Groups with weight_decay 0 (or ``"trust_ratio": False``) take plain Adam steps (AdamW's if they
-    decay). Defaults follow the paper's BERT code and timm: betas (0.9, 0.999), eps 1e-6."""
+    """LAMB. Defaults as the paper's BERT code and timm: betas (0.9, 0.999), eps 1e-6."""
 
     def __init__(self, params, lr, betas=(0.9, 0.999), eps=1e-6, weight_decay=0.0, trust_clip=False,
                  trust_ratio=None):

@@ -23,12 +23,10 @@ own yes/no question, sigma = sigmoid,
 
 averaged over all N * C terms (timm's BinaryCrossEntropy, reduction "mean"; ``reduction="sum_classes"``
 sums over the classes and averages over the samples, timm's ``sum_classes=True``). With MixUp/CutMix both
-mixed classes are targets of their own. Label smoothing is timm's: on = 1 - eps + eps / C, off = eps / C,
-i.e. the same q * (1 - eps) + eps / C as above (timm applies it to hard labels only, its mixed targets
-arriving smoothed already; here soft targets are smoothed too, like ``cross_entropy``: pass eps=0 for
-targets from ``mixing.Mixer``, which carry it). ``target_threshold`` t then binarises: q <- 1 where
-q > t, else 0 (timm's ``--bce-target-thresh``): a class that makes up enough of a mixed image is simply
-"present". Also in float32.
+mixed classes are targets of their own. Label smoothing is the same q * (1 - eps) + eps / C (timm's applies
+to hard labels only; here soft targets are smoothed too, like ``cross_entropy``: eps=0 for ``mixing.Mixer``'s).
+``target_threshold`` t then binarises: q <- 1 where q > t, else 0 (timm's ``--bce-target-thresh``): a class
+that makes up enough of a mixed image is simply "present". Also in float32.
 """
 
 import torch.nn.functional as F
@@ -54,11 +52,9 @@ def cross_entropy(logits, target, label_smoothing=0.0):
 
 def binary_cross_entropy(logits, target, label_smoothing=0.0, target_threshold=None, reduction="mean"):
     """Binary cross-entropy on one-vs-all targets, float32 scalar. ``target``: int64 labels (N,) or float
-    (mixed) targets (N, C); smoothing, then the optional threshold, then the mean over N * C terms
-    (``reduction="sum_classes"``: sum over classes, mean over samples)."""
+    (mixed) targets (N, C); smoothing, then the optional threshold, then ``reduction``."""
     if reduction not in ("mean", "sum_classes"):
-        raise ValueError(f"reduction must be 'mean' (over all N * C terms, timm's default) or 'sum_classes' "
-                         f"(sum over classes, mean over samples), got {reduction!r}.")
+        raise ValueError(f"reduction must be 'mean' (over all N * C terms) or 'sum_classes', got {reduction!r}.")
     logits = logits.float()
     q = target.float() if target.dtype.is_floating_point else F.one_hot(target.long(), logits.shape[-1]).float()
     if label_smoothing > 0:

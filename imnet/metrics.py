@@ -1,4 +1,4 @@
-"""Top-k correct counts, and a meter that sums on the device and reduces across ranks only when asked.
+"""Top-k correct counts; a meter that sums on the device and reduces across ranks only when asked; the NaN guard.
 
 Top-k accuracy (as reported for ImageNet since Krizhevsky et al. 2012): a prediction is correct at k
 when the true class is among the k highest logits. With ties that is ambiguous (``torch.topk`` picks
@@ -23,8 +23,7 @@ __all__ = ["topk_correct", "Meter"]
 
 
 def topk_correct(logits, target, ks=(1, 5)):
-    """Number of samples whose integer ``target`` is correct at each k (rule above): int64 tensor of
-    shape (len(ks),) on the logits' device. No host synchronisation."""
+    """Number of samples whose integer ``target`` is correct at each k: int64 (len(ks),), no host sync."""
     if target.dtype.is_floating_point:
         raise TypeError("topk_correct needs integer class targets; pass soft_targets.argmax(1) if needed")
     target_logit = logits.gather(1, target.view(-1, 1).long())
@@ -36,10 +35,9 @@ def topk_correct(logits, target, ks=(1, 5)):
 class Meter:
     """Running mean loss and top-k accuracy over an epoch, accumulated on ``device``.
 
-    ``update(loss, logits=None, target=None, n=None)``: ``loss`` is the batch-mean loss tensor; ``n``
-    the batch size (default: ``logits.shape[0]``); top-k is counted only when logits and an integer
-    target are given. ``compute(distributed=True)`` -> dict(loss, top1, top5, count) with accuracies in
-    percent (NaN when nothing was counted) and count = number of samples behind the loss.
+    ``update``: ``loss`` is the batch-mean loss tensor, ``n`` the batch size (default ``logits.shape[0]``);
+    top-k is counted only with logits and an integer target. ``compute`` -> dict(loss, top1, top5, count),
+    accuracies in percent (NaN when nothing was counted), count = samples behind the loss.
     """
 
     def __init__(self, device, ks=(1, 5)):
@@ -90,9 +88,9 @@ class NonFiniteLoss(Exception):
 
 
 class NonFiniteGuard:
-    """Remembers the first optimizer step whose loss was NaN or infinite, on the device: ``update`` is a masked
-    fill (no host synchronisation per step); ``check`` reads the one number back and raises NonFiniteLoss naming
-    the step. Checked at log time and before every save, so no checkpoint is ever written after a NaN."""
+    """The first optimizer step whose loss was NaN or infinite, kept on the device: ``update`` is a masked fill
+    (no host sync per step); ``check`` reads it back and raises NonFiniteLoss (at log time and before every save,
+    so no checkpoint is written after a NaN)."""
 
     def __init__(self, device):
         self.first_bad = torch.full((), -1, dtype=torch.int64, device=device)

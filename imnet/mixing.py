@@ -10,19 +10,16 @@ Features") pastes a box of x_j into x_i instead and mixes the labels by the area
 
 Conventions (the same as timm and torchvision.transforms.v2):
 
-* **One lambda per batch.** Every sample of a batch is mixed with the same lambda (and, for CutMix,
-  the same box). This is cheap and has the same expectation as per-sample lambdas.
-* **Partner = the batch flipped**: sample i is mixed with sample N-1-i (``images.flip(0)``). The data
-  loader shuffles, so this pairs random samples. (torchvision pairs i with i-1, ``roll(1, 0)``; for a
-  batch of two the two rules coincide.)
+* **One lambda per batch** (and, for CutMix, one box): cheap, with the expectation of per-sample lambdas.
+* **Partner = the batch flipped**: sample i is mixed with sample N-1-i (``images.flip(0)``); the loader
+  shuffles, so this pairs random samples. (torchvision pairs i with i-1, ``roll(1, 0)``.)
 * **Label smoothing** (Szegedy et al. 2016, "Rethinking the Inception Architecture") is folded into the
   targets before mixing: off-target value eps/C, on-target value 1 - eps + eps/C. Mixing two such
   vectors equals smoothing the mixed one-hot vectors, so the order does not matter; pass
   ``label_smoothing=0`` to the loss when the targets come from here.
-* **Randomness** comes only from ``generator`` (torch's global CPU RNG when None), drawn on the host in
-  this fixed order: u_apply, u_switch, lambda, then for CutMix the box centre x, then y. Pass a CPU
-  generator even for CUDA images: the draws are a few host scalars, so nothing waits for the GPU (a CUDA
-  generator works too, but then reading each draw synchronises with the device).
+* **Randomness** comes only from ``generator`` (torch's global CPU RNG when None), in this fixed order:
+  u_apply, u_switch, lambda, then for CutMix the box centre x, then y. Pass a CPU generator even for CUDA
+  images: the draws are a few host scalars, so nothing waits for the GPU (a CUDA one syncs on each draw).
 """
 
 import math
@@ -33,8 +30,7 @@ __all__ = ["one_hot", "sample_beta", "cutmix_box", "mixup", "cutmix", "Mixer"]
 
 
 def one_hot(labels, num_classes, smoothing=0.0):
-    """Integer labels (N,) -> float32 targets (N, C) with label smoothing eps:
-    off-target eps/C, on-target 1 - eps + eps/C (Szegedy et al. 2016). Each row sums to 1."""
+    """Integer labels (N,) -> float32 targets (N, C), off-target eps/C, on-target 1 - eps + eps/C."""
     off = smoothing / num_classes
     targets = torch.full((labels.shape[0], num_classes), off, dtype=torch.float32, device=labels.device)
     return targets.scatter_(1, labels.long().view(-1, 1), 1.0 - smoothing + off)
@@ -47,11 +43,9 @@ def _device_of(generator):
 def sample_beta(alpha, generator=None):
     """One draw lam ~ Beta(alpha, alpha), as a Python float.
 
-    Exact sampling through two Gamma variates: if G1, G2 ~ Gamma(alpha, 1) are independent then
-    G1 / (G1 + G2) ~ Beta(alpha, alpha). ``torch._sample_dirichlet`` does exactly this on the
-    concentration pair (alpha, alpha) and, unlike ``torch.distributions.Beta``, takes a generator.
-    It is the sampler that ``torch.distributions.Beta`` itself calls, so with the same RNG state this
-    returns the same lambda as torchvision's MixUp/CutMix (float32, like theirs).
+    G1 / (G1 + G2) ~ Beta(alpha, alpha) for independent G1, G2 ~ Gamma(alpha, 1): ``torch._sample_dirichlet``
+    on (alpha, alpha), the sampler ``torch.distributions.Beta`` itself calls, but taking a generator. The same
+    RNG state gives torchvision's MixUp/CutMix lambda (float32, like theirs).
     """
     concentration = torch.tensor([[alpha, alpha]], dtype=torch.float32, device=_device_of(generator))
     return float(torch._sample_dirichlet(concentration, generator=generator)[0, 0])
@@ -81,8 +75,7 @@ def cutmix_box(lam, height, width, generator=None):
 
 
 def mixup(images, targets, lam):
-    """MixUp with the flipped batch as partner: x~ = lam * x + (1 - lam) * x.flip(0), same for targets.
-    Returns new tensors; the inputs are not modified."""
+    """x~ = lam * x + (1 - lam) * x.flip(0), same for targets; new tensors, the inputs are not modified."""
     mixed = images.flip(0).mul_(1.0 - lam).add_(images.mul(lam))
     return mixed, targets.flip(0).mul_(1.0 - lam).add_(targets.mul(lam))
 
@@ -97,15 +90,12 @@ def cutmix(images, targets, box, lam):
 
 
 class Mixer:
-    """Batch-level MixUp / CutMix with soft, label-smoothed targets (see the module docstring).
+    """Batch-level MixUp / CutMix with soft, label-smoothed targets.
 
-    With probability ``prob`` a batch is mixed; then, if both alphas are > 0, CutMix is used with
-    probability ``switch_prob`` and MixUp otherwise (timm's convention); if only one alpha is > 0, that
-    one is used. A batch that is not mixed keeps its images and gets smoothed one-hot targets.
-
-    ``mixer(images, labels, generator=None) -> (images, targets)``: images float (N, C, H, W) on any
-    device, labels int64 (N,); targets float32 (N, num_classes), rows summing to 1. Outputs are new
-    tensors when mixing happens, and the input images themselves when it does not.
+    With probability ``prob`` a batch is mixed: CutMix with probability ``switch_prob`` if both alphas are > 0,
+    else MixUp (timm's convention); if only one alpha is > 0, that one. An unmixed batch keeps its images and
+    gets smoothed one-hot targets. ``mixer(images, labels, generator=None) -> (images, targets)``: targets
+    float32 (N, num_classes), rows summing to 1; new tensors when mixing happens.
     """
 
     def __init__(self, num_classes, mixup_alpha=0.0, cutmix_alpha=0.0, prob=1.0, switch_prob=0.5,
@@ -119,8 +109,8 @@ class Mixer:
         self.enabled = mixup_alpha > 0 or cutmix_alpha > 0
 
     def sample(self, height, width, generator=None):
-        """Draw this batch's parameters: dict(mode="none"|"mixup"|"cutmix", lam=float, box=tuple|None).
-        Always draws u_apply and u_switch first, so the order of draws is fixed."""
+        """This batch's dict(mode="none"|"mixup"|"cutmix", lam=float, box=tuple|None); u_apply, u_switch always
+        drawn first."""
         device = _device_of(generator)
         u_apply, u_switch = torch.rand(2, generator=generator, device=device).tolist()
         if not self.enabled or u_apply >= self.prob:

@@ -1,24 +1,19 @@
 """Parameter groups with weight-decay exclusions and layer-wise LR decay, and the SGD / AdamW builders.
 
-Weight decay pulls weights towards 0. That regularises the *direction* of a weight matrix, but on
-scale-like parameters it only fights the network: normalisation weights and biases, other 1-D
-parameters (e.g. per-channel scales), and transformer tokens / position embeddings are therefore
-trained without it (Goyal et al. 2017, Sec. 5.1: no decay on the BN coefficients; He et al. 2019,
-"Bag of Tricks", Sec. 3.1: "no bias decay"; DeiT, Touvron et al. 2021, and timm exclude pos_embed and
-cls_token).
+Weight decay pulls weights towards 0. That regularises the *direction* of a weight matrix, but on scale-like
+parameters it only fights the network: normalisation weights and biases, other 1-D parameters (per-channel
+scales), and transformer tokens / position embeddings are trained without it (Goyal et al. 2017, Sec. 5.1: no
+decay on the BN coefficients; He et al. 2019, "Bag of Tricks", Sec. 3.1: "no bias decay"; DeiT, Touvron et al.
+2021, and timm exclude pos_embed and cls_token). The exempt parameters are a set of categories
+(``no_decay_on``), because the recipes' sources draw the line differently:
 
-Which parameters are exempt is a set of categories (``no_decay_on``), because the recipes' sources draw the
-line differently:
-
-- ``"norm"``: the weights and biases of normalization layers (BatchNorm, LayerNorm and its subclasses such as
-  ConvNeXt's LayerNorm2d, GroupNorm, InstanceNorm, LocalResponseNorm), found by module class: torchvision's
-  ``--norm-weight-decay`` (references/classification/utils.py, ``set_weight_decay``).
+- ``"norm"``: the weights and biases of normalization layers, by module class (`NORM_LAYERS`, subclasses such
+  as ConvNeXt's LayerNorm2d included): torchvision's ``--norm-weight-decay`` (references/classification/utils.py).
 - ``"bias"``: parameters named exactly ``bias`` (torchvision's ``--bias-weight-decay``; MultiheadAttention's
   ``in_proj_bias`` is not one, as there).
-- ``"embedding"``: class and distillation tokens, position embeddings and relative-position bias tables, by
-  name (`EMBEDDING_NAMES`): torchvision's ``--transformer-embedding-decay`` (whose key list misses
-  torchvision's own ViT ``pos_embedding``; here it is included) and DeiT's ``no_weight_decay()`` (pos_embed,
-  cls_token, dist_token).
+- ``"embedding"``: tokens, position embeddings and relative-position bias tables, by name (`EMBEDDING_NAMES`):
+  torchvision's ``--transformer-embedding-decay`` (whose key list misses its own ViT ``pos_embedding``, included
+  here) and DeiT's ``no_weight_decay()`` (pos_embed, cls_token, dist_token).
 - ``"1d"``: every parameter with at most one dimension, timm's and DeiT's rule (``filter_bias_and_bn``: norm
   weights and biases, all biases, per-channel scales).
 - ``"layer_scale"``: ConvNeXt's layer scale, which torchvision stores as (C, 1, 1) where the original ConvNeXt
@@ -29,10 +24,9 @@ torchvision's ``--norm-weight-decay 0`` is ``("norm",)``; its Swin command (norm
 recipes, torchvision's ViT command). The default, `IMNET_NO_DECAY` = ``("1d", "embedding", "layer_scale")``,
 is timm's rule carried over to torchvision's ConvNeXt. Parameters with ``requires_grad=False`` are left out.
 
-Optimizers: SGD with (Nesterov) momentum and L2 weight decay added to the gradient, the classic
-ResNet recipe; AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"), whose
-decay is decoupled from the adaptive step: w <- w - lr * wd * w, separately from the Adam update.
-Both use torch's fused kernels on CUDA and the multi-tensor (foreach) path elsewhere.
+Optimizers: SGD with (Nesterov) momentum and L2 weight decay added to the gradient, the classic ResNet recipe;
+AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"), whose decay is decoupled from the
+adaptive step: w <- w - lr * wd * w. Both use torch's fused kernels on CUDA, the foreach path elsewhere.
 
 Layer-wise LR decay for fine-tuning (ELECTRA, Clark et al. 2020; BEiT, Bao et al. 2022; MAE, He et al.
 2022): the layers near the input, which hold the most general features, move least. Each parameter gets a
@@ -56,8 +50,6 @@ so the head (id L + 1) trains at the full LR and the embeddings (id 0) at decay 
   its downsampling -> L = 12, the head L + 1. The official code refuses other depths (convnext_tiny's
   stage 2 has 9 blocks); here the same rule gives L = 3 + ceil(depth_2 / 3), i.e. 6 for convnext_tiny,
   and exactly the official ids for small / base / large.
-
-Weight decay inside each layer follows the same exclusions as ``param_groups``.
 """
 
 import math
@@ -80,7 +72,7 @@ EMBEDDING_NAMES = (
     "cls_token", "dist_token", "pos_embed", "absolute_pos_embed", "position_embedding", "position_embeddings",
 )
 
-# torchvision's reference set_weight_decay's norm_classes
+# torchvision's reference set_weight_decay's norm_classes (references/classification/utils.py)
 NORM_LAYERS = (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm,
                torch.nn.modules.instancenorm._InstanceNorm, torch.nn.LocalResponseNorm)
 
@@ -93,8 +85,7 @@ def _check_categories(no_decay_on):
 
 
 def no_decay_names(model, no_decay_on=IMNET_NO_DECAY):
-    """The names (as ``model.named_parameters()`` gives them) of the trainable parameters that the categories
-    ``no_decay_on`` exempt from weight decay (module docstring)."""
+    """The names (as ``model.named_parameters()`` gives them) of the trainable parameters ``no_decay_on`` exempts."""
     _check_categories(no_decay_on)
     out = set()
     for module_name, module in model.named_modules():
@@ -143,22 +134,19 @@ def _vit_layer(name, num_blocks):
 
 
 def _swin_layer(stage, block, depths):
-    """SimMIM: block j of stage s -> (blocks before s) + j + 1; the merging layer before stage s -> the id of
-    the last block of stage s - 1."""
+    """SimMIM's ids (module docstring); ``block`` None: the merging layer before ``stage``."""
     before = sum(depths[:stage])
     return before if block is None else before + block + 1
 
 
 def _convnext_layer(stage, block, depths):
-    """get_num_layer_for_convnext: stage 0 -> 1, stage 1 -> 2, stage 2 -> 3 + block // 3, stage 3 -> L; a
-    downsampling layer goes with the first block of the stage after it."""
+    """get_num_layer_for_convnext's ids (module docstring); ``block`` None: the downsampling before ``stage``."""
     block = 0 if block is None else block
     return (1, 2, 3 + block // 3, 3 + math.ceil(depths[2] / 3))[stage]
 
 
 def layer_ids(model):
-    """({parameter name: layer id in 0..L+1}, L) for a torchvision ViT/DeiT, Swin or ConvNeXt, by the rules
-    in the module docstring. Raises ValueError for other models (ResNet, EfficientNet, ...)."""
+    """({parameter name: layer id in 0..L+1}, L) for a torchvision ViT/DeiT, Swin or ConvNeXt; ValueError else."""
     names = [n for n, _ in model.named_parameters()]
     if isinstance(model, VisionTransformer):
         num_blocks = len(model.encoder.layers)
@@ -181,19 +169,18 @@ def layer_ids(model):
                 index = int(parts[1])
                 ids[n] = rule(index // 2, int(parts[2]) if index % 2 else None, depths)
         return ids, num_layers
-    raise ValueError(f"Layer-wise LR decay numbers the blocks of torchvision's VisionTransformer (vit_*, "
-                     f"deit_*), SwinTransformer (swin_*) or ConvNeXt (convnext_*); "
-                     f"{type(model).__name__} has no such blocks. Leave layer decay off (1.0) for this model.")
+    raise ValueError(f"Layer-wise LR decay needs the blocks of a VisionTransformer (vit_*, deit_*), SwinTransformer "
+                     f"(swin_*) or ConvNeXt (convnext_*); {type(model).__name__} has no such blocks. Leave layer "
+                     f"decay off (1.0) for this model.")
 
 
 def layer_decay_groups(model, weight_decay, layer_decay, no_decay_on=IMNET_NO_DECAY):
     """Param groups per (layer, decay / no decay), named "layer 3 decay", "layer 3 no_decay", ..., each with
-    ``"lr_scale": layer_decay ** (L + 1 - layer_id)`` and the weight decay of ``param_groups``'s rule (the same
-    ``no_decay_on``).
-    Groups come in layer order (embeddings first), empty ones are dropped, frozen parameters left out."""
+    ``"lr_scale": layer_decay ** (L + 1 - layer_id)`` and ``param_groups``'s weight decay rule, in layer order
+    (embeddings first); empty groups are dropped, frozen parameters left out."""
     if not 0 < layer_decay <= 1:
-        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}: each layer's LR is layer_decay "
-                         f"times the next one's (0.65-0.9 in the published fine-tuning recipes).")
+        raise ValueError(f"layer_decay must be in (0, 1], got {layer_decay}; the published fine-tuning recipes "
+                         f"use 0.65-0.9.")
     ids, num_layers = layer_ids(model)
     exempt = no_decay_names(model, no_decay_on)
     groups = {}
@@ -212,9 +199,8 @@ def layer_decay_groups(model, weight_decay, layer_decay, no_decay_on=IMNET_NO_DE
 
 def build_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, nesterov=False, betas=(0.9, 0.999),
                     eps=1e-8, fused=None):
-    """torch.optim.SGD or AdamW over ``params`` (tensors or param groups; a group's own
-    "weight_decay" wins over ``weight_decay``). ``fused=None`` picks fused kernels when every
-    parameter is on CUDA and the foreach implementation otherwise."""
+    """torch.optim.SGD or AdamW over ``params`` (tensors or param groups; a group's own "weight_decay" wins).
+    ``fused=None`` picks fused kernels when every parameter is on CUDA, foreach otherwise."""
     if isinstance(params, torch.Tensor):
         raise TypeError("params must be an iterable of tensors or of param-group dicts")
     params = list(params)

@@ -16,74 +16,54 @@ invariant to rescaling weights that leaves the function unchanged (e.g. before a
     e   = rho * T_w^2 g / ||T_w g||_2
 
 Kwon et al. use rho about 10x larger than SAM's (0.5 vs 0.05 for their CIFAR runs) and eta = 0.01. Their
-code applies T_w only to tensors named "weight" (T = 1 for biases); here T_w applies to every parameter
-given, because a parameter list carries no names. Pass the biases to a second SAM(adaptive=False) object if
-you want the reference behaviour exactly.
+code applies T_w only to tensors named "weight" (T = 1 for biases); here T_w applies to every parameter given
+(a parameter list carries no names): pass the biases to a second SAM(adaptive=False) for the exact reference.
 
-A zero first-pass gradient gives e = 0 (no NaN). A non-finite one (an fp16 overflow) gives e = NaN for
-every parameter on purpose: the second pass then produces NaN gradients, which GradScaler.step() detects, so
-the step is skipped and the scale lowered, exactly as for an overflow without SAM. ``descend`` restores the
-saved weights by copy, so no NaN survives the step; use ``keep_buffers`` so none reaches BatchNorm's
-running statistics either.
+A zero first-pass gradient gives e = 0 (no NaN). A non-finite one (an fp16 overflow) gives e = NaN for every
+parameter on purpose: the second pass then produces NaN gradients, which GradScaler.step() detects, so the
+step is skipped and the scale lowered, as for an overflow without SAM. ``descend`` restores the saved weights
+by copy, so no NaN survives the step, and ``keep_buffers`` keeps it out of BatchNorm's running statistics.
 
 The loop stays visible; ``SAM`` only moves the weights out and back.
 
-Plain (fp32, or bf16 autocast, which needs no scaler)::
+One step, fp16 with ``scaler = torch.amp.GradScaler()`` (in fp32, or bf16 autocast, which needs no scaler, drop
+the scaler: ``loss.backward()``, no ``unscale_``, ``optimizer.step()``)::
 
     sam = SAM(optimizer, rho=0.05)              # or SAM(model.parameters(), ...)
-    loss = criterion(model(x), y)               # first pass at w (log this loss)
-    loss.backward()
-    sam.ascend()                                # w -> w + e; clears p.grad
-    with keep_buffers(model):                   # BatchNorm statistics are not updated at w + e
-        criterion(model(x), y).backward()       # second pass: same x, y (same augmentation, same mixup)
-    sam.descend()                               # w + e -> w; p.grad is g'
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional: clips g'
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-
-fp16 with ``scaler = torch.amp.GradScaler()``::
-
     with torch.autocast("cuda", torch.float16):
-        loss = criterion(model(x), y)
+        loss = criterion(model(x), y)           # first pass at w (log this loss)
     scaler.scale(loss).backward()               # p.grad = s * g
-    sam.ascend()                                # NO unscale_ here (see below)
-    with keep_buffers(model), torch.autocast("cuda", torch.float16):
-        loss2 = criterion(model(x), y)
+    sam.ascend()                                # w -> w + e; clears p.grad; NO unscale_ before it (see below)
+    with keep_buffers(model), torch.autocast("cuda", torch.float16):   # BatchNorm statistics not updated at w + e
+        loss2 = criterion(model(x), y)          # second pass: same x, y (same augmentation, same mixup)
     scaler.scale(loss2).backward()              # p.grad = s * g'
-    sam.descend()
+    sam.descend()                               # w + e -> w; p.grad is g'
     scaler.unscale_(optimizer)                  # the one unscale_ of this step, on g'
-    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional
+    torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)   # optional: clips g'
     scaler.step(optimizer)                      # skipped if g' (or, through NaN, g) overflowed
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
 
 Why no unscale_ before ``ascend``: GradScaler allows one ``unscale_`` per ``step()``; calling it on the first
-pass would leave the second pass's gradients scaled while the scaler believes them unscaled, and
-``step`` would apply s * g'. The first pass does not need unscaling: the ascent direction is invariant to the
-scale, rho * (s g) / ||s g|| = rho * g / ||g|| (also for ASAM, T_w s g is linear in s), and with s a power of
-two it is even bitwise the same. Only the norm returned by ``ascend`` is s * ||g||; divide it by
-``scaler.get_scale()`` to log it. (Unscaling manually, ``p.grad.div_(scaler.get_scale())``, also works and
-changes nothing but that norm.)
+pass would leave the second pass's gradients scaled while the scaler believes them unscaled, and ``step``
+would apply s * g'. The ascent direction is invariant to the scale, rho * (s g) / ||s g|| = rho * g / ||g||
+(also for ASAM, T_w s g is linear in s), bitwise so with s a power of two. Only the norm ``ascend`` returns is
+s * ||g||: divide it by ``scaler.get_scale()`` to log it.
 
-Gradient clipping clips the second gradient g', after the second backward (and after ``unscale_``) and before
-the base step. The first gradient needs none: global-norm clipping only rescales g, which the ascent ignores.
+Gradient clipping acts on g' only (as above): global-norm clipping only rescales g, which the ascent ignores.
 
-DDP: the first backward must NOT run under ``model.no_sync()``. Its all-reduce gives every rank the same
-global gradient, so ``ascend`` computes ||g|| from the all-reduced gradients and every rank moves to the same
-w + e. The second backward is all-reduced as usual; ``descend`` restores the same w everywhere. (Running the
-first backward under no_sync is a different algorithm, per-replica "m-sharpness" (Foret et al., Sec. 4.1):
-each rank ascends along its own gradient. It stays consistent across ranks, because w is restored and g' is
-all-reduced, but it is not the SAM step on the global batch.)
+DDP: the first backward must NOT run under ``model.no_sync()``: its all-reduce gives every rank the same global
+gradient, so every rank moves to the same w + e; the second backward is all-reduced as usual, and ``descend``
+restores the same w everywhere. (Under no_sync each rank ascends along its own gradient: per-replica
+"m-sharpness" (Foret et al., Sec. 4.1), consistent across ranks but not the SAM step on the global batch.)
 
-Gradient accumulation is refused (``check_accum_steps``): the ascent needs the gradient of the whole
-(global) batch before the second pass starts, so every micro-batch would need its first pass, then the
-ascent from the accumulated gradient, then every micro-batch's second pass. The micro-batches (with their
-augmentation and mixing) would have to be kept or recomputed until the ascent, which an accumulating loop
-does not do. Ascending per micro-batch instead is m-sharpness with m = the micro-batch, again not SAM on
-the batch.
+Gradient accumulation is refused (``check_accum_steps``): the ascent needs the gradient of the whole (global)
+batch before any second pass, so every micro-batch (with its augmentation and mixing) would have to be kept or
+recomputed until the ascent, which an accumulating loop does not do. Ascending per micro-batch is m-sharpness
+with m = the micro-batch, again not SAM on the batch.
 
-Costs: two forward/backward passes per step and one copy of the parameters (the saved w). Dropout and
-stochastic depth draw new masks in the second pass; that is the usual practice.
+Costs: two forward/backward passes per step and one copy of the parameters (the saved w). Dropout and stochastic
+depth draw new masks in the second pass, the usual practice.
 """
 
 from __future__ import annotations
@@ -97,11 +77,8 @@ __all__ = ["SAM", "keep_buffers", "check_accum_steps"]
 
 
 class SAM:
-    """Moves the weights to w + e(w) and back; the base optimizer steps with the gradient taken at w + e.
-
-    ``params``: an optimizer (its param_groups' parameters are used) or an iterable of parameters.
-    ``rho``: radius of the neighbourhood. ``adaptive``: ASAM with T_w = |w| + ``eta``.
-    """
+    """Moves the weights to w + e(w) and back. ``params``: an optimizer (its param_groups' parameters) or an
+    iterable of parameters; ``adaptive``: ASAM with T_w = |w| + ``eta``."""
 
     def __init__(self, params, rho: float = 0.05, adaptive: bool = False, eta: float = 0.01):
         if rho < 0 or eta < 0:
@@ -116,8 +93,8 @@ class SAM:
 
     @torch.no_grad()
     def ascend(self) -> torch.Tensor:
-        """w -> w + e from the gradients in p.grad (parameters without one are skipped). Sets p.grad to
-        None so that the second backward starts from zero. Returns ||g|| (ASAM: ||T_w g||), as a tensor."""
+        """w -> w + e from p.grad (parameters without one are skipped); sets p.grad to None so that the second
+        backward starts from zero. Returns ||g|| (ASAM: ||T_w g||), as a tensor."""
         if self._saved is not None:
             raise RuntimeError("SAM.ascend() called twice without descend() in between")
         params = [p for p in self.params if p.grad is not None]
@@ -148,8 +125,7 @@ class SAM:
 
     @torch.no_grad()
     def descend(self) -> None:
-        """w + e -> w. Call after the second backward and before the base optimizer's step. The weights
-        are copied back rather than computed as (w + e) - e, which rounds and would keep NaN."""
+        """w + e -> w, by copy: (w + e) - e would round and keep NaN."""
         if self._saved is None:
             raise RuntimeError("SAM.descend() called without ascend() before it")
         for p, w in self._saved:
@@ -159,11 +135,9 @@ class SAM:
 
 @contextlib.contextmanager
 def keep_buffers(model: torch.nn.Module):
-    """Restore every buffer of ``model`` on exit (BatchNorm's running statistics and batch count).
-
-    Wrap the second forward in it: that pass runs at perturbed weights and would otherwise count every
-    batch twice into the running statistics (and, after an fp16 overflow, write NaN into them). The
-    forward itself still normalizes with the batch statistics, so g' is unchanged."""
+    """Restore every buffer of ``model`` on exit (BatchNorm's running statistics and batch count). Around the
+    second forward, at perturbed weights, it keeps every batch from counting twice (or writing NaN after an fp16
+    overflow); that forward still normalizes with the batch statistics, so g' is unchanged."""
     saved = [(b, b.detach().clone()) for b in model.buffers()]
     try:
         yield
@@ -174,10 +148,8 @@ def keep_buffers(model: torch.nn.Module):
 
 
 def check_accum_steps(accum_steps: int) -> None:
-    """Raise ValueError for accum_steps > 1 (see the module docstring for why)."""
+    """Raise ValueError for accum_steps > 1 (module docstring)."""
     if accum_steps > 1:
-        raise ValueError(
-            f"SAM does not support gradient accumulation (accum_steps={accum_steps}): SAM's ascent needs the "
-            f"gradient of the whole batch before its second pass, so every micro-batch would have to be "
-            f"kept (or recomputed) until all first passes are done, and ascending per micro-batch is a "
-            f"different algorithm (m-sharpness). Use accum_steps=1 with a batch that fits, or more processes.")
+        raise ValueError(f"SAM does not support gradient accumulation (accum_steps={accum_steps}): SAM's ascent "
+                         f"needs the gradient of the whole batch. Use accum_steps=1 with a batch that fits, or more "
+                         f"processes.")

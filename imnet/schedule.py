@@ -32,15 +32,13 @@ epoch number n (1-based, as train.py prints it), START, END, FROM, TO and the ro
     size(n) = m * round((START + (END - START) * (n - FROM) / (TO - FROM)) / m)   for FROM < n < TO
     size(n) = END                                                           for n >= TO
 
-(round: to the nearest integer, ties to even). This is the schedule of FFCV's ImageNet training script
-(``get_resolution``: ``np.interp`` between ``start_ramp`` and ``end_ramp``, rounded to a multiple of 32), with
-1-based epoch numbers: FFCV's rn50_88_epochs.yaml (160 -> 192, 0-based start_ramp 65, end_ramp 76) is
-START, END, FROM, TO = 160, 192, 66, 77. Early epochs at a low resolution
-cost ~ (size / END)^2 of the convolution FLOPs. Evaluating at a higher resolution than the last training
-size is not a mistake but the point: RandomResizedCrop zooms in (objects look larger than under a centre
-crop at the same size), so the test resolution that matches the training object size is ~1.15x the
-training one (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"); FFCV trains at <= 192
-and evaluates at 256.
+(round: to the nearest integer, ties to even). This is FFCV's ImageNet schedule (``get_resolution``:
+``np.interp`` between ``start_ramp`` and ``end_ramp``, rounded to a multiple of 32) with 1-based epochs: FFCV's
+rn50_88_epochs.yaml (160 -> 192, 0-based start_ramp 65, end_ramp 76) is START, END, FROM, TO = 160, 192, 66, 77.
+Early epochs cost ~ (size / END)^2 of the convolution FLOPs. Evaluating above the last training size is the
+point: RandomResizedCrop zooms in, so the test resolution matching the training object size is ~1.15x the
+training one (Touvron et al. 2019, "Fixing the train-test resolution discrepancy"); FFCV trains at <= 192 and
+evaluates at 256.
 """
 
 import bisect
@@ -55,8 +53,7 @@ PROGRESSIVE_MULTIPLE = 16
 
 
 def scale_lr(base_lr, global_batch, base_batch=256, rule="linear"):
-    """The LR for ``global_batch`` given ``base_lr`` tuned at ``base_batch``.
-    rule: "linear" (Goyal et al. 2017), "sqrt", or "none" (no scaling)."""
+    """The LR for ``global_batch`` given ``base_lr`` tuned at ``base_batch``; rule "linear", "sqrt" or "none"."""
     if rule == "linear":
         return base_lr * global_batch / base_batch
     if rule == "sqrt":
@@ -68,7 +65,7 @@ def scale_lr(base_lr, global_batch, base_batch=256, rule="linear"):
 
 def lr_at(step, *, base_lr, total_steps, warmup_steps=0, warmup_start_factor=0.0, sched="cosine",
           min_lr=0.0, milestones=(), gamma=0.1):
-    """LR for optimizer step ``step`` (0-based). See the module docstring for the formulas."""
+    """LR for optimizer step ``step`` (0-based)."""
     if sched not in ("cosine", "step", "constant"):
         raise ValueError(f"unknown schedule {sched!r}; expected 'cosine', 'step' or 'constant'")
     if step < warmup_steps:
@@ -88,10 +85,9 @@ def set_lr(optimizer, lr):
 
 
 def progressive_size(epoch, start, end, first, last, multiple=PROGRESSIVE_MULTIPLE):
-    """The training crop size of ``epoch`` (0-based index; n = epoch + 1 is the 1-based epoch number) under a
-    ramp from ``start`` at epoch number ``first`` to ``end`` at epoch number ``last`` (first < last): see the
-    module docstring for the closed form. Constant within an epoch and a function of the epoch alone, so a
-    resumed run and every data-loading worker and rank agree on it without any shared state."""
+    """The training crop size of ``epoch`` (0-based; n = epoch + 1) under the ramp from ``start`` at epoch number
+    ``first`` to ``end`` at ``last``. A function of the epoch alone, so a resumed run and every data-loading
+    worker and rank agree on it without any shared state."""
     n = epoch + 1
     if n <= first:
         return int(start)

@@ -26,9 +26,8 @@ def batchnorm_layers(model: nn.Module) -> list:
 
 
 def recompute_batchnorm(average: nn.Module, images: Iterable[torch.Tensor]) -> bool:
-    """Recompute ``average``'s BatchNorm statistics over one pass of ``images`` (batches as the model takes them;
-    not iterated when the model has no BatchNorm, so a lazy generator starts no work), then average them over the
-    ranks of an initialised process group. -> whether there was anything to recompute."""
+    """Recompute ``average``'s BatchNorm statistics over one pass of ``images`` (not iterated without BatchNorm),
+    averaged over the ranks of an initialised process group. -> whether there was anything to recompute."""
     norms = batchnorm_layers(average)
     if not norms:
         return False

@@ -1,9 +1,9 @@
 """Image transforms for ImageNet classifiers: file or PIL image in, uint8 CHW RGB tensor out, plus the
 device-side float steps.
 
-Data workers only decode, crop, resize and flip, and hand back uint8 tensors; conversion to float,
-normalization and random erasing happen on the device, on the whole batch (`normalize`, `random_erase`).
-A uint8 batch is 4x smaller to move between processes and to the accelerator than a float one.
+Data workers only decode, crop, resize and flip, and hand back uint8 tensors (4x smaller to move than float);
+conversion to float, normalization and random erasing happen on the device, on the whole batch (`normalize`,
+`random_erase`).
 
 * Training: RandomResizedCrop (`rrc_params`, Szegedy et al. 2015) -> horizontal flip -> optional
   RandAugment / TrivialAugment / AutoAugment (`TrainTransform`).
@@ -11,17 +11,15 @@ A uint8 batch is 4x smaller to move between processes and to the accelerator tha
   centre and the four corners (`eval_crops`, what 10-crop testing uses).
 
 All randomness of the train transform comes from torch's global RNG, drawn in the same order as
-torchvision's ``RandomResizedCrop.get_params`` and ``RandomHorizontalFlip``, so seeding torch before a call
-fixes the sample, and the same seed gives torchvision's boxes and flips.
+torchvision's ``RandomResizedCrop.get_params`` and ``RandomHorizontalFlip``: the same seed gives torchvision's
+boxes and flips.
 
-This file works on its own (standard library, numpy, torch, torchvision, PIL): images are decoded by PIL
-(16-bit and float images scaled to 8 bits, not clipped: `to_rgb`) and resized by torchvision's antialiased
-uint8 kernel, so the output is torchvision's tensor pipeline pixel for pixel (evaluation of extreme aspect
-ratios excepted, whose work is bounded by the crop: `eval_crops`). When the companion module `fastjpeg`
-sits next to it, the same boxes are decoded and resized faster (libjpeg-turbo straight into a tensor, then
-the same kernel: the same pixels, as long as PIL's and torchvision's JPEG decoders agree, as libjpeg-turbo
-builds do), and with ``draft`` JPEGs may be decoded at a reduced DCT size (on by default for training,
-opt-in for evaluation). The geometry and the random draws are the same with or without it.
+Alone (standard library, numpy, torch, torchvision, PIL), this file decodes with PIL (`to_rgb`) and resizes
+with torchvision's antialiased uint8 kernel: torchvision's tensor pipeline pixel for pixel (extreme aspect
+ratios in evaluation excepted: `eval_crops`). With the companion `fastjpeg` beside it, the same boxes are
+decoded and resized faster (libjpeg-turbo into a tensor, then the same kernel: the same pixels as long as PIL's
+and torchvision's JPEG decoders agree, as libjpeg-turbo builds do), and with ``draft`` JPEGs may be decoded at
+a reduced DCT size (on by default for training, opt-in for evaluation). Geometry and random draws stay the same.
 """
 import functools
 import importlib
@@ -49,10 +47,9 @@ WHOLE_RESIZE_MAX = 16
 
 
 def _optional_sibling(name):
-    """The module ``name`` next to this file (inside its package, or top-level beside a lone copy), or None
-    when there is none. Imported by name, not by an import statement, so that this file also works copied
-    alone and names no other module of its package: that is what makes it copyable. A sibling that exists
-    but fails to import raises, rather than silently running the slow path."""
+    """The module ``name`` next to this file (in its package, or beside a lone copy), or None. Imported by name
+    so that this file names no other module of its package (copyable); a sibling that fails to import raises
+    rather than silently running the slow path."""
     full = f"{__package__}.{name}" if __package__ else name
     try:
         return importlib.import_module(full)
@@ -70,14 +67,13 @@ fastjpeg = _optional_sibling("fastjpeg")
 def normalize(batch, mean=IMAGENET_MEAN, std=IMAGENET_STD, dtype=torch.float32, channels_last=False):
     """uint8 batch (N, 3, H, W), on any device -> float batch ``(x / 255 - mean) / std`` in ``dtype``.
 
-    Computed in fp32 as ``x * (1 / (255 std)) - mean / std`` and cast at the end, so bf16/fp16 outputs are the
-    rounded fp32 values. With ``channels_last`` the uint8 batch is reordered first (4x fewer bytes to move)
-    and the result has the channels_last memory format.
+    Computed in fp32 as ``x * (1 / (255 std)) - mean / std`` and cast at the end (bf16/fp16 outputs are the
+    rounded fp32 values). ``channels_last`` reorders the uint8 batch first (4x fewer bytes to move).
     """
     if channels_last:
         batch = batch.contiguous(memory_format=torch.channels_last)
     scale, shift = _affine(tuple(map(float, mean)), tuple(map(float, std)), str(batch.device))
-    x = batch.to(torch.float32).mul_(scale).add_(shift)  # = (x - 255 m) / (255 s), two in-place passes
+    x = batch.to(torch.float32).mul_(scale).add_(shift)  # two in-place passes
     return x if dtype == torch.float32 else x.to(dtype)
 
 
@@ -94,13 +90,11 @@ def _affine(mean, std, device):
 
 
 def random_erase(x, p=0.25, scale=(0.02, 1 / 3), ratio=(0.3, 3.3), mode="pixel", generator=None):
-    """Random Erasing (Zhong et al., "Random Erasing Data Augmentation", 2017), IN PLACE on a batch.
-
-    ``x`` is a normalized float batch (N, C, H, W) on any device; it is modified in place and returned.
-    Each sample, independently with probability ``p``, gets one rectangle replaced by per-pixel N(0, 1)
-    noise (``mode="pixel"``; in normalized units that is noise with the data's mean and std) or by zeros
-    (``mode="const"``, i.e. the dataset mean). The rectangle follows torchvision's ``RandomErasing``: up
-    to 10 tries of
+    """Random Erasing (Zhong et al., "Random Erasing Data Augmentation", 2017), IN PLACE on a normalized float
+    batch (N, C, H, W) on any device, which is returned. Each sample, independently with probability ``p``,
+    gets one rectangle replaced by per-pixel N(0, 1) noise (``mode="pixel"``; in normalized units, noise with
+    the data's mean and std) or by zeros (``mode="const"``, the dataset mean). The rectangle follows
+    torchvision's ``RandomErasing``: up to 10 tries of
 
         area   = H W * U(scale),        aspect = exp(U(log ratio[0], log ratio[1]))
         h = round(sqrt(area * aspect)),  w = round(sqrt(area / aspect)),   accepted if h < H and w < W,
@@ -152,13 +146,11 @@ def resize_for_crop(crop_size, crop_pct=DEFAULT_CROP_PCT):
 
         resize = floor(crop_size / crop_pct)        (224 / 0.875 -> 256, 384 / 0.875 -> 438, 224 / 0.95 -> 235)
 
-    computed as timm's ``transforms_imagenet_eval`` does, on the float quotient, so that a model's published
-    ``crop_pct`` gives timm's resize. IEEE division rounds correctly, so the usual pairs are exact (288 / 0.9
-    = 320.0, 224 / 0.875 = 256.0); but where the true quotient is a whole number the float one can fall just
-    below it and lose one pixel, like timm: 535 / 0.535 = 999.9999999999999 -> 999, and a ratio passed as a
-    float, 17 / (17 / 25) = 24.999999999999996 -> 24. Pass ``crop_pct`` as a ``fractions.Fraction`` (e.g.
-    ``Fraction(crop, resize)`` of another policy) to get the exact floor. ``crop_pct`` must be positive; a
-    value above 1 gives a resize smaller than the crop, which `EvalTransform` pads with zeros.
+    on the float quotient, as timm's ``transforms_imagenet_eval``, so a model's published ``crop_pct`` gives
+    timm's resize. The usual pairs are exact (288 / 0.9 = 320.0), but where the true quotient is whole the float
+    one can fall just below and lose a pixel, like timm: 535 / 0.535 = 999.9999999999999 -> 999, 17 / (17 / 25)
+    -> 24. A ``fractions.Fraction`` (e.g. ``Fraction(crop, resize)``) gives the exact floor. ``crop_pct`` > 1
+    gives a resize smaller than the crop, which `EvalTransform` pads with zeros.
     """
     if not crop_pct > 0:
         raise ValueError(f"crop_pct must be positive (0.875 gives the classic 224 -> 256), got {crop_pct!r}")
@@ -166,8 +158,7 @@ def resize_for_crop(crop_size, crop_pct=DEFAULT_CROP_PCT):
 
 
 def resolve_eval_sizes(crop_size=224, resize_size=None, crop_pct=None):
-    """-> (resize_size, crop_size). The shorter side is resized to ``resize_size``, then the centre
-    ``crop_size`` square is kept. Without ``resize_size``: `resize_for_crop` (``crop_pct`` defaults to
+    """-> (resize_size, crop_size); without ``resize_size``: `resize_for_crop` (``crop_pct`` defaults to
     `DEFAULT_CROP_PCT`)."""
     if resize_size is None:
         resize_size = resize_for_crop(crop_size, DEFAULT_CROP_PCT if crop_pct is None else crop_pct)
@@ -183,9 +174,6 @@ def rrc_params(height, width, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
                          w = round(sqrt(A r)),  h = round(sqrt(A / r))
                          accept if 0 < w <= W and 0 < h <= H; top ~ U{0..H-h}, left ~ U{0..W-w}
         fallback:        the whole image, centre-cropped to the nearest aspect ratio inside ``ratio``.
-
-    Random numbers come from torch's global RNG in the same order as torchvision, so the same seed gives
-    the same box.
     """
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -236,18 +224,14 @@ def to_rgb(image, name=None):
     """PIL image of any mode -> 8-bit RGB PIL image; ``name`` (the file) is for error messages.
 
     8-bit modes (greyscale, palette, CMYK, alpha, ...) go through PIL's ``convert("RGB")``, as torchvision's
-    ``pil_loader`` does (alpha is dropped). Wider samples are scaled, where ``convert`` would clip them to
-    0..255 (a 16-bit PNG would turn almost all white):
+    ``pil_loader`` (alpha dropped). Wider samples are scaled where ``convert`` would clip them to 0..255:
 
-    * integer modes ("I;16", "I;16B", "I;16L": 16-bit greyscale; "I": 32-bit, which older Pillow uses for
-      16-bit PNGs) with every value in 0..65535 are 16-bit samples: ``v -> round(v * 255 / 65535)``;
+    * integer modes ("I;16", "I;16B", "I;16L"; "I", which older Pillow uses for 16-bit PNGs) with every value
+      in 0..65535: ``v -> round(v * 255 / 65535)`` (an "I" image of 8-bit values reads as a dark 16-bit one);
     * float "F" with every value in [0, 1]: ``v -> round(255 v)``.
 
-    Other values (an "I" image beyond 16 bits or negative, an "F" image outside [0, 1] or not finite) have no
-    known range, so no scaling can be trusted: ValueError, naming the file. (An "I" image holding 8-bit
-    values would be read as a dark 16-bit one; such files are rare.) 16-bit RGB and RGBA PNGs come out of
-    PIL's decoder as 8-bit "RGB"/"RGBA" already, keeping the high byte, ``floor(v / 256)``: within one grey
-    level of ``round(v * 255 / 65535)``, so they are taken as PIL gives them.
+    Other values have no known range: ValueError, naming the file. 16-bit RGB(A) PNGs come out of PIL's decoder
+    as 8-bit already (the high byte, ``floor(v / 256)``, within one level of the rule above) and are kept so.
     """
     if image.mode == "RGB":
         return image
@@ -257,22 +241,21 @@ def to_rgb(image, name=None):
         if image.mode == "F":
             if not (math.isfinite(lo) and math.isfinite(hi) and 0.0 <= lo and hi <= 1.0):
                 raise ValueError(f"{name or 'the image'}: a floating-point image with values from {lo:g} to "
-                                 f"{hi:g}, not in [0, 1], so its range is unknown and it cannot be scaled to "
-                                 f"8 bits. Save it as an 8- or 16-bit image (PNG) with the intended range.")
+                                 f"{hi:g}, not in [0, 1], cannot be scaled to 8 bits. Save it as an 8- or "
+                                 f"16-bit image (PNG) with the intended range.")
             v8 = np.rint(v * np.float32(255))
         else:
             if not (0 <= lo and hi <= 65535):
                 raise ValueError(f"{name or 'the image'}: an integer image (PIL mode {image.mode}) with values "
-                                 f"from {lo:.0f} to {hi:.0f}, beyond 16 bits, so its range is unknown and it "
-                                 f"cannot be scaled to 8 bits. Save it as an 8- or 16-bit image (PNG).")
+                                 f"from {lo:.0f} to {hi:.0f}, beyond 16 bits, cannot be scaled to 8 bits. Save "
+                                 f"it as an 8- or 16-bit image (PNG).")
             v8 = (v.astype(np.int32) + 128) // 257  # = round(v / 257) = round(v * 255 / 65535), no ties
         return Image.fromarray(v8.astype(np.uint8), "L").convert("RGB")
     return image.convert("RGB")
 
 
 def load_rgb(src):
-    """Path or PIL image -> 8-bit RGB PIL image: torchvision's ``pil_loader`` (open, convert to RGB), with
-    16-bit and float images scaled rather than clipped (`to_rgb`)."""
+    """Path or PIL image -> 8-bit RGB PIL image: torchvision's ``pil_loader`` with `to_rgb`'s conversion."""
     if isinstance(src, Image.Image):
         return to_rgb(src)
     with open(src, "rb") as f:
@@ -282,14 +265,12 @@ def load_rgb(src):
 
 
 def _open(src):
-    """-> the image as an object with ``.size = (width, height)``: fastjpeg's `Source`, which reads only the
-    header now and decodes once the box is known, or else the decoded RGB PIL image."""
+    """-> fastjpeg's `Source` (reads the header now, decodes once the box is known), else the RGB PIL image."""
     return fastjpeg.Source(src, to_rgb) if fastjpeg is not None else load_rgb(src)
 
 
 def _resize_whole(img, new_w, new_h, interpolation):
-    """The whole image resized to ``new_w x new_h`` by torchvision's antialiased tensor kernel (the canonical
-    pixels of ``v2.Resize(antialias=True)``) -> uint8 (3, new_h, new_w)."""
+    """The whole image -> uint8 (3, new_h, new_w) by ``v2.Resize(antialias=True)``'s kernel (canonical pixels)."""
     if fastjpeg is not None:
         return img.resized(new_w, new_h, interpolation)
     return TF.resize(TF.pil_to_tensor(img), [new_h, new_w], _TV_INTERP[interpolation], antialias=True)
@@ -302,14 +283,12 @@ _SUPPORT = {"bilinear": 1.0, "bicubic": 2.0}
 
 def _resample_box(image, box, size, interpolation):
     """PIL image -> its region ``box = (left, top, right, bottom)`` (sub-pixel) resampled to ``size = (w, h)``
-    by PIL's antialiased resize: the corresponding part of the whole resized image, since PIL derives each
-    output pixel's filter from the box exactly as it would for the whole image (clipped at the image's edges,
-    not the box's).
+    by PIL's antialiased resize: that part of the whole resized image, since PIL derives each output pixel's
+    filter from the box as for the whole image (clipped at the image's edges, not the box's).
 
-    Two explicit passes, horizontal then vertical, the order of torch's kernel: PIL alone picks the cheaper
-    order, and as bicubic overshoot is clipped to 0..255 between the passes, the order shows (by up to 20
-    levels on noise). Pass 1 resamples the columns of the rows the vertical filters reach (one pixel of
-    margin beyond their support), pass 2 the rows; the work is that of the output.
+    Two explicit passes, horizontal then vertical, torch's order: PIL alone picks the cheaper order, and as
+    bicubic overshoot is clipped to 0..255 between passes, the order shows (up to 20 levels on noise). Pass 1
+    covers the rows the vertical filters reach (one pixel beyond their support); the work is the output's.
     """
     left, top, right, bottom = box
     out_w, out_h = size
@@ -363,15 +342,12 @@ class TrainTransform:
     """RandomResizedCrop (`rrc_params`) -> horizontal flip with probability ``hflip`` -> optional
     auto-augment (`_auto_augment`, with the same ``interpolation``) -> contiguous uint8 (3, crop_size, crop_size).
 
-    The box is drawn on the full-size image and resized to the output with antialiasing: exactly
-    torchvision's ``PILToTensor`` -> ``v2.RandomResizedCrop(antialias=True)`` -> ``v2.RandomHorizontalFlip``
-    for the same seed. With `fastjpeg` and ``draft`` (the default), a JPEG is instead decoded at the smallest
-    DCT scale at which the box still covers ``crop_size`` pixels in both directions, and the box, mapped to
-    that scale with sub-pixel precision, is resampled by PIL: same box and flip, slightly different pixels,
-    several times less decoding work. Without `fastjpeg`, ``draft`` has no effect.
-
-    ``transform(src, crop_size=c)`` makes a ``c x c`` crop for that call (e.g. progressive resizing, where
-    the size depends on the epoch); the random draws do not depend on the size.
+    Exactly torchvision's ``PILToTensor`` -> ``v2.RandomResizedCrop(antialias=True)`` ->
+    ``v2.RandomHorizontalFlip`` for the same seed. With `fastjpeg` and ``draft`` (the default), a JPEG is
+    decoded at the smallest DCT scale at which the box still covers ``crop_size`` pixels, and the box, mapped
+    to it sub-pixel exact, is resampled by PIL: same box and flip, slightly different pixels, several times
+    less decoding. ``transform(src, crop_size=c)`` makes a ``c x c`` crop (progressive resizing); the random
+    draws do not depend on the size.
     """
 
     def __init__(self, crop_size=224, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), interpolation="bilinear",
@@ -406,21 +382,12 @@ class TrainTransform:
 
 class EvalTransform:
     """Resize the shorter side to ``resize_size``, keep the centre ``crop_size`` square -> contiguous uint8
-    (3, crop_size, crop_size).
+    (3, crop_size, crop_size): the centre view of `eval_crops`, which says how the pixels are made.
 
-    By default the output is the canonical one: torchvision's tensor pipeline ``PILToTensor`` ->
-    ``v2.Resize(resize_size, antialias=True)`` -> ``v2.CenterCrop(crop_size)`` pixel for pixel (zero padding
-    included when the crop is larger than the resized image), and its classic PIL pipeline ``Resize`` ->
-    ``CenterCrop`` -> ``PILToTensor`` within 2 grey levels (the two resampling kernels round differently).
-
-    ``draft=True`` (needs `fastjpeg`, ignored without it) trades those exact pixels for speed: a JPEG at
-    least k = 2, 4 or 8 times larger than the resized image is decoded at 1/k, and only the kept square,
-    mapped back to source coordinates, is resampled by PIL. Same geometry, PSNR above 30 dB against the
-    canonical output, but not bit-identical, so accuracies measured that way are not exactly comparable.
-
-    Images of extreme aspect ratio (beyond 12:1 at 224/256; `WHOLE_RESIZE_MAX`) have only the kept square
-    resampled as well, by PIL, so that the work is bounded by the crop: same box, within 2 grey levels of
-    the canonical output. See `eval_crops`, which this is the centre view of.
+    By default: torchvision's ``PILToTensor`` -> ``v2.Resize(resize_size, antialias=True)`` ->
+    ``v2.CenterCrop(crop_size)`` pixel for pixel, and its classic PIL pipeline ``Resize`` -> ``CenterCrop`` ->
+    ``PILToTensor`` within 2 grey levels (the two kernels round differently). ``draft=True`` (needs `fastjpeg`)
+    is not bit-identical, so accuracies measured that way are not exactly comparable.
     """
 
     def __init__(self, crop_size=224, resize_size=None, crop_pct=None, interpolation="bilinear", draft=False):
@@ -441,18 +408,15 @@ def eval_crops(src, resize_size, crop_size, interpolation="bilinear", draft=Fals
     ``corners`` torchvision's ``FiveCrop`` (top-left, top-right, bottom-left, bottom-right, centre;
     `five_crop_origins`) -> contiguous uint8 (V, 3, crop, crop), V = 1 or 5.
 
-    How the pixels are made, geometry (`eval_geometry`) being the same in every case:
+    How the pixels are made, the geometry (`eval_geometry`) being the same in every case:
 
-    * canonical: the whole image is resized by torchvision's antialiased tensor kernel and the squares are
-      cut from it: ``v2.Resize(resize_size, antialias=True)`` + ``v2.CenterCrop`` / ``v2.FiveCrop`` on the
-      decoded tensor, pixel for pixel (a centre crop larger than the image is zero-padded, as there);
-    * bounded, when the resized image would hold more than `WHOLE_RESIZE_MAX` times the pixels of one crop
-      (extreme aspect ratios): each square, mapped to source coordinates with sub-pixel precision
-      (``x_src = x * width / new_w``, the mapping of the resize), is resampled alone by PIL
-      (`_resample_box`). Same boxes; the two kernels round differently, so within 2 grey levels of the
-      canonical pixels (noise included); memory and time are those of the crops, whatever the file;
-    * ``draft`` (with `fastjpeg`): a JPEG at least k = 2, 4 or 8 times larger than the resized image is
-      decoded at 1/k and then resampled as in the bounded case (PSNR above 30 dB against the canonical).
+    * canonical: ``v2.Resize(resize_size, antialias=True)`` + ``v2.CenterCrop`` / ``v2.FiveCrop`` on the decoded
+      tensor, pixel for pixel (a centre crop larger than the image is zero-padded, as there);
+    * bounded, beyond `WHOLE_RESIZE_MAX`: each square, mapped to source coordinates sub-pixel exact
+      (``x_src = x * width / new_w``, the resize's mapping), is resampled alone by PIL (`_resample_box`): within
+      2 grey levels of the canonical pixels (the kernels round differently); memory and time are the crops';
+    * ``draft`` (with `fastjpeg`): a JPEG at least k = 2, 4 or 8 times larger than the resized image is decoded
+      at 1/k, then resampled as in the bounded case (PSNR above 30 dB against the canonical).
     """
     img = _open(src)
     width, height = img.size
@@ -468,8 +432,7 @@ def eval_crops(src, resize_size, crop_size, interpolation="bilinear", draft=Fals
         if not fits:  # zero padding, as torchvision's CenterCrop
             return TF.center_crop(x, [c, c]).unsqueeze(0).contiguous()
         return torch.stack([x[:, y0:y0 + c, x0:x0 + c] for x0, y0 in origins])
-    # Resample only what each crop keeps: its square mapped to source pixels by the resize's own mapping,
-    # x_src = x * width / new_w (and with a reduced decode, its scale), sub-pixel exact.
+    # bounded or draft (the decode scale joins the resize's mapping)
     image = img.rgb_pil() if fastjpeg is not None else img
     sx, sy = width / new_w * scale, height / new_h * scale
     views = []
