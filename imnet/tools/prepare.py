@@ -1,36 +1,13 @@
-"""Arrange ILSVRC2012's flat validation folder into class folders.
-
-ImageNet's validation images ship as one flat folder of 50,000 files
-(``ILSVRC2012_val_00000001.JPEG`` ... ``ILSVRC2012_val_00050000.JPEG``) with the labels in a separate file,
-while ImageFolder-style loaders (``imnet.run.data``, torchvision, timm) expect ``val/<wnid>/<file>``. This module
-builds that tree with symbolic links, so it costs no disk space and leaves the original files untouched::
+"""Arrange ILSVRC2012's flat validation folder into ``val/<wnid>/`` class folders, with symbolic links::
 
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels LOC_val_solution.csv --out /data/imagenet/val
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels ILSVRC2012_validation_ground_truth.txt \\
         --synsets devkit_synsets.txt --out /data/imagenet/val
 
-Two label formats are understood, detected from the file's first line:
-
-1. The ground-truth CSV of the Kaggle ImageNet localization challenge (``LOC_val_solution.csv``)::
-
-       ImageId,PredictionString
-       ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295
-
-   The class of an image is the first token of its PredictionString (all boxes of an image share one class).
-
-2. The devkit's ``ILSVRC2012_validation_ground_truth.txt``: one 1-based class index per line, line k being
-   the label of ``ILSVRC2012_val_{k:08d}``. The index is the devkit's ``ILSVRC2012_ID``, so ``--synsets`` must
-   list the wnids in *that* order (one per line; only the first token of a line is read). Beware: this order
-   is the one of the devkit's ``meta.mat`` (ID 1 is n02119789, "kit fox"), not the sorted order of
-   ``LOC_synset_mapping.txt`` or ``synset_words.txt`` (line 1: n01440764, "tench"). Pairing the devkit indices
-   with a sorted list would silently mislabel almost every image, so a sorted 1000-class list is refused.
-
-The command is idempotent: links already in place are kept, so running it twice changes nothing. It reports
-labelled files that are missing from the flat folder and files of the flat folder that have no label, and
-exits with status 2 and a one-paragraph message on bad input (like the rest of imnet).
-
-It imports only the standard library and imnet.run.folders (itself standard library only), so it runs without
-torch; the image extensions are imnet.run.folders' list, the one the datasets use.
+The labels are Kaggle's ``LOC_val_solution.csv`` (an image's class is the first token of its PredictionString) or
+the devkit's one 1-based ILSVRC2012_ID per line, which needs ``--synsets`` in the devkit's ``meta.mat`` order
+(ID 1 is n02119789), not the sorted order of ``LOC_synset_mapping.txt``. Links in place are kept. Standard
+library only (no torch).
 """
 
 import argparse
@@ -40,32 +17,26 @@ import os
 import sys
 
 from imnet.run.errors import UsageError
-from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
-SHOW = 10  # how many missing / extra names a report lists before summarising the rest
-
-
-class PrepareError(UsageError):
-    """Bad input: the message says what is wrong and how to fix it (printed without a traceback, exit 2)."""
-
-
-def _listing(names, show=SHOW):
-    """``a, b, c (and 7 more)``: a short list for messages about possibly thousands of names."""
-    names = sorted(names)
-    text = ", ".join(names[:show])
-    return text + (f" (and {len(names) - show} more)" if len(names) > show else "")
-
+from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS, short_list
 
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
+class PrepareError(UsageError):
+    pass
+
+
+def _listing(names):
+    return short_list(sorted(names), 10)
+
+
 def _valid_wnid(wnid, where):
-    """A class name becomes a folder name: refuse anything that is not a single plain path component
-    (separators, ".", "..", hidden names, control characters such as NUL, more than NAME_MAX bytes)."""
+    """``wnid`` if it can be one folder name (no separator, not hidden, no control character, <= NAME_MAX bytes)."""
     if not wnid or wnid in (".", "..") or "/" in wnid or "\\" in wnid or wnid.startswith("."):
         raise PrepareError(f"{where}: {wnid!r} is not usable as a class folder name.")
     if any(ord(c) < 32 or ord(c) == 127 for c in wnid):
-        raise PrepareError(f"{where}: {wnid!r} holds a control character (NUL, newline...), which no class "
-                           f"folder name can hold. Check that the file is a plain-text list of wnids.")
+        raise PrepareError(f"{where}: {wnid!r} holds a control character, which no folder name can hold. Check "
+                           f"that the file is a plain-text list of wnids.")
     if len(os.fsencode(wnid)) > NAME_MAX:
         raise PrepareError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
                            f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
@@ -73,7 +44,6 @@ def _valid_wnid(wnid, where):
 
 
 def _check_out(out_dir):
-    """--out must be a folder, or creatable as one: its nearest existing ancestor must be a folder."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
         raise PrepareError(f"--out {out_dir} exists and is not a directory.")
     parent = os.path.dirname(out_dir)
@@ -85,7 +55,7 @@ def _check_out(out_dir):
 
 
 def read_synsets(path):
-    """Class names in index order: the first whitespace-separated token of each non-empty line."""
+    """The first token of each non-empty line."""
     try:
         with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not text
             lines = [line.split() for line in f]
@@ -101,11 +71,7 @@ def read_synsets(path):
 
 
 def read_labels(path, synsets_path=None):
-    """Return ``{image id: wnid}``, the image id being the file name without its extension.
-
-    The format is recognised from the first line: a CSV header starting with ``ImageId``, or an integer
-    (the devkit's one-index-per-line list, which needs ``synsets_path``).
-    """
+    """``{image id (file name without extension): wnid}``; the format is recognised from the first line."""
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not the header
             text = f.read()
@@ -116,15 +82,12 @@ def read_labels(path, synsets_path=None):
         return _read_csv_labels(path, text)
     if first.isdigit():
         if synsets_path is None:
-            raise PrepareError(
-                f"{path} is a list of class indices (the devkit's ground-truth format), which needs the class "
-                "order: pass --synsets FILE with one wnid per line in the devkit's ILSVRC2012_ID order "
-                "(or use the ground-truth CSV, LOC_val_solution.csv, which names the wnids directly).")
+            raise PrepareError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
+                               f"in the devkit's ILSVRC2012_ID order). Or use LOC_val_solution.csv.")
         return _read_index_labels(path, text, read_synsets(synsets_path), synsets_path)
-    raise PrepareError(
-        f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Expected either the "
-        "ground-truth CSV (header 'ImageId,PredictionString', e.g. LOC_val_solution.csv) or the devkit's "
-        "ILSVRC2012_validation_ground_truth.txt (one class index per line).")
+    raise PrepareError(f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Give "
+                       f"LOC_val_solution.csv (header 'ImageId,PredictionString') or the devkit's "
+                       f"ILSVRC2012_validation_ground_truth.txt.")
 
 
 def _read_csv_labels(path, text):
@@ -148,11 +111,9 @@ def _read_csv_labels(path, text):
 
 def _read_index_labels(path, text, synsets, synsets_path):
     if len(synsets) == 1000 and synsets == sorted(synsets):
-        raise PrepareError(
-            f"{synsets_path} lists 1000 wnids in sorted order (like LOC_synset_mapping.txt), but the indices "
-            f"in {path} are the devkit's ILSVRC2012_IDs, whose order is that of the devkit's meta.mat (ID 1 is "
-            "n02119789, 'kit fox'): this pairing would mislabel almost every image. Use the ground-truth CSV "
-            "(LOC_val_solution.csv) instead, or a synsets file in meta.mat's ILSVRC2012_ID order.")
+        raise PrepareError(f"{synsets_path} lists 1000 wnids in sorted order, but the indices in {path} follow the "
+                           f"devkit's meta.mat order (ID 1 is n02119789). Use LOC_val_solution.csv, or a synsets "
+                           f"file in meta.mat's ILSVRC2012_ID order.")
     labels = {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -169,15 +130,10 @@ def _read_index_labels(path, text, synsets, synsets_path):
 
 
 def arrange_val(flat_dir, labels, out_dir):
-    """Link ``flat_dir/<id>.<ext>`` to ``out_dir/<wnid>/<id>.<ext>`` for every labelled image present.
-
-    Returns a report dict: ``linked`` (new links), ``kept`` (already in place), ``missing`` (labelled ids
-    with no file), ``extra`` (image files with no label), ``classes`` (number of class folders).
-    Links point to absolute paths, so ``out_dir`` may live anywhere.
-    """
+    """Link ``out_dir/<wnid>/<id>.<ext>`` to ``flat_dir/<id>.<ext>`` (absolute) for every labelled image present."""
     if not os.path.isdir(flat_dir):
-        raise PrepareError(f"--flat {flat_dir} is not a directory; it should be ILSVRC2012's flat validation "
-                           "folder (ILSVRC2012_val_00000001.JPEG, ...).")
+        raise PrepareError(f"--flat {flat_dir} is not a directory. Give ILSVRC2012's flat validation folder "
+                           "(ILSVRC2012_val_00000001.JPEG, ...).")
     files = {}  # image id -> file name
     for name in sorted(os.listdir(flat_dir)):
         path = os.path.join(flat_dir, name)
@@ -190,9 +146,8 @@ def arrange_val(flat_dir, labels, out_dir):
             files[image_id] = name
     present = [i for i in labels if i in files]
     if labels and not present:
-        raise PrepareError(
-            f"none of the {len(labels)} labelled images is in {flat_dir} (it holds {len(files)} image files; the "
-            f"labels name files such as {next(iter(labels))}). Check that --flat and --labels belong together.")
+        raise PrepareError(f"none of the {len(labels)} labelled images (such as {next(iter(labels))}) is among the "
+                           f"{len(files)} image files of {flat_dir}. Check that --flat and --labels belong together.")
 
     out_dir = os.path.abspath(out_dir)
     _check_out(out_dir)
@@ -203,8 +158,8 @@ def arrange_val(flat_dir, labels, out_dir):
         target = os.path.join(out_dir, wnid, name)
         if os.path.islink(target) or os.path.exists(target):
             if os.path.realpath(target) != os.path.realpath(source):
-                raise PrepareError(f"{target} already exists and is not a link to {source}; remove it (or choose "
-                                   "another --out) and run again.")
+                raise PrepareError(f"{target} already exists and is not a link to {source}. Remove it or choose "
+                                   "another --out.")
             kept += 1
             continue
         try:
@@ -214,13 +169,8 @@ def arrange_val(flat_dir, labels, out_dir):
             raise PrepareError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
                                f"write to.") from None
         linked += 1
-    return {
-        "linked": linked,
-        "kept": kept,
-        "missing": sorted(set(labels) - set(files)),
-        "extra": sorted(files[i] for i in set(files) - set(labels)),
-        "classes": len({labels[i] for i in present}),
-    }
+    return {"linked": linked, "kept": kept, "missing": sorted(set(labels) - set(files)),
+            "extra": sorted(files[i] for i in set(files) - set(labels)), "classes": len({labels[i] for i in present})}
 
 
 def build_parser():
@@ -244,7 +194,6 @@ def build_parser():
 
 
 def main(argv=None):
-    """Command line entry point; returns the exit status (0 done, 2 bad input)."""
     args = build_parser().parse_args(argv)
     try:
         labels = read_labels(args.labels, args.synsets)
