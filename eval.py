@@ -214,6 +214,7 @@ def class_names(classes, val_dir):
         return dict(zip(sorted(classes), categories))
     return None
 
+
 def class_report(confusion, classes, show, names=None):
     """Per-class top-1 (percent) and the most frequent confusions, from the confusion matrix."""
     names = names or {}

@@ -31,24 +31,21 @@ class ExportError(UsageError):
     pass
 
 
-def load_checkpoint(path: Path) -> dict:
-    if path.exists() and not path.is_file():
-        raise ExportError(f"'{path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
-    return checkpoint.read_state(path)
-
-
-def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: str | None = None):
+def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: str | None = None, flag=None):
     """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights ("model",
-    "ema", "swa"), or of a weights file: its sidecar's, or (``model``, state_dict, None, None, info) without one."""
+    "ema", "swa"; ``flag`` chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None,
+    info) without one."""
     if ckpt_path:
-        ckpt = load_checkpoint(Path(ckpt_path))
+        if Path(ckpt_path).exists() and not Path(ckpt_path).is_file():
+            raise ExportError(f"'{ckpt_path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
+        ckpt = checkpoint.read_state(ckpt_path)
         run = ckpt["config"]
         if model and model != run["model"]:
             raise ExportError(f"--model {model} contradicts the checkpoint, which holds a {run['model']}.")
         try:
             state = checkpoint.weights_of(ckpt, kind, ckpt_path)
         except checkpoint.CheckpointError as e:
-            raise ExportError(f"{e} Drop --use-{kind}.") from None
+            raise ExportError(f"{e} Drop {flag or '--use-' + kind}.") from None
         with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
             expected = models.build_model(run["model"], len(ckpt["classes"]),
                                           image_size=run.get("train_crop_size") or 224).state_dict()
@@ -87,15 +84,6 @@ def build_model(name: str, state, num_classes: int, policy: EvalPolicy, trained_
     return model.eval(), done
 
 
-def constructor(name: str, num_classes: int, image_size: int) -> tuple[str, object, dict]:
-    try:
-        return models.constructor(name, num_classes, image_size)
-    except ValueError:
-        raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
-                          f"({torchvision.__version__}) nor one of imnet's DeiTs. Export with the torchvision "
-                          f"version the run was trained with.") from None
-
-
 def sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -106,18 +94,19 @@ def sha256(path: Path) -> str:
 
 def export(src: Path, out: Path, ema: bool) -> dict:
     """Write the plain state_dict, the class file and the sidecar; return what to print."""
-    ckpt = load_checkpoint(src)
-    config = ckpt["config"]
-    name, classes = config["model"], [str(c) for c in ckpt["classes"]]
-    if ema and not checkpoint.has_weights(ckpt, "ema"):
-        raise ExportError(f"'{src}' has no EMA weights (its run was trained without --ema). Drop --ema.")
-    state = checkpoint.weights_of(ckpt, "ema" if ema else "model", src)
+    name, state, classes, policy, info = load_weights(src, kind="ema" if ema else "model", flag="--ema")
+    classes = [str(c) for c in classes]
     if any(("\n" in c or "\r" in c) for c in classes):
         raise ExportError("A class name contains a line break, which the class file (one name per line) cannot "
                           "hold. Rename that class folder.")
 
-    image_size = int(config.get("train_crop_size") or 224)
-    fn_name, fn, kwargs = constructor(name, len(classes), image_size)
+    image_size = int(info["image_size"] or 224)
+    try:
+        fn_name, fn, kwargs = models.constructor(name, len(classes), image_size)
+    except ValueError:
+        raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
+                          f"({torchvision.__version__}) nor one of imnet's DeiTs. Export with the torchvision "
+                          f"version the run was trained with.") from None
     # Own contiguous copies: the file then holds these tensors only, not storages shared with anything else.
     weights = OrderedDict((k, v.detach().clone(memory_format=torch.contiguous_format) if torch.is_tensor(v) else v)
                           for k, v in state.items())
@@ -146,12 +135,11 @@ def export(src: Path, out: Path, ema: bool) -> dict:
         write_atomic(out, lambda f: torch.save(weights, f))
         write_atomic(classes_path, lambda f: f.write("".join(c + "\n" for c in classes).encode("utf-8")))
         digest = sha256(out)
-        policy = EvalPolicy.from_dict(config.get("eval_policy"))
         write_sidecar(side_path, {
             "format": SIDECAR_FORMAT, "weights_file": out.name, "sha256": digest, "model": name,
             "constructor": f"torchvision.models.{fn_name}", "kwargs": kwargs, "image_size": image_size,
             "num_classes": len(classes), "classes_file": classes_path.name, "weights": "ema" if ema else "model",
-            "eval_policy": policy.to_dict() if policy else None, "recorded": ckpt.get("metrics"),
+            "eval_policy": policy.to_dict() if policy else None, "recorded": info["recorded"],
             "checkpoint": str(src)})
     except OSError as e:
         raise ExportError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
