@@ -1,15 +1,11 @@
 """Evaluate a classifier on an ImageNet-style validation folder, exactly, and benchmark its inference.
 
-    python eval.py --checkpoint RUN/best.pt --data /datasets/imagenet
     torchrun --nproc_per_node=8 eval.py --checkpoint RUN/best.pt --data /datasets/imagenet --use-ema
-    python eval.py --model resnet50 --weights-file resnet50-0676ba61.pth --data /datasets/imagenet/val \\
-        --resize-size 256 --crop-size 224
     python eval.py --weights ResNet50_Weights.IMAGENET1K_V2 --data /datasets/imagenet   # a published number
     python eval.py --model resnet50 --bench --batch-sizes 1 32 256 --amp bf16 --channels-last
 
-Every image counts once on any number of ranks (`imnet.run.data.EvalSampler`). The model, classes and evaluation
-policy are the checkpoint's (or the export sidecar's, or the torchvision weights' card) unless a flag changes
-them, which is warned about; the data's class folders must be exactly the checkpoint's classes.
+The model, classes and evaluation policy are the checkpoint's (or the export sidecar's, or the weights' card)
+unless a flag changes them; the data's class folders must be exactly the model's classes.
 """
 
 import csv
@@ -31,10 +27,6 @@ from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS,
                           add_eval_policy_flags)
 from imnet.run.log import val_key
 from imnet.run.tta import TTA_VIEWS, view_transform
-
-
-class EvalError(UsageError):
-    pass
 
 
 # --------------------------------------------------------------------------------------------- flags
@@ -98,33 +90,31 @@ def build_parser():
 
 
 def check_flags(args):
-    """Contradictions that argparse cannot express."""
     given = [f for f, v in (("--checkpoint", args.checkpoint), ("--weights-file", args.weights_file),
                             ("--weights", args.weights)) if v]
     if len(given) > 1:
-        raise EvalError(f"{' and '.join(given)} all give weights; use one of them.")
+        raise UsageError(f"{' and '.join(given)} all give weights; use one of them.")
     if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
-        raise EvalError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
+        raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
                         f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
-        raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
+        raise UsageError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
                         "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if (args.use_ema or args.use_swa) and not args.checkpoint:
-        raise EvalError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
+        raise UsageError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
                         "--checkpoint.")
     if args.use_ema and args.use_swa:
-        raise EvalError("--use-ema and --use-swa choose different weights; use one of them.")
+        raise UsageError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
-        raise EvalError("--data ROOT is required (the folder holding val/, or the val folder itself).")
+        raise UsageError("--data ROOT is required (the folder holding val/, or the val folder itself).")
     if args.bench and (args.predictions or args.tta != "none"):
-        raise EvalError("--bench times plain forward passes; --predictions and --tta apply to evaluation only.")
+        raise UsageError("--bench times plain forward passes; --predictions and --tta apply to evaluation only.")
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes the outputs
         for flag in ("json", "predictions"):
             if getattr(args, flag):
                 check_writable(getattr(args, flag), f"--{flag}")
 
 
-# ------------------------------------------------------------------------------------ weights & classes
 def load_source(args):
     """-> (model name, state_dict or None, classes or None, stored policy, what the report says of the source)."""
     if args.weights:
@@ -132,20 +122,20 @@ def load_source(args):
             weights = models.torchvision_weights(args.weights)
             name = args.model or models.weights_model(weights)
             if name is None:
-                raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
+                raise UsageError(f"no torchvision classification model has the weights {weights}; give --model.")
             models.torchvision_weights(args.weights, name)  # --model, when given, must be the weights' network
             t = weights.transforms()
             policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
             state = models.download_weights(weights, args.weights, file_flag=f"--model {name} --weights-file")
         except ValueError as e:
-            raise EvalError(str(e)) from None
+            raise UsageError(str(e)) from None
         return name, state, None, policy, {"weights": args.weights, "categories": weights.meta.get("categories"),
                                            "published": weights.meta.get("_metrics", {}).get("ImageNet-1K")}
     if args.checkpoint or args.weights_file:
         kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
         source = export.load_weights(args.checkpoint, args.weights_file, kind, args.model)
         if source[0] is None:
-            raise EvalError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
+            raise UsageError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
                             f"the sidecar of an imnet export.")
         return source
     return args.model, None, None, None, {"weights": "random"}
@@ -169,13 +159,11 @@ def check_classes(data_classes, model_classes, val_dir, source):
         listing = lambda names: folders.short_list(sorted(names), 10)  # noqa: E731
         parts = [f"{len(missing)} classes of the checkpoint are not in the data: {listing(missing)}"] if missing else []
         parts += [f"{len(extra)} class folders are not classes of the checkpoint: {listing(extra)}"] if extra else []
-        raise EvalError(f"the classes of {val_dir} differ from those {source} was trained on ("
+        raise UsageError(f"the classes of {val_dir} differ from those {source} was trained on ("
                         + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
 
 
-# --------------------------------------------------------------------------------------------- policy
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    """The checkpoint's policy overridden by the flags given (precedence: `imnet.run.config.resolve_eval_policy`)."""
     given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
     return config.resolve_eval_policy(given, stored)
 
@@ -199,7 +187,6 @@ def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
             f"an export of its checkpoint."] if parts else []
 
 
-# -------------------------------------------------------------------------------------------- reports
 def class_names(classes, val_dir):
     """{class: human name}, from a ``LOC_synset_mapping.txt`` (lines "n01440764 tench, Tinca tinca") in the val
     folder or above it, else, for 1,000 wnids, from torchvision's category list (sorted wnid order); or None."""
@@ -298,7 +285,6 @@ def run_bench(args, name, model, policy, device):
     return report
 
 
-# ------------------------------------------------------------------------------------------------ main
 def run(args, info):
     name, state, classes, stored, source = load_source(args)
     policy = resolve_policy(args, stored)
@@ -317,7 +303,7 @@ def run(args, info):
     if classes is None:
         classes = data_classes  # torchvision's ImageNet weights: sorted wnid order, like find_classes
         if args.weights and len(classes) != len(source.get("categories") or classes):
-            raise EvalError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
+            raise UsageError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
                             f"{len(classes)} class folders. Evaluate on the full validation set (ImageNet: 1,000 "
                             f"folders named by wnid).")
     else:

@@ -46,9 +46,14 @@ def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: 
             state = checkpoint.weights_of(ckpt, kind, ckpt_path)
         except checkpoint.CheckpointError as e:
             raise ExportError(f"{e} Drop {flag or '--use-' + kind}.") from None
-        with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
-            expected = models.build_model(run["model"], len(ckpt["classes"]),
-                                          image_size=run.get("train_crop_size") or 224).state_dict()
+        try:
+            with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
+                expected = models.build_model(run["model"], len(ckpt["classes"]),
+                                              image_size=run.get("train_crop_size") or 224).state_dict()
+        except ValueError:
+            raise ExportError(f"The checkpoint's model '{run['model']}' is not a classification model of this "
+                              f"torchvision ({torchvision.__version__}) nor one of imnet's DeiTs. Use the "
+                              f"torchvision version the run was trained with.") from None
         checkpoint.check_fits(expected, state, ckpt_path, {"model": "model"}.get(kind, kind.upper()), run["model"])
         info = {"checkpoint": os.path.abspath(ckpt_path), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
@@ -101,12 +106,7 @@ def export(src: Path, out: Path, ema: bool) -> dict:
                           "hold. Rename that class folder.")
 
     image_size = int(info["image_size"] or 224)
-    try:
-        fn_name, fn, kwargs = models.constructor(name, len(classes), image_size)
-    except ValueError:
-        raise ExportError(f"The checkpoint's model '{name}' is not a classification model of this torchvision "
-                          f"({torchvision.__version__}) nor one of imnet's DeiTs. Export with the torchvision "
-                          f"version the run was trained with.") from None
+    fn_name, fn, kwargs = models.constructor(name, len(classes), image_size)  # load_weights checked the name
     # Own contiguous copies: the file then holds these tensors only, not storages shared with anything else.
     weights = OrderedDict((k, v.detach().clone(memory_format=torch.contiguous_format) if torch.is_tensor(v) else v)
                           for k, v in state.items())

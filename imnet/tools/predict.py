@@ -1,11 +1,7 @@
-"""Predict the classes of unlabelled images: ``python -m imnet.tools.predict --checkpoint RUN/best.pt IMAGES...``.
+"""Predict the classes of unlabelled images with a checkpoint's (or an export's) model, classes and policy::
 
-    python -m imnet.tools.predict --checkpoint runs/r50/best.pt photos/ --topk 5 --csv predictions.csv
-    python -m imnet.tools.predict --checkpoint runs/r50/best.pt --use-ema a.jpg b.png "more/*.jpg"
+    python -m imnet.tools.predict --checkpoint runs/r50/best.pt photos/ a.jpg "more/*.jpg" --csv predictions.csv
     python -m imnet.tools.predict --weights-file model.pth photos/       # an export, with its sidecar
-
-The model, classes and evaluation policy are the checkpoint's (or the sidecar's), so a top-1 is the one eval.py
-reports for the same file. An unreadable file is reported on stderr and skipped.
 """
 
 from __future__ import annotations
@@ -96,7 +92,6 @@ def collate(batch):
 
 
 def load_source(args):
-    """-> (model name, state_dict, class names, evaluation policy or None, the training image size)."""
     if bool(args.checkpoint) == bool(args.weights_file):
         raise UsageError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
                          "FILE for an export of python -m imnet.tools.export (one of them).")
