@@ -96,13 +96,13 @@ def check_flags(args):
         raise UsageError(f"{' and '.join(given)} all give weights; use one of them.")
     if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
         raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
-                        f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
+                         f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise UsageError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
-                        "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
+                         "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if (args.use_ema or args.use_swa) and not args.checkpoint:
         raise UsageError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
-                        "--checkpoint.")
+                         "--checkpoint.")
     if args.use_ema and args.use_swa:
         raise UsageError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
@@ -136,7 +136,7 @@ def load_source(args):
         source = export.load_weights(args.checkpoint, args.weights_file, kind, args.model)
         if source[0] is None:
             raise UsageError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
-                            f"the sidecar of an imnet export.")
+                             f"the sidecar of an imnet export.")
         return source
     return args.model, None, None, None, {"weights": "random"}
 
@@ -160,7 +160,7 @@ def check_classes(data_classes, model_classes, val_dir, source):
         parts = [f"{len(missing)} classes of the checkpoint are not in the data: {listing(missing)}"] if missing else []
         parts += [f"{len(extra)} class folders are not classes of the checkpoint: {listing(extra)}"] if extra else []
         raise UsageError(f"the classes of {val_dir} differ from those {source} was trained on ("
-                        + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
+                         + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
 
 
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
@@ -304,8 +304,8 @@ def run(args, info):
         classes = data_classes  # torchvision's ImageNet weights: sorted wnid order, like find_classes
         if args.weights and len(classes) != len(source.get("categories") or classes):
             raise UsageError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
-                            f"{len(classes)} class folders. Evaluate on the full validation set (ImageNet: 1,000 "
-                            f"folders named by wnid).")
+                             f"{len(classes)} class folders. Evaluate on the full validation set (ImageNet: 1,000 "
+                             f"folders named by wnid).")
     else:
         check_classes(data_classes, classes, val_dir, label)
     model = build_model(name, state, len(classes), policy, source).to(info.device, memory_format=memory_format)

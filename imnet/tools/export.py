@@ -27,33 +27,29 @@ from imnet.run.errors import UsageError
 SIDECAR_FORMAT = "imnet-export-1"  # the sidecar's "format" entry: a JSON without it is not one
 
 
-class ExportError(UsageError):
-    pass
-
-
 def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: str | None = None, flag=None):
     """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights ("model",
     "ema", "swa"; ``flag`` chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None,
     info) without one."""
     if ckpt_path:
         if Path(ckpt_path).exists() and not Path(ckpt_path).is_file():
-            raise ExportError(f"'{ckpt_path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
+            raise UsageError(f"'{ckpt_path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
         ckpt = checkpoint.read_state(ckpt_path)
         run = ckpt["config"]
         if model and model != run["model"]:
-            raise ExportError(f"--model {model} contradicts the checkpoint, which holds a {run['model']}.")
+            raise UsageError(f"--model {model} contradicts the checkpoint, which holds a {run['model']}.")
         try:
             state = checkpoint.weights_of(ckpt, kind, ckpt_path)
         except checkpoint.CheckpointError as e:
-            raise ExportError(f"{e} Drop {flag or '--use-' + kind}.") from None
+            raise UsageError(f"{e} Drop {flag or '--use-' + kind}.") from None
         try:
             with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
                 expected = models.build_model(run["model"], len(ckpt["classes"]),
                                               image_size=run.get("train_crop_size") or 224).state_dict()
         except ValueError:
-            raise ExportError(f"The checkpoint's model '{run['model']}' is not a classification model of this "
-                              f"torchvision ({torchvision.__version__}) nor one of imnet's DeiTs. Use the "
-                              f"torchvision version the run was trained with.") from None
+            raise UsageError(f"The checkpoint's model '{run['model']}' is not a classification model of this "
+                             f"torchvision ({torchvision.__version__}) nor one of imnet's DeiTs. Use the "
+                             f"torchvision version the run was trained with.") from None
         checkpoint.check_fits(expected, state, ckpt_path, {"model": "model"}.get(kind, kind.upper()), run["model"])
         info = {"checkpoint": os.path.abspath(ckpt_path), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
@@ -67,8 +63,8 @@ def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: 
     if side is None:
         return model, state, None, None, info
     if model and model != side["model"]:
-        raise ExportError(f"--model {model} contradicts {side['path']}, which says {weights_file} holds "
-                          f"a {side['model']}; drop --model.")
+        raise UsageError(f"--model {model} contradicts {side['path']}, which says {weights_file} holds "
+                         f"a {side['model']}; drop --model.")
     info.update(weights=side["weights"], sidecar=str(side["path"]), recorded=side.get("recorded"),
                 image_size=side["image_size"])
     return side["model"], state, side["classes"], side["policy"], info
@@ -82,10 +78,10 @@ def build_model(name: str, state, num_classes: int, policy: EvalPolicy, trained_
         model = models.build_model(name, num_classes, image_size=image_size)
         done = models.load_init(model, name, state, image_size, what="The weights") if state is not None else None
     except ValueError as e:
-        raise ExportError(f"{e} (the model has {num_classes} classes)") from None
+        raise UsageError(f"{e} (the model has {num_classes} classes)") from None
     if done and done["reinitialised"]:  # for evaluation the head must be the trained one
-        raise ExportError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
-                          f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
+        raise UsageError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
+                         f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
     return model.eval(), done
 
 
@@ -102,8 +98,8 @@ def export(src: Path, out: Path, ema: bool) -> dict:
     name, state, classes, policy, info = load_weights(src, kind="ema" if ema else "model", flag="--ema")
     classes = [str(c) for c in classes]
     if any(("\n" in c or "\r" in c) for c in classes):
-        raise ExportError("A class name contains a line break, which the class file (one name per line) cannot "
-                          "hold. Rename that class folder.")
+        raise UsageError("A class name contains a line break, which the class file (one name per line) cannot "
+                         "hold. Rename that class folder.")
 
     image_size = int(info["image_size"] or 224)
     fn_name, fn, kwargs = models.constructor(name, len(classes), image_size)  # load_weights checked the name
@@ -122,15 +118,15 @@ def export(src: Path, out: Path, ema: bool) -> dict:
         fn(**kwargs).load_state_dict(weights, strict=True)
     except Exception as e:
         first = (str(e).strip().splitlines() or [""])[0][:400]
-        raise ExportError(f"The {'EMA' if ema else 'model'} weights in '{src}' do not load into {call} "
-                          f"({type(e).__name__}: {first}). Export another checkpoint of the run.") from None
+        raise UsageError(f"The {'EMA' if ema else 'model'} weights in '{src}' do not load into {call} "
+                         f"({type(e).__name__}: {first}). Export another checkpoint of the run.") from None
 
     classes_path, side_path = out.with_suffix(".classes.txt"), sidecar_path(out)
     for p in (out, classes_path, side_path):
         if p.exists() and p.resolve() == src.resolve():
-            raise ExportError(f"The output '{p}' is the checkpoint itself; choose another -o.")
+            raise UsageError(f"The output '{p}' is the checkpoint itself; choose another -o.")
         if p.is_dir():
-            raise ExportError(f"The output '{p}' is a folder; give a file name, e.g. -o {p / 'model.pth'}.")
+            raise UsageError(f"The output '{p}' is a folder; give a file name, e.g. -o {p / 'model.pth'}.")
     try:
         write_atomic(out, lambda f: torch.save(weights, f))
         write_atomic(classes_path, lambda f: f.write("".join(c + "\n" for c in classes).encode("utf-8")))
@@ -142,8 +138,8 @@ def export(src: Path, out: Path, ema: bool) -> dict:
             "eval_policy": policy.to_dict() if policy else None, "recorded": info["recorded"],
             "checkpoint": str(src)})
     except OSError as e:
-        raise ExportError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
-                          f"'{out.parent}' exists and is writable, or choose another -o.") from None
+        raise UsageError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
+                         f"'{out.parent}' exists and is writable, or choose another -o.") from None
     load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
     return {"out": out, "classes_path": classes_path, "sidecar": side_path, "name": name, "num_classes": len(classes),
             "sha256": digest, "size": out.stat().st_size, "src_size": src.stat().st_size,
@@ -169,23 +165,23 @@ def read_sidecar(weights) -> dict | None:
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as e:
-        raise ExportError(f"Cannot read the sidecar '{path}' of '{weights}': {e}. Fix it or {again}.") from None
+        raise UsageError(f"Cannot read the sidecar '{path}' of '{weights}': {e}. Fix it or {again}.") from None
     if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
         return None
     actual = sha256(weights)
     if actual != d.get("sha256"):
-        raise ExportError(f"'{weights}' does not match its sidecar '{path}': the file's sha256 is {actual}, the "
-                          f"sidecar records {d.get('sha256')}. Keep the .pth, .json and .classes.txt of one export "
-                          f"together, or {again}.")
+        raise UsageError(f"'{weights}' does not match its sidecar '{path}': the file's sha256 is {actual}, the "
+                         f"sidecar records {d.get('sha256')}. Keep the .pth, .json and .classes.txt of one export "
+                         f"together, or {again}.")
     classes_path = path.parent / d["classes_file"]
     try:
         classes = classes_path.read_text(encoding="utf-8").splitlines()
     except OSError as e:
-        raise ExportError(f"Cannot read the class file '{classes_path}' that '{path}' names: {e.strerror or e}. "
-                          f"Keep the .pth, .json and .classes.txt of one export together.") from None
+        raise UsageError(f"Cannot read the class file '{classes_path}' that '{path}' names: {e.strerror or e}. "
+                         f"Keep the .pth, .json and .classes.txt of one export together.") from None
     if len(classes) != d["num_classes"]:
-        raise ExportError(f"'{classes_path}' holds {len(classes)} class names, but the model of '{path}' has "
-                          f"{d['num_classes']} outputs. Keep the files of one export together, or {again}.")
+        raise UsageError(f"'{classes_path}' holds {len(classes)} class names, but the model of '{path}' has "
+                         f"{d['num_classes']} outputs. Keep the files of one export together, or {again}.")
     return {**d, "path": path, "classes": classes, "policy": EvalPolicy.from_dict(d.get("eval_policy"))}
 
 

@@ -22,10 +22,6 @@ from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS, short_list
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
-class PrepareError(UsageError):
-    pass
-
-
 def _listing(names):
     return short_list(sorted(names), 10)
 
@@ -33,59 +29,59 @@ def _listing(names):
 def _valid_wnid(wnid, where):
     """``wnid`` if it can be one folder name (no separator, not hidden, no control character, <= NAME_MAX bytes)."""
     if not wnid or wnid in (".", "..") or "/" in wnid or "\\" in wnid or wnid.startswith("."):
-        raise PrepareError(f"{where}: {wnid!r} is not usable as a class folder name.")
+        raise UsageError(f"{where}: {wnid!r} is not usable as a class folder name.")
     if any(ord(c) < 32 or ord(c) == 127 for c in wnid):
-        raise PrepareError(f"{where}: {wnid!r} holds a control character, which no folder name can hold. Check "
+        raise UsageError(f"{where}: {wnid!r} holds a control character, which no folder name can hold. Check "
                            f"that the file is a plain-text list of wnids.")
     if len(os.fsencode(wnid)) > NAME_MAX:
-        raise PrepareError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
+        raise UsageError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
                            f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
     return wnid
 
 
 def _check_out(out_dir):
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise PrepareError(f"--out {out_dir} exists and is not a directory.")
+        raise UsageError(f"--out {out_dir} exists and is not a directory.")
     parent = os.path.dirname(out_dir)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        raise PrepareError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
+        raise UsageError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
                            f"path such as /data/imagenet/val.")
+
+
+def _read(path, what, newline=None):
+    try:
+        with open(path, encoding="utf-8-sig", newline=newline) as f:  # -sig: a byte-order mark is not text
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read the {what} file {path}: {getattr(e, 'strerror', None) or e}.") from None
 
 
 def read_synsets(path):
     """The first token of each non-empty line."""
-    try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not text
-            lines = [line.split() for line in f]
-    except OSError as e:
-        raise PrepareError(f"cannot read the synsets file {path}: {e.strerror or e}.") from None
+    lines = [line.split() for line in _read(path, "synsets").split("\n")]
     synsets = [_valid_wnid(tokens[0], f"{path}") for tokens in lines if tokens]
     if not synsets:
-        raise PrepareError(f"the synsets file {path} is empty; it should hold one wnid per line.")
+        raise UsageError(f"the synsets file {path} is empty; it should hold one wnid per line.")
     duplicates = [wnid for wnid, n in collections.Counter(synsets).items() if n > 1]
     if duplicates:
-        raise PrepareError(f"the synsets file {path} lists these wnids more than once: {_listing(duplicates)}.")
+        raise UsageError(f"the synsets file {path} lists these wnids more than once: {_listing(duplicates)}.")
     return synsets
 
 
 def read_labels(path, synsets_path=None):
     """``{image id (file name without extension): wnid}``; the format is recognised from the first line."""
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not the header
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PrepareError(f"cannot read the labels file {path}: {getattr(e, 'strerror', None) or e}.") from None
+    text = _read(path, "labels", newline="")
     first = text.lstrip().split("\n", 1)[0].strip()
     if first.lower().startswith("imageid"):
         return _read_csv_labels(path, text)
     if first.isdigit():
         if synsets_path is None:
-            raise PrepareError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
+            raise UsageError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
                                f"in the devkit's ILSVRC2012_ID order). Or use LOC_val_solution.csv.")
         return _read_index_labels(path, text, read_synsets(synsets_path), synsets_path)
-    raise PrepareError(f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Give "
+    raise UsageError(f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Give "
                        f"LOC_val_solution.csv (header 'ImageId,PredictionString') or the devkit's "
                        f"ILSVRC2012_validation_ground_truth.txt.")
 
@@ -95,23 +91,23 @@ def _read_csv_labels(path, text):
     reader = csv.reader(text.splitlines())
     header = next(reader)
     if [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-        raise PrepareError(f"{path}: expected the header 'ImageId,PredictionString', found {','.join(header)!r}.")
+        raise UsageError(f"{path}: expected the header 'ImageId,PredictionString', found {','.join(header)!r}.")
     for line_number, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
             continue
         tokens = row[1].split() if len(row) >= 2 else []
         if not tokens:
-            raise PrepareError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should "
+            raise UsageError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should "
                                "be 'ImageId,wnid ...'.")
         image_id, wnid = os.path.splitext(row[0].strip())[0], _valid_wnid(tokens[0], f"{path}, line {line_number}")
         if labels.setdefault(image_id, wnid) != wnid:
-            raise PrepareError(f"{path}: {image_id} is labelled both {labels[image_id]} and {wnid}.")
+            raise UsageError(f"{path}: {image_id} is labelled both {labels[image_id]} and {wnid}.")
     return labels
 
 
 def _read_index_labels(path, text, synsets, synsets_path):
     if len(synsets) == 1000 and synsets == sorted(synsets):
-        raise PrepareError(f"{synsets_path} lists 1000 wnids in sorted order, but the indices in {path} follow the "
+        raise UsageError(f"{synsets_path} lists 1000 wnids in sorted order, but the indices in {path} follow the "
                            f"devkit's meta.mat order (ID 1 is n02119789). Use LOC_val_solution.csv, or a synsets "
                            f"file in meta.mat's ILSVRC2012_ID order.")
     labels = {}
@@ -121,9 +117,9 @@ def _read_index_labels(path, text, synsets, synsets_path):
         try:
             index = int(line)
         except ValueError:
-            raise PrepareError(f"{path}, line {line_number}: {line.strip()!r} is not a class index.") from None
+            raise UsageError(f"{path}, line {line_number}: {line.strip()!r} is not a class index.") from None
         if not 1 <= index <= len(synsets):
-            raise PrepareError(f"{path}, line {line_number}: class index {index} is outside 1..{len(synsets)}, "
+            raise UsageError(f"{path}, line {line_number}: class index {index} is outside 1..{len(synsets)}, "
                                f"the classes listed in {synsets_path}.")
         labels[f"ILSVRC2012_val_{line_number:08d}"] = synsets[index - 1]
     return labels
@@ -132,7 +128,7 @@ def _read_index_labels(path, text, synsets, synsets_path):
 def arrange_val(flat_dir, labels, out_dir):
     """Link ``out_dir/<wnid>/<id>.<ext>`` to ``flat_dir/<id>.<ext>`` (absolute) for every labelled image present."""
     if not os.path.isdir(flat_dir):
-        raise PrepareError(f"--flat {flat_dir} is not a directory. Give ILSVRC2012's flat validation folder "
+        raise UsageError(f"--flat {flat_dir} is not a directory. Give ILSVRC2012's flat validation folder "
                            "(ILSVRC2012_val_00000001.JPEG, ...).")
     files = {}  # image id -> file name
     for name in sorted(os.listdir(flat_dir)):
@@ -142,11 +138,11 @@ def arrange_val(flat_dir, labels, out_dir):
         image_id, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS:
             if image_id in files:
-                raise PrepareError(f"{flat_dir} holds two files for image {image_id}: {files[image_id]} and {name}.")
+                raise UsageError(f"{flat_dir} holds two files for image {image_id}: {files[image_id]} and {name}.")
             files[image_id] = name
     present = [i for i in labels if i in files]
     if labels and not present:
-        raise PrepareError(f"none of the {len(labels)} labelled images (such as {next(iter(labels))}) is among the "
+        raise UsageError(f"none of the {len(labels)} labelled images (such as {next(iter(labels))}) is among the "
                            f"{len(files)} image files of {flat_dir}. Check that --flat and --labels belong together.")
 
     out_dir = os.path.abspath(out_dir)
@@ -158,7 +154,7 @@ def arrange_val(flat_dir, labels, out_dir):
         target = os.path.join(out_dir, wnid, name)
         if os.path.islink(target) or os.path.exists(target):
             if os.path.realpath(target) != os.path.realpath(source):
-                raise PrepareError(f"{target} already exists and is not a link to {source}. Remove it or choose "
+                raise UsageError(f"{target} already exists and is not a link to {source}. Remove it or choose "
                                    "another --out.")
             kept += 1
             continue
@@ -166,7 +162,7 @@ def arrange_val(flat_dir, labels, out_dir):
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.symlink(source, target)
         except OSError as e:
-            raise PrepareError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
+            raise UsageError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
                                f"write to.") from None
         linked += 1
     return {"linked": linked, "kept": kept, "missing": sorted(set(labels) - set(files)),
