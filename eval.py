@@ -1,45 +1,11 @@
 """Evaluate a classifier on an ImageNet-style validation folder, exactly, and benchmark its inference.
 
-    python eval.py --checkpoint RUN/best.pt --data /datasets/imagenet
     torchrun --nproc_per_node=8 eval.py --checkpoint RUN/best.pt --data /datasets/imagenet --use-ema
-    python eval.py --model resnet50 --weights-file resnet50-0676ba61.pth --data /datasets/imagenet/val \\
-        --resize-size 256 --crop-size 224
     python eval.py --weights ResNet50_Weights.IMAGENET1K_V2 --data /datasets/imagenet   # a published number
     python eval.py --model resnet50 --bench --batch-sizes 1 32 256 --amp bf16 --channels-last
 
-What it guarantees, and why each piece is there:
-
-- **The numbers are exact.** Every validation image is evaluated exactly once, however many processes run
-  (``imnet.run.data.EvalSampler`` shards without padding, unlike ``DistributedSampler``, which repeats images to
-  even out the shards), and accuracies are ratios of counts summed over all ranks, not means of per-rank
-  means. The count is printed so it can be checked against the size of the set (50,000 for ImageNet-1k).
-- **The policy is the training run's.** A checkpoint carries the model name, the class names in index
-  order, and the evaluation policy (resize, crop, interpolation, normalization) that train.py validated
-  with; eval.py uses them unless told otherwise, prints the policy in force, and warns when a flag changes
-  it ("resize policy mismatch", "normalization mismatch"). Changing the test resolution is legitimate
-  (Touvron et al. 2019, "Fixing the train-test resolution discrepancy", show that a larger test crop often
-  helps), but the figure is then not the one of the training log, and a paper must say so.
-- **Published numbers are checked with their own policy.** ``--weights NAME`` evaluates torchvision's
-  published weights with the resize, crop and interpolation of their own ``transforms`` and prints the
-  accuracies their card publishes beside the measured ones.
-- **Another resolution for ViT/DeiT.** Their position embedding has one length per image size; evaluated at
-  another ``--crop-size`` it is interpolated (bicubic, torchvision's ``interpolate_embeddings``), with a note:
-  the figure is then that of a model never trained at that size (fine-tune it at the size for the real
-  figure: train.py --init-from).
-- **Classes cannot be mixed up.** The data's class folders must be exactly the checkpoint's classes;
-  otherwise the run is refused and the difference listed. Labels follow the checkpoint's class order.
-- **Loading cannot run code.** Files are read with ``torch.load(weights_only=True)`` only.
-- **Canonical pixels.** JPEGs are decoded at full size and resized like torchvision's ``Resize`` +
-  ``CenterCrop``; ``--decode reduced`` (DCT-scaled decoding, faster) is an opt-in that the policy line names.
-- **Like training, but faster.** Workers decode to uint8; batches are moved to the device and normalized
-  there (4x less to copy than float32); ``torch.inference_mode``; optional autocast, channels_last and
-  torch.compile.
-
-Test-time augmentation (``--tta flip|10crop``) averages the softmax probabilities of the views (`imnet.run.tta`
-says why). ``--batch-size`` counts images, so 10crop runs 10 times as many forward passes per batch.
-
-Bad input (missing or corrupt checkpoint, classes that differ, a flat folder of images given as
-``--data``, contradictory flags) is reported in one paragraph on stderr with exit status 2, no traceback.
+The model, classes and evaluation policy are the checkpoint's (or the export sidecar's, or the weights' card)
+unless a flag changes them; the data's class folders must be exactly the model's classes.
 """
 
 import csv
@@ -52,7 +18,7 @@ import time
 import torch
 import torchvision
 
-from imnet.run import benchmark, checkpoint, config, data, dist, evaluation, folders, models
+from imnet.run import benchmark, config, data, dist, evaluation, folders, models
 from imnet.tools import export
 from imnet.run.atomic import check_writable
 from imnet.run.config import AMP_DTYPES, EvalPolicy
@@ -61,10 +27,6 @@ from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS,
                           add_eval_policy_flags)
 from imnet.run.log import val_key
 from imnet.run.tta import TTA_VIEWS, view_transform
-
-
-class EvalError(UsageError):
-    """Bad input: the message says what is wrong and how to fix it (printed without a traceback, exit 2)."""
 
 
 # --------------------------------------------------------------------------------------------- flags
@@ -128,180 +90,106 @@ def build_parser():
 
 
 def check_flags(args):
-    """Contradictions that argparse cannot express."""
     given = [f for f, v in (("--checkpoint", args.checkpoint), ("--weights-file", args.weights_file),
                             ("--weights", args.weights)) if v]
     if len(given) > 1:
-        raise EvalError(f"{' and '.join(given)} all give weights; use one of them.")
+        raise UsageError(f"{' and '.join(given)} all give weights; use one of them.")
     if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
-        raise EvalError(f"--weights-file needs --model NAME: a plain state_dict does not say which network it is "
-                        f"(an export of python -m imnet.tools.export does, in its sidecar "
-                        f"{export.sidecar_path(args.weights_file)}).")
+        raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
+                         f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
-        raise EvalError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
-                        "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
+        raise UsageError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
+                         "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if (args.use_ema or args.use_swa) and not args.checkpoint:
-        raise EvalError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
-                        "--checkpoint.")
+        raise UsageError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
+                         "--checkpoint.")
     if args.use_ema and args.use_swa:
-        raise EvalError("--use-ema and --use-swa choose different weights; use one of them.")
+        raise UsageError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
-        raise EvalError("--data ROOT is required (the folder holding val/, or the val folder itself).")
+        raise UsageError("--data ROOT is required (the folder holding val/, or the val folder itself).")
     if args.bench and (args.predictions or args.tta != "none"):
-        raise EvalError("--bench times plain forward passes; --predictions and --tta apply to evaluation only.")
+        raise UsageError("--bench times plain forward passes; --predictions and --tta apply to evaluation only.")
     if int(os.environ.get("RANK", "0")) == 0:  # only rank 0 writes the outputs
         for flag in ("json", "predictions"):
             if getattr(args, flag):
                 check_writable(getattr(args, flag), f"--{flag}")
 
 
-# ------------------------------------------------------------------------------------ weights & classes
 def load_source(args):
-    """Where the weights come from: (model name, state_dict or None, classes or None, stored policy, info).
-
-    ``info`` holds what the report should say about the source (file, which weights, recorded metrics).
-    """
-    if args.checkpoint:
-        ckpt = checkpoint.read_state(args.checkpoint)  # weights_only=True; CheckpointError if not usable
-        run = ckpt["config"]
-        if args.model and args.model != run["model"]:
-            raise EvalError(f"--model {args.model} contradicts the checkpoint, which holds a {run['model']}.")
-        kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
-        try:
-            state = checkpoint.weights_of(ckpt, kind, args.checkpoint)
-        except checkpoint.CheckpointError as e:
-            raise EvalError(f"{e} Drop --use-{kind}.") from None
-        with torch.device("meta"):  # the shapes its own config implies (no memory): the same refusal as a resume
-            expected = models.build_model(run["model"], len(ckpt["classes"]),
-                                          image_size=run.get("train_crop_size") or 224).state_dict()
-        checkpoint.check_fits(expected, state, args.checkpoint, {"model": "model"}.get(kind, kind.upper()),
-                              run["model"])
-        info = {"checkpoint": os.path.abspath(args.checkpoint), "weights": kind,
-                "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
-        return run["model"], state, list(ckpt["classes"]), EvalPolicy.from_dict(run.get("eval_policy")), info
+    """-> (model name, state_dict or None, classes or None, stored policy, what the report says of the source)."""
     if args.weights:
         try:
             weights = models.torchvision_weights(args.weights)
-            name = args.model or model_of(weights)
+            name = args.model or models.weights_model(weights)
+            if name is None:
+                raise UsageError(f"no torchvision classification model has the weights {weights}; give --model.")
             models.torchvision_weights(args.weights, name)  # --model, when given, must be the weights' network
-        except ValueError as e:
-            raise EvalError(str(e)) from None
-        t = weights.transforms()
-        policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
-        published = weights.meta.get("_metrics", {}).get("ImageNet-1K")
-        try:  # torchvision's cache, else its download; offline: where to put the file
+            t = weights.transforms()
+            policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
             state = models.download_weights(weights, args.weights, file_flag=f"--model {name} --weights-file")
         except ValueError as e:
-            raise EvalError(str(e)) from None
-        return name, state, None, policy, {
-            "weights": args.weights, "published": published, "categories": weights.meta.get("categories")}
-    if args.weights_file:
-        side = export.read_sidecar(args.weights_file)  # an export's model, classes and policy; sha256 checked
-        state = checkpoint.load(args.weights_file)
-        for key in ("model", "state_dict"):  # a checkpoint from train.py or another codebase
-            if isinstance(state.get(key), dict):
-                state = state[key]
-        info = {"weights_file": os.path.abspath(args.weights_file), "weights": "file"}
-        if side is None:
-            if not args.model:  # a JSON beside it, but not an export's sidecar
-                raise EvalError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is "
-                                f"not the sidecar of an imnet export, so nothing says which network the file holds.")
-            return args.model, state, None, None, info
-        if args.model and args.model != side["model"]:
-            raise EvalError(f"--model {args.model} contradicts {side['path']}, which says {args.weights_file} holds "
-                            f"a {side['model']}; drop --model.")
-        info.update(weights=side["weights"], sidecar=str(side["path"]), recorded=side.get("recorded"),
-                    image_size=side["image_size"])
-        return side["model"], state, side["classes"], side["policy"], info
+            raise UsageError(str(e)) from None
+        return name, state, None, policy, {"weights": args.weights, "categories": weights.meta.get("categories"),
+                                           "published": weights.meta.get("_metrics", {}).get("ImageNet-1K")}
+    if args.checkpoint or args.weights_file:
+        kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
+        source = export.load_weights(args.checkpoint, args.weights_file, kind, args.model)
+        if source[0] is None:
+            raise UsageError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
+                             f"the sidecar of an imnet export.")
+        return source
     return args.model, None, None, None, {"weights": "random"}
 
 
-def model_of(weights) -> str:
-    """The torchvision model name whose weights enum ``weights`` belongs to (`imnet.run.models.weights_model`)."""
-    name = models.weights_model(weights)
-    if name is None:
-        raise EvalError(f"no torchvision classification model has the weights {weights}; give --model.")
-    return name
-
-
-def build_model(name, state, num_classes, image_size):
-    """The model with the weights loaded strictly (every key, every shape: `imnet.run.models.load_init`), except that
-    a ViT's position embedding trained at another size is interpolated to ``image_size`` (with a note)."""
-    try:
-        model = models.build_model(name, num_classes, image_size=image_size or 224)
-        if state is None:
-            return model.eval()
-        done = models.load_init(model, name, state, image_size or 224, what="The weights")
-    except ValueError as e:
-        raise EvalError(f"{e} (the model has {num_classes} classes)") from None
-    if done["reinitialised"]:  # for evaluation the head must be the trained one
-        raise EvalError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
-                        f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
-    if done["interpolated"]:
+def build_model(name, state, num_classes, policy, source):
+    model, done = export.build_model(name, state, num_classes, policy, source.get("image_size"))
+    if done and done["interpolated"]:
         side = model.image_size // model.patch_size
         tokens = model.seq_length - side * side  # the class token, and a distilled DeiT's distillation token
         before = int((state["encoder.pos_embedding"].shape[1] - tokens) ** 0.5)
         dist.eprint0(f"eval.py: note: the position embedding was interpolated from a {before}x{before} to a "
-                     f"{side}x{side} patch grid (bicubic): this model was not trained at {model.image_size}px, so the "
-                     f"figure is that of an untuned resolution change (fine-tune at this size with train.py "
-                     f"--init-from).")
-    return model.eval()
-
-
-def _listing(names, show=10):
-    names = sorted(names)
-    return ", ".join(names[:show]) + (f" (and {len(names) - show} more)" if len(names) > show else "")
+                     f"{side}x{side} patch grid (bicubic), so the figure is not that of a model trained at "
+                     f"{model.image_size}px. Fine-tune at this size for it: train.py --init-from.")
+    return model
 
 
 def check_classes(data_classes, model_classes, val_dir, source):
-    """Refuse a data set whose classes are not exactly the model's: the labels would silently mean other things."""
     missing, extra = set(model_classes) - set(data_classes), set(data_classes) - set(model_classes)
     if missing or extra:
-        parts = [f"{len(missing)} classes of the checkpoint are not in the data: {_listing(missing)}"] if missing else []
-        parts += [f"{len(extra)} class folders are not classes of the checkpoint: {_listing(extra)}"] if extra else []
-        raise EvalError(f"the classes of {val_dir} differ from those {source} was trained on ("
-                        + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
+        listing = lambda names: folders.short_list(sorted(names), 10)  # noqa: E731
+        parts = [f"{len(missing)} classes of the checkpoint are not in the data: {listing(missing)}"] if missing else []
+        parts += [f"{len(extra)} class folders are not classes of the checkpoint: {listing(extra)}"] if extra else []
+        raise UsageError(f"the classes of {val_dir} differ from those {source} was trained on ("
+                         + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
 
 
-# --------------------------------------------------------------------------------------------- policy
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    """The checkpoint's policy overridden by the flags given (precedence: `imnet.run.config.resolve_eval_policy`)."""
     given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
     return config.resolve_eval_policy(given, stored)
 
 
-def policy_warnings(p: EvalPolicy, stored: EvalPolicy | None):
-    """The two classic pitfalls, relative to the policy train.py validated with."""
-    return config.policy_mismatch(p, stored, "the training run's validation") if stored else []
-
-
-def default_policy_warning(args, p: EvalPolicy) -> str | None:
-    """Weights with no recorded policy (a plain state_dict without an export's sidecar): the parts of ``p`` that
-    no flag gave, which are defaults rather than the weights' own (None when the flags gave them all)."""
-    parts = []
-    if args.val_crop_size is None:
-        parts.append(f"crop {p.crop_size}")
+def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
+    """The policy's differences from the training run's; for weights without one, the parts no flag gave."""
+    if stored:
+        return config.policy_mismatch(p, stored, "the training run's validation")
+    if not args.weights_file:
+        return []
+    parts = [f"crop {p.crop_size}"] if args.val_crop_size is None else []
     if args.val_resize_size is None and args.crop_pct is None:
         parts.append(f"resize {p.resize_size} (crop_pct {p.crop_pct:.3f})")
     if args.val_interpolation is None:
         parts.append(f"{p.interpolation} interpolation")
     if args.mean is None or args.std is None:
         parts.append("ImageNet's mean and std")
-    if not parts:
-        return None
-    return (f"{args.weights_file} has no sidecar from python -m imnet.tools.export "
-            f"({export.sidecar_path(args.weights_file)}), so these parts of the evaluation policy are defaults, not "
-            f"the weights' own: {', '.join(parts)}. A model trained with another policy scores lower under them, "
-            f"with no other sign. Give the policy it was trained with (--val-resize-size, --val-crop-size, "
-            f"--val-interpolation, --mean, --std), or evaluate an export of its checkpoint, whose sidecar records it.")
+    return [f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}), so these parts of the "
+            f"evaluation policy are defaults, not the weights' own: {', '.join(parts)}. Give the policy it was "
+            f"trained with (--val-resize-size, --val-crop-size, --val-interpolation, --mean, --std), or evaluate "
+            f"an export of its checkpoint."] if parts else []
 
 
-# -------------------------------------------------------------------------------------------- reports
 def class_names(classes, val_dir):
-    """Human names of the classes, {wnid: name}, when they are ImageNet's: from ``LOC_synset_mapping.txt``
-    (Kaggle's ImageNet release; lines "n01440764 tench, Tinca tinca") in the data root or the val folder, else,
-    when the classes are 1,000 wnids, from torchvision's weight metadata, whose category list is in sorted
-    wnid order (the order of the class folders). None otherwise."""
+    """{class: human name}, from a ``LOC_synset_mapping.txt`` (lines "n01440764 tench, Tinca tinca") in the val
+    folder or above it, else, for 1,000 wnids, from torchvision's category list (sorted wnid order); or None."""
     for folder in (val_dir, os.path.dirname(os.path.abspath(val_dir))):
         mapping = os.path.join(folder, "LOC_synset_mapping.txt")
         if os.path.isfile(mapping):
@@ -315,8 +203,7 @@ def class_names(classes, val_dir):
 
 
 def class_report(confusion, classes, show, names=None):
-    """Per-class top-1 (percent) and the most frequent confusions, from the confusion matrix (with the
-    classes' human names when ``names`` has them)."""
+    """Per-class top-1 (percent) and the most frequent confusions, from the confusion matrix."""
     names = names or {}
     counts = confusion.sum(dim=1)
     correct = confusion.diagonal()
@@ -337,8 +224,8 @@ def class_report(confusion, classes, show, names=None):
 
 
 def write_predictions(path, dataset, order, top_idx, top_prob, labels, classes, names=None):
-    """CSV rows in dataset order: the file (relative to the val folder), its true class, the top-5 with
-    probabilities; with ``names``, a human-name column after each class column."""
+    """CSV rows in dataset order: file, true class, top-5 with probabilities; with ``names``, a name column after
+    each class column."""
     rows = sorted(zip(order, top_idx.tolist(), top_prob.tolist(), labels.tolist()))
     k = top_idx.shape[1]
     cls = (lambda c: [classes[c], names.get(classes[c], "")]) if names else (lambda c: [classes[c]])
@@ -365,9 +252,9 @@ def print_report(r, show):
     if recorded.get(key) is not None:
         print(f"training recorded {key} {recorded[key]:.3f}% at epoch {recorded.get('epoch')}")
     if r["bad_images"]:
-        print(f"eval.py: warning: {len(r['bad_images'])} unreadable images were replaced by other samples (as "
-              f"train.py's validation does), so the figures are not those of the intact set; their prediction "
-              f"rows describe the replacements. Repair them: {_listing(r['bad_images'])}", file=sys.stderr)
+        print(f"eval.py: warning: {len(r['bad_images'])} unreadable images were replaced by other samples, so the "
+              f"figures are not those of the intact set. Repair them: {folders.short_list(r['bad_images'], 10)}",
+              file=sys.stderr)
     ranked = sorted(r["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))
     title = "per-class top-1" if len(ranked) <= show else f"per-class top-1, the {show} worst of {len(ranked)}"
     named = lambda c, name: f"{c} ({name})" if name else c
@@ -398,19 +285,14 @@ def run_bench(args, name, model, policy, device):
     return report
 
 
-# ------------------------------------------------------------------------------------------------ main
 def run(args, info):
     name, state, classes, stored, source = load_source(args)
     policy = resolve_policy(args, stored)
     label = args.checkpoint or args.weights_file or args.weights or f"random {name}"
-    # ViT/DeiT are built at the evaluation crop; weights of another size get an interpolated position embedding.
-    image_size = policy.crop_size if models.fixed_input_size(name) else source.get("image_size") or policy.crop_size
-
+    memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     if args.bench:
-        num_classes = len(classes) if classes else args.num_classes
-        model = build_model(name, state, num_classes, image_size)
-        model = model.to(info.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
-        report = run_bench(args, name, model, policy, info.device)
+        model = build_model(name, state, len(classes) if classes else args.num_classes, policy, source)
+        report = run_bench(args, name, model.to(info.device, memory_format=memory_format), policy, info.device)
         if args.json and info.is_main:
             with open(args.json, "w") as f:
                 json.dump(report, f, indent=2)
@@ -419,15 +301,14 @@ def run(args, info):
     val_dir = folders.resolve_val_dir(args.data)
     data_classes = folders.find_classes(val_dir)
     if classes is None:
-        classes = data_classes  # torchvision's ImageNet weights index the classes in sorted wnid order, like find_classes
+        classes = data_classes  # torchvision's ImageNet weights: sorted wnid order, like find_classes
         if args.weights and len(classes) != len(source.get("categories") or classes):
-            raise EvalError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
-                            f"{len(classes)} class folders; evaluate on the full validation set (for ImageNet, "
-                            f"1,000 folders named by wnid).")
+            raise UsageError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
+                             f"{len(classes)} class folders. Evaluate on the full validation set (ImageNet: 1,000 "
+                             f"folders named by wnid).")
     else:
         check_classes(data_classes, classes, val_dir, label)
-    model = build_model(name, state, len(classes), image_size)
-    model = model.to(info.device, memory_format=torch.channels_last if args.channels_last else torch.preserve_format)
+    model = build_model(name, state, len(classes), policy, source).to(info.device, memory_format=memory_format)
     if args.compile:
         model = torch.compile(model)
 
@@ -446,10 +327,8 @@ def run(args, info):
                 f"{len(dataset)} images in {val_dir}, {info.world_size} process(es) on {info.device}")
     views = TTA_VIEWS[args.tta]
     dist.print0(f"policy: {policy.describe()}; tta {args.tta} ({views} view{'s' if views > 1 else ''} per image)")
-    for warning in policy_warnings(policy, stored):
+    for warning in policy_warnings(args, policy, stored):
         dist.eprint0(f"eval.py: warning: {warning}")
-    if args.weights_file and stored is None and default_policy_warning(args, policy):
-        dist.eprint0(f"eval.py: warning: {default_policy_warning(args, policy)}")
 
     start = time.perf_counter()
     result = evaluation.evaluate(model, loader, info.device, policy, len(classes), tta=args.tta,
@@ -464,10 +343,10 @@ def run(args, info):
         raise RuntimeError(f"counted {result.count} images but the set has {len(dataset)}")
     names = class_names(classes, val_dir)
     per_class, pairs = class_report(result.confusion, classes, args.show, names)
-    report = {**result.metrics(), "model": name, **{k: v for k, v in source.items() if k != "categories"}, "data": os.path.abspath(val_dir),
-              "policy": policy.to_dict(), "tta": args.tta, "views_per_image": result.views, "amp": args.amp,
-              "world_size": info.world_size, "seconds": elapsed, "bad_images": bad, "per_class": per_class,
-              "confused_pairs": pairs}
+    report = {**result.metrics(), "model": name, **{k: v for k, v in source.items() if k != "categories"},
+              "data": os.path.abspath(val_dir), "policy": policy.to_dict(), "tta": args.tta,
+              "views_per_image": result.views, "amp": args.amp, "world_size": info.world_size, "seconds": elapsed,
+              "bad_images": bad, "per_class": per_class, "confused_pairs": pairs}
     print_report(report, args.show)
     if args.json:
         with open(args.json, "w") as f:
@@ -479,12 +358,11 @@ def run(args, info):
 
 
 def main(argv=None):
-    """Command line entry point; returns the exit status (0 done, 2 bad input)."""
     try:
         args = build_parser().parse_args(argv)
         check_flags(args)
         info = dist.init(args.device)
-        if args.amp == "auto":  # a bare --amp: what it means on this device (imnet.run.dist.auto_amp)
+        if args.amp == "auto":  # a bare --amp
             args.amp = dist.auto_amp(info.device)
         try:
             return run(args, info)

@@ -318,8 +318,8 @@ def test_different_classes_are_refused_with_the_difference(tiny_data, tmp_path, 
     other = make_checkpoint(tmp_path / "other.pt", classes=["class_0", "class_1", "zebra"])
     code, out, err = run_eval(capsys, "--checkpoint", other, "--data", tiny_data, "--workers", 0)
     assert code == 2 and "top-1" not in out
-    assert "1 classes of the checkpoint are not in the data: zebra" in err
-    assert "1 class folders are not classes of the checkpoint: class_2" in err
+    assert "1 classes of the checkpoint are not in the data: 'zebra'" in err
+    assert "1 class folders are not classes of the checkpoint: 'class_2'" in err
 
 
 class NotATensor:

@@ -157,7 +157,7 @@ def bad_cases(tmp: Path, good: Path) -> dict:
         "plain_state_dict": ([tmp / "plain.pt", "-o", out], "plain state_dict"),
         "foreign_dict": ([tmp / "foreign.pt", "-o", out], "not a train.py checkpoint"),
         "ema_without_ema": ([tmp / "no_ema.pt", "--ema", "-o", out], "no EMA"),
-        "weights_do_not_fit": ([tmp / "mismatch.pt", "-o", out], "do not load"),
+        "weights_do_not_fit": ([tmp / "mismatch.pt", "-o", out], "does not fit its own settings"),
         "missing_output_folder": ([good, "-o", tmp / "no" / "such" / "dir" / "m.pth"], "Cannot write"),
         "output_under_a_file": ([good, "-o", tmp / "a_file" / "m.pth"], "Cannot write"),
         "output_is_a_folder": ([good, "-o", tmp / "a_dir.pth"], "folder"),

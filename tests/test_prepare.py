@@ -92,7 +92,7 @@ def test_reports_missing_and_extra_files(tmp_path, capsys):
     assert prepare.main(["val", "--flat", str(flat), "--labels", str(labels), "--out", str(out)]) == 0
     assert tree(out) == expected_tree(range(1, 8))
     err = capsys.readouterr().err
-    assert f"2 labelled images are missing from {flat}: {image_id(8)}, {image_id(9)}" in err
+    assert f"2 labelled images are missing from {flat}: '{image_id(8)}', '{image_id(9)}'" in err
     assert "1 files in" in err and "stray_photo.jpg" in err and "README" not in err
 
 

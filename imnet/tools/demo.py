@@ -1,27 +1,12 @@
-"""The embedded demo dataset: a small, learnable, photo-like ImageFolder, generated deterministically.
+"""The demo dataset ``python train.py`` trains on: a small photo-like ImageFolder, generated deterministically::
 
-``python train.py`` with no arguments trains on this, so a newcomer sees the whole pipeline work in a few
-minutes on a laptop CPU, without downloading anything::
+    demo-v1-seed0/train/<class>/<class>_00000.JPEG ...   200 per class
+    demo-v1-seed0/val/<class>/<class>_00000.JPEG ...     40 per class
 
-    demo-v1-seed0/
-      train/<class>/<class>_00000.JPEG ...   200 per class
-      val/<class>/<class>_00000.JPEG ...     40 per class
-
-Ten classes, each a visual concept: five silhouettes (circle, ring, triangle, square, star), two more shapes
-(cross, crescent) and three textures inside a disc or square (stripes, checker, dots), so that shape alone
-does not separate every class. Each image is rendered with a random size (48-96 px on the short side) and
-aspect ratio (3:4 to 4:3), background colour and gradient, clutter (lines and small blobs), object colour,
-position, scale and rotation, pixel noise, sometimes blur, JPEG quality 70-95; about one image in ten is
-greyscale (mode L), as in ImageNet. Object and background differ by at least 40 grey levels, so every image is
-recognisable, yet small objects in clutter keep the task from being trivial.
-
-Determinism: image i of class c in split s is drawn from ``numpy.random.default_rng((seed, s, c, i))`` only, so
-the same seed gives byte-identical files (same PIL/libjpeg build), in any order, in any process.
-
-Concurrency: several ranks (or runs) may call :func:`ensure_dataset` at once. Each writes into its own
-temporary folder next to the final one and then ``os.rename``-s it into place; a rename is atomic on POSIX, so
-the final folder either does not exist or is complete. The loser of the race deletes its copy. The version
-(``v1``) is part of the folder name: change it whenever the generator's output changes.
+Ten classes (seven shapes, three textures); random size, aspect, colours, clutter, noise, blur, JPEG quality and
+one image in ten greyscale. Image i of class c in split s depends on ``default_rng((seed, s, c, i))`` only.
+Change VERSION whenever the output changes. Several processes may call `ensure_dataset` at once: each writes a
+temporary folder and renames it into place.
 """
 
 from __future__ import annotations
@@ -49,7 +34,6 @@ SUPERSAMPLE = 4             # object masks are drawn at this factor, then box-fi
 
 
 def cache_dir() -> Path:
-    """Where generated data lives: ``$IMNET_CACHE``, else ``$XDG_CACHE_HOME/imnet``, else ``~/.cache/imnet``."""
     if os.environ.get("IMNET_CACHE"):
         return Path(os.environ["IMNET_CACHE"]).expanduser()
     if os.environ.get("XDG_CACHE_HOME"):
@@ -62,10 +46,7 @@ def dataset_name(seed: int = 0) -> str:
 
 
 def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """Return ``<root>/demo-v1-seed<seed>`` (with ``train/`` and ``val/``), generating it on first use.
-
-    ``root`` defaults to :func:`cache_dir`. Safe when several processes call it at once (see module doc).
-    """
+    """``<root or cache_dir()>/demo-v1-seed<seed>``, generated on first use."""
     parent = Path(root).expanduser() if root is not None else cache_dir()
     final = parent / dataset_name(seed)
     if final.is_dir():
@@ -88,8 +69,7 @@ def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path
 
 def write_dataset(out: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
                   val_per_class: int = VAL_PER_CLASS) -> None:
-    """Write the dataset into ``out`` (which must exist). Fewer images per class give a prefix of the full
-    set: image i depends only on (seed, split, class, i)."""
+    """Write the dataset into ``out`` (which must exist); fewer images per class give a prefix of the full set."""
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class))):
         for c, name in enumerate(CLASSES):
             folder = out / split / name
@@ -103,7 +83,7 @@ def write_dataset(out: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLA
 # ---------------------------------------------------------------------------------------------- rendering
 
 def render(name: str, rng: np.random.Generator) -> tuple[Image.Image, int]:
-    """One image of class ``name``: (PIL image in mode RGB or L, JPEG quality)."""
+    """-> (PIL image in mode RGB or L, JPEG quality)."""
     short = int(rng.integers(SHORT_SIDE[0], SHORT_SIDE[1] + 1))
     aspect = math.exp(rng.uniform(math.log(ASPECT[0]), math.log(ASPECT[1])))
     w, h = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
@@ -165,7 +145,7 @@ def _background(w: int, h: int, colour: np.ndarray, rng: np.random.Generator) ->
 
 
 def _polygon(n: int, radius: float, angle: float, cx: float, cy: float, radii=None) -> list[tuple[float, float]]:
-    """Vertices of an n-gon around (cx, cy); ``radii`` optionally gives one radius per vertex (stars)."""
+    """Vertices of an n-gon around (cx, cy); ``radii``: one radius per vertex (stars)."""
     radii = radii if radii is not None else [radius] * n
     return [(cx + r * math.cos(angle + 2 * math.pi * k / n), cy + r * math.sin(angle + 2 * math.pi * k / n))
             for k, r in enumerate(radii)]
@@ -177,7 +157,7 @@ def _rotated(points, angle: float, cx: float, cy: float) -> list[tuple[float, fl
 
 
 def _mask(name, w, h, cx, cy, r, angle, rng) -> np.ndarray:
-    """Anti-aliased silhouette of the object: float (h, w) in [0, 1]."""
+    """Anti-aliased silhouette: float (h, w) in [0, 1]."""
     k = SUPERSAMPLE
     m = Image.new("L", (w * k, h * k), 0)
     d = ImageDraw.Draw(m)

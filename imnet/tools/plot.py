@@ -1,12 +1,9 @@
-"""Training curves as a standalone SVG file (string building, no plotting library).
-
-Three panels, one point per epoch: loss (train, and validation of the trained, EMA and SWA weights), accuracy
-(validation top-1 and top-5 of each) and learning rate; the column names are imnet.run.log's. Every series is one ``<polyline>`` carrying ``data-run`` / ``data-metric`` / ``data-series``
-attributes, so the file is easy to check by machine, and a ``<title>`` that a browser shows on hover::
+"""Training curves as a standalone SVG (no plotting library): loss, accuracy and learning rate per epoch.
 
     python -m imnet.tools.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
 
-``train.py`` writes ``curves.svg`` after every epoch with :func:`write_curves_svg`.
+Each series is a ``<polyline>`` with ``data-run`` / ``data-metric`` / ``data-series`` attributes (checkable by
+machine) and a ``<title>`` shown on hover. train.py writes ``curves.svg`` with `write_curves_svg`.
 """
 
 from __future__ import annotations

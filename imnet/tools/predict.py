@@ -1,18 +1,7 @@
-"""Predict the classes of unlabelled images: ``python -m imnet.tools.predict --checkpoint RUN/best.pt IMAGES...``.
+"""Predict the classes of unlabelled images with a checkpoint's (or an export's) model, classes and policy::
 
-    python -m imnet.tools.predict --checkpoint runs/r50/best.pt photos/ --topk 5 --csv predictions.csv
-    python -m imnet.tools.predict --checkpoint runs/r50/best.pt --use-ema a.jpg b.png "more/*.jpg"
-    python -m imnet.tools.predict --weights-file model.pth photos/       # an export of imnet.tools.export, with its sidecar
-
-IMAGES are folders (every image file under them, in torchvision's ImageFolder order), files (any extension), or
-glob patterns (expanded here when the shell did not). The model, its class names and its evaluation policy
-(resize, crop, interpolation, mean/std, decode) are the checkpoint's, or those an export's sidecar records
-(imnet.tools.export), so a prediction's top-1 is the one eval.py reports for the same file; the evaluation-policy flags
-of eval.py override them. Files are decoded by DataLoader workers in batches, like timm's inference.py; a file that
-cannot be read is reported on stderr and skipped, and the others are predicted (exit 0). Each image gets one line
-"file: class (probability), ..." on stdout and, with ``--csv``, a row "file, class1, prob1, ..." (eval.py's
---predictions columns without the true class). Bad input (no weights, a path that does not exist, a pattern that
-matches nothing, no readable image at all) is one paragraph on stderr, exit code 2.
+    python -m imnet.tools.predict --checkpoint runs/r50/best.pt photos/ a.jpg "more/*.jpg" --csv predictions.csv
+    python -m imnet.tools.predict --weights-file model.pth photos/       # an export, with its sidecar
 """
 
 from __future__ import annotations
@@ -24,17 +13,13 @@ import sys
 
 import torch
 
-from imnet.run import checkpoint, config, dist, folders, models
+from imnet.run import config, dist, folders
 from imnet.tools import export
 from imnet.run.atomic import check_writable
 from imnet.run.data import why_unreadable
 from imnet.run.errors import UsageError, message_of
 from imnet.run.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
 from imnet.transforms import normalize
-
-
-class PredictError(UsageError):
-    """Bad input; the message says what is wrong and how to fix it (exit 2, no traceback)."""
 
 
 def build_parser() -> Parser:
@@ -60,29 +45,26 @@ def build_parser() -> Parser:
     return p
 
 
-# ------------------------------------------------------------------------------------------ inputs
-
 def find_images(items: list[str]) -> list[str]:
-    """The files to predict, in the order given: a folder's image files (recursively, in ImageFolder order), a
-    file as it is, a glob pattern's matching files (sorted). PredictError for a path that does not exist or a
-    pattern that matches nothing (a typo, before any work)."""
+    """The files to predict, in the order given: a folder's image files (in ImageFolder order), a file, a glob
+    pattern's files (sorted)."""
     files = []
     for item in items:
         if os.path.isdir(item):
             found = [os.path.join(item, rel) for rel in folders.list_images(item)]
             if not found:
-                raise PredictError(f"the folder {item} holds no image file (extensions "
-                                   f"{', '.join(folders.IMG_EXTENSIONS)}, in any case, searched recursively).")
+                raise UsageError(f"the folder {item} holds no image file (extensions "
+                                 f"{', '.join(folders.IMG_EXTENSIONS)}, in any case, searched recursively).")
             files += found
         elif os.path.exists(item):
             files.append(item)
         elif glob.has_magic(item):
             found = sorted(p for p in glob.glob(item, recursive=True) if os.path.isfile(p))
             if not found:
-                raise PredictError(f"the pattern {item!r} matches no file.")
+                raise UsageError(f"the pattern {item!r} matches no file.")
             files += found
         else:
-            raise PredictError(f"{item} does not exist: give image files, folders or glob patterns.")
+            raise UsageError(f"{item} does not exist: give image files, folders or glob patterns.")
     return files
 
 
@@ -109,49 +91,20 @@ def collate(batch):
     return images, [i for _, i in good], [(i, why) for image, i, why in batch if image is None]
 
 
-# ------------------------------------------------------------------------------------------ weights
-
 def load_source(args):
-    """-> (model name, state_dict, class names, evaluation policy or None, the training image size)."""
     if bool(args.checkpoint) == bool(args.weights_file):
-        raise PredictError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
-                           "FILE for an export of python -m imnet.tools.export (one of them).")
-    if args.checkpoint:
-        ckpt = checkpoint.read_state(args.checkpoint)
-        kind = "ema" if args.use_ema else "model"
-        try:
-            state = checkpoint.weights_of(ckpt, kind, args.checkpoint)
-        except checkpoint.CheckpointError as e:
-            raise PredictError(f"{e} Drop --use-ema.") from None
-        run = ckpt["config"]
-        return (run["model"], state, list(ckpt["classes"]), config.EvalPolicy.from_dict(run.get("eval_policy")),
-                run.get("train_crop_size"))
-    if args.use_ema:
-        raise PredictError("--use-ema reads the EMA weights of a train.py checkpoint; an export holds one set of "
-                           "weights (python -m imnet.tools.export --ema exports the EMA). Drop --use-ema.")
-    side = export.read_sidecar(args.weights_file)
-    if side is None:
-        raise PredictError(f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}) to say "
-                           f"which model, classes and policy it has: export the checkpoint with python -m "
-                           f"imnet.tools.export, or give the checkpoint itself with --checkpoint.")
-    return side["model"], checkpoint.load(args.weights_file), side["classes"], side["policy"], side["image_size"]
+        raise UsageError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
+                         "FILE for an export of python -m imnet.tools.export (one of them).")
+    if args.use_ema and args.weights_file:
+        raise UsageError("--use-ema reads the EMA weights of a train.py checkpoint, not of an export (python -m "
+                         "imnet.tools.export --ema exports the EMA). Drop --use-ema.")
+    name, state, classes, policy, info = export.load_weights(args.checkpoint, args.weights_file,
+                                                             "ema" if args.use_ema else "model")
+    if classes is None:
+        raise UsageError(f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}): export "
+                         f"the checkpoint with python -m imnet.tools.export, or give it with --checkpoint.")
+    return name, state, classes, policy, info.get("image_size")
 
-
-def build_model(name: str, state: dict, num_classes: int, image_size: int):
-    """The model with every weight loaded (`imnet.run.models.load_init`; a ViT's position embedding interpolated to
-    ``image_size`` when the crop differs from its training size)."""
-    try:
-        model = models.build_model(name, num_classes, image_size=image_size)
-        done = models.load_init(model, name, state, image_size, what="The weights")
-    except ValueError as e:
-        raise PredictError(str(e)) from None
-    if done["reinitialised"]:
-        raise PredictError(f"the weights do not fit {name} with {num_classes} classes: its classifier head "
-                           f"({', '.join(done['reinitialised'])}) has another shape in the weights.")
-    return model.eval()
-
-
-# ------------------------------------------------------------------------------------------ main
 
 @torch.inference_mode()
 def predict(model, loader, device, policy, topk: int):
@@ -177,8 +130,7 @@ def run(args) -> int:
     if args.csv:
         check_writable(args.csv, "--csv")
     device = dist.init(args.device).device
-    image_size = policy.crop_size if models.fixed_input_size(name) else train_size or policy.crop_size
-    model = build_model(name, state, len(classes), image_size).to(device)
+    model = export.build_model(name, state, len(classes), policy, train_size)[0].to(device)
     topk = min(args.topk, len(classes))
     loader = torch.utils.data.DataLoader(Files(files, policy.transform()), batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate,
@@ -195,7 +147,7 @@ def run(args) -> int:
         rows[i] = [(classes[c], p) for c, p in zip(idx, prob)]
         print(f"{files[i]}: " + ", ".join(f"{c} ({p:.4f})" for c, p in rows[i]), flush=True)
     if not rows:
-        raise PredictError(f"none of the {len(files)} files could be read as an image (each is named above).")
+        raise UsageError(f"none of the {len(files)} files could be read as an image (each is named above).")
     if args.csv:
         with open(args.csv, "w", newline="") as f:
             writer = csv.writer(f)

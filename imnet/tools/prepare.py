@@ -1,36 +1,13 @@
-"""Arrange ILSVRC2012's flat validation folder into class folders.
-
-ImageNet's validation images ship as one flat folder of 50,000 files
-(``ILSVRC2012_val_00000001.JPEG`` ... ``ILSVRC2012_val_00050000.JPEG``) with the labels in a separate file,
-while ImageFolder-style loaders (``imnet.run.data``, torchvision, timm) expect ``val/<wnid>/<file>``. This module
-builds that tree with symbolic links, so it costs no disk space and leaves the original files untouched::
+"""Arrange ILSVRC2012's flat validation folder into ``val/<wnid>/`` class folders, with symbolic links::
 
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels LOC_val_solution.csv --out /data/imagenet/val
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels ILSVRC2012_validation_ground_truth.txt \\
         --synsets devkit_synsets.txt --out /data/imagenet/val
 
-Two label formats are understood, detected from the file's first line:
-
-1. The ground-truth CSV of the Kaggle ImageNet localization challenge (``LOC_val_solution.csv``)::
-
-       ImageId,PredictionString
-       ILSVRC2012_val_00008726,n02119789 255 142 454 329 n02119789 44 21 322 295
-
-   The class of an image is the first token of its PredictionString (all boxes of an image share one class).
-
-2. The devkit's ``ILSVRC2012_validation_ground_truth.txt``: one 1-based class index per line, line k being
-   the label of ``ILSVRC2012_val_{k:08d}``. The index is the devkit's ``ILSVRC2012_ID``, so ``--synsets`` must
-   list the wnids in *that* order (one per line; only the first token of a line is read). Beware: this order
-   is the one of the devkit's ``meta.mat`` (ID 1 is n02119789, "kit fox"), not the sorted order of
-   ``LOC_synset_mapping.txt`` or ``synset_words.txt`` (line 1: n01440764, "tench"). Pairing the devkit indices
-   with a sorted list would silently mislabel almost every image, so a sorted 1000-class list is refused.
-
-The command is idempotent: links already in place are kept, so running it twice changes nothing. It reports
-labelled files that are missing from the flat folder and files of the flat folder that have no label, and
-exits with status 2 and a one-paragraph message on bad input (like the rest of imnet).
-
-It imports only the standard library and imnet.run.folders (itself standard library only), so it runs without
-torch; the image extensions are imnet.run.folders' list, the one the datasets use.
+The labels are Kaggle's ``LOC_val_solution.csv`` (an image's class is the first token of its PredictionString) or
+the devkit's one 1-based ILSVRC2012_ID per line, which needs ``--synsets`` in the devkit's ``meta.mat`` order
+(ID 1 is n02119789), not the sorted order of ``LOC_synset_mapping.txt``. Links in place are kept. Standard
+library only (no torch).
 """
 
 import argparse
@@ -40,91 +17,73 @@ import os
 import sys
 
 from imnet.run.errors import UsageError
-from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS
-SHOW = 10  # how many missing / extra names a report lists before summarising the rest
-
-
-class PrepareError(UsageError):
-    """Bad input: the message says what is wrong and how to fix it (printed without a traceback, exit 2)."""
-
-
-def _listing(names, show=SHOW):
-    """``a, b, c (and 7 more)``: a short list for messages about possibly thousands of names."""
-    names = sorted(names)
-    text = ", ".join(names[:show])
-    return text + (f" (and {len(names) - show} more)" if len(names) > show else "")
-
+from imnet.run.folders import IMG_EXTENSIONS as IMAGE_EXTENSIONS, short_list
 
 NAME_MAX = 255  # bytes in one path component on Linux, macOS and Windows file systems
 
 
+def _listing(names):
+    return short_list(sorted(names), 10)
+
+
 def _valid_wnid(wnid, where):
-    """A class name becomes a folder name: refuse anything that is not a single plain path component
-    (separators, ".", "..", hidden names, control characters such as NUL, more than NAME_MAX bytes)."""
+    """``wnid`` if it can be one folder name (no separator, not hidden, no control character, <= NAME_MAX bytes)."""
     if not wnid or wnid in (".", "..") or "/" in wnid or "\\" in wnid or wnid.startswith("."):
-        raise PrepareError(f"{where}: {wnid!r} is not usable as a class folder name.")
+        raise UsageError(f"{where}: {wnid!r} is not usable as a class folder name.")
     if any(ord(c) < 32 or ord(c) == 127 for c in wnid):
-        raise PrepareError(f"{where}: {wnid!r} holds a control character (NUL, newline...), which no class "
-                           f"folder name can hold. Check that the file is a plain-text list of wnids.")
+        raise UsageError(f"{where}: {wnid!r} holds a control character, which no folder name can hold. Check "
+                           f"that the file is a plain-text list of wnids.")
     if len(os.fsencode(wnid)) > NAME_MAX:
-        raise PrepareError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
+        raise UsageError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
                            f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
     return wnid
 
 
 def _check_out(out_dir):
-    """--out must be a folder, or creatable as one: its nearest existing ancestor must be a folder."""
     if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise PrepareError(f"--out {out_dir} exists and is not a directory.")
+        raise UsageError(f"--out {out_dir} exists and is not a directory.")
     parent = os.path.dirname(out_dir)
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        raise PrepareError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
+        raise UsageError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
                            f"path such as /data/imagenet/val.")
 
 
-def read_synsets(path):
-    """Class names in index order: the first whitespace-separated token of each non-empty line."""
+def _read(path, what, newline=None):
     try:
-        with open(path, encoding="utf-8-sig") as f:  # -sig: a byte-order mark (Windows editors) is not text
-            lines = [line.split() for line in f]
-    except OSError as e:
-        raise PrepareError(f"cannot read the synsets file {path}: {e.strerror or e}.") from None
+        with open(path, encoding="utf-8-sig", newline=newline) as f:  # -sig: a byte-order mark is not text
+            return f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"cannot read the {what} file {path}: {getattr(e, 'strerror', None) or e}.") from None
+
+
+def read_synsets(path):
+    """The first token of each non-empty line."""
+    lines = [line.split() for line in _read(path, "synsets").split("\n")]
     synsets = [_valid_wnid(tokens[0], f"{path}") for tokens in lines if tokens]
     if not synsets:
-        raise PrepareError(f"the synsets file {path} is empty; it should hold one wnid per line.")
+        raise UsageError(f"the synsets file {path} is empty; it should hold one wnid per line.")
     duplicates = [wnid for wnid, n in collections.Counter(synsets).items() if n > 1]
     if duplicates:
-        raise PrepareError(f"the synsets file {path} lists these wnids more than once: {_listing(duplicates)}.")
+        raise UsageError(f"the synsets file {path} lists these wnids more than once: {_listing(duplicates)}.")
     return synsets
 
 
 def read_labels(path, synsets_path=None):
-    """Return ``{image id: wnid}``, the image id being the file name without its extension.
-
-    The format is recognised from the first line: a CSV header starting with ``ImageId``, or an integer
-    (the devkit's one-index-per-line list, which needs ``synsets_path``).
-    """
-    try:
-        with open(path, encoding="utf-8-sig", newline="") as f:  # -sig: a byte-order mark is not the header
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise PrepareError(f"cannot read the labels file {path}: {getattr(e, 'strerror', None) or e}.") from None
+    """``{image id (file name without extension): wnid}``; the format is recognised from the first line."""
+    text = _read(path, "labels", newline="")
     first = text.lstrip().split("\n", 1)[0].strip()
     if first.lower().startswith("imageid"):
         return _read_csv_labels(path, text)
     if first.isdigit():
         if synsets_path is None:
-            raise PrepareError(
-                f"{path} is a list of class indices (the devkit's ground-truth format), which needs the class "
-                "order: pass --synsets FILE with one wnid per line in the devkit's ILSVRC2012_ID order "
-                "(or use the ground-truth CSV, LOC_val_solution.csv, which names the wnids directly).")
+            raise UsageError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
+                               f"in the devkit's ILSVRC2012_ID order). Or use LOC_val_solution.csv.")
         return _read_index_labels(path, text, read_synsets(synsets_path), synsets_path)
-    raise PrepareError(
-        f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Expected either the "
-        "ground-truth CSV (header 'ImageId,PredictionString', e.g. LOC_val_solution.csv) or the devkit's "
-        "ILSVRC2012_validation_ground_truth.txt (one class index per line).")
+    raise UsageError(f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Give "
+                       f"LOC_val_solution.csv (header 'ImageId,PredictionString') or the devkit's "
+                       f"ILSVRC2012_validation_ground_truth.txt.")
 
 
 def _read_csv_labels(path, text):
@@ -132,27 +91,25 @@ def _read_csv_labels(path, text):
     reader = csv.reader(text.splitlines())
     header = next(reader)
     if [h.strip() for h in header[:2]] != ["ImageId", "PredictionString"]:
-        raise PrepareError(f"{path}: expected the header 'ImageId,PredictionString', found {','.join(header)!r}.")
+        raise UsageError(f"{path}: expected the header 'ImageId,PredictionString', found {','.join(header)!r}.")
     for line_number, row in enumerate(reader, start=2):
         if not row or not "".join(row).strip():
             continue
         tokens = row[1].split() if len(row) >= 2 else []
         if not tokens:
-            raise PrepareError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should "
+            raise UsageError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should "
                                "be 'ImageId,wnid ...'.")
         image_id, wnid = os.path.splitext(row[0].strip())[0], _valid_wnid(tokens[0], f"{path}, line {line_number}")
         if labels.setdefault(image_id, wnid) != wnid:
-            raise PrepareError(f"{path}: {image_id} is labelled both {labels[image_id]} and {wnid}.")
+            raise UsageError(f"{path}: {image_id} is labelled both {labels[image_id]} and {wnid}.")
     return labels
 
 
 def _read_index_labels(path, text, synsets, synsets_path):
     if len(synsets) == 1000 and synsets == sorted(synsets):
-        raise PrepareError(
-            f"{synsets_path} lists 1000 wnids in sorted order (like LOC_synset_mapping.txt), but the indices "
-            f"in {path} are the devkit's ILSVRC2012_IDs, whose order is that of the devkit's meta.mat (ID 1 is "
-            "n02119789, 'kit fox'): this pairing would mislabel almost every image. Use the ground-truth CSV "
-            "(LOC_val_solution.csv) instead, or a synsets file in meta.mat's ILSVRC2012_ID order.")
+        raise UsageError(f"{synsets_path} lists 1000 wnids in sorted order, but the indices in {path} follow the "
+                           f"devkit's meta.mat order (ID 1 is n02119789). Use LOC_val_solution.csv, or a synsets "
+                           f"file in meta.mat's ILSVRC2012_ID order.")
     labels = {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -160,24 +117,19 @@ def _read_index_labels(path, text, synsets, synsets_path):
         try:
             index = int(line)
         except ValueError:
-            raise PrepareError(f"{path}, line {line_number}: {line.strip()!r} is not a class index.") from None
+            raise UsageError(f"{path}, line {line_number}: {line.strip()!r} is not a class index.") from None
         if not 1 <= index <= len(synsets):
-            raise PrepareError(f"{path}, line {line_number}: class index {index} is outside 1..{len(synsets)}, "
+            raise UsageError(f"{path}, line {line_number}: class index {index} is outside 1..{len(synsets)}, "
                                f"the classes listed in {synsets_path}.")
         labels[f"ILSVRC2012_val_{line_number:08d}"] = synsets[index - 1]
     return labels
 
 
 def arrange_val(flat_dir, labels, out_dir):
-    """Link ``flat_dir/<id>.<ext>`` to ``out_dir/<wnid>/<id>.<ext>`` for every labelled image present.
-
-    Returns a report dict: ``linked`` (new links), ``kept`` (already in place), ``missing`` (labelled ids
-    with no file), ``extra`` (image files with no label), ``classes`` (number of class folders).
-    Links point to absolute paths, so ``out_dir`` may live anywhere.
-    """
+    """Link ``out_dir/<wnid>/<id>.<ext>`` to ``flat_dir/<id>.<ext>`` (absolute) for every labelled image present."""
     if not os.path.isdir(flat_dir):
-        raise PrepareError(f"--flat {flat_dir} is not a directory; it should be ILSVRC2012's flat validation "
-                           "folder (ILSVRC2012_val_00000001.JPEG, ...).")
+        raise UsageError(f"--flat {flat_dir} is not a directory. Give ILSVRC2012's flat validation folder "
+                           "(ILSVRC2012_val_00000001.JPEG, ...).")
     files = {}  # image id -> file name
     for name in sorted(os.listdir(flat_dir)):
         path = os.path.join(flat_dir, name)
@@ -186,13 +138,12 @@ def arrange_val(flat_dir, labels, out_dir):
         image_id, ext = os.path.splitext(name)
         if ext.lower() in IMAGE_EXTENSIONS:
             if image_id in files:
-                raise PrepareError(f"{flat_dir} holds two files for image {image_id}: {files[image_id]} and {name}.")
+                raise UsageError(f"{flat_dir} holds two files for image {image_id}: {files[image_id]} and {name}.")
             files[image_id] = name
     present = [i for i in labels if i in files]
     if labels and not present:
-        raise PrepareError(
-            f"none of the {len(labels)} labelled images is in {flat_dir} (it holds {len(files)} image files; the "
-            f"labels name files such as {next(iter(labels))}). Check that --flat and --labels belong together.")
+        raise UsageError(f"none of the {len(labels)} labelled images (such as {next(iter(labels))}) is among the "
+                           f"{len(files)} image files of {flat_dir}. Check that --flat and --labels belong together.")
 
     out_dir = os.path.abspath(out_dir)
     _check_out(out_dir)
@@ -203,24 +154,19 @@ def arrange_val(flat_dir, labels, out_dir):
         target = os.path.join(out_dir, wnid, name)
         if os.path.islink(target) or os.path.exists(target):
             if os.path.realpath(target) != os.path.realpath(source):
-                raise PrepareError(f"{target} already exists and is not a link to {source}; remove it (or choose "
-                                   "another --out) and run again.")
+                raise UsageError(f"{target} already exists and is not a link to {source}. Remove it or choose "
+                                   "another --out.")
             kept += 1
             continue
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.symlink(source, target)
         except OSError as e:
-            raise PrepareError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
+            raise UsageError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
                                f"write to.") from None
         linked += 1
-    return {
-        "linked": linked,
-        "kept": kept,
-        "missing": sorted(set(labels) - set(files)),
-        "extra": sorted(files[i] for i in set(files) - set(labels)),
-        "classes": len({labels[i] for i in present}),
-    }
+    return {"linked": linked, "kept": kept, "missing": sorted(set(labels) - set(files)),
+            "extra": sorted(files[i] for i in set(files) - set(labels)), "classes": len({labels[i] for i in present})}
 
 
 def build_parser():
@@ -244,7 +190,6 @@ def build_parser():
 
 
 def main(argv=None):
-    """Command line entry point; returns the exit status (0 done, 2 bad input)."""
     args = build_parser().parse_args(argv)
     try:
         labels = read_labels(args.labels, args.synsets)
