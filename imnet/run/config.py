@@ -17,13 +17,14 @@ import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from imnet.run.atomic import write_text
 from imnet.deit import DEIT_DISTILLED
 from imnet.run.errors import UsageError
-from imnet.run.flags import AMP_CHOICES, DECODE_MODES
+from imnet.run.flags import AMP_CHOICES, DECODE_MODES, DERIVED, build_parser, settings
 from imnet.run.models import fixed_input_size
 from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
@@ -173,180 +174,67 @@ def policy_mismatch(now: EvalPolicy, then: EvalPolicy, then_name: str) -> list[s
 
 # ------------------------------------------------------------------------------------------ training
 
-@dataclass(frozen=True)
-class Config:
-    """Everything a training run does, resolved once. Fields up to ``quiet`` are train.py's flags (see
-    ``python train.py --help``) except the four evaluation flags (`EVAL_FLAGS`), which live resolved in
-    ``eval_policy``; the rest are derived in `resolve` and `Config.with_data`."""
-    # data
-    data: str | None
-    workers: int
-    train_crop_size: int
-    interpolation: str            # train and evaluation resampling (each overridable below)
-    train_interpolation: str | None  # RandomResizedCrop resampling; None: as ``interpolation``
-    crop_scale: tuple
-    progressive_res: tuple | None     # (START, END) training crop sizes; train_crop_size is END
-    progressive_epochs: tuple | None  # (FROM, TO) 1-based epoch numbers of the ramp
-    max_bad_images: str
-    fake_data: bool
-    num_classes: int
-    # model
-    model: str
-    drop_path: float | None
-    init_from: str | None         # initial weights: a checkpoint or state_dict file (a new run, not a resume)
-    init_ema: bool                # ... its EMA weights
-    weights: str | None           # initial weights: a torchvision weights name
-    channels_last: bool
-    compile: bool
-    sync_bn: bool
-    # optimization
-    epochs: int
-    batch_size: int
-    global_batch: int | None
-    accum_steps: int
-    opt: str
-    lr: float | None
-    lr_base: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    no_decay_on: tuple            # categories of parameters without weight decay (imnet.optim); () decays all
-    clip_grad: float
-    sam: float                    # SAM's rho (0: off)
-    sam_adaptive: bool            # ASAM
-    # schedule
-    sched: str
-    warmup_epochs: float
-    warmup_start_factor: float
-    min_lr: float
-    lr_milestones: tuple
-    lr_gamma: float
-    # regularization
-    label_smoothing: float
-    mixup: float
-    cutmix: float
-    mix_prob: float
-    switch_prob: float
-    auto_augment: str
-    ra_num_ops: int
-    ra_magnitude: int
-    random_erase: float
-    random_erase_mode: str        # "pixel" (normal noise) or "const" (0 after normalisation)
-    ra_reps: int                  # repeated augmentation: copies of each image per epoch (1: off)
-    ema: bool
-    ema_decay: float
-    ema_every: int
-    ema_warmup: bool
-    ema_copy_warmup: bool         # torchvision's: EMA updates copy the weights through the LR warmup
-    swa_start: int | None         # SWA: average the weights at the end of epochs swa_start.. (1-based)
-    swa_lr: float | None          # ... and train those epochs at this constant learning rate
-    # distillation, large batches, fine-tuning
-    teacher: str | None           # distillation teacher: a checkpoint, a state_dict (+ teacher_model) or weights name
-    teacher_model: str | None
-    distill: str                  # "hard" (DeiT) or "soft" (Hinton)
-    distill_alpha: float          # loss = (1 - alpha) label loss + alpha distillation loss
-    distill_tau: float
-    layer_decay: float | None     # layer-wise LR decay rate (None: off)
-    bce: bool                     # binary cross-entropy instead of cross-entropy
-    bce_target_thresh: float | None
-    # mixed precision, distributed
-    amp: str
-    device: str
-    seed: int
-    deterministic: bool
-    # checkpointing, logging
-    output: str
-    resume: str | None
-    save_every_minutes: float
-    stop_at_step: int | None
-    eval_every: int
-    log_every: int
-    recipe: str | None
-    config: str | None
-    dry_run: bool
-    quiet: bool
-    tensorboard: bool             # log.jsonl's scalars also as TensorBoard events (imnet.run.log.RunLog)
-    # ---- derived
-    world_size: int
-    global_batch_size: int        # the global batch used: world_size x batch_size x accum_steps
-    peak_lr: float                # --lr as given, or --lr-base x global_batch_size / 256
-    lr_given: bool
-    eval_policy: EvalPolicy
-    mixing: bool
-    loss_label_smoothing: float   # smoothing in the loss (0 when the mixer folds it into soft targets)
-    mix_label_smoothing: float
-    train_images: int = 0
-    val_images: int = 0
-    classes: int = 0
-    steps_per_epoch: int = 0
-    teacher_info: dict | None = None  # what the teacher is: source, file, sha256, model, classes, sizes (with_teacher)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    @property
-    def amp_dtype(self):
-        return AMP_DTYPES[self.amp]
-
-    @property
-    def warmup_steps(self) -> int:
-        """The LR warmup in optimizer steps (the EMA's copy phase under ema_copy_warmup ends with it)."""
-        return round(self.warmup_epochs * self.steps_per_epoch)
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the
-        first step of epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
-        spe = self.steps_per_epoch
-        if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
-            return self.swa_lr
-        return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps,
-                     warmup_steps=self.warmup_steps, warmup_start_factor=self.warmup_start_factor,
-                     sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
-                     gamma=self.lr_gamma)
-
-    def train_size_at(self, epoch: int) -> int:
-        """The RandomResizedCrop output size of ``epoch`` (0-based): `imnet.schedule.progressive_size` under
-        --progressive-res, else --train-crop-size."""
-        if self.progressive_res is None:
-            return self.train_crop_size
-        return progressive_size(epoch, *self.progressive_res, *self.progressive_epochs)
-
-    def with_data(self, train_images: int, val_images: int, classes: int) -> "Config":
-        """The same Config with the data's sizes and the steps per epoch they give.
-
-        Each rank reads floor(train_images / world_size) images per epoch (the sampler drops the rest), in
-        micro-batches of batch_size, accum_steps of them per optimizer step."""
-        if train_images < self.global_batch_size:
-            raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
-                              f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
-        steps = train_images // self.world_size // self.batch_size // self.accum_steps
-        return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
-                                   steps_per_epoch=steps)
-
-    def with_teacher(self, info: dict) -> "Config":
-        """The same Config with the record of the distillation teacher (imnet.run.teacher.build_teacher reads the file):
-        {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
-        config.json and every checkpoint; the teacher's weights never do."""
-        return dataclasses.replace(self, teacher_info=dict(info))
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["eval_policy"] = self.eval_policy.to_dict()
-        return d
-
-    def flags(self) -> dict:
-        """The flag values that reproduce this Config through ``--config``: the evaluation policy is written
-        resolved (resize and crop), so that re-reading it cannot apply the precedence rules a second time."""
-        names = {f.name for f in dataclasses.fields(self)[:FLAG_FIELDS]}
-        d = {k: v for k, v in self.to_dict().items() if k in names}
-        p = self.eval_policy
-        d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
-                 val_interpolation=p.interpolation, config=None, dry_run=False)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def _lr_at(self, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the first step of
+    epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
+    spe = self.steps_per_epoch
+    if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
+        return self.swa_lr
+    return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                 warmup_start_factor=self.warmup_start_factor, sched=self.sched, min_lr=self.min_lr,
+                 milestones=[m * spe for m in self.lr_milestones], gamma=self.lr_gamma)
 
 
-FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
+def _train_size_at(self, epoch: int) -> int:
+    """The RandomResizedCrop output size of ``epoch`` (0-based)."""
+    if self.progressive_res is None:
+        return self.train_crop_size
+    return progressive_size(epoch, *self.progressive_res, *self.progressive_epochs)
+
+
+def _with_data(self, train_images: int, val_images: int, classes: int):
+    """The same Config with the data's sizes; each rank reads floor(train_images / world_size) images per epoch."""
+    if train_images < self.global_batch_size:
+        raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
+                          f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
+    steps = train_images // self.world_size // self.batch_size // self.accum_steps
+    return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
+                               steps_per_epoch=steps)
+
+
+def _with_teacher(self, info: dict):
+    """The same Config with the distillation teacher's record (imnet.run.teacher.build_teacher)."""
+    return dataclasses.replace(self, teacher_info=dict(info))
+
+
+def _to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["eval_policy"] = self.eval_policy.to_dict()
+    return d
+
+
+def _flags(self) -> dict:
+    """The flag values that reproduce this Config through ``--config``, the evaluation policy resolved (resize and
+    crop) so that re-reading it cannot apply the precedence rules a second time."""
+    d = {k: v for k, v in self.to_dict().items() if k not in DERIVED}
+    p = self.eval_policy
+    d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
+             val_interpolation=p.interpolation, config=None, dry_run=False)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# Everything a training run does, resolved once: train.py's flags (but the evaluation flags, resolved into
+# eval_policy) and the values `resolve` and with_data derive (flags.DERIVED).
+Config = dataclasses.make_dataclass(
+    "Config", [(name, Any) for name in settings(build_parser()) if name not in EVAL_FLAGS]
+    + [(name, Any, dataclasses.field(default=default)) for name, default in DERIVED.items()],
+    frozen=True, namespace=dict(
+        total_steps=property(lambda self: self.epochs * self.steps_per_epoch),
+        amp_dtype=property(lambda self: AMP_DTYPES[self.amp]),
+        warmup_steps=property(lambda self: round(self.warmup_epochs * self.steps_per_epoch)),
+        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, with_teacher=_with_teacher,
+        to_dict=_to_dict, flags=_flags))
+Config.__module__ = __name__
 
 
 def resolve(below: dict, given: dict, world_size: int) -> Config:

@@ -1,13 +1,5 @@
-"""train.py's flags: the manual (``python train.py --help``), their valid ranges, and the layers they come in.
-
-Layers, lowest first: argparse defaults < ``--recipe NAME`` < ``--config FILE`` < flags given on the command
-line. `parse_args` returns two dicts, every flag's value below the command line and the flags the command line
-gave; `imnet.run.config.resolve` turns them into the run's one frozen Config.
-
-Every number has a stated valid range (`Range`: shown in ``--help``, checked on every value), and a value read
-from a ``--config`` file goes through the very same checks as the same value typed on the command line
-(`read_config_file`): its type, its choices, its range. Mistakes are one paragraph, exit code 2 (`FlagError`),
-with "did you mean" for a misspelled flag.
+"""train.py's flags: the manual (``python train.py --help``), each flag's valid range, and the layers they come in:
+argparse defaults < ``--recipe NAME`` < ``--config FILE`` < the command line (`parse_args`).
 
 Standard library only (and imnet.run.recipes, plain data): ``--help`` and flag errors are answered before torch is
 imported, which takes seconds.
@@ -16,13 +8,15 @@ imported, which takes seconds.
 from __future__ import annotations
 
 import argparse
+import ast
 import difflib
 import json
 import math
 import re
 import sys
 import textwrap
-from dataclasses import dataclass
+from dataclasses import MISSING
+from pathlib import Path
 
 from imnet.run.errors import UsageError
 from imnet.run.recipes import RECIPES
@@ -30,16 +24,25 @@ from imnet.run.recipes import RECIPES
 AMP_CHOICES = ("none", "bf16", "fp16")  # imnet.run.config maps them to torch dtypes
 DECODE_MODES = ("full", "reduced")
 INTERPOLATIONS = ("bilinear", "bicubic")
-# imnet.optim.NO_DECAY_CATEGORIES and IMNET_NO_DECAY (this module imports no torch); tests/test_optim.py checks
-# that they agree
-NO_DECAY_CATEGORIES = ("norm", "bias", "embedding", "1d", "layer_scale")
-IMNET_NO_DECAY = ("1d", "embedding", "layer_scale")
 ERASE_MODES = ("pixel", "const")
 
-# Values that a run's config.json holds besides its flags: derived once by imnet.run.config.resolve (and
-# Config.with_data), recomputed on every run, so a --config file's copies are ignored.
-DERIVED = ("world_size", "global_batch_size", "peak_lr", "lr_given", "eval_policy", "mixing", "loss_label_smoothing",
-           "mix_label_smoothing", "train_images", "val_images", "classes", "steps_per_epoch", "teacher_info")
+
+def _literals(path: Path, names: tuple) -> tuple:
+    """The literal values assigned to ``names`` at the top of the Python file ``path`` (read, not imported)."""
+    found = {t.id: ast.literal_eval(node.value) for node in ast.parse(path.read_text()).body
+             if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name) and t.id in names}
+    return tuple(found[name] for name in names)
+
+
+# imnet/optim.py's, read from its source: importing it would import torch
+NO_DECAY_CATEGORIES, IMNET_NO_DECAY = _literals(Path(__file__).parents[1] / "optim.py",
+                                                ("NO_DECAY_CATEGORIES", "IMNET_NO_DECAY"))
+
+# The values a run's config.json holds besides its flags, derived by imnet.run.config.resolve and Config.with_data
+# (a --config file's copies are recomputed, not read): name -> default (MISSING: resolve always sets it).
+DERIVED = dict(world_size=MISSING, global_batch_size=MISSING, peak_lr=MISSING, lr_given=MISSING, eval_policy=MISSING,
+               mixing=MISSING, loss_label_smoothing=MISSING, mix_label_smoothing=MISSING, train_images=0,
+               val_images=0, classes=0, steps_per_epoch=0, teacher_info=None)
 
 
 class FlagError(UsageError):
@@ -49,9 +52,8 @@ class FlagError(UsageError):
 # ----------------------------------------------------------------------------------------------- ranges
 
 class Range:
-    """An argparse ``type``: a number of ``kind`` (int or float) within [lo, hi] (``lo_open`` / ``hi_open``:
-    the bound itself excluded; None: unbounded). NaN and infinities are refused. The range is stated in the
-    flag's help (`HelpFormatter`) and checked for every value, from the command line or a --config file."""
+    """An argparse ``type``: a finite number of ``kind`` (int or float) within [lo, hi] (``lo_open`` / ``hi_open``:
+    the bound itself excluded; None: unbounded), stated in the flag's help."""
 
     def __init__(self, kind, lo=None, hi=None, lo_open=False, hi_open=False):
         self.kind, self.lo, self.hi, self.lo_open, self.hi_open = kind, lo, hi, lo_open, hi_open
@@ -71,7 +73,6 @@ class Range:
         return value
 
     def describe(self) -> str:
-        """'>= 0', '> 0 and < 1', ... (the words the messages use)."""
         parts = []
         if self.lo is not None:
             parts.append(f"{'>' if self.lo_open else '>='} {self.lo:g}")
@@ -88,8 +89,7 @@ MAGNITUDE = Range(float, 0.0)               # learning rates, weight decay, norm
 FRACTION_OPEN = Range(float, 0.0, 1.0, hi_open=True)   # [0, 1): smoothing, momentum, drop path
 SEED = Range(int, 0, 2**63 - 1)
 WORKERS = Range(int, 0, 256)                # data-loading processes per process (also capped by the cores)
-WORKERS_HELP = ("; above 4 per CPU core of this machine (shared by the processes of one node) it is lowered to "
-                "that at setup, with a note")
+WORKERS_HELP = "; above 4 per CPU core of this machine it is lowered to that at setup, with a note"
 
 
 def max_bad_images(text):
@@ -112,8 +112,7 @@ def max_bad_images(text):
 # ----------------------------------------------------------------------------------------------- the parser
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
-    """Shows each flag's default, except None (not set; the help text says what unset means) and False
-    (switches), so that no help line reads "(default: None)"; and a number's valid range."""
+    """Shows a number's valid range, and each flag's default except None and False (no "(default: None)")."""
 
     def _get_help_string(self, action):
         text = action.help
@@ -133,18 +132,19 @@ class Parser(argparse.ArgumentParser):
     """argparse, with mistakes raised as one-paragraph `FlagError`s instead of a usage block: an unknown flag
     gets the closest known ones ("did you mean"), a bad value the flag's valid range or choices."""
 
-    def __init__(self, *args, aliases: dict | None = None, **kwargs):
+    def __init__(self, *args, **kwargs):
         kwargs.setdefault("formatter_class", HelpFormatter)
         kwargs.setdefault("allow_abbrev", False)
-        self.aliases = aliases or {}
-        if self.aliases:
-            kwargs.setdefault("epilog", describe_aliases(self.aliases))
         super().__init__(*args, **kwargs)
 
     def parse_known_args(self, args=None, namespace=None):
-        """argparse's, after the familiar spellings of ``aliases`` are rewritten (`apply_aliases`)."""
+        """argparse's, after the familiar flags that need another (`NEEDS`) are checked."""
         args = sys.argv[1:] if args is None else list(args)
-        return super().parse_known_args(apply_aliases(args, self.aliases, self.prog), namespace)
+        present = {a.split("=", 1)[0] for a in args[:args.index("--") if "--" in args else len(args)]}
+        for name, (needed, hint) in NEEDS.items():
+            if name in present and needed not in present and name in self.option_names():
+                raise FlagError(f"{name} without {needed}: {hint}.")
+        return super().parse_known_args(args, namespace)
 
     def option_names(self) -> list[str]:
         return [s for a in self._actions for s in a.option_strings if s.startswith("--")]
@@ -168,174 +168,107 @@ class Parser(argparse.ArgumentParser):
         raise FlagError(f"{message}. `{self.prog} --help` lists every flag with its valid values.")
 
 
+def settings(parser: Parser) -> dict:
+    """dest -> action of the parser's own flags (not --help, not the `Familiar` flags of other scripts)."""
+    return {a.dest: a for a in parser._actions if a.option_strings and a.dest not in ("help", argparse.SUPPRESS)}
+
+
 # ----------------------------------------------------------------------------------------------- familiar flags
+# Spellings of torchvision's references/classification/train.py and timm's train.py / validate.py with imnet's
+# meaning are extra option strings of imnet's flags (--wd of --weight-decay). The others are below.
 
-@dataclass(frozen=True)
-class Alias:
-    """A flag spelled as in torchvision's reference scripts or timm's (``source``).
-
-    ``flag``: imnet's flag of exactly that meaning; the value passes through unchanged, or through ``values``
-    (their value, lower case -> imnet's; None drops the pair: imnet's fixed behaviour). Refused, with ``why``
-    (what differs and what to type instead): an alias without ``flag`` or ``values`` (its meaning differs), a
-    value outside ``values``, and an alias given without the flag it ``needs`` (another of the table)."""
-    source: str
-    flag: str | None = None
-    values: dict | None = None
-    why: str = ""
-    needs: str | None = None
-
-
-TV, TIMM = "torchvision", "timm"
-_EMA_DECAY_WHY = (
-    "the two codebases mean different things by it. timm's is the decay per optimizer step: type --ema-decay D. "
-    "torchvision's is rescaled by processes x batch x --model-ema-steps / epochs and applied every "
-    "--model-ema-steps iterations: imnet.run.recipes.torchvision_ema_decay(global_batch, epochs, decay, steps) gives "
-    "the --ema-decay to use with --ema-every STEPS.")
-_AMP_DTYPE_WHY = (
-    "timm's --amp-dtype float16|bfloat16 picks the autocast dtype of its --amp; imnet's --amp takes the dtype as "
-    "its value: type --amp fp16 (timm's float16, with loss scaling) or --amp bf16. A bare --amp here is not "
-    "timm's float16 but bf16 on GPUs that have it.")
-
-# train.py's familiar spellings (Parser(aliases=...) rewrites them before parsing; `train.py --help` lists them).
-ALIASES = {
-    # torchvision's references/classification/train.py
-    "--data-path": Alias(TV, "--data"),
-    "--wd": Alias(TV, "--weight-decay"),
-    "--lr-warmup-epochs": Alias(TV, "--warmup-epochs", needs="--lr-warmup-method", why=(
-        "torchvision's warmup is constant unless --lr-warmup-method linear is given (the LR times "
-        "--lr-warmup-decay for those epochs, then the full LR at once), and imnet has no constant warmup: its "
-        "--warmup-epochs N ramps linearly from --warmup-start-factor x LR, updated every step. For torchvision's "
-        "linear warmup type --warmup-epochs N --warmup-start-factor D (torchvision's --lr-warmup-decay, default "
-        "0.01), or add --lr-warmup-method linear.")),
-    "--lr-warmup-method": Alias(TV, values={"linear": None}, why=(
-        "torchvision's constant warmup (the LR times --lr-warmup-decay for --lr-warmup-epochs epochs, then the "
-        "full LR at once) is not in imnet, whose warmup is linear: --warmup-epochs N --warmup-start-factor F "
-        "(--lr-warmup-method linear is accepted).")),
-    "--lr-warmup-decay": Alias(TV, "--warmup-start-factor"),
-    "--lr-min": Alias(TV, "--min-lr"),
-    "--mixup-alpha": Alias(TV, "--mixup"),
-    "--cutmix-alpha": Alias(TV, "--cutmix"),
-    "--clip-grad-norm": Alias(TV, "--clip-grad"),
-    "--lr-scheduler": Alias(TV, "--sched", values={"cosineannealinglr": "cosine"}, why=(
-        "torchvision's steplr decays every --lr-step-size epochs (default 30), imnet's --sched step at the epochs "
-        "of --lr-milestones (default 30 60 80): type --sched step --lr-milestones S 2S 3S ... (the multiples of "
-        "the step size below --epochs) --lr-gamma G. exponentiallr has no imnet counterpart; cosineannealinglr "
-        "is accepted (--sched cosine).")),
-    "--lr-step-size": Alias(TV, why=(
-        "imnet's step schedule decays at listed epochs: torchvision's --lr-step-size S is --sched step "
-        "--lr-milestones S 2S 3S ... (the multiples of S below --epochs).")),
-    "--print-freq": Alias(TV, why=(
-        "torchvision's --print-freq N counts iterations (batches); imnet's --log-every N counts optimizer steps, "
-        "each of --accum-steps batches: type --log-every N (the same interval when --accum-steps is 1).")),
-    "--test-only": Alias(TV, why=(
-        "evaluating without training is imnet's eval.py, with the checkpoint's own evaluation policy and "
-        "classes: python eval.py --checkpoint RUN/best.pt --data ROOT (add --use-ema for the EMA weights, as "
-        "torchvision's --test-only --model-ema does).")),
-    "--model-ema-decay": Alias(f"{TV}'s and {TIMM}", why=_EMA_DECAY_WHY),
-    "--model-ema-steps": Alias(TV, why=(
-        "torchvision's --model-ema-steps K updates the average every K iterations and also enters its decay "
-        "formula; imnet's --ema-every K only spaces the updates (--ema-decay to the power K each): use "
-        "--ema-every K with the --ema-decay that imnet.run.recipes.torchvision_ema_decay gives.")),
-    # timm's train.py
-    "--data-dir": Alias(TIMM, "--data"),
-    "--img-size": Alias(TIMM, why=(
-        "timm's --img-size N sets both the training crop and the evaluation crop (its evaluation resize then "
-        "floor(N / crop_pct) with the model's crop_pct): type --train-crop-size N --val-crop-size N (with "
-        "--crop-pct P for timm's crop_pct; without it the recipe's crop/resize ratio is kept).")),
-    "--aa": Alias(TIMM, why=(
-        "timm's --aa takes timm's own policy strings (rand-m9-mstd0.5-inc1, augmix-..., v0, 3a), another "
-        "implementation than imnet's torchvision ops: the closest to rand-mM is --auto-augment ra --ra-magnitude "
-        "M --ra-num-ops 2 (without timm's magnitude noise and increasing ops); imnet also has --auto-augment "
-        "ta_wide and imagenet.")),
-    "--grad-accum-steps": Alias(TIMM, "--accum-steps"),
-    "--warmup-lr": Alias(TIMM, why=(
-        "timm's --warmup-lr is the absolute LR the warmup starts from (default 1e-5); imnet's "
-        "--warmup-start-factor F is a fraction of the peak LR: type --warmup-start-factor F with F = warmup LR / "
-        "peak LR (1e-5 under --lr 5e-4 is 0.02). timm's cosine also spans all epochs, its warmup written over "
-        "the start; imnet's, like torchvision's, starts after the warmup.")),
-    "--log-interval": Alias(TIMM, "--log-every"),
-    "--hflip": Alias(TIMM, values={"0.5": None}, why=(
-        "timm's --hflip is the probability of a horizontal flip; imnet always flips with probability 0.5 (timm's "
-        "and torchvision's default) and has no flag for another: drop --hflip (--hflip 0.5 is accepted).")),
-    "--amp-dtype": Alias(TIMM, why=_AMP_DTYPE_WHY),
-    "--mixup-prob": Alias(TIMM, "--mix-prob"),
-    "--mixup-switch-prob": Alias(TIMM, "--switch-prob"),
+# theirs, with another meaning than any imnet flag's -> what to type instead
+POINTERS = {
+    "--lr-step-size": "torchvision's S steps every S epochs: type --sched step --lr-milestones S 2S 3S ... (below "
+                      "--epochs)",
+    "--print-freq": "torchvision's counts batches: type --log-every N (optimizer steps of --accum-steps batches)",
+    "--test-only": "evaluating is eval.py's job: type python eval.py --checkpoint RUN/best.pt --data ROOT (with "
+                   "--use-ema for the EMA weights)",
+    "--model-ema-decay": "timm's is the decay per step: type --ema-decay D; for torchvision's, "
+                         "imnet.run.recipes.torchvision_ema_decay gives the --ema-decay to use with --ema-every STEPS",
+    "--model-ema-steps": "torchvision's also enters its decay: type --ema-every K with the --ema-decay that "
+                         "imnet.run.recipes.torchvision_ema_decay gives",
+    "--img-size": "timm's sets both crops: type --train-crop-size N --val-crop-size N (with --crop-pct P for timm's "
+                  "crop_pct)",
+    "--input-size": "timm's C H W: type --train-crop-size N --val-crop-size N (square RGB inputs only)",
+    "--aa": "timm's policy strings are not imnet's: the closest to rand-mM is --auto-augment ra --ra-magnitude M "
+            "--ra-num-ops 2 (also --auto-augment ta_wide, imagenet)",
+    "--warmup-lr": "timm's is an absolute LR: type --warmup-start-factor F with F = warmup LR / peak LR",
+    "--amp-dtype": "imnet's --amp takes the dtype: type --amp fp16 (with loss scaling) or --amp bf16",
+    "--pretrained": "type --weights with the model's torchvision weights, e.g. --weights ResNet50_Weights.DEFAULT",
+    "--decay-epochs": "timm's step decay: type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE",
+    "--decay-rate": "timm's step decay: type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE",
+    "--experiment": "timm's subfolder name: type --output FOLDER, the run folder itself",
+    "--ra-sampler": "repeated augmentation is --ra-reps N: type --ra-reps 3 for torchvision's default",
+    "--norm-weight-decay": "norms decay at --weight-decay or not at all: --no-decay-on norm is torchvision's "
+                           "--norm-weight-decay 0",
+    "--bias-weight-decay": "biases decay at --weight-decay or not at all: --no-decay-on bias is torchvision's "
+                           "--bias-weight-decay 0",
+    "--transformer-embedding-decay": "embeddings decay at --weight-decay or not at all: --no-decay-on embedding "
+                                     "is torchvision's --transformer-embedding-decay 0",
 }
-
-# eval.py's: the evaluation scripts' spellings (torchvision's train.py --test-only, timm's validate.py).
-EVAL_ALIASES = {
-    "--data-path": ALIASES["--data-path"],
-    "--data-dir": ALIASES["--data-dir"],
-    "--model-ema": Alias(TV, "--use-ema"),  # torchvision's --test-only --model-ema evaluates the EMA
-    "--img-size": Alias(TIMM, why=(
-        "timm's validate.py --img-size N is the evaluation crop, its resize then floor(N / crop_pct) with the "
-        "model's crop_pct: type --val-crop-size N (with --crop-pct P for timm's crop_pct; without it the "
-        "checkpoint's crop/resize ratio is kept).")),
-    "--amp-dtype": ALIASES["--amp-dtype"],
-    "--test-only": Alias(TV, why="eval.py only evaluates: drop --test-only."),
+# theirs, with imnet's meaning for some values only -> (imnet's dest, their value -> imnet's (None: imnet's fixed
+# behaviour, dropped), what to type for the others)
+VALUES = {
+    "--lr-scheduler": ("sched", {"cosineannealinglr": "cosine"},
+                       "steplr is --sched step --lr-milestones S 2S 3S ... --lr-gamma G; exponentiallr has no imnet "
+                       "counterpart"),
+    "--hflip": (None, {"0.5": None}, "imnet always flips with probability 0.5: drop --hflip"),
+    "--lr-warmup-method": (None, {"linear": None}, "a constant warmup is not in imnet, whose warmup is linear: type "
+                                                   "--warmup-epochs N --warmup-start-factor F"),
+}
+# theirs, with imnet's meaning only beside another of theirs -> (that flag, what to type without it)
+NEEDS = {
+    "--lr-warmup-epochs": ("--lr-warmup-method", "torchvision's warmup is constant unless --lr-warmup-method linear "
+                                                 "is given: add it, or type --warmup-epochs N --warmup-start-factor D"),
+}
+EVAL_POINTERS = {
+    "--img-size": "timm's validate.py --img-size N is the evaluation crop: type --val-crop-size N (with --crop-pct P "
+                  "for timm's crop_pct)",
+    "--amp-dtype": POINTERS["--amp-dtype"],
+    "--test-only": "eval.py only evaluates: drop --test-only",
 }
 
 
 def _value_key(value: str) -> str:
-    """A value as the alias tables spell it: lower case, numbers in one form (.5, 0.50 and 5e-1 are 0.5)."""
+    """A value as `VALUES` spells it: lower case, numbers in one form (.5, 0.50 and 5e-1 are 0.5)."""
     try:
         return f"{float(value):g}"
     except ValueError:
         return value.lower()
 
 
-def apply_aliases(argv: list[str], aliases: dict, prog: str = "train.py") -> list[str]:
-    """``argv`` with every familiar spelling of ``aliases`` (`Alias`) rewritten to imnet's flag (``--name value``
-    and ``--name=value`` alike), or FlagError with the alias's ``why`` when its meaning is not imnet's."""
-    present = {a.split("=", 1)[0] for a in argv if a.startswith("--")}
-    out, i = [], 0
-    while i < len(argv):
-        token = argv[i]
-        i += 1
-        if token == "--":  # what follows is not flags
-            out += argv[i - 1:]
-            break
-        name, eq, inline = token.partition("=")
-        alias = aliases.get(name) if token.startswith("--") else None
-        if alias is None:
-            out.append(token)
-            continue
-        value = None
-        if alias.values is not None:
-            if eq:
-                value = inline
-            elif i < len(argv) and not argv[i].startswith("--"):
-                value, i = argv[i], i + 1
-            else:
-                raise FlagError(f"{name} ({alias.source}'s spelling) needs a value. `{prog} --help` lists the "
-                                f"familiar spellings it accepts.")
-        if (alias.flag is None and alias.values is None) or (alias.needs and alias.needs not in present) or \
-                (value is not None and _value_key(value) not in alias.values):
-            shown = name + (f" {value}" if value is not None else "")
-            raise FlagError(f"{shown} is {alias.source}'s flag, and its meaning there is not that of an imnet flag: "
-                            f"{alias.why} `{prog} --help` lists the familiar spellings it accepts.")
-        if value is None:
-            out.append(alias.flag + eq + inline)
-        elif alias.values[_value_key(value)] is not None:
-            out += [alias.flag, alias.values[_value_key(value)]]
-    return out
+class Familiar(argparse.Action):
+    """Another script's flag: a value in ``values`` sets imnet's ``target`` (or is dropped); else FlagError with
+    ``hint``."""
+
+    def __init__(self, option_strings, dest, hint="", target=None, values=None, **kwargs):
+        super().__init__(option_strings, argparse.SUPPRESS, nargs="?", default=argparse.SUPPRESS,
+                         help=argparse.SUPPRESS)
+        self.hint, self.target, self.values = hint, target, values or {}
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        key = None if value is None else _value_key(value)
+        if key not in self.values:
+            shown = option_string + ("" if value is None else f" {value}")
+            raise FlagError(f"{shown} means another thing than any imnet flag: {self.hint}.")
+        if self.values[key] is not None:
+            setattr(namespace, self.target, self.values[key])
 
 
-def describe_aliases(aliases: dict) -> str:
-    """The --help epilog: the spellings accepted (-> imnet's flag) and those refused with a conversion."""
-    same = [f"{name} ({a.flag}{', ' + ', '.join(f'{k} = {v}' for k, v in a.values.items() if v) if a.values else ''}"
-            f"{f'; with {a.needs}' if a.needs else ''})" for name, a in aliases.items() if a.flag]
-    dropped = [f"{name} {'|'.join(k for k, v in a.values.items() if v is None)}" for name, a in aliases.items()
-               if a.values and None in a.values.values()]
-    refused = [name for name, a in aliases.items() if not a.flag and not a.values]
-    text = f"Familiar spellings of torchvision's and timm's scripts, read as imnet's flags: {', '.join(same)}."
-    if dropped:
-        text += f" Accepted as imnet's fixed behaviour: {', '.join(dropped)}."
-    if refused:
-        text += (f" Refused with a one-line conversion, because their meaning differs from any imnet flag's: "
-                 f"{', '.join(refused)}.")
-    return text
-
+def add_familiar(parser: Parser, pointers: dict, values: dict | None = None) -> Parser:
+    """Adds the `Familiar` flags and the --help epilog that lists every familiar spelling."""
+    for name, hint in pointers.items():
+        parser.add_argument(name, action=Familiar, hint=hint)
+    for name, (target, table, hint) in (values or {}).items():
+        parser.add_argument(name, action=Familiar, hint=hint, target=target, values=table)
+    same = [f"{s} ({a.option_strings[0]}{', with ' + NEEDS[s][0] if s in NEEDS else ''})"
+            for a in settings(parser).values() for s in a.option_strings[1:] if not s.startswith("--no-")]
+    same += [f"{name} (--{target}, {', '.join(f'{k} = {v}' for k, v in table.items())})" if target else
+             f"{name} {' '.join(table)} (imnet's fixed behaviour)" for name, (target, table, _) in (values or {}).items()]
+    parser.epilog = (f"Familiar spellings of torchvision's and timm's scripts: {', '.join(same)}. Refused with what "
+                     f"to type instead: {', '.join(pointers)}.")
+    return parser
 
 def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=None) -> None:
     """The evaluation-policy flags, one definition for train.py and eval.py (whose older spellings are passed
@@ -357,9 +290,8 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
 
 
 def build_parser() -> Parser:
-    """train.py's flags. Aliases in the spelling of timm's and torchvision's reference scripts: -b, -j,
-    --output-dir, --model-ema, --smoothing, --reprob, --remode."""
-    p = Parser(prog="train.py", aliases=ALIASES,
+    """train.py's flags."""
+    p = Parser(prog="train.py",
                description="Train a torchvision classifier on an ImageFolder tree (train/<class>/*, val/<class>/*). "
                            "With no arguments at all, runs the demo recipe on a generated dataset.")
     g = p.add_argument_group("recipe")
@@ -370,7 +302,7 @@ def build_parser() -> Parser:
                    help="start from a run's config.json (flags given here override it)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", help="root folder holding train/ and val/ (class subfolders in each)")
+    g.add_argument("--data", "--data-path", "--data-dir", help="root folder holding train/ and val/ (class subfolders in each)")
     g.add_argument("--workers", "-j", type=WORKERS, default=4,
                    help="data loading processes per training process" + WORKERS_HELP)
     g.add_argument("--train-crop-size", type=SIZE, default=224, help="RandomResizedCrop output size")
@@ -379,7 +311,7 @@ def build_parser() -> Parser:
                    help="resampling of the training crops and of the evaluation resize")
     g.add_argument("--train-interpolation", choices=INTERPOLATIONS, default=None,
                    help="RandomResizedCrop resampling only (default: --interpolation)")
-    g.add_argument("--crop-scale", type=Range(float, 0.0, 1.0, lo_open=True), nargs=2, default=[0.08, 1.0],
+    g.add_argument("--crop-scale", "--scale", type=Range(float, 0.0, 1.0, lo_open=True), nargs=2, default=[0.08, 1.0],
                    metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area fraction range (0.08-1 for ImageNet; larger for small objects)")
     g.add_argument("--progressive-res", type=SIZE, nargs=2, default=None, metavar=("START", "END"),
@@ -401,7 +333,7 @@ def build_parser() -> Parser:
                         "torchvision.models); EfficientNet-Lite is not one), deit_tiny, deit_small")
     g.add_argument("--drop-path", type=FRACTION_OPEN, default=None,
                    help="stochastic depth rate (default: the model's own)")
-    g.add_argument("--init-from", metavar="PATH", default=None,
+    g.add_argument("--init-from", "--initial-checkpoint", metavar="PATH", default=None,
                    help="start a NEW run (fresh optimizer and schedule, epoch 0) from these weights: a train.py "
                         "checkpoint or a plain state_dict (.pth). Keys must match, except the classifier head "
                         "(re-initialised when the classes differ) and a ViT position embedding (interpolated to "
@@ -420,7 +352,7 @@ def build_parser() -> Parser:
     g.add_argument("--batch-size", "-b", type=COUNT, default=32, help="images per process per micro-step")
     g.add_argument("--global-batch", type=COUNT, default=None,
                    help="total batch per optimizer step; sets --batch-size = global / (world size * accum steps)")
-    g.add_argument("--accum-steps", type=COUNT, default=1, help="micro-steps accumulated per optimizer step")
+    g.add_argument("--accum-steps", "--grad-accum-steps", type=COUNT, default=1, help="micro-steps accumulated per optimizer step")
     g.add_argument("--opt", choices=["sgd", "adamw", "lars", "lamb"], default="sgd",
                    help="optimizer; lars and lamb (imnet/lars.py, for large batches) give no weight decay and no "
                         "trust ratio to the parameters --no-decay-on exempts")
@@ -429,7 +361,7 @@ def build_parser() -> Parser:
                    help="learning rate per 256 images, scaled linearly to the global batch (Goyal et al. 2017)")
     g.add_argument("--momentum", type=FRACTION_OPEN, default=0.9, help="SGD momentum")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum")
-    g.add_argument("--weight-decay", type=MAGNITUDE, default=1e-4,
+    g.add_argument("--weight-decay", "--wd", type=MAGNITUDE, default=1e-4,
                    help="L2 (SGD) or decoupled (AdamW) weight decay")
     g.add_argument("--no-decay-on", nargs="+", choices=[*NO_DECAY_CATEGORIES, "none"], default=list(IMNET_NO_DECAY),
                    metavar="CATEGORY",
@@ -438,7 +370,7 @@ def build_parser() -> Parser:
                         "embedding (class tokens, position embeddings, relative-position tables: "
                         "--transformer-embedding-decay 0), 1d (every parameter of <= 1 dimension: timm's and DeiT's "
                         "rule), layer_scale (ConvNeXt's); none: decay every parameter")
-    g.add_argument("--clip-grad", type=MAGNITUDE, default=0.0, help="max global gradient norm (0: off)")
+    g.add_argument("--clip-grad", "--clip-grad-norm", type=MAGNITUDE, default=0.0, help="max global gradient norm (0: off)")
     g.add_argument("--sam", type=MAGNITUDE, default=0.0, metavar="RHO",
                    help="Sharpness-Aware Minimization with radius RHO, e.g. 0.05 (0: off); two forward/backward "
                         "passes per step; not with --accum-steps > 1")
@@ -446,10 +378,10 @@ def build_parser() -> Parser:
 
     g = p.add_argument_group("schedule")
     g.add_argument("--sched", choices=["cosine", "step", "constant"], default="cosine", help="LR schedule")
-    g.add_argument("--warmup-epochs", type=Range(float, 0.0), default=0.0, help="linear warmup length")
-    g.add_argument("--warmup-start-factor", type=PROB, default=0.01,
+    g.add_argument("--warmup-epochs", "--lr-warmup-epochs", type=Range(float, 0.0), default=0.0, help="linear warmup length")
+    g.add_argument("--warmup-start-factor", "--lr-warmup-decay", type=PROB, default=0.01,
                    help="warmup starts at this fraction of the LR")
-    g.add_argument("--min-lr", type=MAGNITUDE, default=0.0, help="cosine floor")
+    g.add_argument("--min-lr", "--lr-min", type=MAGNITUDE, default=0.0, help="cosine floor")
     g.add_argument("--lr-milestones", type=NATURAL, nargs="*", default=[30, 60, 80],
                    help="epochs of the step decays")
     g.add_argument("--lr-gamma", type=Range(float, 0.0, 1.0, lo_open=True), default=0.1, help="step decay factor")
@@ -457,10 +389,10 @@ def build_parser() -> Parser:
     g = p.add_argument_group("regularization")
     g.add_argument("--label-smoothing", "--smoothing", type=FRACTION_OPEN, default=0.0,
                    help="label smoothing epsilon")
-    g.add_argument("--mixup", type=MAGNITUDE, default=0.0, help="MixUp alpha (0: off)")
-    g.add_argument("--cutmix", type=MAGNITUDE, default=0.0, help="CutMix alpha (0: off)")
-    g.add_argument("--mix-prob", type=PROB, default=1.0, help="probability of mixing a batch")
-    g.add_argument("--switch-prob", type=PROB, default=0.5,
+    g.add_argument("--mixup", "--mixup-alpha", type=MAGNITUDE, default=0.0, help="MixUp alpha (0: off)")
+    g.add_argument("--cutmix", "--cutmix-alpha", type=MAGNITUDE, default=0.0, help="CutMix alpha (0: off)")
+    g.add_argument("--mix-prob", "--mixup-prob", type=PROB, default=1.0, help="probability of mixing a batch")
+    g.add_argument("--switch-prob", "--mixup-switch-prob", type=PROB, default=0.5,
                    help="probability of CutMix rather than MixUp when both are on")
     g.add_argument("--auto-augment", choices=["none", "ra", "ta_wide", "imagenet"], default="none",
                    help="RandAugment, TrivialAugment Wide or AutoAugment's ImageNet policy")
@@ -529,7 +461,7 @@ def build_parser() -> Parser:
     g.add_argument("--device", default="auto",
                    help="cuda, cuda:N, mps or cpu (auto: cuda:LOCAL_RANK if available, else Apple's mps, else cpu)")
     g.add_argument("--seed", type=SEED, default=0, help="seed of weights, data order, augmentation and mixing")
-    g.add_argument("--deterministic", action="store_true", help="deterministic kernels (slower on GPU)")
+    g.add_argument("--deterministic", "--use-deterministic-algorithms", action="store_true", help="deterministic kernels (slower on GPU)")
 
     g = p.add_argument_group("checkpointing")
     g.add_argument("--output", "--output-dir", default=None,
@@ -546,13 +478,13 @@ def build_parser() -> Parser:
                    help="evaluate every N epochs and after the last (0: last only)")
 
     g = p.add_argument_group("logging")
-    g.add_argument("--log-every", type=COUNT, default=50, help="console/jsonl line every N optimizer steps")
+    g.add_argument("--log-every", "--log-interval", type=COUNT, default=50, help="console/jsonl line every N optimizer steps")
     g.add_argument("--dry-run", action="store_true", help="build everything, print the plan and warnings, exit")
     g.add_argument("--quiet", action="store_true", help="no console progress lines")
     g.add_argument("--tensorboard", action="store_true",
                    help="also write log.jsonl's scalars as TensorBoard events into the run folder (needs the "
                         "tensorboard package: pip install tensorboard)")
-    return p
+    return add_familiar(p, POINTERS, VALUES)
 
 
 # ----------------------------------------------------------------------------------------------- layers
@@ -638,7 +570,7 @@ def read_config_file(path: str, parser: Parser | None = None) -> dict:
         raise FlagError(f"Cannot read --config {path}: {e}. Pass a config.json written by train.py.") from None
     if not isinstance(d, dict):
         raise FlagError(f"--config {path} holds a {type(d).__name__}, not a JSON object of settings.")
-    actions = {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    actions = settings(parser)
     unknown = sorted(set(d) - set(actions) - set(DERIVED))
     if unknown:
         raise FlagError(f"--config {path} has unknown settings {unknown}; was it written by another version?")
