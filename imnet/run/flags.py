@@ -40,9 +40,10 @@ NO_DECAY_CATEGORIES, IMNET_NO_DECAY = _literals(Path(__file__).parents[1] / "opt
 
 # The values a run's config.json holds besides its flags, derived by imnet.run.config.resolve and Config.with_data
 # (a --config file's copies are recomputed, not read): name -> default (MISSING: resolve always sets it).
-DERIVED = dict(world_size=MISSING, global_batch_size=MISSING, peak_lr=MISSING, lr_given=MISSING, eval_policy=MISSING,
-               mixing=MISSING, loss_label_smoothing=MISSING, mix_label_smoothing=MISSING, train_images=0,
-               val_images=0, classes=0, steps_per_epoch=0, teacher_info=None)
+DERIVED = dict(world_size=MISSING, global_batch_size=MISSING, peak_lr=MISSING, lr_given=MISSING,
+               opt_given=MISSING, eval_policy=MISSING, mixing=MISSING, loss_label_smoothing=MISSING,
+               mix_label_smoothing=MISSING, train_images=0, val_images=0, classes=0, steps_per_epoch=0,
+               teacher_info=None)
 
 
 class FlagError(UsageError):
