@@ -88,7 +88,8 @@ def build_parser():
     g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
-    g.add_argument("--data", "--data-path", "--data-dir", metavar="ROOT", help="folder holding val/<class>/..., or the val folder itself")
+    g.add_argument("--data", "--data-path", "--data-dir", metavar="ROOT",
+                   help="folder holding val/<class>/..., or the val folder itself")
     g.add_argument("--batch-size", "-b", type=COUNT, default=128, help="images per batch per process")
     g.add_argument("--workers", "-j", type=WORKERS, default=4,
                    help="decoding processes per rank (0: in the main process)" + WORKERS_HELP)

@@ -204,10 +204,10 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
     total, spe = cfg.total_steps, cfg.steps_per_epoch
     lines += [f"processes {cfg.world_size} x batch {cfg.batch_size} x accum {cfg.accum_steps} = global batch "
               f"{cfg.global_batch_size}",
-              f"learning rate {cfg.peak_lr:.6g}" + ("" if cfg.lr_given else
-                                                     f" (= {cfg.lr_base} x {cfg.global_batch_size} / 256, linear scaling)"),
-              f"data: {cfg.train_images} train / {cfg.val_images} val images, {cfg.classes} classes; {spe} steps/epoch, "
-              f"{total} steps",
+              f"learning rate {cfg.peak_lr:.6g}"
+              + ("" if cfg.lr_given else f" (= {cfg.lr_base} x {cfg.global_batch_size} / 256, linear scaling)"),
+              f"data: {cfg.train_images} train / {cfg.val_images} val images, {cfg.classes} classes; "
+              f"{spe} steps/epoch, {total} steps",
               *(group_lines(cfg, groups) or [f"parameter groups: {count_param_groups(groups)}"]), loss_line(cfg)]
     keys = sorted({0, 1, round(cfg.warmup_epochs * spe), total // 2, total - 1})
     lines.append("LR at steps: " + ", ".join(f"{s}: {cfg.lr_at(s):.6g}" for s in keys if 0 <= s < total))
@@ -215,7 +215,8 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
         lines += progressive_plan(cfg)
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
-              f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), {p.decode} decode"]
+              f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), "
+              f"{p.decode} decode"]
     lines += [f"NOTE: {n}" for n in notes(cfg)]
     lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)

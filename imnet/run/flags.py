@@ -266,15 +266,15 @@ def add_familiar(parser: Parser, pointers: dict, values: dict | None = None) -> 
     same = [f"{s} ({a.option_strings[0]}{', with ' + NEEDS[s][0] if s in NEEDS else ''})"
             for a in settings(parser).values() for s in a.option_strings[1:] if not s.startswith("--no-")]
     same += [f"{name} (--{target}, {', '.join(f'{k} = {v}' for k, v in table.items())})" if target else
-             f"{name} {' '.join(table)} (imnet's fixed behaviour)" for name, (target, table, _) in (values or {}).items()]
+             f"{name} {' '.join(table)} (imnet's fixed behaviour)"
+             for name, (target, table, _) in (values or {}).items()]
     parser.epilog = (f"Familiar spellings of torchvision's and timm's scripts: {', '.join(same)}. Refused with what "
                      f"to type instead: {', '.join(pointers)}.")
     return parser
 
+
 def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=None) -> None:
-    """The evaluation-policy flags, one definition for train.py and eval.py (whose older spellings are passed
-    in ``names`` as extra aliases). dests: val_crop_size, val_resize_size, crop_pct, val_interpolation,
-    val_decode (imnet.run.config.EVAL_FLAGS maps them to the EvalPolicy's fields)."""
+    """The evaluation-policy flags of train.py and eval.py (``names``: eval.py's older spellings by dest)."""
     names = names or {}
     g.add_argument("--val-crop-size", *names.get("val_crop_size", ()), type=SIZE, default=crop_default,
                    help="centre crop size for evaluation (224, 288, 384...)")
@@ -286,8 +286,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
     g.add_argument("--val-interpolation", *names.get("val_interpolation", ()), choices=INTERPOLATIONS, default=None,
                    help="evaluation resize resampling")
     g.add_argument("--val-decode", *names.get("val_decode", ()), choices=DECODE_MODES, default=decode_default,
-                   help="full: canonical pixels (torchvision's Resize + CenterCrop); reduced: faster DCT-scaled JPEG "
-                        "decoding, not the published pipeline")
+                   help="full: torchvision's Resize + CenterCrop pixels; reduced: faster DCT-scaled JPEG decoding")
 
 
 def build_parser() -> Parser:
@@ -297,13 +296,13 @@ def build_parser() -> Parser:
                            "With no arguments at all, runs the demo recipe on a generated dataset.")
     g = p.add_argument_group("recipe")
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="fill defaults from a recipe (see recipes.md); explicit flags override; "
-                        "--recipe NAME --help shows its values")
+                   help="defaults from a recipe (recipes.md); --recipe NAME --help shows its values")
     g.add_argument("--config", metavar="FILE", default=None,
                    help="start from a run's config.json (flags given here override it)")
 
     g = p.add_argument_group("data")
-    g.add_argument("--data", "--data-path", "--data-dir", help="root folder holding train/ and val/ (class subfolders in each)")
+    g.add_argument("--data", "--data-path", "--data-dir",
+                   help="root folder holding train/ and val/ (class subfolders in each)")
     g.add_argument("--workers", "-j", type=WORKERS, default=4,
                    help="data loading processes per training process" + WORKERS_HELP)
     g.add_argument("--train-crop-size", type=SIZE, default=224, help="RandomResizedCrop output size")
@@ -317,11 +316,9 @@ def build_parser() -> Parser:
                    help="RandomResizedCrop area fraction range (0.08-1 for ImageNet; larger for small objects)")
     g.add_argument("--progressive-res", type=SIZE, nargs=2, default=None, metavar=("START", "END"),
                    help="progressive resolution: the RandomResizedCrop size ramps from START to END (multiples of "
-                        "16; sets --train-crop-size to END) over --progressive-epochs; evaluation keeps its own "
-                        "sizes (evaluating above the last training size is intended: Touvron et al. 2019)")
+                        "16; sets --train-crop-size to END) over --progressive-epochs")
     g.add_argument("--progressive-epochs", type=NATURAL, nargs=2, default=None, metavar=("FROM", "TO"),
-                   help="epoch numbers (from 1, as printed) of the ramp: START up to epoch FROM, END from epoch TO "
-                        "on, linear in between, rounded to a multiple of 16 (FFCV's schedule)")
+                   help="epochs (from 1) of the ramp: START up to epoch FROM, END from epoch TO on, linear between")
     g.add_argument("--max-bad-images", type=max_bad_images, default="0.001",
                    help="unreadable images tolerated before stopping: a count (10) or a fraction of the set (0.001)")
     g.add_argument("--fake-data", action="store_true",
@@ -330,19 +327,15 @@ def build_parser() -> Parser:
 
     g = p.add_argument_group("model")
     g.add_argument("--model", default="resnet50",
-                   help="any torchvision classification model name (torchvision.models.list_models(module="
-                        "torchvision.models); EfficientNet-Lite is not one), deit_tiny, deit_small")
+                   help="a torchvision classification model name, deit_tiny or deit_small")
     g.add_argument("--drop-path", type=FRACTION_OPEN, default=None,
                    help="stochastic depth rate (default: the model's own)")
     g.add_argument("--init-from", "--initial-checkpoint", metavar="PATH", default=None,
-                   help="start a NEW run (fresh optimizer and schedule, epoch 0) from these weights: a train.py "
-                        "checkpoint or a plain state_dict (.pth). Keys must match, except the classifier head "
-                        "(re-initialised when the classes differ) and a ViT position embedding (interpolated to "
-                        "--train-crop-size)")
+                   help="start a new run from these weights (a train.py checkpoint or a state_dict); a head of "
+                        "other classes is re-initialised, a ViT position embedding interpolated")
     g.add_argument("--init-ema", action="store_true", help="take the EMA weights of the --init-from checkpoint")
     g.add_argument("--weights", metavar="NAME", default=None,
-                   help="like --init-from, from torchvision's published weights, e.g. ResNet50_Weights.IMAGENET1K_V2 "
-                        "(downloaded once into torchvision's cache, torch.hub.get_dir()/checkpoints)")
+                   help="like --init-from, from torchvision's weights, e.g. ResNet50_Weights.IMAGENET1K_V2")
     g.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=False,
                    help="NHWC memory format (faster convolutions on GPUs and on this CPU)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -353,10 +346,10 @@ def build_parser() -> Parser:
     g.add_argument("--batch-size", "-b", type=COUNT, default=32, help="images per process per micro-step")
     g.add_argument("--global-batch", type=COUNT, default=None,
                    help="total batch per optimizer step; sets --batch-size = global / (world size * accum steps)")
-    g.add_argument("--accum-steps", "--grad-accum-steps", type=COUNT, default=1, help="micro-steps accumulated per optimizer step")
+    g.add_argument("--accum-steps", "--grad-accum-steps", type=COUNT, default=1,
+                   help="micro-steps accumulated per optimizer step")
     g.add_argument("--opt", choices=["sgd", "adamw", "lars", "lamb"], default="sgd",
-                   help="optimizer; lars and lamb (imnet/lars.py, for large batches) give no weight decay and no "
-                        "trust ratio to the parameters --no-decay-on exempts")
+                   help="optimizer (sgd: momentum, Nesterov with --nesterov; lars, lamb: for large batches)")
     g.add_argument("--lr", type=MAGNITUDE, default=None, help="learning rate as is (overrides --lr-base)")
     g.add_argument("--lr-base", type=MAGNITUDE, default=0.1,
                    help="learning rate per 256 images, scaled linearly to the global batch (Goyal et al. 2017)")
@@ -366,20 +359,18 @@ def build_parser() -> Parser:
                    help="L2 (SGD) or decoupled (AdamW) weight decay")
     g.add_argument("--no-decay-on", nargs="+", choices=[*NO_DECAY_CATEGORIES, "none"], default=list(IMNET_NO_DECAY),
                    metavar="CATEGORY",
-                   help="parameters trained without weight decay: norm (normalization layers' weights and biases, "
-                        "torchvision's --norm-weight-decay 0), bias (parameters named bias: --bias-weight-decay 0), "
-                        "embedding (class tokens, position embeddings, relative-position tables: "
-                        "--transformer-embedding-decay 0), 1d (every parameter of <= 1 dimension: timm's and DeiT's "
-                        "rule), layer_scale (ConvNeXt's); none: decay every parameter")
-    g.add_argument("--clip-grad", "--clip-grad-norm", type=MAGNITUDE, default=0.0, help="max global gradient norm (0: off)")
+                   help="parameters without weight decay: norm layers, biases, embeddings (tokens, position "
+                        "tables), 1d (<= 1 dimension: timm's rule), layer_scale; none: decay all")
+    g.add_argument("--clip-grad", "--clip-grad-norm", type=MAGNITUDE, default=0.0,
+                   help="max global gradient norm (0: off)")
     g.add_argument("--sam", type=MAGNITUDE, default=0.0, metavar="RHO",
-                   help="Sharpness-Aware Minimization with radius RHO, e.g. 0.05 (0: off); two forward/backward "
-                        "passes per step; not with --accum-steps > 1")
+                   help="Sharpness-Aware Minimization with radius RHO, e.g. 0.05 (0: off); not with --accum-steps > 1")
     g.add_argument("--sam-adaptive", action="store_true", help="adaptive SAM (ASAM; use a larger RHO, e.g. 0.5)")
 
     g = p.add_argument_group("schedule")
     g.add_argument("--sched", choices=["cosine", "step", "constant"], default="cosine", help="LR schedule")
-    g.add_argument("--warmup-epochs", "--lr-warmup-epochs", type=Range(float, 0.0), default=0.0, help="linear warmup length")
+    g.add_argument("--warmup-epochs", "--lr-warmup-epochs", type=Range(float, 0.0), default=0.0,
+                   help="linear warmup length")
     g.add_argument("--warmup-start-factor", "--lr-warmup-decay", type=PROB, default=0.01,
                    help="warmup starts at this fraction of the LR")
     g.add_argument("--min-lr", "--lr-min", type=MAGNITUDE, default=0.0, help="cosine floor")
@@ -402,40 +393,32 @@ def build_parser() -> Parser:
                    help="RandAugment magnitude (bin of torchvision's 31)")
     g.add_argument("--random-erase", "--reprob", type=PROB, default=0.0, help="RandomErasing probability per image")
     g.add_argument("--random-erase-mode", "--remode", choices=ERASE_MODES, default="pixel",
-                   help="what fills the erased box: pixel (per-pixel normal noise, timm's and DeiT's) or const (0 "
-                        "after normalisation = the mean colour, torchvision's RandomErasing value=0)")
+                   help="erased box fill: pixel (normal noise, timm's) or const (the mean colour, torchvision's)")
     g.add_argument("--ra-reps", type=COUNT, default=1, metavar="N",
-                   help="repeated augmentation (DeiT's RASampler): each image N times per epoch, differently "
-                        "augmented, on different processes when there are >= N; the epoch keeps its length, so it "
-                        "sees about 1/N of the images (1: off)")
+                   help="repeated augmentation (DeiT's RASampler): each image N times per epoch, the epoch keeping "
+                        "its length (1: off)")
     g.add_argument("--ema", "--model-ema", action=argparse.BooleanOptionalAction, default=False,
                    help="keep an EMA of the weights")
     g.add_argument("--ema-decay", type=Range(float, 0.0, 1.0, lo_open=True, hi_open=True), default=0.9999,
                    help="EMA decay per optimizer step")
     g.add_argument("--ema-every", type=COUNT, default=1, help="update the EMA every k optimizer steps (decay**k)")
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=False,
-                   help="ramp the EMA decay up over the first updates: min(decay, (1 + n) / (10 + n)) after n updates "
-                        "(TensorFlow's ExponentialMovingAverage num_updates)")
+                   help="EMA decay min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's num_updates)")
     g.add_argument("--ema-copy-warmup", action=argparse.BooleanOptionalAction, default=False,
-                   help="torchvision's EMA start: the first EMA update, every update during the LR warmup "
-                        "(--warmup-epochs) and the first one after it copy the weights; averaging starts after "
-                        "(off: the average starts from the initial weights, as timm's ModelEma in DeiT)")
+                   help="torchvision's EMA start: updates copy the weights until the LR warmup ends (off: average "
+                        "from the initial weights, as timm's)")
     g.add_argument("--swa-start", type=COUNT, default=None, metavar="EPOCH",
                    help="Stochastic Weight Averaging: from this epoch (1-based) on, train at --swa-lr and average "
-                        "the weights at the end of each epoch; the average's BatchNorm statistics are recomputed "
-                        "over the epoch's training data at each update, before the average is saved or evaluated")
+                        "the weights at each epoch's end (BatchNorm statistics recomputed)")
     g.add_argument("--swa-lr", type=Range(float, 0.0, lo_open=True), default=None,
                    help="constant learning rate of the SWA epochs")
 
     g = p.add_argument_group("distillation, large batches, fine-tuning")
     g.add_argument("--teacher", metavar="PATH|WEIGHTS", default=None,
-                   help="knowledge distillation from this teacher: a train.py checkpoint, a plain state_dict (with "
-                        "--teacher-model), or torchvision weights by name (RegNet_Y_16GF_Weights.IMAGENET1K_V2). It "
-                        "runs in eval mode, without gradients, under the same autocast, on the student's batch "
-                        "after MixUp/CutMix (as DeiT); its classes and input size must be the student's; it is "
-                        "not saved in the checkpoints (its path and sha256 are)")
+                   help="knowledge distillation from a train.py checkpoint, a state_dict (with --teacher-model) or "
+                        "torchvision weights (RegNet_Y_16GF_Weights.IMAGENET1K_V2), of the student's classes")
     g.add_argument("--teacher-model", metavar="NAME", default=None,
-                   help="the teacher's network, for a --teacher state_dict (checkpoints and weights names say it)")
+                   help="the teacher's network, for a --teacher state_dict")
     g.add_argument("--distill", choices=["hard", "soft"], default="hard",
                    help="hard: cross-entropy to the teacher's top-1 class (DeiT's best); soft: tau^2 KL at "
                         "temperature tau (Hinton et al. 2015)")
@@ -444,58 +427,53 @@ def build_parser() -> Parser:
     g.add_argument("--distill-tau", type=Range(float, 0.0, lo_open=True), default=1.0,
                    help="temperature of --distill soft")
     g.add_argument("--layer-decay", type=Range(float, 0.0, 1.0, lo_open=True), default=None, metavar="RATE",
-                   help="layer-wise LR decay for fine-tuning ViT/DeiT/Swin/ConvNeXt (BEiT, MAE: 0.65-0.75): "
-                        "block i of L trains at LR x RATE^(L + 1 - i), the head at LR (default: off)")
+                   help="layer-wise LR decay for fine-tuning ViT/DeiT/Swin/ConvNeXt: block i of L at LR x "
+                        "RATE^(L + 1 - i) (BEiT, MAE: 0.65-0.75)")
     g.add_argument("--bce", "--bce-loss", action="store_true",
-                   help="binary cross-entropy on the (mixed, smoothed) targets instead of cross-entropy "
-                        "('ResNet strikes back')")
+                   help="binary cross-entropy on the (mixed, smoothed) targets ('ResNet strikes back')")
     g.add_argument("--bce-target-thresh", type=Range(float, 0.0, 1.0, hi_open=True), default=None,
                    metavar="T", help="with --bce: targets above T count as 1, the others as 0 (RSB: 0.2)")
 
     g = p.add_argument_group("mixed precision")
     g.add_argument("--amp", choices=[*AMP_CHOICES, "auto"], default="none", nargs="?", const="auto",
-                   help="autocast dtype; fp16 adds loss scaling. A bare --amp (= auto) means bf16 on GPUs that "
-                        "have it, fp16 on older GPUs, and no autocast (fp32, with a note) on the CPU and MPS, where "
-                        "bf16 is slow without native support")
+                   help="autocast dtype; fp16 adds loss scaling. A bare --amp is bf16 on GPUs that have it, fp16 on "
+                        "older GPUs, fp32 on the CPU and MPS")
 
     g = p.add_argument_group("distributed")
     g.add_argument("--device", default="auto",
                    help="cuda, cuda:N, mps or cpu (auto: cuda:LOCAL_RANK if available, else Apple's mps, else cpu)")
     g.add_argument("--seed", type=SEED, default=0, help="seed of weights, data order, augmentation and mixing")
-    g.add_argument("--deterministic", "--use-deterministic-algorithms", action="store_true", help="deterministic kernels (slower on GPU)")
+    g.add_argument("--deterministic", "--use-deterministic-algorithms", action="store_true",
+                   help="deterministic kernels (slower on GPU)")
 
     g = p.add_argument_group("checkpointing")
     g.add_argument("--output", "--output-dir", default=None,
-                   help="run folder (default: runs/<recipe or model>); one run at a time (OUTPUT/.lock), and a "
-                        "folder holding a run needs --resume auto")
+                   help="run folder (default: runs/<recipe or model>); a folder holding a run needs --resume auto")
     g.add_argument("--resume", default=None,
                    help="'auto' (continue from OUTPUT/last.pt if present, else start fresh) or a checkpoint path")
     g.add_argument("--save-every-minutes", type=Range(float, 0.0), default=30.0,
                    help="also write last.pt mid-epoch this often (0: only at epoch ends)")
     g.add_argument("--stop-at-step", type=COUNT, default=None,
-                   help="act as if preempted once this many optimizer steps are done: write last.pt, exit 0 "
-                        "(for time-sliced jobs; --resume auto continues)")
+                   help="stop as if preempted after this many optimizer steps (last.pt, exit 0; --resume auto "
+                        "continues)")
     g.add_argument("--eval-every", type=NATURAL, default=1,
                    help="evaluate every N epochs and after the last (0: last only)")
 
     g = p.add_argument_group("logging")
-    g.add_argument("--log-every", "--log-interval", type=COUNT, default=50, help="console/jsonl line every N optimizer steps")
+    g.add_argument("--log-every", "--log-interval", type=COUNT, default=50,
+                   help="console/jsonl line every N optimizer steps")
     g.add_argument("--dry-run", action="store_true", help="build everything, print the plan and warnings, exit")
     g.add_argument("--quiet", action="store_true", help="no console progress lines")
     g.add_argument("--tensorboard", action="store_true",
-                   help="also write log.jsonl's scalars as TensorBoard events into the run folder (needs the "
-                        "tensorboard package: pip install tensorboard)")
+                   help="also write log.jsonl's scalars as TensorBoard events (pip install tensorboard)")
     return add_familiar(p, POINTERS, VALUES)
 
 
 # ----------------------------------------------------------------------------------------------- layers
 
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
-    """-> (every flag's value below the command line, the flags given on the command line).
-
-    Layers, lowest first: argparse defaults < --recipe < --config FILE < command line. A bare `python train.py`
-    (no arguments at all) is the demo recipe; any other command without --data or --fake-data is refused at
-    setup (a flag the user gave would otherwise be silently mixed with the demo's settings)."""
+    """-> (every flag's value below the command line, the flags given on the command line). No arguments at all
+    is the demo recipe."""
     parser = build_parser()
     if not argv:
         argv = ["--recipe", "demo"]  # the demo (its dataset is generated on first use)
@@ -526,9 +504,8 @@ def exit_on_bad_flags(argv: list[str]) -> None:
 
 
 def check_value(action: argparse.Action, value):
-    """``value`` (from a JSON file) for the flag of ``action``, checked exactly as the command line checks it:
-    its JSON type, then the flag's own type (with its range) and choices on each element. -> the value argparse
-    would have produced; ArgumentTypeError (the reason) otherwise."""
+    """``value`` from a JSON file, checked as the command line checks it (JSON type, then the flag's type, range
+    and choices) -> the value argparse would have produced; ArgumentTypeError otherwise."""
     switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
                                  argparse.BooleanOptionalAction))
     if switch:
@@ -561,8 +538,7 @@ def check_value(action: argparse.Action, value):
 
 
 def read_config_file(path: str, parser: Parser | None = None) -> dict:
-    """The flag values stored in a run's ``config.json`` (derived values are recomputed, not read), each checked
-    by `check_value` like the same value on the command line. FlagError with the setting and its rule."""
+    """The flag values of a run's ``config.json`` (not the derived ones), each checked by `check_value`."""
     parser = parser or build_parser()
     try:
         with open(path) as fh:
