@@ -179,53 +179,43 @@ def settings(parser: Parser) -> dict:
 # meaning are extra option strings of imnet's flags (--wd of --weight-decay). The others are below.
 
 # theirs, with another meaning than any imnet flag's -> what to type instead
+_STEP = "timm's step decay is --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
+_DECAY = "imnet decays {0} at --weight-decay or not at all: --no-decay-on {0} is torchvision's --{1}-decay 0"
 POINTERS = {
-    "--lr-step-size": "torchvision's S steps every S epochs: type --sched step --lr-milestones S 2S 3S ... (below "
-                      "--epochs)",
+    "--lr-step-size": "torchvision's S is --sched step --lr-milestones S 2S 3S ... (below --epochs)",
     "--print-freq": "torchvision's counts batches: type --log-every N (optimizer steps of --accum-steps batches)",
-    "--test-only": "evaluating is eval.py's job: type python eval.py --checkpoint RUN/best.pt --data ROOT (with "
-                   "--use-ema for the EMA weights)",
-    "--model-ema-decay": "timm's is the decay per step: type --ema-decay D; for torchvision's, "
-                         "imnet.run.recipes.torchvision_ema_decay gives the --ema-decay to use with --ema-every STEPS",
-    "--model-ema-steps": "torchvision's also enters its decay: type --ema-every K with the --ema-decay that "
-                         "imnet.run.recipes.torchvision_ema_decay gives",
-    "--img-size": "timm's sets both crops: type --train-crop-size N --val-crop-size N (with --crop-pct P for timm's "
-                  "crop_pct)",
+    "--test-only": "type python eval.py --checkpoint RUN/best.pt --data ROOT (--use-ema for the EMA weights)",
+    "--model-ema-decay": "timm's is --ema-decay D; imnet.run.recipes.torchvision_ema_decay converts torchvision's "
+                         "for --ema-every STEPS",
+    "--model-ema-steps": "type --ema-every K with the --ema-decay that imnet.run.recipes.torchvision_ema_decay gives",
+    "--img-size": "timm's sets both crops: type --train-crop-size N --val-crop-size N (--crop-pct P for its crop_pct)",
     "--input-size": "timm's C H W: type --train-crop-size N --val-crop-size N (square RGB inputs only)",
-    "--aa": "timm's policy strings are not imnet's: the closest to rand-mM is --auto-augment ra --ra-magnitude M "
-            "--ra-num-ops 2 (also --auto-augment ta_wide, imagenet)",
+    "--aa": "timm's rand-mM is closest to --auto-augment ra --ra-magnitude M --ra-num-ops 2",
     "--warmup-lr": "timm's is an absolute LR: type --warmup-start-factor F with F = warmup LR / peak LR",
     "--amp-dtype": "imnet's --amp takes the dtype: type --amp fp16 (with loss scaling) or --amp bf16",
     "--pretrained": "type --weights with the model's torchvision weights, e.g. --weights ResNet50_Weights.DEFAULT",
-    "--decay-epochs": "timm's step decay: type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE",
-    "--decay-rate": "timm's step decay: type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE",
+    "--decay-epochs": _STEP,
+    "--decay-rate": _STEP,
     "--experiment": "timm's subfolder name: type --output FOLDER, the run folder itself",
     "--ra-sampler": "repeated augmentation is --ra-reps N: type --ra-reps 3 for torchvision's default",
-    "--norm-weight-decay": "norms decay at --weight-decay or not at all: --no-decay-on norm is torchvision's "
-                           "--norm-weight-decay 0",
-    "--bias-weight-decay": "biases decay at --weight-decay or not at all: --no-decay-on bias is torchvision's "
-                           "--bias-weight-decay 0",
-    "--transformer-embedding-decay": "embeddings decay at --weight-decay or not at all: --no-decay-on embedding "
-                                     "is torchvision's --transformer-embedding-decay 0",
+    "--norm-weight-decay": _DECAY.format("norm", "norm-weight"),
+    "--bias-weight-decay": _DECAY.format("bias", "bias-weight"),
+    "--transformer-embedding-decay": _DECAY.format("embedding", "transformer-embedding"),
 }
 # theirs, with imnet's meaning for some values only -> (imnet's dest, their value -> imnet's (None: imnet's fixed
 # behaviour, dropped), what to type for the others)
 VALUES = {
     "--lr-scheduler": ("sched", {"cosineannealinglr": "cosine"},
-                       "steplr is --sched step --lr-milestones S 2S 3S ... --lr-gamma G; exponentiallr has no imnet "
-                       "counterpart"),
+                       "steplr is --sched step --lr-milestones S 2S 3S ...; exponentiallr has no imnet counterpart"),
     "--hflip": (None, {"0.5": None}, "imnet always flips with probability 0.5: drop --hflip"),
-    "--lr-warmup-method": (None, {"linear": None}, "a constant warmup is not in imnet, whose warmup is linear: type "
-                                                   "--warmup-epochs N --warmup-start-factor F"),
+    "--lr-warmup-method": (None, {"linear": None},
+                           "imnet's warmup is linear: type --warmup-epochs N --warmup-start-factor F"),
 }
 # theirs, with imnet's meaning only beside another of theirs -> (that flag, what to type without it)
-NEEDS = {
-    "--lr-warmup-epochs": ("--lr-warmup-method", "torchvision's warmup is constant unless --lr-warmup-method linear "
-                                                 "is given: add it, or type --warmup-epochs N --warmup-start-factor D"),
-}
+NEEDS = {"--lr-warmup-epochs": ("--lr-warmup-method", "torchvision's warmup is constant unless --lr-warmup-method "
+                                                      "linear: add it, or type --warmup-epochs N")}
 EVAL_POINTERS = {
-    "--img-size": "timm's validate.py --img-size N is the evaluation crop: type --val-crop-size N (with --crop-pct P "
-                  "for timm's crop_pct)",
+    "--img-size": "timm's is the evaluation crop: type --val-crop-size N (--crop-pct P for its crop_pct)",
     "--amp-dtype": POINTERS["--amp-dtype"],
     "--test-only": "eval.py only evaluates: drop --test-only",
 }
@@ -252,7 +242,7 @@ class Familiar(argparse.Action):
         key = None if value is None else _value_key(value)
         if key not in self.values:
             shown = option_string + ("" if value is None else f" {value}")
-            raise FlagError(f"{shown} means another thing than any imnet flag: {self.hint}.")
+            raise FlagError(f"{shown} is another script's flag, without an imnet equivalent as given: {self.hint}.")
         if self.values[key] is not None:
             setattr(namespace, self.target, self.values[key])
 
