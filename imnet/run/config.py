@@ -203,8 +203,9 @@ def _flags(self) -> dict:
 
 # Everything a training run does, resolved once: train.py's flags (but the evaluation flags, resolved into
 # eval_policy) and the values `resolve` and with_data derive (flags.DERIVED).
+_SETTINGS = settings(build_parser())
 Config = dataclasses.make_dataclass(
-    "Config", [(name, Any) for name in settings(build_parser()) if name not in EVAL_FLAGS]
+    "Config", [(name, Any) for name in _SETTINGS if name not in EVAL_FLAGS]
     + [(name, Any, dataclasses.field(default=default)) for name, default in DERIVED.items()],
     frozen=True, namespace=dict(
         total_steps=property(lambda self: self.epochs * self.steps_per_epoch),
@@ -281,8 +282,9 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     # Label smoothing has one home: the MixUp/CutMix soft targets when they are on (their mixer smooths every
     # batch, mixed or not), else the loss; never both, never the distillation term (DeiT).
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
-    for key in ("crop_scale", "lr_milestones", "progressive_res", "progressive_epochs"):
-        f[key] = tuple(f[key]) if f[key] is not None else None
+    for key, action in _SETTINGS.items():  # a frozen Config holds tuples
+        if action.nargs not in (None, "?", 0) and f[key] is not None:
+            f[key] = tuple(f[key])
     for key in EVAL_FLAGS:
         del f[key]
     return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given,
@@ -298,8 +300,7 @@ def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
         if f["teacher_model"] is not None:
             raise ConfigError(f"--teacher-model {f['teacher_model']} names the network of a --teacher state_dict; "
                               f"give --teacher PATH too (or drop --teacher-model).")
-        named = [flag for key, flag in (("distill", "--distill"), ("distill_alpha", "--distill-alpha"),
-                                        ("distill_tau", "--distill-tau")) if key in given]
+        named = ["--" + key.replace("_", "-") for key in ("distill", "distill_alpha", "distill_tau") if key in given]
         if named:
             raise ConfigError(f"{', '.join(named)} set{'s' if len(named) == 1 else ''} how to distil from a "
                               f"teacher, but no --teacher was given: add --teacher PATH|WEIGHTS, or drop "

@@ -258,8 +258,8 @@ def add_familiar(parser: Parser, pointers: dict, values: dict | None = None) -> 
     same += [f"{name} (--{target}, {', '.join(f'{k} = {v}' for k, v in table.items())})" if target else
              f"{name} {' '.join(table)} (imnet's fixed behaviour)"
              for name, (target, table, _) in (values or {}).items()]
-    parser.epilog = (f"Familiar spellings of torchvision's and timm's scripts: {', '.join(same)}. Refused with what "
-                     f"to type instead: {', '.join(pointers)}.")
+    parser.epilog = (f"Also accepted (torchvision's, timm's and older spellings): {', '.join(same)}. Refused, with "
+                     f"what to type instead: {', '.join(pointers)}.")
     return parser
 
 
@@ -548,7 +548,7 @@ def read_config_file(path: str, parser: Parser | None = None) -> dict:
         try:
             out[key] = check_value(actions[key], value)
         except argparse.ArgumentTypeError as e:
-            flag = max(actions[key].option_strings, key=len)
+            flag = actions[key].option_strings[0]
             raise FlagError(f"--config {path}: setting {key!r} ({flag}) {e}. Fix the file, or override the setting "
                             f"on the command line.") from None
     return out
