@@ -23,7 +23,7 @@ import torch
 from imnet.run import dist
 from imnet.run.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
 from imnet.optim import count_param_groups
-from imnet.run.recipes import META, RECIPES, reference_global_batch, reference_lr
+from imnet.run.recipes import META, RECIPES
 from imnet.schedule import scale_lr
 
 REFERENCE_GPUS = 8
@@ -55,6 +55,15 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+def reference(cfg: Config, recipe: dict | None) -> tuple[dict | None, int | None, float | None]:
+    """-> (the recipe cfg is checked against: ``recipe`` or cfg's own, its reference global batch, its LR there)."""
+    recipe = RECIPES.get(cfg.recipe) if recipe is None else recipe
+    if recipe is None or "lr_base" not in recipe or "batch_size" not in recipe:
+        return recipe, None, None
+    batch = recipe["batch_size"] * META.get(cfg.recipe, {}).get("gpus", REFERENCE_GPUS) * recipe.get("accum_steps", 1)
+    return recipe, batch, scale_lr(recipe["lr_base"], batch)
+
+
 def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
     """Facts worth knowing that are not mistakes: a typed --opt sgd that is not timm's, a teacher that cannot be
     checked, a recipe's LR rescaled to another global batch."""
@@ -67,14 +76,9 @@ def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
         out.append(f"the teacher {teacher['spec']} is a plain state_dict: its training resolution and normalisation "
                    f"are unknown, so they cannot be checked against the student's {cfg.train_crop_size} px crops.")
     name = cfg.recipe
-    if recipe is None and name in RECIPES:
-        recipe = RECIPES[name]
-    if recipe is None or name not in META or "lr_base" not in recipe or cfg.lr_given:
+    recipe, ref_batch, ref_lr = reference(cfg, recipe)
+    if ref_batch is None or name not in META or cfg.lr_given or cfg.global_batch_size == ref_batch:
         return out
-    ref_batch = reference_global_batch(name)
-    if cfg.global_batch_size == ref_batch:
-        return out
-    ref_lr = reference_lr(name)
     return out + [f"recipe '{name}' is tuned for a global batch of {ref_batch} ({META[name]['gpus']} process(es) x "
             f"{recipe['batch_size']} x {recipe.get('accum_steps', 1)} accumulation steps); this run's is "
             f"{cfg.global_batch_size}, so its LR is rescaled linearly from {ref_lr:g} to {cfg.peak_lr:g}."]
@@ -84,9 +88,7 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
     """Warnings for a resolved Config; the checks against a recipe (``RECIPES[cfg.recipe]`` by default) are skipped
     without one. ``device``: the run's device type (default: what ``cfg.device`` resolves to here)."""
     name = cfg.recipe
-    if recipe is None and name in RECIPES:
-        recipe = RECIPES[name]
-    gpus = META[name]["gpus"] if name in META else REFERENCE_GPUS
+    recipe, ref_batch, ref_lr = reference(cfg, recipe)
     warnings = []
 
     wd = cfg.weight_decay or 0.0
@@ -136,15 +138,12 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
                 f"Eval policy differs from recipe '{name}': {mismatch} Fix: drop --val-resize-size / "
                 f"--val-crop-size / --crop-pct / --interpolation.")
 
-    if "lr_base" in recipe and "batch_size" in recipe:
-        ref_batch = recipe["batch_size"] * gpus * recipe.get("accum_steps", 1)
-        ref_lr = scale_lr(recipe["lr_base"], ref_batch)
-        lr = cfg.peak_lr
-        if cfg.lr_given and math.isclose(lr, ref_lr, rel_tol=1e-9) and global_batch != ref_batch:
-            scaled = scale_lr(recipe["lr_base"], global_batch)
-            warnings.append(
-                f"--lr {lr:g} is recipe '{name}''s LR for its global batch of {ref_batch}, but this run's is "
-                f"{global_batch}. Fix: drop --lr (the recipe's --lr-base is scaled) or pass --lr {scaled:g}.")
+    lr = cfg.peak_lr
+    if ref_batch and cfg.lr_given and math.isclose(lr, ref_lr, rel_tol=1e-9) and global_batch != ref_batch:
+        warnings.append(
+            f"--lr {lr:g} is recipe '{name}''s LR for its global batch of {ref_batch}, but this run's is "
+            f"{global_batch}. Fix: drop --lr (the recipe's --lr-base is scaled) or pass "
+            f"--lr {scale_lr(recipe['lr_base'], global_batch):g}.")
     return warnings
 
 
