@@ -52,7 +52,7 @@ DIFFERENT = {
     "--lr-step-size": (["--lr-step-size", "30"], "--sched step --lr-milestones S 2S 3S"),
     "--print-freq": (["--print-freq", "10"], "type --log-every N"),
     "--test-only": (["--test-only"], "python eval.py --checkpoint RUN/best.pt"),
-    "--model-ema-decay": (["--model-ema-decay", "0.99998"], "--ema-decay D; imnet.run.recipes.torchvision_ema_decay"),
+    "--model-ema-decay": (["--model-ema-decay", "0.99998"], "--ema-decay D for timm's; imnet.run.recipes.torchvision"),
     "--model-ema-steps": (["--model-ema-steps", "32"], "--ema-every K"),
     "--img-size": (["--img-size", "224"], "--train-crop-size N --val-crop-size N"),
     "--aa": (["--aa", "rand-m9-mstd0.5-inc1"], "--auto-augment ra --ra-magnitude M --ra-num-ops 2"),

@@ -179,25 +179,25 @@ def settings(parser: Parser) -> dict:
 # meaning are extra option strings of imnet's flags (--wd of --weight-decay). The others are below.
 
 # theirs, with another meaning than any imnet flag's -> what to type instead
-_STEP = "timm's step decay is --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
-_DECAY = "imnet decays {0} at --weight-decay or not at all: --no-decay-on {0} is torchvision's --{1}-decay 0"
+_STEP = "for timm's step decay type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
+_DECAY = "type --no-decay-on {0} for --{1}-decay 0 (imnet decays {0} at --weight-decay or not at all)"
 POINTERS = {
-    "--lr-step-size": "torchvision's S is --sched step --lr-milestones S 2S 3S ... (below --epochs)",
+    "--lr-step-size": "type --sched step --lr-milestones S 2S 3S ... (below --epochs)",
     "--print-freq": "torchvision's counts batches: type --log-every N (optimizer steps of --accum-steps batches)",
     "--test-only": "type python eval.py --checkpoint RUN/best.pt --data ROOT (--use-ema for the EMA weights)",
-    "--model-ema-decay": "timm's is --ema-decay D; imnet.run.recipes.torchvision_ema_decay converts torchvision's "
-                         "for --ema-every STEPS",
+    "--model-ema-decay": "type --ema-decay D for timm's; imnet.run.recipes.torchvision_ema_decay converts "
+                         "torchvision's for --ema-every STEPS",
     "--model-ema-steps": "type --ema-every K with the --ema-decay that imnet.run.recipes.torchvision_ema_decay gives",
     "--img-size": "timm's sets both crops: type --train-crop-size N --val-crop-size N (--crop-pct P for its crop_pct)",
     "--input-size": "timm's C H W: type --train-crop-size N --val-crop-size N (square RGB inputs only)",
-    "--aa": "timm's rand-mM is closest to --auto-augment ra --ra-magnitude M --ra-num-ops 2",
+    "--aa": "the closest to timm's rand-mM is --auto-augment ra --ra-magnitude M --ra-num-ops 2",
     "--warmup-lr": "timm's is an absolute LR: type --warmup-start-factor F with F = warmup LR / peak LR",
     "--amp-dtype": "imnet's --amp takes the dtype: type --amp fp16 (with loss scaling) or --amp bf16",
     "--pretrained": "type --weights with the model's torchvision weights, e.g. --weights ResNet50_Weights.DEFAULT",
     "--decay-epochs": _STEP,
     "--decay-rate": _STEP,
-    "--experiment": "timm's subfolder name: type --output FOLDER, the run folder itself",
-    "--ra-sampler": "repeated augmentation is --ra-reps N: type --ra-reps 3 for torchvision's default",
+    "--experiment": "type --output FOLDER, the run folder itself",
+    "--ra-sampler": "type --ra-reps 3 (torchvision's default repeats) or another N",
     "--norm-weight-decay": _DECAY.format("norm", "norm-weight"),
     "--bias-weight-decay": _DECAY.format("bias", "bias-weight"),
     "--transformer-embedding-decay": _DECAY.format("embedding", "transformer-embedding"),
@@ -206,8 +206,9 @@ POINTERS = {
 # behaviour, dropped), what to type for the others)
 VALUES = {
     "--lr-scheduler": ("sched", {"cosineannealinglr": "cosine"},
-                       "steplr is --sched step --lr-milestones S 2S 3S ...; exponentiallr has no imnet counterpart"),
-    "--hflip": (None, {"0.5": None}, "imnet always flips with probability 0.5: drop --hflip"),
+                       "for steplr type --sched step --lr-milestones S 2S 3S ...; exponentiallr has no imnet "
+                       "counterpart"),
+    "--hflip": (None, {"0.5": None}, "imnet always flips with probability 0.5, so drop --hflip"),
     "--lr-warmup-method": (None, {"linear": None},
                            "imnet's warmup is linear: type --warmup-epochs N --warmup-start-factor F"),
 }
@@ -242,7 +243,7 @@ class Familiar(argparse.Action):
         key = None if value is None else _value_key(value)
         if key not in self.values:
             shown = option_string + ("" if value is None else f" {value}")
-            raise FlagError(f"{shown} is another script's flag, without an imnet equivalent as given: {self.hint}.")
+            raise FlagError(f"{shown} is torchvision's or timm's flag, not imnet's: {self.hint}.")
         if self.values[key] is not None:
             setattr(namespace, self.target, self.values[key])
 
