@@ -77,14 +77,13 @@ def build_parser():
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
                    "and evaluation policy are read from it")
     g.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    g.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA average (train.py "
-                   "--swa-start), with the BatchNorm statistics train.py recomputed for it when it updated the average")
+    g.add_argument("--use-swa", action="store_true",
+                   help="evaluate the checkpoint's SWA average (train.py --swa-start)")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
     g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
                    "published weights); classes are the sorted class folders of the data")
     g.add_argument("--weights", metavar="NAME", help="torchvision's published weights, e.g. "
-                   "ResNet50_Weights.IMAGENET1K_V2 (downloaded once into torchvision's cache), evaluated with the "
-                   "policy of their card; prints the published acc@1/acc@5 beside the measured ones")
+                   "ResNet50_Weights.IMAGENET1K_V2, at their card's policy, beside their published acc@1/acc@5")
     g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
