@@ -23,36 +23,34 @@ from imnet.tools import export
 from imnet.run.atomic import check_writable
 from imnet.run.config import AMP_DTYPES, EvalPolicy
 from imnet.run.errors import UsageError, message_of
-from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_ALIASES, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
-                          add_eval_policy_flags)
+from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_POINTERS, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
+                              add_eval_policy_flags, add_familiar)
 from imnet.run.log import val_key
 from imnet.run.tta import TTA_VIEWS, view_transform
 
 
 # --------------------------------------------------------------------------------------------- flags
 def build_parser():
-    """eval.py's flags; the evaluation policy's are train.py's (imnet.run.flags.add_eval_policy_flags), with eval.py's
-    older spellings (--crop-size, --resize-size, --interpolation, --decode) kept as aliases, and the spellings of
-    torchvision's and timm's evaluation (imnet.run.flags.EVAL_ALIASES: --data-path, --data-dir, --model-ema)."""
-    parser = Parser(prog="eval.py", aliases=EVAL_ALIASES,
+    """eval.py's flags; the evaluation policy's are train.py's, with eval.py's older spellings (--crop-size...)."""
+    parser = Parser(prog="eval.py",
                     description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
                                 "distributed under torchrun), or benchmark inference with --bench.")
     g = parser.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
                    "and evaluation policy are read from it")
-    g.add_argument("--use-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    g.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA average (train.py "
-                   "--swa-start), with the BatchNorm statistics train.py recomputed for it when it updated the average")
+    g.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    g.add_argument("--use-swa", action="store_true",
+                   help="evaluate the checkpoint's SWA average (train.py --swa-start)")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
     g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
                    "published weights); classes are the sorted class folders of the data")
     g.add_argument("--weights", metavar="NAME", help="torchvision's published weights, e.g. "
-                   "ResNet50_Weights.IMAGENET1K_V2 (downloaded once into torchvision's cache), evaluated with the "
-                   "policy of their card; prints the published acc@1/acc@5 beside the measured ones")
+                   "ResNet50_Weights.IMAGENET1K_V2, at their card's policy, beside their published acc@1/acc@5")
     g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
-    g.add_argument("--data", metavar="ROOT", help="folder holding val/<class>/..., or the val folder itself")
+    g.add_argument("--data", "--data-path", "--data-dir", metavar="ROOT",
+                   help="folder holding val/<class>/..., or the val folder itself")
     g.add_argument("--batch-size", "-b", type=COUNT, default=128, help="images per batch per process")
     g.add_argument("--workers", "-j", type=WORKERS, default=4,
                    help="decoding processes per rank (0: in the main process)" + WORKERS_HELP)
@@ -86,7 +84,7 @@ def build_parser():
     g.add_argument("--bench-warmup", type=NATURAL, default=5,
                    help="untimed batches first (allocator, cudnn, compile)")
     g.add_argument("--bench-iters", type=COUNT, default=20, help="timed batches per batch size")
-    return parser
+    return add_familiar(parser, EVAL_POINTERS)
 
 
 def check_flags(args):

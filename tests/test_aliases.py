@@ -1,6 +1,6 @@
-"""The familiar spellings of torchvision's and timm's scripts (imnet/run/flags.py ALIASES, EVAL_ALIASES): each accepted
-one gives exactly the Config of imnet's own flag, in both ``--flag value`` and ``--flag=value`` forms; each whose
-meaning differs stops with one paragraph (exit 2) naming the imnet flag to use instead."""
+"""The familiar spellings of torchvision's and timm's scripts: each accepted one gives exactly the Config of
+imnet's own flag, in both ``--flag value`` and ``--flag=value`` forms; each whose meaning differs (flags.POINTERS,
+VALUES, NEEDS, EVAL_POINTERS) stops with one line (exit 2) naming what to type instead."""
 
 from __future__ import annotations
 
@@ -28,13 +28,23 @@ SAME = {
     "--cutmix-alpha": (["--cutmix-alpha", "1.0"], ["--cutmix", "1.0"]),
     "--clip-grad-norm": (["--clip-grad-norm", "1.5"], ["--clip-grad", "1.5"]),
     # after --sched step, so that the alias must really set cosine
-    "--lr-scheduler": (["--sched", "step", "--lr-scheduler", "CosineAnnealingLR"], ["--sched", "step", "--sched", "cosine"]),
+    "--lr-scheduler": (["--sched", "step", "--lr-scheduler", "CosineAnnealingLR"],
+                       ["--sched", "step", "--sched", "cosine"]),
     "--data-dir": (["--data-dir", "/data/in"], ["--data", "/data/in"]),
     "--grad-accum-steps": (["--grad-accum-steps", "2"], ["--accum-steps", "2"]),
     "--log-interval": (["--log-interval", "7"], ["--log-every", "7"]),
     "--hflip": (["--hflip", ".50"], []),
     "--mixup-prob": (["--mixup-prob", "0.3"], ["--mix-prob", "0.3"]),
     "--mixup-switch-prob": (["--mixup-switch-prob", "0.7"], ["--switch-prob", "0.7"]),
+    "--initial-checkpoint": (["--initial-checkpoint", "w.pth"], ["--init-from", "w.pth"]),
+    "--scale": (["--scale", "0.3", "1.0"], ["--crop-scale", "0.3", "1.0"]),
+    "--use-deterministic-algorithms": (["--use-deterministic-algorithms"], ["--deterministic"]),
+    "--output-dir": (["--output-dir", "p"], ["--output", "p"]),
+    "--smoothing": (["--smoothing", "0.1"], ["--label-smoothing", "0.1"]),
+    "--reprob": (["--reprob", "0.25"], ["--random-erase", "0.25"]),
+    "--remode": (["--remode", "const"], ["--random-erase-mode", "const"]),
+    "--model-ema": (["--model-ema"], ["--ema"]),
+    "--bce-loss": (["--bce-loss"], ["--bce"]),
 }
 
 # alias case -> (their command line, what the message must say: the imnet flag or the conversion)
@@ -42,7 +52,7 @@ DIFFERENT = {
     "--lr-step-size": (["--lr-step-size", "30"], "--sched step --lr-milestones S 2S 3S"),
     "--print-freq": (["--print-freq", "10"], "type --log-every N"),
     "--test-only": (["--test-only"], "python eval.py --checkpoint RUN/best.pt"),
-    "--model-ema-decay": (["--model-ema-decay", "0.99998"], "torchvision_ema_decay"),
+    "--model-ema-decay": (["--model-ema-decay", "0.99998"], "--ema-decay D for timm's; imnet.run.recipes.torchvision"),
     "--model-ema-steps": (["--model-ema-steps", "32"], "--ema-every K"),
     "--img-size": (["--img-size", "224"], "--train-crop-size N --val-crop-size N"),
     "--aa": (["--aa", "rand-m9-mstd0.5-inc1"], "--auto-augment ra --ra-magnitude M --ra-num-ops 2"),
@@ -51,8 +61,17 @@ DIFFERENT = {
     "--lr-scheduler steplr": (["--lr-scheduler", "steplr"], "--lr-milestones S 2S 3S"),
     "--lr-scheduler exponentiallr": (["--lr-scheduler=exponentiallr"], "exponentiallr has no imnet counterpart"),
     "--hflip 0.3": (["--hflip", "0.3"], "drop --hflip"),
-    "--lr-warmup-method constant": (["--lr-warmup-method", "constant"], "whose warmup is linear"),
+    "--lr-warmup-method constant": (["--lr-warmup-method", "constant"], "imnet's warmup is linear"),
     "--lr-warmup-epochs alone": (["--lr-warmup-epochs", "5"], "torchvision's warmup is constant unless"),
+    "--pretrained": (["--pretrained"], "--weights ResNet50_Weights.DEFAULT"),
+    "--input-size": (["--input-size", "3", "224", "224"], "--train-crop-size N --val-crop-size N"),
+    "--decay-epochs": (["--decay-epochs", "30"], "--sched step --lr-milestones E 2E 3E"),
+    "--decay-rate": (["--decay-rate", "0.1"], "--lr-gamma RATE"),
+    "--experiment": (["--experiment", "x"], "--output FOLDER"),
+    "--ra-sampler": (["--ra-sampler"], "--ra-reps 3"),
+    "--norm-weight-decay": (["--norm-weight-decay", "0"], "--no-decay-on norm"),
+    "--bias-weight-decay": (["--bias-weight-decay", "0"], "--no-decay-on bias"),
+    "--transformer-embedding-decay": (["--transformer-embedding-decay", "0"], "--no-decay-on embedding"),
 }
 
 
@@ -64,31 +83,40 @@ def resolved(argv):
 
 
 def with_equals(argv):
-    """--flag value -> --flag=value (argparse's other form)."""
+    """--flag value -> --flag=value (argparse's other form; a flag of one value)."""
     out = []
-    for a in argv:
-        if out and out[-1].startswith("--") and "=" not in out[-1] and not a.startswith("--"):
+    for i, a in enumerate(argv):
+        one = i + 1 == len(argv) or argv[i + 1].startswith("--")
+        if out and out[-1].startswith("--") and "=" not in out[-1] and not a.startswith("--") and one:
             out[-1] += "=" + a
         else:
             out.append(a)
     return out
 
 
+def familiar(parser) -> set:
+    """The parser's spellings of other scripts' flags with imnet's meaning (option strings after the first)."""
+    return {s for a in flags.settings(parser).values() for s in a.option_strings[1:]
+            if s.startswith("--") and not s.startswith("--no-")}
+
+
 def test_every_alias_has_a_case_and_none_is_a_flag_of_imnet():
-    accepted = {n for n, a in flags.ALIASES.items() if a.flag or a.values}
+    parser = flags.build_parser()
+    assert set(SAME) == familiar(parser) | set(flags.VALUES)
     # refused: a meaning of their own; a value outside the map; given without the flag it needs
-    refused = {n for n, a in flags.ALIASES.items() if not (a.flag or a.values) or a.values or a.needs}
-    assert set(SAME) == accepted
-    assert {c.split()[0] for c in DIFFERENT} == refused
-    parsers = ((flags.ALIASES, flags.build_parser()), (flags.EVAL_ALIASES, imnet_eval.build_parser()))
-    known = {n for _, p in parsers for n in p.option_names()} | set(flags.ALIASES)
-    for table, parser in parsers:
-        assert not set(table) & set(parser.option_names()), "an alias shadows a real flag"
-        for name, a in table.items():
-            assert a.flag is None or a.flag in parser.option_names(), name
-            # every flag a message names is imnet's (the conversion works) or a foreign one of the table
-            for word in re.findall(r"--[a-z][a-z-]*", a.why):
-                assert word in known, (name, word)
+    assert {c.split()[0] for c in DIFFERENT} == set(flags.POINTERS) | set(flags.VALUES) | set(flags.NEEDS)
+    assert set(flags.NEEDS) <= familiar(parser)
+    parsers = (((flags.POINTERS, *flags.VALUES.values(), *flags.NEEDS.values()), parser),
+               ((flags.EVAL_POINTERS,), imnet_eval.build_parser()))
+    known = {n for _, p in parsers for n in p.option_names()}
+    for tables, p in parsers:
+        hints = [h for t in tables for h in (t.values() if isinstance(t, dict) else [t[-1]])]
+        assert hints
+        for hint in hints:  # every flag a message names is imnet's (the conversion works) or a foreign one
+            for word in re.findall(r"--[a-z][a-z-]*", hint):
+                assert word in known, (hint, word)
+    for target, _, _ in flags.VALUES.values():
+        assert target is None or target in flags.settings(parser)
 
 
 @pytest.mark.parametrize("form", ["space", "equals"])
@@ -118,7 +146,7 @@ def test_help_lists_the_aliases(capsys):
     with pytest.raises(SystemExit):
         flags.build_parser().parse_args(["--help"])
     text = " ".join(capsys.readouterr().out.split())
-    for name in flags.ALIASES:
+    for name in [*SAME, *flags.POINTERS, *flags.NEEDS]:
         assert name in text, name
     assert "--data-path (--data)" in text and "--lr-scheduler (--sched, cosineannealinglr = cosine)" in text
 

@@ -99,6 +99,7 @@ def data(tmp_path_factory) -> Path:
      "cannot change with the epoch"),
     (["--fake-data", "--model", "resnet18", "--progressive-res", "32", "64", "--progressive-epochs", "0", "1"],
      "needs real data"),
+    (["--model", "resnet18", "--num-classes", "10"], "--num-classes 10 is for --fake-data"),
 ])
 def test_contradictions_exit_2_before_any_work(data, tmp_path, capsys, argv, needle):
     out = tmp_path / "run"
@@ -107,6 +108,22 @@ def test_contradictions_exit_2_before_any_work(data, tmp_path, capsys, argv, nee
     assert code == 2, captured.err
     assert needle in captured.err and "Traceback" not in captured.err
     assert not out.exists()  # nothing written: the run stopped at setup, before any training step
+
+
+def test_a_typed_opt_sgd_says_once_that_it_is_not_timms(data, tmp_path, capsys):
+    """timm's --opt sgd is Nesterov, imnet's plain momentum: typed without --nesterov, the dry run and the run say
+    so in one line; the default SGD, a recipe's and --nesterov say nothing."""
+    from imnet.run.audit import notes
+    timm = "timm's --opt sgd is Nesterov: add --nesterov"
+    assert sum(timm in n for n in notes(resolved("--opt", "sgd"))) == 1
+    for argv in ([], ["--opt", "sgd", "--nesterov"], ["--recipe", "resnet50"], ["--opt", "adamw"]):
+        assert not any(timm in n for n in notes(resolved(*argv))), argv
+    common = ["--opt", "sgd", "--model", "resnet18", "--data", str(data), "--epochs", "1", "--workers", "0",
+              "--batch-size", "4", "--train-crop-size", "32", "--val-crop-size", "32", "--val-resize-size", "36"]
+    for extra in (["--dry-run"], []):
+        assert train.main(common + extra + ["--output", str(tmp_path / f"run{len(extra)}")]) == 0
+        lines = capsys.readouterr().out.splitlines()
+        assert sum(timm in line for line in lines) == 1, lines
 
 
 # ------------------------------------------------------------------------------------------ config.json

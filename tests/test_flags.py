@@ -19,7 +19,7 @@ from imnet.run.recipes import RECIPES
 
 
 def actions(parser) -> dict:
-    return {a.dest: a for a in parser._actions if a.option_strings and a.dest != "help"}
+    return flags.settings(parser)
 
 
 # ------------------------------------------------------------------------------------------ ranges

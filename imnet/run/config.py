@@ -1,14 +1,5 @@
-"""Settings, resolved once: the evaluation policy (`EvalPolicy`) and a training run's `Config`.
-
-Every derived number of a run - global batch, scaled learning rate, evaluation resize/crop, whether label
-smoothing is folded into the MixUp/CutMix targets, steps per epoch - is computed here, once, into a frozen
-object that everything else reads. train.py prints it (``--dry-run``), writes it to ``OUTPUT/config.json``,
-stores it in every checkpoint and compares it on resume; ``--config FILE`` starts a run from such a file.
-
-Layers of settings, lowest first: argparse defaults < ``--recipe NAME`` < ``--config FILE`` < flags given on
-the command line. The evaluation policy has one more rule, because three flags describe two numbers
-(resize and crop): see `resolve_eval_policy`.
-"""
+"""Settings, resolved once into frozen objects: the evaluation policy (`EvalPolicy`) and a training run's `Config`
+(every derived number: global batch, scaled LR, eval resize/crop, where label smoothing goes, steps per epoch)."""
 
 from __future__ import annotations
 
@@ -17,17 +8,19 @@ import json
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from imnet.run.atomic import write_text
 from imnet.deit import DEIT_DISTILLED
 from imnet.run.errors import UsageError
-from imnet.run.flags import AMP_CHOICES, DECODE_MODES
+from imnet.run.flags import AMP_CHOICES, DECODE_MODES, DERIVED, build_parser, settings
 from imnet.run.models import fixed_input_size
 from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_for_crop
+
 AMP_DTYPES = dict(zip(AMP_CHOICES, (None, torch.bfloat16, torch.float16)))
 
 # The evaluation-policy flags (train.py's and eval.py's, imnet.run.flags.add_eval_policy_flags) -> EvalPolicy fields.
@@ -36,21 +29,16 @@ EVAL_FLAGS = {"val_crop_size": "crop_size", "val_resize_size": "resize_size", "c
 
 
 class ConfigError(UsageError):
-    """Contradictory or impossible settings; printed as one paragraph with exit code 2."""
+    """Contradictory or impossible settings."""
 
 
 # ------------------------------------------------------------------------------------------ eval policy
 
 @dataclass(frozen=True)
 class EvalPolicy:
-    """How validation images become model inputs: resize the shorter side to ``resize_size``
-    (``interpolation``, antialiased), keep the centre ``crop_size`` square, normalize with ``mean``/``std``.
-
-    ``decode="full"`` (the default) decodes every JPEG at full size, so the pixels equal torchvision's
-    ``Resize`` + ``CenterCrop`` tensor pipeline exactly: the pipeline published accuracies are compared with.
-    ``decode="reduced"`` lets libjpeg decode at 1/2, 1/4 or 1/8 scale when the image is large enough (faster;
-    a few files change by tens of grey levels), an opt-in that the printed policy names.
-    """
+    """How validation images become model inputs: resize the shorter side to ``resize_size`` (``interpolation``,
+    antialiased), keep the centre ``crop_size`` square, normalize with ``mean``/``std``; ``decode="reduced"`` lets
+    libjpeg decode at 1/2, 1/4 or 1/8 scale (faster, not torchvision's pixels)."""
     resize_size: int
     crop_size: int
     interpolation: str = "bilinear"
@@ -88,12 +76,8 @@ class EvalPolicy:
 
 
 def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> EvalPolicy:
-    """The one resolver of the evaluation policy, used by train.py, eval.py and the audit.
-
-    ``given`` holds the flags the user set explicitly (keys ``crop_size``, ``resize_size``, ``crop_pct``,
-    ``interpolation``, ``mean``, ``std``, ``decode``; absent or None = not given). ``base`` is what they
-    override: a recipe's or config file's settings (a dict with the same keys) in train.py, the
-    checkpoint's policy in eval.py. Precedence:
+    """The one resolver of the evaluation policy (train.py, eval.py, the audit). ``given``: the policy keys the
+    user set (None: not given); ``base``: what they override (a recipe's or config file's, a checkpoint's).
 
     1. crop = given crop, else base crop, else 224.
     2. resize = given resize (it wins over a given crop_pct); else floor(crop / given crop_pct); else, when
@@ -103,7 +87,6 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
        floor(crop / base crop_pct or 0.875).
     3. interpolation, mean, std, decode: given, else base, else bilinear / ImageNet's / full.
 
-    A resize smaller than the crop (the centre crop would be padded with black) raises ConfigError.
     """
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(base, EvalPolicy):
@@ -128,25 +111,24 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
                         tuple(float(v) for v in pick("mean", IMAGENET_MEAN)),
                         tuple(float(v) for v in pick("std", IMAGENET_STD)), pick("decode", "full"))
     if policy.resize_size < policy.crop_size:
-        raise ConfigError(f"The evaluation resize {policy.resize_size} is smaller than the crop {policy.crop_size}: "
-                          f"the centre crop would be padded with black. Give a resize >= the crop (or a crop_pct "
-                          f"<= 1), e.g. resize {_resize_for(policy.crop_size, DEFAULT_CROP_PCT)} for crop "
-                          f"{policy.crop_size}.")
+        raise ConfigError(f"The evaluation resize {policy.resize_size} is smaller than the crop {policy.crop_size}. "
+                          f"Give a resize >= the crop, e.g. resize {_resize_for(policy.crop_size, DEFAULT_CROP_PCT)} "
+                          f"for crop {policy.crop_size}.")
     if policy.decode not in DECODE_MODES:
         raise ConfigError(f"decode must be one of {DECODE_MODES}, not {policy.decode!r}.")
     return policy
 
 
 def _resize_for(crop: int, crop_pct) -> int:
-    """`imnet.transforms.resize_for_crop`, with crop_pct in (0, 1]: floor(crop / crop_pct)."""
+    """`imnet.transforms.resize_for_crop` with crop_pct checked."""
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must be in (0, 1] (got {float(crop_pct):g}); 0.875 gives the classic 224 -> 256.")
     return resize_for_crop(crop, crop_pct)
 
 
 def policy_keys(flags: dict) -> dict:
-    """The evaluation-policy flags among ``flags`` (dest -> value) as resolve_eval_policy's keys; train.py's
-    --interpolation (training and evaluation) stands in for --val-interpolation when that is absent."""
+    """The evaluation-policy flags among ``flags`` as resolve_eval_policy's keys; train.py's --interpolation
+    stands in for an absent --val-interpolation."""
     out = {key: flags[flag] for flag, key in EVAL_FLAGS.items() if flag in flags}
     if out.get("interpolation") is None and flags.get("interpolation") is not None:
         out["interpolation"] = flags["interpolation"]
@@ -154,215 +136,102 @@ def policy_keys(flags: dict) -> dict:
 
 
 def policy_mismatch(now: EvalPolicy, then: EvalPolicy, then_name: str) -> list[str]:
-    """The one comparison of two evaluation policies: what makes an accuracy measured under ``now`` not comparable
-    with one measured under ``then`` (a recipe's, or the one a checkpoint was validated with, named ``then_name``).
-    -> "resize policy mismatch: ..." and/or "normalization mismatch: ..." sentences (empty: comparable)."""
+    """What makes an accuracy under ``now`` not comparable with one under ``then`` (named ``then_name``):
+    "resize policy mismatch: ..." and/or "normalization mismatch: ..." (empty: comparable)."""
     out = []
     a, b = (now.resize_size, now.crop_size, now.interpolation), (then.resize_size, then.crop_size, then.interpolation)
     if a != b:
         out.append(f"resize policy mismatch: this evaluation uses resize {a[0]} / crop {a[1]} / {a[2]}, {then_name} "
-                   f"used resize {b[0]} / crop {b[1]} / {b[2]}. Accuracy depends on the eval resize, crop and "
-                   f"interpolation by several tenths of a point, so the figures are not comparable.")
+                   f"used resize {b[0]} / crop {b[1]} / {b[2]}, so the accuracies are not comparable.")
     close = lambda x, y: all(abs(u - v) <= 1e-6 for u, v in zip(x, y))
     if not (close(now.mean, then.mean) and close(now.std, then.std)):
         out.append(f"normalization mismatch: this evaluation uses mean {list(now.mean)} std {list(now.std)}, "
-                   f"{then_name} used mean {list(then.mean)} std {list(then.std)}: the model sees other inputs than "
-                   f"it was trained on.")
+                   f"{then_name} used mean {list(then.mean)} std {list(then.std)}.")
     return out
 
 
 # ------------------------------------------------------------------------------------------ training
 
-@dataclass(frozen=True)
-class Config:
-    """Everything a training run does, resolved once. Fields up to ``quiet`` are train.py's flags (see
-    ``python train.py --help``) except the four evaluation flags (`EVAL_FLAGS`), which live resolved in
-    ``eval_policy``; the rest are derived in `resolve` and `Config.with_data`."""
-    # data
-    data: str | None
-    workers: int
-    train_crop_size: int
-    interpolation: str            # train and evaluation resampling (each overridable below)
-    train_interpolation: str | None  # RandomResizedCrop resampling; None: as ``interpolation``
-    crop_scale: tuple
-    progressive_res: tuple | None     # (START, END) training crop sizes; train_crop_size is END
-    progressive_epochs: tuple | None  # (FROM, TO) 1-based epoch numbers of the ramp
-    max_bad_images: str
-    fake_data: bool
-    num_classes: int
-    # model
-    model: str
-    drop_path: float | None
-    init_from: str | None         # initial weights: a checkpoint or state_dict file (a new run, not a resume)
-    init_ema: bool                # ... its EMA weights
-    weights: str | None           # initial weights: a torchvision weights name
-    channels_last: bool
-    compile: bool
-    sync_bn: bool
-    # optimization
-    epochs: int
-    batch_size: int
-    global_batch: int | None
-    accum_steps: int
-    opt: str
-    lr: float | None
-    lr_base: float
-    momentum: float
-    nesterov: bool
-    weight_decay: float
-    no_decay_on: tuple            # categories of parameters without weight decay (imnet.optim); () decays all
-    clip_grad: float
-    sam: float                    # SAM's rho (0: off)
-    sam_adaptive: bool            # ASAM
-    # schedule
-    sched: str
-    warmup_epochs: float
-    warmup_start_factor: float
-    min_lr: float
-    lr_milestones: tuple
-    lr_gamma: float
-    # regularization
-    label_smoothing: float
-    mixup: float
-    cutmix: float
-    mix_prob: float
-    switch_prob: float
-    auto_augment: str
-    ra_num_ops: int
-    ra_magnitude: int
-    random_erase: float
-    random_erase_mode: str        # "pixel" (normal noise) or "const" (0 after normalisation)
-    ra_reps: int                  # repeated augmentation: copies of each image per epoch (1: off)
-    ema: bool
-    ema_decay: float
-    ema_every: int
-    ema_warmup: bool
-    ema_copy_warmup: bool         # torchvision's: EMA updates copy the weights through the LR warmup
-    swa_start: int | None         # SWA: average the weights at the end of epochs swa_start.. (1-based)
-    swa_lr: float | None          # ... and train those epochs at this constant learning rate
-    # distillation, large batches, fine-tuning
-    teacher: str | None           # distillation teacher: a checkpoint, a state_dict (+ teacher_model) or weights name
-    teacher_model: str | None
-    distill: str                  # "hard" (DeiT) or "soft" (Hinton)
-    distill_alpha: float          # loss = (1 - alpha) label loss + alpha distillation loss
-    distill_tau: float
-    layer_decay: float | None     # layer-wise LR decay rate (None: off)
-    bce: bool                     # binary cross-entropy instead of cross-entropy
-    bce_target_thresh: float | None
-    # mixed precision, distributed
-    amp: str
-    device: str
-    seed: int
-    deterministic: bool
-    # checkpointing, logging
-    output: str
-    resume: str | None
-    save_every_minutes: float
-    stop_at_step: int | None
-    eval_every: int
-    log_every: int
-    recipe: str | None
-    config: str | None
-    dry_run: bool
-    quiet: bool
-    tensorboard: bool             # log.jsonl's scalars also as TensorBoard events (imnet.run.log.RunLog)
-    # ---- derived
-    world_size: int
-    global_batch_size: int        # the global batch used: world_size x batch_size x accum_steps
-    peak_lr: float                # --lr as given, or --lr-base x global_batch_size / 256
-    lr_given: bool
-    eval_policy: EvalPolicy
-    mixing: bool
-    loss_label_smoothing: float   # smoothing in the loss (0 when the mixer folds it into soft targets)
-    mix_label_smoothing: float
-    train_images: int = 0
-    val_images: int = 0
-    classes: int = 0
-    steps_per_epoch: int = 0
-    teacher_info: dict | None = None  # what the teacher is: source, file, sha256, model, classes, sizes (with_teacher)
-
-    @property
-    def total_steps(self) -> int:
-        return self.epochs * self.steps_per_epoch
-
-    @property
-    def amp_dtype(self):
-        return AMP_DTYPES[self.amp]
-
-    @property
-    def warmup_steps(self) -> int:
-        """The LR warmup in optimizer steps (the EMA's copy phase under ema_copy_warmup ends with it)."""
-        return round(self.warmup_epochs * self.steps_per_epoch)
-
-    def lr_at(self, step: int) -> float:
-        """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the
-        first step of epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
-        spe = self.steps_per_epoch
-        if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
-            return self.swa_lr
-        return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps,
-                     warmup_steps=self.warmup_steps, warmup_start_factor=self.warmup_start_factor,
-                     sched=self.sched, min_lr=self.min_lr, milestones=[m * spe for m in self.lr_milestones],
-                     gamma=self.lr_gamma)
-
-    def train_size_at(self, epoch: int) -> int:
-        """The RandomResizedCrop output size of ``epoch`` (0-based): `imnet.schedule.progressive_size` under
-        --progressive-res, else --train-crop-size."""
-        if self.progressive_res is None:
-            return self.train_crop_size
-        return progressive_size(epoch, *self.progressive_res, *self.progressive_epochs)
-
-    def with_data(self, train_images: int, val_images: int, classes: int) -> "Config":
-        """The same Config with the data's sizes and the steps per epoch they give.
-
-        Each rank reads floor(train_images / world_size) images per epoch (the sampler drops the rest), in
-        micro-batches of batch_size, accum_steps of them per optimizer step."""
-        if train_images < self.global_batch_size:
-            raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
-                              f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
-        steps = train_images // self.world_size // self.batch_size // self.accum_steps
-        return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
-                                   steps_per_epoch=steps)
-
-    def with_teacher(self, info: dict) -> "Config":
-        """The same Config with the record of the distillation teacher (imnet.run.teacher.build_teacher reads the file):
-        {"source", "spec", "file", "sha256", "model", "classes", "image_size", "eval_policy"}. It goes into
-        config.json and every checkpoint; the teacher's weights never do."""
-        return dataclasses.replace(self, teacher_info=dict(info))
-
-    def to_dict(self) -> dict:
-        d = dataclasses.asdict(self)
-        d["eval_policy"] = self.eval_policy.to_dict()
-        return d
-
-    def flags(self) -> dict:
-        """The flag values that reproduce this Config through ``--config``: the evaluation policy is written
-        resolved (resize and crop), so that re-reading it cannot apply the precedence rules a second time."""
-        names = {f.name for f in dataclasses.fields(self)[:FLAG_FIELDS]}
-        d = {k: v for k, v in self.to_dict().items() if k in names}
-        p = self.eval_policy
-        d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
-                 val_interpolation=p.interpolation, config=None, dry_run=False)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+def _lr_at(self, step: int) -> float:
+    """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the first step of
+    epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
+    spe = self.steps_per_epoch
+    if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
+        return self.swa_lr
+    return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
+                 warmup_start_factor=self.warmup_start_factor, sched=self.sched, min_lr=self.min_lr,
+                 milestones=[m * spe for m in self.lr_milestones], gamma=self.lr_gamma)
 
 
-FLAG_FIELDS = [f.name for f in dataclasses.fields(Config)].index("world_size")
+def _train_size_at(self, epoch: int) -> int:
+    """The RandomResizedCrop output size of ``epoch`` (0-based)."""
+    if self.progressive_res is None:
+        return self.train_crop_size
+    return progressive_size(epoch, *self.progressive_res, *self.progressive_epochs)
+
+
+def _with_data(self, train_images: int, val_images: int, classes: int):
+    """The same Config with the data's sizes; each rank reads floor(train_images / world_size) images per epoch."""
+    if train_images < self.global_batch_size:
+        raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
+                          f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
+    steps = train_images // self.world_size // self.batch_size // self.accum_steps
+    return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
+                               steps_per_epoch=steps)
+
+
+def _with_teacher(self, info: dict):
+    """The same Config with the distillation teacher's record (imnet.run.teacher.build_teacher)."""
+    return dataclasses.replace(self, teacher_info=dict(info))
+
+
+def _to_dict(self) -> dict:
+    d = dataclasses.asdict(self)
+    d["eval_policy"] = self.eval_policy.to_dict()
+    return d
+
+
+def _flags(self) -> dict:
+    """The flag values that reproduce this Config through ``--config``, the evaluation policy resolved (resize and
+    crop) so that re-reading it cannot apply the precedence rules a second time."""
+    d = {k: v for k, v in self.to_dict().items() if k not in DERIVED}
+    p = self.eval_policy
+    d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
+             val_interpolation=p.interpolation, config=None, dry_run=False)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+# Everything a training run does, resolved once: train.py's flags (but the evaluation flags, resolved into
+# eval_policy) and the values `resolve` and with_data derive (flags.DERIVED).
+_SETTINGS = settings(build_parser())
+Config = dataclasses.make_dataclass(
+    "Config", [(name, Any) for name in _SETTINGS if name not in EVAL_FLAGS]
+    + [(name, Any, dataclasses.field(default=default)) for name, default in DERIVED.items()],
+    frozen=True, namespace=dict(
+        total_steps=property(lambda self: self.epochs * self.steps_per_epoch),
+        amp_dtype=property(lambda self: AMP_DTYPES[self.amp]),
+        warmup_steps=property(lambda self: round(self.warmup_epochs * self.steps_per_epoch)),
+        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, with_teacher=_with_teacher,
+        to_dict=_to_dict, flags=_flags))
+Config.__module__ = __name__
 
 
 def resolve(below: dict, given: dict, world_size: int) -> Config:
-    """-> the run's Config, from every flag's value below the command line (argparse default, recipe, config
-    file), the flags given on the command line, and the world size. Each value is already within its own valid
-    range (imnet.run.flags checks them one by one); contradictions between them raise ConfigError here."""
+    """-> the run's Config from every flag's value below the command line, the flags given on it, and the world
+    size; contradictions between flags raise ConfigError."""
     f = {**below, **given}
     if f["crop_scale"][0] > f["crop_scale"][1]:
         raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need MIN <= MAX.")
     if f["sched"] == "step" and sorted(f["lr_milestones"]) != list(f["lr_milestones"]):
         raise ConfigError(f"--lr-milestones must be increasing (got {f['lr_milestones']}).")
     if f["warmup_epochs"] >= f["epochs"] and f["warmup_epochs"] > 0:
-        raise ConfigError(f"--warmup-epochs {f['warmup_epochs']} is not shorter than --epochs {f['epochs']}: "
-                          f"the run would never leave warmup.")
+        raise ConfigError(f"--warmup-epochs {f['warmup_epochs']} is not shorter than --epochs {f['epochs']}. "
+                          f"Shorten the warmup.")
 
     check_progressive(f, given)
+    if "num_classes" in given and not f["fake_data"]:
+        raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data; real data has the classes of its "
+                          f"folders, so drop --num-classes.")
 
     requested = f["global_batch"]
     if requested is not None:
@@ -379,11 +248,10 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     if f["swa_start"] is not None:
         if not 1 <= f["swa_start"] <= f["epochs"]:
             raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "
-                              f"{f['epochs']}): SWA averages the weights at the end of epochs swa_start..epochs.")
+                              f"{f['epochs']}).")
         if f["swa_lr"] is None:
             raise ConfigError("--swa-start needs --swa-lr LR > 0, the constant learning rate of the SWA epochs "
-                              "(Izmailov et al. use about the learning rate of the middle of the run, e.g. 0.05 "
-                              "for SGD at batch 256).")
+                              "(e.g. 0.05 for SGD at batch 256).")
     elif f["swa_lr"] is not None:
         raise ConfigError("--swa-lr is the learning rate of the SWA epochs; give --swa-start EPOCH too.")
     if f["init_from"] and f["weights"]:
@@ -392,18 +260,16 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     if f["init_ema"] and not f["init_from"]:
         raise ConfigError("--init-ema takes the EMA weights of the --init-from checkpoint; give --init-from PATH.")
     if f["sam_adaptive"] and not f["sam"]:
-        raise ConfigError("--sam-adaptive chooses ASAM for --sam RHO; give --sam too (ASAM uses rho about 10x "
-                          "SAM's, e.g. 0.5).")
+        raise ConfigError("--sam-adaptive chooses ASAM for --sam RHO; give --sam too (e.g. 0.5).")
     if f["sam"] > 0:
         try:
             check_accum_steps(f["accum_steps"])
         except ValueError as e:
             raise ConfigError(f"--sam with --accum-steps {f['accum_steps']}: {e}") from None
     if fixed_input_size(f["model"]) and policy.crop_size != f["train_crop_size"]:
-        raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for "
-                          f"--train-crop-size {f['train_crop_size']}), but the evaluation crop is "
-                          f"{policy.crop_size}. Use --val-crop-size {f['train_crop_size']} (and a resize >= it), "
-                          f"or train at the evaluation size.")
+        raise ConfigError(f"{f['model']} takes inputs of one size only (--train-crop-size {f['train_crop_size']}), "
+                          f"but the evaluation crop is {policy.crop_size}. Use --val-crop-size "
+                          f"{f['train_crop_size']} (and a resize >= it), or train at the evaluation size.")
 
     if "none" in f["no_decay_on"]:
         if len(f["no_decay_on"]) > 1:
@@ -413,40 +279,38 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     f["no_decay_on"] = tuple(dict.fromkeys(f["no_decay_on"]))
     check_distillation_and_fine_tuning(f, given)
 
-    # Label smoothing has one home: folded into the soft targets of MixUp/CutMix when they are on (their mixer
-    # smooths every batch, mixed or not), else in the loss; never both. The loss is cross-entropy or, with --bce,
-    # binary cross-entropy (its --bce-target-thresh binarises the targets after the smoothing), and it is the
-    # base loss of distillation; the distillation term itself is never smoothed (DeiT).
+    # Label smoothing has one home: the MixUp/CutMix soft targets when they are on (their mixer smooths every
+    # batch, mixed or not), else the loss; never both, never the distillation term (DeiT).
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
-    for key in ("crop_scale", "lr_milestones", "progressive_res", "progressive_epochs"):
-        f[key] = tuple(f[key]) if f[key] is not None else None
+    for key, action in _SETTINGS.items():  # a frozen Config holds tuples
+        if action.nargs not in (None, "?", 0) and f[key] is not None:
+            f[key] = tuple(f[key])
     for key in EVAL_FLAGS:
         del f[key]
     return Config(**f, world_size=world_size, global_batch_size=total, peak_lr=lr, lr_given=lr_given,
+                  opt_given="opt" in given,
                   eval_policy=policy, mixing=mixing, loss_label_smoothing=0.0 if mixing else f["label_smoothing"],
                   mix_label_smoothing=f["label_smoothing"] if mixing else 0.0)
 
 
 def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
-    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model, in the merged flags
-    ``f`` (``given``: the command line's). The teacher itself is checked when train.py loads it."""
+    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model (the teacher itself is
+    checked when train.py loads it)."""
     if f["teacher"] is None:
         if f["teacher_model"] is not None:
             raise ConfigError(f"--teacher-model {f['teacher_model']} names the network of a --teacher state_dict; "
                               f"give --teacher PATH too (or drop --teacher-model).")
-        named = [flag for key, flag in (("distill", "--distill"), ("distill_alpha", "--distill-alpha"),
-                                        ("distill_tau", "--distill-tau")) if key in given]
+        named = ["--" + key.replace("_", "-") for key in ("distill", "distill_alpha", "distill_tau") if key in given]
         if named:
             raise ConfigError(f"{', '.join(named)} set{'s' if len(named) == 1 else ''} how to distil from a "
                               f"teacher, but no --teacher was given: add --teacher PATH|WEIGHTS, or drop "
                               f"{' and '.join(named)}.")
         if f["model"] in DEIT_DISTILLED:
-            raise ConfigError(f"{f['model']} has a distillation token and head, which only a teacher trains, while "
-                              f"its evaluation averages both heads: without --teacher the average would include an "
-                              f"untrained head. Give --teacher (DeiT: a RegNetY-16GF, --distill hard), or train a "
-                              f"model without a distillation token (deit_tiny, deit_small, vit_b_16...).")
+            raise ConfigError(f"{f['model']} without --teacher would evaluate the average of its head and an untrained "
+                              f"head. Give --teacher (DeiT: a RegNetY-16GF, --distill hard), or train a model without "
+                              f"a distillation token (deit_tiny, deit_small, vit_b_16...).")
     elif f["model"] in DEIT_DISTILLED and f["distill_alpha"] == 0:
-        raise ConfigError(f"--distill-alpha 0 gives {f['model']}'s distillation head no loss at all, while its "
+        raise ConfigError(f"--distill-alpha 0 gives {f['model']}'s distillation head no loss at all, but its "
                           f"evaluation averages both heads. Use alpha > 0 (DeiT: 0.5), or a model without a "
                           f"distillation token.")
     if f["bce_target_thresh"] is not None and not f["bce"]:
@@ -454,46 +318,40 @@ def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
                           f"cross-entropy; add --bce (or drop the threshold).")
     if f["layer_decay"] is not None and not f["no_decay_on"]:
         raise ConfigError(f"--layer-decay {f['layer_decay']} builds BEiT's / MAE's parameter groups, which exempt "
-                          f"norms, biases, tokens and position embeddings from weight decay; --no-decay-on none asks "
-                          f"the opposite. Drop --no-decay-on none (no published fine-tuning recipe decays them).")
+                          f"norms, biases and embeddings from weight decay, against --no-decay-on none. Drop "
+                          f"--no-decay-on none.")
 
 
 def check_progressive(f: dict, given: dict) -> None:
-    """Validate --progressive-res START END / --progressive-epochs FROM TO in the merged flags ``f``, and set
-    ``f["train_crop_size"]`` to END (the size the run ends at; the model is built for it)."""
+    """Check --progressive-res START END / --progressive-epochs FROM TO; set ``f["train_crop_size"]`` to END."""
     res, epochs = f.get("progressive_res"), f.get("progressive_epochs")
     if res is None and epochs is None:
         return
     if res is None or epochs is None:
-        raise ConfigError("--progressive-res START END and --progressive-epochs FROM TO go together: the ramp "
-                          "needs both its sizes and its epochs, e.g. --progressive-res 160 192 "
-                          "--progressive-epochs 66 77.")
+        raise ConfigError("--progressive-res START END and --progressive-epochs FROM TO go together, e.g. "
+                          "--progressive-res 160 192 --progressive-epochs 66 77.")
     (start, end), (first, last) = res, epochs
     m = PROGRESSIVE_MULTIPLE
     if not (m <= start <= end and start % m == 0 and end % m == 0):
         raise ConfigError(f"--progressive-res {start} {end}: START and END must be multiples of {m}, at least {m}, "
-                          f"with START <= END (the sizes in between are rounded to multiples of {m}), e.g. "
-                          f"--progressive-res 160 192.")
+                          f"with START <= END, e.g. --progressive-res 160 192.")
     if not 0 <= first < last <= f["epochs"]:
-        raise ConfigError(f"--progressive-epochs {first} {last}: need 0 <= FROM < TO <= --epochs ({f['epochs']}); "
-                          f"epochs are numbered from 1 as printed, the size is START up to epoch FROM and END from "
-                          f"epoch TO on.")
+        raise ConfigError(f"--progressive-epochs {first} {last}: need 0 <= FROM < TO <= --epochs ({f['epochs']}), "
+                          f"numbered from 1 as printed.")
     if f["fake_data"]:
-        raise ConfigError("--progressive-res needs real data: --fake-data images have one fixed size. For a "
-                          "throughput run at a given size use --train-crop-size.")
+        raise ConfigError("--progressive-res needs real data, not --fake-data. For a throughput run at a given size "
+                          "use --train-crop-size.")
     if fixed_input_size(f["model"]):
-        raise ConfigError(f"{f['model']} takes inputs of one size only (its position embedding is built for one "
-                          f"size), so its training crop cannot change with the epoch: drop --progressive-res or "
-                          f"use a convolutional model.")
+        raise ConfigError(f"{f['model']} takes inputs of one size only, so its training crop cannot change with "
+                          f"the epoch. Drop --progressive-res or use a convolutional model.")
     if "train_crop_size" in given and given["train_crop_size"] != end:
         raise ConfigError(f"--train-crop-size {given['train_crop_size']} contradicts --progressive-res {start} {end}, "
-                          f"which trains at {end} from epoch {last} on: drop --train-crop-size (it is set to END).")
+                          f"which sets it to {end}. Drop --train-crop-size.")
     f["train_crop_size"] = end
 
 
 def write_config_file(cfg: Config, path: Path) -> None:
-    """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values
-    (``--config`` reads it back through imnet.run.flags.read_config_file)."""
+    """config.json: the flags that reproduce the run (`Config.flags`) and, for reading, the derived values."""
     d = cfg.to_dict()
     d.update(cfg.flags())
     write_text(path, json.dumps(d, indent=2, sort_keys=False) + "\n")
