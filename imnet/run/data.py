@@ -51,13 +51,9 @@ from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 # a worker allocate gigabytes. PIL only warns up to twice its bound; here that warning is an error.
 MAX_IMAGE_PIXELS = 2**27
 
-# --------------------------------------------------------------------------------------------------------
-# Seeds
-
 
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
-    """``attempt`` counts the replacements of an unreadable file; ``repeat`` numbers the copies of an image
-    within an epoch under repeated augmentation, so that each copy gets its own crop."""
+    """``attempt`` counts the replacements of an unreadable file, ``repeat`` the copies of a repeated image."""
     return seeds.derive(seeds.AUGMENT, seed, epoch, index, attempt, repeat)
 
 
@@ -65,10 +61,6 @@ def _check_seed(seed: int) -> int:
     if not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
     return int(seed)
-
-
-# --------------------------------------------------------------------------------------------------------
-# Datasets
 
 
 @contextlib.contextmanager
@@ -85,15 +77,9 @@ def _pil_guard(max_pixels: int):
 
 
 class SampleIndex:
-    """The relative path and label of every sample in three read-only buffers, no Python object per sample:
-
-    * `blob`: every path relative to the root, os.fsencode'd (non-UTF-8 names round-trip) and NUL-terminated;
-    * `offsets` (int64, n + 1): path i is blob[offsets[i]:offsets[i + 1] - 1];
-    * `labels` (int32, n).
-
-    Concatenated bytes rather than a numpy 'S' array, which pads every path to the longest one and strips
-    trailing NULs. Build it with from_listings, which sorts.
-    """
+    """Every sample's path (relative to the root, os.fsencode'd, NUL-terminated, concatenated in `blob`; path i
+    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers. Not a numpy 'S' array: it pads
+    every path to the longest one and strips trailing NULs. Build it with from_listings, which sorts."""
 
     def __init__(self, blob: bytes, offsets: np.ndarray, labels: np.ndarray):
         if len(offsets) != len(labels) + 1 or (len(labels) and offsets[-1] != len(blob)):
@@ -163,18 +149,11 @@ class _SampleView(collections.abc.Sequence):
 
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images under `root/<class>/...` for the given classes; ``ds[(index, epoch)] -> (uint8 CHW, label, bad)``,
-    `bad` the paths that could not be read for this item (usually none).
-
-    torchvision's samples in its order, minus what folders.walk_images leaves out (the entries it skips are in
-    `skipped`, as (path, reason)). Before each ``transform(path)`` call torch's CPU RNG is seeded with
-    `augment_seed` and restored afterwards. `crop_size_at(epoch)` (optional, picklable) makes the call
-    ``transform(path, crop_size=crop_size_at(epoch))``.
-
+    """``ds[(index, epoch)] -> (uint8 CHW, label, the paths that could not be read for it)``: torchvision's samples
+    in its order, minus what folders.walk_images skips (in `skipped`). The transform runs under torch's CPU RNG
+    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size.
     An unreadable file is replaced by sample ``augment_seed(seed, epoch, index, attempt) % n``, attempt = 1, 2,
-    ...; DataError after `max_tries` attempts. When the transform fails on a file that decodes (`file_error`),
-    DataError at once, naming the transform.
-    """
+    ...; a transform that fails on a file that decodes is a DataError at once."""
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_tries: int = 32, crop_size_at=None):
@@ -210,8 +189,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
     @property
     def samples(self) -> collections.abc.Sequence:
-        """torchvision's `samples`, built on demand. ``list(ds.samples)`` makes the per-sample objects
-        SampleIndex avoids: tests and one-off scripts only."""
+        """torchvision's `samples`, built on demand (``list(ds.samples)``: for tests and one-off scripts)."""
         return _SampleView(self)
 
     def _read(self, path: str, seed: int, epoch: int) -> torch.Tensor:
@@ -259,8 +237,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 class FakeData(torch.utils.data.Dataset):
-    """Random uint8 images in ImageFolder's item format (--fake-data): a bank of `bank` images made once from
-    `seed`, so the loader measures the pipeline, not a random number generator; label = index % num_classes."""
+    """--fake-data: ImageFolder's items from a bank of random images made once (the loader measures the pipeline,
+    not a random number generator); label = index % num_classes."""
 
     def __init__(self, num_classes: int, image_size: int, length: int, seed: int = 0, bank: int = 16):
         self.classes = [f"class_{k}" for k in range(num_classes)]
@@ -277,30 +255,17 @@ class FakeData(torch.utils.data.Dataset):
         return self.images[index % len(self.images)], index % len(self.classes), ()
 
 
-# --------------------------------------------------------------------------------------------------------
-# Samplers
-
-
 def _check_rank(num_replicas: int, rank: int) -> None:
     if num_replicas < 1 or not 0 <= rank < num_replicas:
         raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
 
 
 class TrainSampler(torch.utils.data.Sampler):
-    """Distributed, per-epoch reshuffled, resumable training order; yields (index, epoch).
-
-    Epoch e draws one global permutation from ``seeds.derive(SHUFFLE, seed, e)``; rank r takes
-    ``perm[r::num_replicas]``, so R processes x batch b see the batches of 1 process x batch R*b.
-    drop_last=True truncates it to a multiple of num_replicas (equal step counts for DDP); False pads with
-    the start of the permutation.
-
-    ``repeats`` = N > 1: repeated augmentation (Hoffer et al. 2020, "Augment your batch"; DeiT's RASampler,
-    which --ra-reps follows): each index of the permutation is repeated N times in a row and the items are
-    (index, epoch, repeat). As in those samplers the epoch is not N times longer.
-
-    set_start(k) skips this rank's first k samples (mid-epoch resume) until a pass runs to its end; len() is
-    what the coming pass yields. set_epoch(e) does not touch the start.
-    """
+    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation, so R processes x
+    batch b see the batches of 1 process x batch R*b. drop_last truncates to a multiple of num_replicas, else
+    the start of the permutation pads. ``repeats`` = N > 1: repeated augmentation (Hoffer et al. 2020, DeiT's
+    RASampler, --ra-reps): each index N times in a row, items (index, epoch, repeat), the epoch no longer.
+    set_start(k) skips this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  drop_last: bool = True, repeats: int = 1):
@@ -352,9 +317,8 @@ class TrainSampler(torch.utils.data.Sampler):
 
 
 class EvalSampler(torch.utils.data.Sampler):
-    """Exact distributed evaluation order; yields (index, 0). Rank r reads the contiguous shard
-    [floor(n r / R), floor(n (r+1) / R)): no padding, so shard sizes differ by one (or a rank gets none) and
-    the evaluation loop must reduce only at the end, never per batch."""
+    """Yields (index, 0) of the contiguous shard [floor(n r / R), floor(n (r+1) / R)): no padding, so shards may
+    differ by one (or be empty) and the evaluation loop must reduce only at the end, never per batch."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0):
         super().__init__()
@@ -369,13 +333,8 @@ class EvalSampler(torch.utils.data.Sampler):
         return self.end - self.begin
 
 
-# --------------------------------------------------------------------------------------------------------
-# Batches
-
-
 def collate(batch):
-    """[(uint8 CHW, label, bad paths)] -> (uint8 NCHW, int64 labels, list of bad paths); in a worker the batch
-    is written straight into shared memory, as torch's default_collate does."""
+    """[(uint8 CHW, label, bad paths)] -> (uint8 NCHW, int64 labels, bad paths), in shared memory in a worker."""
     images, labels, bad = zip(*batch)
     first = images[0]
     if any(im.shape != first.shape for im in images):
@@ -394,9 +353,8 @@ def _worker_init(worker_id: int) -> None:
 
 
 def _preemptible_worker_init(worker_id: int) -> None:
-    """A training loader's workers ignore the stop signals that a scheduler or a terminal sends the whole group:
-    the main process decides, and stops them with `shutdown_workers`. train.py forks them with the signals
-    blocked (signals.PreemptionSignals.deferred); they are unblocked here."""
+    """Ignore the stop signals sent to the whole group (the main process decides, then `shutdown_workers`) and
+    unblock them (train.py forks under signals.PreemptionSignals.deferred)."""
     _worker_init(worker_id)
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
@@ -405,8 +363,7 @@ def _preemptible_worker_init(worker_id: int) -> None:
 
 
 def shutdown_workers(loader) -> None:
-    """Stop a loader's persistent workers now: at interpreter exit multiprocessing would wait forever for a
-    worker that ignores SIGTERM. (``_iterator._shutdown_workers`` is what the iterator's destructor calls.)"""
+    """Stop a loader's workers now: at exit multiprocessing would wait forever for one that ignores SIGTERM."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
@@ -414,8 +371,7 @@ def shutdown_workers(loader) -> None:
 
 
 def cap_workers(workers: int) -> tuple[int, str | None]:
-    """--workers within at most 4 per CPU core this process may use, shared by the node's processes
-    (LOCAL_WORLD_SIZE), at least 1 -> (the workers to start, a note when lowered)."""
+    """-> (--workers lowered to 4 per usable CPU core shared by the node's processes, a note when lowered)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -432,9 +388,8 @@ def cap_workers(workers: int) -> tuple[int, str | None]:
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
                  drop_last: bool = False, prefetch_factor: int | None = None,
                  preemptible: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over (index, epoch) keys with `collate` and persistent workers. prefetch_factor defaults to
-    about 8 batches in flight, at least 2 per worker. preemptible: `_preemptible_worker_init`; the caller
-    must then `shutdown_workers` before exiting."""
+    """A DataLoader with `collate` and persistent workers, about 8 batches in flight by default (at least 2 per
+    worker). preemptible: the caller must `shutdown_workers` before exiting."""
     if workers > 0 and prefetch_factor is None:
         prefetch_factor = max(2, math.ceil(8 / workers))
     return torch.utils.data.DataLoader(
@@ -442,9 +397,7 @@ def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bo
         pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=(_preemptible_worker_init if preemptible else _worker_init) if workers > 0 else None,
-        # A private generator: the base seed the loader draws at each iter() (unused: every sample is seeded)
-        # would otherwise shift the global RNG stream by an amount that depends on --workers.
-        generator=torch.Generator())
+        generator=torch.Generator())  # private: the loader's (unused) base-seed draws must not move the global RNG
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last: bool = False,
@@ -456,14 +409,9 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
 
 
 def images_on(loader, device, channels_last: bool = False):
-    """The images of ``loader``'s batches on ``device``, normalised (`to_device`); no worker starts before the
-    first image is asked for."""
+    """The images of ``loader``'s batches on ``device``, normalised (`to_device`), as they are asked for."""
     for images, labels, *_ in loader:
         yield to_device(images, labels, device, channels_last=channels_last)[0]
-
-
-# --------------------------------------------------------------------------------------------------------
-# Counting bad images
 
 
 def parse_max_bad(value, total: int) -> int:
@@ -483,8 +431,7 @@ def parse_max_bad(value, total: int) -> int:
 
 
 def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
-    """Why `path` cannot be decoded as the transforms decode it (`load_rgb`, same pixel bound), in printable
-    words, or None when it decodes."""
+    """Why `path` cannot be decoded as the transforms decode it, in printable words; None when it decodes."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
@@ -496,8 +443,8 @@ def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
 
 
 def check_readable(dataset, split: str, count: int = 16) -> list[tuple[str, str]]:
-    """Decode ``count`` files spread evenly over an ImageFolder at setup: half of them or more unreadable ->
-    DataError; fewer -> their (path, reason), for a warning. A FakeData set: nothing."""
+    """Decode ``count`` files spread over an ImageFolder: half or more unreadable -> DataError; fewer -> their
+    (path, reason), for a warning."""
     if not isinstance(dataset, ImageFolder) or len(dataset) == 0:
         return []
     n = len(dataset)
@@ -518,15 +465,8 @@ def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
 
 
 class BadImageCounter:
-    """The distinct unreadable files reported with the batches; DataError beyond `max_bad`.
-
-        counter = BadImageCounter(parse_max_bad(args.max_bad_images, len(train_set)), total=len(train_set))
-        for images, labels, bad in loader:
-            for path in counter.update(bad):   # the newly seen ones, to name in the log
-                log(f"skipped unreadable image {display_path(path)}")
-
-    With several ranks, call update(bad, check=False) and check(count) with the count reduced over ranks, so
-    that all stop together."""
+    """The distinct unreadable files of the batches (update() returns the new ones, to log); DataError beyond
+    `max_bad`. Several ranks stop together with update(bad, check=False), then check(the count over ranks)."""
 
     def __init__(self, max_bad: int, total: int | None = None):
         self.max_bad, self.total = max_bad, total

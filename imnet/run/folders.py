@@ -1,17 +1,9 @@
-"""Folder layout: which classes and image files a data folder holds, and the DataError when it is wrong.
+"""Folder layout (torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``): which classes and image
+files a folder holds, and the DataError when it is wrong. Standard library only (the tools use it without torch).
 
-The layout is torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``, and for training
-``ROOT/{train,val}/<class>/...``. Only names and listings are read here, never an image, and only the standard
-library is imported (the tools use it without torch).
-
-The walker (walk_images, list_images) lists torchvision's ImageFolder files in its order, except:
-
-* hidden entries (a name starting with ``.``);
-* entries with an image name that are not regular files or links to one (a FIFO would block a worker forever,
-  a broken link can never be read);
-* links to a folder that encloses them (``c0/loop -> .``), found by (st_dev, st_ino), bind mounts included.
-
-The last two are appended to an optional ``skipped`` list as (path, reason) (describe_skipped).
+The walker lists torchvision's ImageFolder files in its order, except hidden entries and, appended to an
+optional ``skipped`` list as (path, reason): entries with an image name that are not regular files or links to
+one (a FIFO would block a worker forever), and links to a folder that encloses them (``c0/loop -> .``).
 """
 
 from __future__ import annotations
@@ -33,17 +25,12 @@ class DataError(UsageError):
     """A problem with the data or the data flags: one paragraph, exit 2."""
 
 
-# --------------------------------------------------------------------------------------------------------
-# Names and messages
-
-
 def is_image_name(name: str) -> bool:
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
 
 
 def display_path(path) -> str:
-    """`path` as printable text, for messages only: each byte of a non-UTF-8 name (a lone surrogate after
-    os.fsdecode) is shown as an escape, e.g. ``caf\\xe9.jpg``."""
+    """`path` as printable text, for messages only: a non-UTF-8 byte as an escape, e.g. ``caf\\xe9.jpg``."""
     path = os.fspath(path)
     if isinstance(path, bytes):
         return path.decode("utf-8", "backslashreplace")
@@ -60,14 +47,6 @@ def short_list(items, limit: int = 8) -> str:
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _flat_folder_error(folder: str, count: int) -> DataError:
-    return DataError(
-        f"{display_path(folder)!r} holds {count} image files but no class subfolders, so their labels are "
-        f"unknown: sort them into one folder per class ({_LAYOUT}). For a freshly extracted ImageNet val set, run "
-        f"`python -m imnet.tools.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv --out "
-        f"ROOT/val` (or --synsets with the devkit's list), then pass ROOT.")
-
-
 def describe_skipped(skipped, limit: int = 5) -> str:
     """One log line about the entries a walk skipped; '' if there are none."""
     if not skipped:
@@ -76,10 +55,6 @@ def describe_skipped(skipped, limit: int = 5) -> str:
     more = f"; and {len(skipped) - limit} more" if len(skipped) > limit else ""
     return (f"{len(skipped)} entries with image names were skipped (not regular files, or folder links "
             f"that loop): {shown}{more}. Replace them by the image files, or remove them.")
-
-
-# --------------------------------------------------------------------------------------------------------
-# The walker
 
 
 def _folder_id(st: os.stat_result) -> tuple[int, int]:
@@ -117,9 +92,8 @@ def _not_regular(entry: os.DirEntry) -> str:
 
 
 def walk_images(folder, skipped: list | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield (reldir, unsorted image names) for every folder under `folder`, itself included ('' for it), in no
-    particular order. A regular file costs no stat; a link and a folder one each. Folders that cannot be
-    listed go to `skipped` too."""
+    """Yield (reldir, unsorted image names) for every folder under `folder`, itself included (''), in no order.
+    A regular file costs no stat. Folders that cannot be listed go to `skipped` too."""
     top = os.fspath(folder)
     if isinstance(top, bytes):
         top = os.fsdecode(top)
@@ -166,8 +140,7 @@ def walk_images(folder, skipped: list | None = None) -> Iterator[tuple[str, list
 
 
 def order_listing(listing) -> list[str]:
-    """walk_images' pairs -> relative paths in torchvision's ImageFolder order: folders sorted by path as strings
-    (so 'a-b' < 'a/b'), then each folder's files by name."""
+    """walk_images' pairs -> relative paths in torchvision's order (folders by path as strings: 'a-b' < 'a/b')."""
     paths: list[str] = []
     for reldir, names in sorted(listing, key=itemgetter(0)):
         prefix = reldir + os.sep if reldir else ""
@@ -191,10 +164,6 @@ def has_image(folder) -> bool:
     return any(names for _, names in walk_images(folder))
 
 
-# --------------------------------------------------------------------------------------------------------
-# Layout checks
-
-
 def _not_a_folder(path: str) -> str | None:
     if os.path.isdir(path):
         return None
@@ -209,6 +178,20 @@ def _visible_entries(folder: str) -> list:
                         f"permissions.") from exc
 
 
+def _class_folders(folder: str) -> list[str]:
+    """The sorted visible subfolders of `folder`; DataError for a flat folder of images."""
+    entries = _visible_entries(folder)
+    classes = sorted(e.name for e in entries if e.is_dir())
+    loose = sum(1 for e in entries if is_image_name(e.name) and e.is_file()) if not classes else 0
+    if loose:
+        raise DataError(
+            f"{display_path(folder)!r} holds {loose} image files but no class subfolders, so their labels are "
+            f"unknown: sort them into one folder per class ({_LAYOUT}). For a freshly extracted ImageNet val set, "
+            f"run `python -m imnet.tools.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv "
+            f"--out ROOT/val` (or --synsets with the devkit's list), then pass ROOT.")
+    return classes
+
+
 def find_classes(root) -> list[str]:
     """The sorted class-folder names under `root` (hidden entries ignored); DataError when `root` is not a
     folder, has no class folders, or has class folders without an image file."""
@@ -216,12 +199,8 @@ def find_classes(root) -> list[str]:
     if what := _not_a_folder(root):
         raise DataError(f"{display_path(root)!r} {what}. Check the path (and --data): it must hold one subfolder "
                         f"per class, {_LAYOUT}.")
-    entries = _visible_entries(root)
-    classes = sorted(e.name for e in entries if e.is_dir())
+    classes = _class_folders(root)
     if not classes:
-        loose = [e.name for e in entries if is_image_name(e.name) and e.is_file()]
-        if loose:
-            raise _flat_folder_error(root, len(loose))
         raise DataError(f"{display_path(root)!r} has no class subfolders (it is empty or holds only hidden or "
                         f"non-image files). The expected layout is {_LAYOUT}.")
     empty = [c for c in classes if not has_image(os.path.join(root, c))]
@@ -276,9 +255,5 @@ def resolve_val_dir(path) -> str:
         if os.path.isdir(os.path.join(path, "train")):
             raise DataError(f"--data {display_path(path)!r} has a train/ folder but no val/ folder. Pass the root "
                             f"that holds val/, or the val folder itself (laid out as {_LAYOUT}).")
-    entries = _visible_entries(val_dir)
-    if not any(e.is_dir() for e in entries):
-        images = sum(1 for e in entries if is_image_name(e.name) and e.is_file())
-        if images:
-            raise _flat_folder_error(val_dir, images)
+    _class_folders(val_dir)
     return val_dir

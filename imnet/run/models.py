@@ -1,9 +1,6 @@
-"""Models: any torchvision classifier by name (``torchvision.models.list_models(module=torchvision.models)``), plus
-DeiT-Ti/S and DeiT's distilled variants, with stochastic depth where it fits; initial weights (`load_init`).
-
-Every model is a plain torchvision module, so a checkpoint's ``"model"`` state_dict loads into
-``torchvision.models.<name>(num_classes=K)`` with ``strict=True``. DeiT (Touvron et al. 2021) is torchvision's
-``VisionTransformer`` at the DeiT widths; the distilled ones are ``imnet.deit.DistilledVisionTransformer``.
+"""Models: any torchvision classifier by name, DeiT-Ti/S (torchvision's ``VisionTransformer`` at the DeiT widths)
+and the distilled DeiTs (``imnet.deit.DistilledVisionTransformer``), with stochastic depth where it fits; their
+initial weights (`load_init`). A checkpoint's ``"model"`` loads into the plain module with ``strict=True``.
 """
 
 from __future__ import annotations
@@ -57,8 +54,7 @@ def check_name(name: str) -> None:
 
 
 def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str, object, dict]:
-    """How ``name`` is built: (the callable's name, the callable, its keyword arguments), for `build_model` and
-    imnet.tools.export's loading line. googlenet and inception_v3 are built without their auxiliary heads."""
+    """-> (the callable's name, the callable, its kwargs), also for export; googlenet, inception_v3: no aux heads."""
     check_name(name)
     if name in DEIT or name in DEIT_DISTILLED:
         hidden_dim, num_heads = {**DEIT, **DEIT_DISTILLED}[name]
@@ -127,8 +123,7 @@ _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefix ev
 
 
 def head_keys(name: str, image_size: int = 224) -> set[str]:
-    """The state_dict keys whose shape depends on the number of classes: ``name`` built for 1 and for 2 classes
-    on the meta device, compared (no table of head names)."""
+    """The state_dict keys whose shape depends on the number of classes (``name`` built for 1 and 2, compared)."""
     try:
         with torch.device("meta"):
             one, two = (build_model(name, k, image_size=image_size).state_dict() for k in (1, 2))
@@ -149,9 +144,8 @@ def _strip(state: dict) -> dict:
 def init_source(path: str | None = None, weights: str | None = None, model: str | None = None,
                 use_ema: bool = False, progress: bool = True,
                 file_flag: str = "--init-from") -> tuple[dict, list | None, str]:
-    """-> (state_dict, its class names or None, a description) from ``path`` (an imnet checkpoint, a plain
-    state_dict, or a dict holding one under "model"/"state_dict") or from the torchvision ``weights`` name.
-    ``file_flag``: the caller's flag for a file, for the offline message. ValueError when unusable."""
+    """-> (state_dict, its class names or None, a description) from ``path`` (an imnet checkpoint, a state_dict,
+    or a dict holding one under "model"/"state_dict") or the torchvision ``weights``. ValueError when unusable."""
     from imnet.run import checkpoint
     if weights is not None:
         w = torchvision_weights(weights, model)
@@ -223,16 +217,11 @@ def _some(items: list, sep: str) -> str:
 
 def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, source_classes: list | None = None,
               classes: list | None = None, what: str = "The initial weights") -> dict:
-    """Copy ``state`` into ``model``: every key on both sides with the same shape, except
-
-    - the classifier head (`head_keys`): loaded when its shape fits and the classes (when both are known) are
-      the same; otherwise the model keeps its fresh head;
-    - a ViT/DeiT position embedding of another length: interpolated bicubically on its 2-D grid (Dosovitskiy et
-      al. 2021, Sec. 3.2) by torchvision's ``interpolate_embeddings`` (align_corners=True, unlike DeiT's and
-      timm's False: recipes.md), a distilled DeiT's by `imnet.deit.interpolate_pos_embedding` (DeiT's way).
-
-    -> {"loaded", "reinitialised", "interpolated"} key lists. ValueError naming the keys that do not fit;
-    ``what`` names the weights in it."""
+    """Copy ``state`` into ``model``, every key with its shape, except the classifier head (kept fresh unless it
+    fits and the classes, when known, are the same) and a ViT position embedding of another length: bicubic on
+    its 2-D grid (Dosovitskiy et al. 2021, Sec. 3.2) by torchvision (align_corners=True, unlike DeiT's and
+    timm's: recipes.md), a distilled DeiT's by `imnet.deit.interpolate_pos_embedding` (DeiT's way).
+    -> {"loaded", "reinitialised", "interpolated"} key lists; ValueError (naming ``what``) when it does not fit."""
     state = _strip(state)
     own = model.state_dict()
     head = head_keys(name, image_size)

@@ -1,13 +1,7 @@
-"""Seeds: every random stream of a run, derived in one place from (purpose, run seed, where in the run).
-
-Each stream is seeded from a tuple of integers, never from the state left by a previous draw, so that a resumed
-run (or another number of workers or ranks) draws the same numbers without replaying any RNG history:
-
-    derive(purpose, *words) = SeedSequence([purpose, len(words), *words]).generate_state(1, uint64)[0] >> 1
-
-SeedSequence hashes the tuple into unrelated streams, but pads short entropy with zeros ([1, 2] = [1, 2, 0]):
-the purpose and length words keep every purpose and length apart (tests/test_seeds.py). 63 bits make a valid
-seed for any RNG.
+"""Seeds: every random stream of a run, from a tuple of integers (purpose, run seed, where in the run), never from
+the state of a previous draw, so a resumed run replays no RNG history. numpy's SeedSequence pads short entropy
+with zeros ([1, 2] = [1, 2, 0]): the purpose and length words in front keep every stream apart. 63 bits make a
+seed valid for any RNG.
 """
 
 from __future__ import annotations

@@ -1,9 +1,6 @@
 """Test-time views: ``flip`` (the centre crop and its mirror) and ``10crop`` (the four corners and the centre of
-the resized image, each with its mirror), made on the device from the uint8 batch (`make_views`).
-
-The softmax probabilities of the views are averaged, as AlexNet did (Krizhevsky et al. 2012, Sec. 4.1): the
-average is again a distribution, so the loss stays a cross-entropy, and a confidently wrong view cannot outvote
-the others by the size of its logits.
+the resized image, each with its mirror). Their softmax probabilities are averaged, as AlexNet did (Krizhevsky et
+al. 2012, Sec. 4.1): a distribution again, which a confidently wrong view cannot outvote by its logits' size.
 """
 
 from __future__ import annotations
@@ -17,13 +14,9 @@ DECODES = ("full", "reduced")
 
 
 class TenCrop:
-    """File or PIL image -> the 10 views tiled along the height, uint8 (3, 10*crop, crop), since ImageFolder and
-    collate carry one CHW image per sample (`make_views` undoes the tiling); ``views(image)``: (10, 3, crop, crop).
-
-    The views are made by the single crop's code (`imnet.transforms.eval_crops`), so the centre view is the
-    single-crop input exactly. Unlike torchvision's ``TenCrop`` (the five crops of the mirrored image, one pixel
-    off when the margin is odd), every view here has its exact mirror.
-    """
+    """File or PIL image -> the 10 views tiled along the height, uint8 (3, 10*crop, crop), one CHW image per
+    sample as collate wants (`make_views` untiles). Made by the single crop's code (`eval_crops`), and unlike
+    torchvision's ``TenCrop`` (one pixel off when the margin is odd), every view here has its exact mirror."""
 
     def __init__(self, crop_size, resize_size, interpolation="bilinear", decode="full"):
         if decode not in DECODES:
