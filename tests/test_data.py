@@ -217,7 +217,7 @@ def test_data_errors_explain(tmp_path):
     for split, names in (("train", "abc"), ("val", "abd")):
         for k, name in enumerate(names):
             save(ok / split / name / f"{k}.JPEG", k, fmt="JPEG")
-    with pytest.raises(DataError, match=r"Only in val/: 'd'\. Only in train/: 'c'\."):
+    with pytest.raises(DataError, match=r"only in val/: 'd'; only in train/: 'c'\)"):
         check_data_root(ok)
     (ok / "train/d").mkdir()
     save(ok / "train/d/x.JPEG", 9, fmt="JPEG")

@@ -359,7 +359,7 @@ def test_flat_folder_is_refused_with_how_to_arrange_it(tmp_path, ckpt, capsys):
     for i in range(1, 4):
         Image.new("RGB", (40, 40)).save(flat / f"ILSVRC2012_val_{i:08d}.JPEG")
     code, _, err = run_eval(capsys, "--checkpoint", ckpt, "--data", flat)
-    assert code == 2 and "no class folders" in err and "python -m imnet.tools.prepare val --flat" in err
+    assert code == 2 and "no class subfolders" in err and "python -m imnet.tools.prepare val --flat" in err
 
 
 def test_command_line_exit_code_without_traceback(tmp_path):

@@ -275,7 +275,7 @@ def test_resolve_val_dir(tmp_path):
         find_classes(flat)
     message = str(from_resolve.value)
     assert message == str(from_find.value)  # one message, whichever check meets the flat folder first
-    assert "holds 3 image files but no class subfolders" in message and "no class folders" in message
+    assert "holds 3 image files but no class subfolders" in message and "one folder per class" in message
     assert f"python -m imnet.tools.prepare val --flat {flat} --labels LOC_val_solution.csv --out ROOT/val" in message
     flat_root = tmp_path / "flat_root"
     for k in range(2):

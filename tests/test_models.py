@@ -22,7 +22,7 @@ def test_drop_path_is_passed_to_models_that_have_it():
     assert models.build_model("convnext_tiny", 3).features[-1][-1].stochastic_depth.p > 0  # its own default
     with pytest.raises(ValueError, match="no stochastic depth"):
         models.build_model("resnet18", 3, drop_path=0.1)
-    with pytest.raises(ValueError, match="Did you mean resnet50"):
+    with pytest.raises(ValueError, match="did you mean resnet50"):
         models.build_model("resnet5", 3)
 
 

@@ -11,12 +11,8 @@ from imnet.transforms import normalize
 
 
 def forward_flops(model, crop_size, device):
-    """Forward FLOPs (in G) for one image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
-
-    FlopCounterMode counts 2 FLOPs per multiply-accumulate (a matmul of m x k by k x n is 2mkn). Papers and
-    model cards usually quote multiply-accumulates under the name "FLOPs" (ResNet-50: 4.1 G), so both are
-    reported: ``gflops`` and ``gmacs`` = gflops / 2.
-    """
+    """Forward GFLOPs for one image by ``FlopCounterMode``: 2 per multiply-accumulate, where papers quote MACs
+    as "FLOPs" (ResNet-50: 4.1 G), so callers report both (gmacs = gflops / 2)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     x = torch.zeros(1, 3, crop_size, crop_size, device=device)
@@ -33,11 +29,8 @@ def percentile(sorted_values, q):
 
 @torch.inference_mode()
 def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=False, warmup=5, iters=20):
-    """For each batch size: ``warmup`` untimed batches, then ``iters`` timed ones of uint8 -> normalize -> forward.
-
-    Each timed batch ends with a device synchronisation, so a latency is the full time of one batch;
-    throughput is images / total timed time.
-    """
+    """For each batch size: ``warmup`` untimed batches, then ``iters`` timed ones of uint8 -> normalize -> forward,
+    each ending with a device synchronisation."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward(images):

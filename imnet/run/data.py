@@ -47,21 +47,13 @@ from imnet.run import seeds
 from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
-# Decompression-bomb bound, in pixels (width x height), enforced while the transform opens a file.
-# 2**27 = 134 million pixels is about 400 MB once decoded to RGB: far above ordinary photographs (a 60 MP
-# camera makes 6e7 pixels) yet small enough that a worker cannot be made to allocate gigabytes by a tiny
-# file declaring a huge size. PIL's own default only *warns* between MAX_IMAGE_PIXELS and twice that; here
-# the warning is turned into an error, so the bound is exact. ImageFolder(max_pixels=...) overrides it.
+# Decompression-bomb bound in pixels (~400 MB decoded): far above a 60 MP photograph, yet a tiny file cannot make
+# a worker allocate gigabytes. PIL only warns up to twice its bound; here that warning is an error.
 MAX_IMAGE_PIXELS = 2**27
-
-# --------------------------------------------------------------------------------------------------------
-# Seeds
 
 
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
-    """The seed of one sample's augmentation (`imnet.run.seeds`, purpose AUGMENT). ``attempt`` counts the
-    replacements of an unreadable file; ``repeat`` numbers the copies of an image within an epoch under
-    repeated augmentation (TrainSampler with repeats > 1), so that each copy gets its own crop."""
+    """``attempt`` counts the replacements of an unreadable file, ``repeat`` the copies of a repeated image."""
     return seeds.derive(seeds.AUGMENT, seed, epoch, index, attempt, repeat)
 
 
@@ -71,15 +63,9 @@ def _check_seed(seed: int) -> int:
     return int(seed)
 
 
-# --------------------------------------------------------------------------------------------------------
-# Datasets
-
-
 @contextlib.contextmanager
 def _pil_guard(max_pixels: int):
-    """Refuse images above `max_pixels` while the block runs: sets PIL's bound and turns PIL's
-    DecompressionBombWarning (pixels in (bound, 2 x bound]) into an exception, as PIL already raises
-    DecompressionBombError above 2 x bound. Both are restored on exit."""
+    """Refuse images above `max_pixels` inside the block (PIL's warning band included); restored on exit."""
     previous = Image.MAX_IMAGE_PIXELS
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -91,29 +77,9 @@ def _pil_guard(max_pixels: int):
 
 
 class SampleIndex:
-    """The relative path and the label of every sample, in three flat buffers (one bytes object, two numpy
-    arrays) and no Python object per sample.
-
-    * `blob` (bytes): every path relative to the data root, file-system encoded (os.fsencode, so a name that
-      is not valid UTF-8 round-trips through surrogateescape) and NUL-terminated, concatenated in order;
-    * `offsets` (int64, n + 1): where path i starts in the blob; it ends at offsets[i + 1] - 1, before its NUL;
-    * `labels` (int32, n): the class index of each sample.
-
-    Why: a list of 1.28 million (path, label) tuples is 2.6 million Python objects. Every read of one changes
-    its reference count, so each forked DataLoader worker gradually copies every page of them (copy on
-    write): 217 MB of private memory per worker on ImageNet, 1.7 GB with 8 workers per GPU. Here the
-    per-sample data lives in three buffers that nobody writes after the build: workers share them with the
-    parent (bench/memory.py measures both: ~1.4 MB growth per worker, bookkeeping included). ImageNet's train
-    split takes ~40 MB of paths ("n01440764/n01440764_10026.JPEG" is 30 bytes + its NUL), 10 MB of offsets
-    and 5 MB of labels, once for all workers.
-
-    Why concatenated bytes + offsets rather than a fixed-width numpy 'S' array: an 'S' array pads every path
-    to the longest one, so one deep or long file name inflates all 1.28 million entries, and it strips
-    trailing NUL bytes; offsets cost 8 bytes a path whatever the lengths. int32 labels leave room for any
-    number of classes (int16 would save 2.5 MB on ImageNet and stop at 32,767).
-
-    Build it with from_listings, which sorts; the arrays are read-only.
-    """
+    """Every sample's path (relative to the root, os.fsencode'd, NUL-terminated, concatenated in `blob`; path i
+    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers. Not a numpy 'S' array: it pads
+    every path to the longest one and strips trailing NULs. Build it with from_listings, which sorts."""
 
     def __init__(self, blob: bytes, offsets: np.ndarray, labels: np.ndarray):
         if len(offsets) != len(labels) + 1 or (len(labels) and offsets[-1] != len(blob)):
@@ -126,10 +92,7 @@ class SampleIndex:
 
     @classmethod
     def from_listings(cls, listings) -> "SampleIndex":
-        """The index of the classes in `listings`, an iterable of (class folder name, listing) in label order,
-        where a listing is the (reldir, file names) pairs imnet.run.folders.walk_images yields for that class
-        folder (any iterable of pairs, e.g. a synthetic one). Within a class the order is
-        folders.order_listing's, i.e. torchvision's ImageFolder order; the classes follow each other."""
+        """`listings`: (class folder name, walk_images listing) in label order; files in order_listing's order."""
         paths: list[str] = []
         counts: list[int] = []
         for name, listing in listings:
@@ -156,7 +119,6 @@ class SampleIndex:
         return i + n if i < 0 else int(i)
 
     def relpath(self, i: int) -> str:
-        """Path of sample i relative to the root (os.fsdecode: undecodable bytes become surrogates)."""
         i = self._check(i)
         return os.fsdecode(self.blob[self.offsets[i]:self.offsets[i + 1] - 1])
 
@@ -168,7 +130,6 @@ class SampleIndex:
 
     @property
     def nbytes(self) -> int:
-        """Memory held by the index (shared by forked workers)."""
         return len(self.blob) + self.offsets.nbytes + self.labels.nbytes
 
 
@@ -186,45 +147,13 @@ class _SampleView(collections.abc.Sequence):
             return [self[k] for k in range(*i.indices(len(self)))]
         return self._dataset.path(i), self._dataset.label(i)
 
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
-
 
 class ImageFolder(torch.utils.data.Dataset):
-    """Images under `root/<class>/...` for the given class list; ``ds[(index, epoch)] -> (uint8 CHW, label,
-    bad)`` where `bad` is a tuple of the paths that could not be read for this item (usually empty).
-
-    The samples are those of torchvision's ImageFolder, in its order (so indices agree), minus what
-    imnet.run.folders' walker leaves out: hidden entries, and entries with an image name that are not regular
-    files (FIFOs, sockets, devices, broken links) or folder links that loop. The latter are listed in
-    `skipped`, as (path, reason), for the caller to report (folders.describe_skipped). The index is a
-    SampleIndex (`index`): no Python object per sample, so forked workers share it. Access:
-    ``len(ds)``, ``ds.path(i)`` (the root joined with the file's relative path: absolute when the root is),
-    ``ds.label(i)``, ``ds.targets`` (numpy int32 labels), ``ds.classes``, ``ds.root``.
-
-    `transform(path) -> uint8 CHW tensor` decodes and augments one file (imnet.transforms). Before each call
-    torch's global CPU RNG is seeded with `augment_seed` (seed, epoch, index, attempt, repeat) and restored
-    afterwards: the augmentation of sample `index` in `epoch` depends only on (seed, epoch, index), not on
-    which worker or rank runs it, and the caller's RNG stream (dropout, MixUp in the main process when
-    workers=0) is left untouched.
-
-    `crop_size_at(epoch) -> int` (optional; progressive resolution) makes the call ``transform(path,
-    crop_size=crop_size_at(epoch))``: the size is a function of the epoch in the key, so workers need no
-    state to follow it (persistent workers keep their own copy of the dataset, which is never updated). It
-    must be picklable (a module-level function or a functools.partial of one) for spawned workers.
-
-    A file the transform cannot read (truncated, zero bytes, not an image, more than `max_pixels` pixels, a
-    16-bit or float image whose range is unknown) is replaced by sample ``augment_seed(seed, epoch, index,
-    attempt) % n`` for attempt = 1, 2, ...: a pseudo-random other sample, so a bad file does not always
-    duplicate its neighbour of the same class. After `max_tries` failed attempts (the data set is mostly
-    unreadable) DataError is raised, chained to the last error.
-
-    When the transform raises, the file is decoded again on its own (`file_error`; only on this failure
-    path, so reading costs nothing more): if it decodes, the fault is the transform's (a bad setting such as
-    a RandAugment magnitude out of range, a bug) and DataError is raised at once, naming the transform, the
-    file and the error, instead of replacing every image and blaming the data set.
-    """
+    """``ds[(index, epoch)] -> (uint8 CHW, label, the paths that could not be read for it)``: torchvision's samples
+    in its order, minus what folders.walk_images skips (in `skipped`). The transform runs under torch's CPU RNG
+    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size.
+    An unreadable file is replaced by sample ``augment_seed(seed, epoch, index, attempt) % n``, attempt = 1, 2,
+    ...; a transform that fails on a file that decodes is a DataError at once."""
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_tries: int = 32, crop_size_at=None):
@@ -243,14 +172,12 @@ class ImageFolder(torch.utils.data.Dataset):
         empty = [name for name, count in zip(self.classes, counts) if count == 0]
         if empty:
             raise DataError(f"{len(empty)} class folders of {display_path(self.root)!r} are missing or hold no "
-                            f"image file: {short_list(empty)}. Run check_data_root on the data root first, which "
-                            f"explains the expected layout.")
+                            f"image file: {short_list(empty)}. Check the data root with check_data_root first.")
 
     def __len__(self) -> int:
         return len(self.index)
 
     def path(self, i: int) -> str:
-        """The file of sample i: the root joined with its path relative to the root."""
         return os.path.join(self.root, self.index.relpath(i))
 
     def label(self, i: int) -> int:
@@ -258,16 +185,11 @@ class ImageFolder(torch.utils.data.Dataset):
 
     @property
     def targets(self) -> np.ndarray:
-        """The label of every sample (read-only int32 array), like torchvision's `targets` list."""
         return self.index.labels
 
     @property
     def samples(self) -> collections.abc.Sequence:
-        """torchvision's `samples`, as a read-only sequence of (path, label) built on demand: ``ds.samples[i]``
-        costs what path(i) and label(i) cost, and nothing is stored. It materialises tuples only as you ask
-        for them: ``list(ds.samples)`` builds the whole list of tuples that SampleIndex exists to avoid
-        (over 200 MB on ImageNet, copied page by page into every worker that then reads it), so keep that to
-        tests and one-off scripts; code that runs in workers uses path(i) and label(i)."""
+        """torchvision's `samples`, built on demand (``list(ds.samples)``: for tests and one-off scripts)."""
         return _SampleView(self)
 
     def _read(self, path: str, seed: int, epoch: int) -> torch.Tensor:
@@ -295,11 +217,10 @@ class ImageFolder(torch.utils.data.Dataset):
                 if file_error(path, self.max_pixels) is None:
                     what = display_path(str(exc)).rstrip(".")
                     raise DataError(
-                        f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}. The file "
-                        f"itself decodes, so this is not the file's fault and it is not replaced as an unreadable "
-                        f"image: the transform ({display_path(repr(self.transform))}) cannot run with its "
-                        f"settings. Check the augmentation settings (--auto-augment, --ra-magnitude, the crop and "
-                        f"resize sizes).") from exc
+                        f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}; the file "
+                        f"decodes, so this is not the file's fault and it is not replaced as an unreadable image. "
+                        f"Fix the settings of the transform ({display_path(repr(self.transform))}): --auto-augment, "
+                        f"--ra-magnitude, the crop and resize sizes.") from exc
                 if path not in bad:
                     bad.append(path)
                 error = exc
@@ -316,10 +237,8 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 class FakeData(torch.utils.data.Dataset):
-    """Random uint8 images in ImageFolder's item format, for --fake-data throughput runs (no file I/O).
-
-    The images come from a bank of 16 made once from `seed`, so producing an item costs nothing and the loader
-    measures the pipeline, not a random number generator; label = index % num_classes."""
+    """--fake-data: ImageFolder's items from a bank of random images made once (the loader measures the pipeline,
+    not a random number generator); label = index % num_classes."""
 
     def __init__(self, num_classes: int, image_size: int, length: int, seed: int = 0, bank: int = 16):
         self.classes = [f"class_{k}" for k in range(num_classes)]
@@ -336,37 +255,17 @@ class FakeData(torch.utils.data.Dataset):
         return self.images[index % len(self.images)], index % len(self.classes), ()
 
 
-# --------------------------------------------------------------------------------------------------------
-# Samplers
+def _check_rank(num_replicas: int, rank: int) -> None:
+    if num_replicas < 1 or not 0 <= rank < num_replicas:
+        raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
 
 
 class TrainSampler(torch.utils.data.Sampler):
-    """Distributed, per-epoch reshuffled, resumable training order; yields (index, epoch).
-
-    Epoch e uses one global permutation of range(num_samples), drawn from ``seeds.derive(SHUFFLE, seed, e)``; rank r
-    takes ``perm[r::num_replicas]``. So with batch size b, batch k of rank r holds global positions
-    k*R*b + r, k*R*b + r + R, ...: the union over the R ranks of their batch k is batch k of a single process
-    with batch R*b. That is what makes "2 processes x b" equal "1 process x 2b".
-
-    drop_last=True truncates the permutation to a multiple of num_replicas, so every rank yields the same
-    number of samples (DDP needs equal step counts; the few dropped samples change every epoch).
-    drop_last=False pads by repeating the start of the permutation instead.
-
-    Repeated augmentation (``repeats`` = N > 1; Hoffer et al. 2020, "Augment your batch"; Berman et al.
-    2019, "Multigrain"; the RASampler of DeiT and of torchvision's references, which --ra-reps follows):
-    every index of the permutation is repeated N times in a row before the ranks take their positions, and
-    the items are (index, epoch, repeat), so that each copy gets its own augmentation (`augment_seed`).
-    With R >= N processes the N copies of an image sit in the same step on N different ranks. As in those
-    samplers the epoch is not N times longer: each rank still reads num_samples // R items, so an epoch
-    sees about num_samples / N distinct images, N times each (the sources also round the epoch down to a
-    multiple of 256 images; here it is a multiple of R, as without repeats).
-
-    set_start(k) skips this rank's first k samples (mid-epoch resume: k = steps done x batch size) until a
-    pass runs to its end; later passes start at 0 again. So both "set_start once after loading the
-    checkpoint, then loop over epochs" and "set_epoch + set_start at the top of each epoch" work, and len()
-    (= the samples the coming pass yields) is the resumed epoch's remainder while it runs. set_epoch(e)
-    selects the permutation and does not touch the start.
-    """
+    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation, so R processes x
+    batch b see the batches of 1 process x batch R*b. drop_last truncates to a multiple of num_replicas, else
+    the start of the permutation pads. ``repeats`` = N > 1: repeated augmentation (Hoffer et al. 2020, DeiT's
+    RASampler, --ra-reps): each index N times in a row, items (index, epoch, repeat), the epoch no longer.
+    set_start(k) skips this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  drop_last: bool = True, repeats: int = 1):
@@ -374,11 +273,10 @@ class TrainSampler(torch.utils.data.Sampler):
         if repeats < 1:
             raise ValueError(f"repeats must be at least 1, got {repeats}")
         self.repeats = int(repeats)
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+        _check_rank(num_replicas, rank)
         if num_samples < num_replicas:
             raise DataError(f"The training set has {num_samples} images, fewer than the {num_replicas} "
-                            f"processes: each process needs at least one. Use fewer processes or more data.")
+                            f"processes. Use fewer processes or more data.")
         self.num_samples, self.num_replicas, self.rank = num_samples, num_replicas, rank
         self.seed, self.drop_last = _check_seed(seed), drop_last
         self.epoch, self.start = 0, 0
@@ -393,8 +291,7 @@ class TrainSampler(torch.utils.data.Sampler):
         self.start = int(start)
 
     def order(self, epoch: int) -> list[tuple[int, int]]:
-        """The epoch's (index, repeat) sequence over all ranks before truncation: the permutation, each index
-        repeated `repeats` times in a row (every index exactly `repeats` times)."""
+        """The epoch's (index, repeat) sequence over all ranks, before truncation."""
         generator = torch.Generator().manual_seed(seeds.derive(seeds.SHUFFLE, self.seed, epoch))
         perm = torch.randperm(self.num_samples, generator=generator).tolist()
         return [(i, k) for i in perm for k in range(self.repeats)]
@@ -407,7 +304,6 @@ class TrainSampler(torch.utils.data.Sampler):
         return order[self.rank::self.num_replicas]
 
     def indices(self, epoch: int) -> list[int]:
-        """All indices this rank reads in `epoch`, ignoring set_start."""
         return [i for i, _ in self.keys(epoch)]
 
     def __iter__(self):
@@ -421,17 +317,12 @@ class TrainSampler(torch.utils.data.Sampler):
 
 
 class EvalSampler(torch.utils.data.Sampler):
-    """Exact distributed evaluation order; yields (index, 0).
-
-    Rank r reads the contiguous shard [floor(n r / R), floor(n (r+1) / R)): every index exactly once over all
-    ranks, no padding, so no image is counted twice (DistributedSampler pads with duplicates) and each rank
-    reads neighbouring files. Shard sizes differ by at most one (a rank may even get none when n < R): the
-    evaluation loop must not run a collective per batch, only reduce its sums at the end."""
+    """Yields (index, 0) of the contiguous shard [floor(n r / R), floor(n (r+1) / R)): no padding, so shards may
+    differ by one (or be empty) and the evaluation loop must reduce only at the end, never per batch."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0):
         super().__init__()
-        if num_replicas < 1 or not 0 <= rank < num_replicas:
-            raise ValueError(f"need num_replicas >= 1 and 0 <= rank < num_replicas, got {num_replicas}, {rank}")
+        _check_rank(num_replicas, rank)
         self.begin = num_samples * rank // num_replicas
         self.end = num_samples * (rank + 1) // num_replicas
 
@@ -442,15 +333,8 @@ class EvalSampler(torch.utils.data.Sampler):
         return self.end - self.begin
 
 
-# --------------------------------------------------------------------------------------------------------
-# Batches
-
-
 def collate(batch):
-    """[(uint8 CHW, label, bad paths)] -> (uint8 NCHW, int64 labels, list of bad paths).
-
-    The images are written straight into one preallocated batch tensor; inside a worker that tensor lives in
-    shared memory (as torch's default_collate does), so handing it to the main process copies nothing."""
+    """[(uint8 CHW, label, bad paths)] -> (uint8 NCHW, int64 labels, bad paths), in shared memory in a worker."""
     images, labels, bad = zip(*batch)
     first = images[0]
     if any(im.shape != first.shape for im in images):
@@ -465,20 +349,12 @@ def collate(batch):
 
 
 def _worker_init(worker_id: int) -> None:
-    # One intra-op thread per worker: parallelism comes from the workers; more threads would oversubscribe
-    # the cores (torch also does this; stated here so it does not depend on that).
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # the parallelism is the workers'; stated here so it does not depend on torch's
 
 
 def _preemptible_worker_init(worker_id: int) -> None:
-    """Worker init of a training loader: schedulers (SLURM, Kubernetes) send SIGTERM to the whole process group,
-    and a terminal sends Ctrl-C (SIGINT) to its whole foreground group. torch's worker handler exits on a
-    SIGTERM that does not come from its parent (and its worker loop on a KeyboardInterrupt), and the main
-    process then dies with "DataLoader worker killed by signal" (or "exited unexpectedly") instead of saving
-    its checkpoint. The main process decides: these workers ignore the stop signals
-    (imnet.run.signals.PREEMPTION_SIGNALS) and stop when the main process shuts the loader down
-    (`shutdown_workers`) or exits. train.py forks them with the signals blocked
-    (imnet.run.signals.PreemptionSignals.deferred), so none arrives before this runs."""
+    """Ignore the stop signals sent to the whole group (the main process decides, then `shutdown_workers`) and
+    unblock them (train.py forks under signals.PreemptionSignals.deferred)."""
     _worker_init(worker_id)
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
@@ -487,10 +363,7 @@ def _preemptible_worker_init(worker_id: int) -> None:
 
 
 def shutdown_workers(loader) -> None:
-    """Stop a loader's persistent workers now. Needed for preemptible loaders: at interpreter exit
-    multiprocessing terminates daemonic children with SIGTERM and then waits for them, forever for a worker
-    that ignores SIGTERM, and torch's own shutdown is skipped once the interpreter is exiting. (torch has no
-    public call for this; ``_iterator._shutdown_workers`` is what the iterator's destructor calls.)"""
+    """Stop a loader's workers now: at exit multiprocessing would wait forever for one that ignores SIGTERM."""
     iterator = getattr(loader, "_iterator", None)
     if iterator is not None and hasattr(iterator, "_shutdown_workers"):
         iterator._shutdown_workers()
@@ -498,10 +371,7 @@ def shutdown_workers(loader) -> None:
 
 
 def cap_workers(workers: int) -> tuple[int, str | None]:
-    """--workers within this machine: at most 4 loader processes per CPU core this process may use, shared by
-    the processes of its node (torchrun's LOCAL_WORLD_SIZE), at least 1. Decoding is CPU work, so more only
-    compete for the cores (and each holds its own memory); the number of workers changes no result (every
-    sample is seeded by (seed, epoch, index)). -> (the workers to start, a note when lowered)."""
+    """-> (--workers lowered to 4 per usable CPU core shared by the node's processes, a note when lowered)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
@@ -518,18 +388,8 @@ def cap_workers(workers: int) -> tuple[int, str | None]:
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
                  drop_last: bool = False, prefetch_factor: int | None = None,
                  preemptible: bool = False) -> torch.utils.data.DataLoader:
-    """A DataLoader over (index, epoch) keys with `collate`.
-
-    - persistent workers (workers > 0): the decoding processes and their caches survive between epochs;
-    - prefetch_factor: by default enough to keep about 8 batches in flight in total, at least 2 per worker,
-      so a slow JPEG or a hiccup in one worker does not stall the accelerator;
-    - a private torch.Generator: the DataLoader draws a worker base seed from its generator at every
-      iter(); with the default (global) one, that draw would shift the training process's RNG stream by an
-      amount depending on --workers (workers=0 draws every epoch, persistent workers only once). The base
-      seed is unused anyway, since every sample is seeded by (seed, epoch, index);
-    - preemptible: the workers ignore SIGTERM/SIGUSR1/SIGINT (`_preemptible_worker_init`); the caller must then
-      `shutdown_workers` before exiting.
-    """
+    """A DataLoader with `collate` and persistent workers, about 8 batches in flight by default (at least 2 per
+    worker). preemptible: the caller must `shutdown_workers` before exiting."""
     if workers > 0 and prefetch_factor is None:
         prefetch_factor = max(2, math.ceil(8 / workers))
     return torch.utils.data.DataLoader(
@@ -537,34 +397,25 @@ def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bo
         pin_memory=pin_memory, drop_last=drop_last, persistent_workers=workers > 0,
         prefetch_factor=prefetch_factor if workers > 0 else None,
         worker_init_fn=(_preemptible_worker_init if preemptible else _worker_init) if workers > 0 else None,
-        generator=torch.Generator())
+        generator=torch.Generator())  # private: the loader's (unused) base-seed draws must not move the global RNG
 
 
 def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last: bool = False,
               dtype: torch.dtype = torch.float32, mean=IMAGENET_MEAN, std=IMAGENET_STD):
-    """Copy a uint8 batch and its labels to `device` (non_blocking: asynchronous from pinned memory) and
-    normalize there: (x / 255 - mean) / std in `dtype`, channels_last if asked. Returns (images, labels)."""
+    """Copy a uint8 batch and its labels to `device` (non_blocking) and normalize there -> (images, labels)."""
     images = images.to(device, non_blocking=True)
     labels = labels.to(device, non_blocking=True)
     return normalize(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last), labels
 
 
 def images_on(loader, device, channels_last: bool = False):
-    """The images of ``loader``'s batches on ``device``, normalised as the model takes them (`to_device`). A
-    generator: the loader is not iterated (no worker started) before the first image is asked for."""
+    """The images of ``loader``'s batches on ``device``, normalised (`to_device`), as they are asked for."""
     for images, labels, *_ in loader:
         yield to_device(images, labels, device, channels_last=channels_last)[0]
 
 
-# --------------------------------------------------------------------------------------------------------
-# Counting bad images
-
-
 def parse_max_bad(value, total: int) -> int:
-    """--max-bad-images -> the number of distinct unreadable files tolerated.
-
-    A plain integer is a count ("10" -> 10, "0" -> none tolerated); a decimal number in [0, 1] is a fraction
-    of the `total` images, rounded down ("0.001" with 1,281,167 images -> 1281)."""
+    """--max-bad-images -> a count: "10" -> 10; a decimal in [0, 1] is a fraction of `total`, rounded down."""
     text = str(value).strip()
     if re.fullmatch(r"\d+", text):
         return int(text)
@@ -580,10 +431,7 @@ def parse_max_bad(value, total: int) -> int:
 
 
 def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
-    """Why the file at `path` cannot be decoded, in a few words, or None when it decodes: read, opened and
-    converted to 8-bit RGB as the transforms do (imnet.transforms.load_rgb, which also refuses 16-bit and
-    float images of unknown range), under the same bound on pixels. Printable even when the file name is
-    not valid UTF-8."""
+    """Why `path` cannot be decoded as the transforms decode it, in printable words; None when it decodes."""
     try:
         if os.path.getsize(path) == 0:
             return "empty file"
@@ -595,10 +443,8 @@ def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
 
 
 def check_readable(dataset, split: str, count: int = 16) -> list[tuple[str, str]]:
-    """Decode ``count`` files spread evenly over an ImageFolder (every one when it has fewer), at setup: a set
-    that turns out unreadable only at its first use (the validation set, after a whole training epoch) costs
-    the epoch. Half of them or more unreadable -> DataError (a wrong or damaged copy: the replacements would make
-    every figure meaningless); fewer -> the (path, reason) of each, for a warning. A FakeData set: nothing."""
+    """Decode ``count`` files spread over an ImageFolder: half or more unreadable -> DataError; fewer -> their
+    (path, reason), for a warning."""
     if not isinstance(dataset, ImageFolder) or len(dataset) == 0:
         return []
     n = len(dataset)
@@ -610,28 +456,17 @@ def check_readable(dataset, split: str, count: int = 16) -> list[tuple[str, str]
         raise DataError(f"The {split} set {display_path(dataset.root)!r} looks unreadable: {len(bad)} of the "
                         f"{len(picks)} files checked at setup (spread over its {n} images) cannot be decoded: "
                         f"{shown}{' ...' if len(bad) > 3 else ''}. Check the copy of the data set (an interrupted "
-                        f"download or extraction, files of another format) before training on it.")
+                        f"download or extraction, files of another format).")
     return bad
 
 
 def why_unreadable(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str:
-    """A short reason why `path` cannot be read (used in messages): `file_error`'s."""
     return file_error(path, max_pixels) or "it decodes; the transform failed on it"
 
 
 class BadImageCounter:
-    """Collects the unreadable files reported with each batch and stops the run beyond a threshold.
-
-        counter = BadImageCounter(parse_max_bad(args.max_bad_images, len(train_set)), total=len(train_set))
-        for images, labels, bad in loader:
-            for path in counter.update(bad):   # the newly seen ones, to name in the log
-                log(f"skipped unreadable image {display_path(path)}")
-
-    Files are counted once however often they are met (every epoch meets them again). update() raises
-    DataError once more than `max_bad` distinct files were seen by this process. With several ranks each
-    counts what it reads; to stop all ranks together, call update(bad, check=False) and, at log time,
-    check(count) with the count summed (or maxed) over ranks. state_dict() / load_state_dict() carry the
-    list through a resume (plain types)."""
+    """The distinct unreadable files of the batches (update() returns the new ones, to log); DataError beyond
+    `max_bad`. Several ranks stop together with update(bad, check=False), then check(the count over ranks)."""
 
     def __init__(self, max_bad: int, total: int | None = None):
         self.max_bad, self.total = max_bad, total
@@ -656,9 +491,8 @@ class BadImageCounter:
         first = "; ".join(f"{display_path(p)} ({why_unreadable(p)})" for p in list(self.paths)[:5])
         raise DataError(
             f"Too many unreadable images: {count} distinct files{of_total} could not be read, more than the "
-            f"{self.max_bad} allowed by --max-bad-images. Each was skipped and replaced by another image. "
-            f"The first ones: {first}. Repair or remove these files (check the copy of the data set), or "
-            f"raise the threshold with --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of "
+            f"{self.max_bad} allowed by --max-bad-images; the first ones: {first}. Repair or remove these files, "
+            f"or raise the threshold with --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of "
             f"the training set).")
 
     def state_dict(self) -> dict:

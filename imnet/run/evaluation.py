@@ -1,10 +1,4 @@
-"""One evaluation pass (`evaluate`): loss, top-1 and top-5 of a model on a loader, exact over any number of ranks.
-
-The eval sampler (`imnet.run.data.EvalSampler`) gives every image to exactly one rank with no padding, and the sums
-(not the means) are reduced across ranks, so the figures equal a single-process evaluation whatever the world
-size and the size of the last batch. Test-time views (`imnet.run.tta`) are made on the device from the uint8 batch.
-train.py evaluates with it after each epoch; eval.py for a checkpoint.
-"""
+"""One evaluation pass (`evaluate`), for train.py after each epoch and for eval.py."""
 
 from __future__ import annotations
 
@@ -23,7 +17,7 @@ from imnet.run.tta import make_views
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast on ``device`` in ``dtype``, or nothing for None (fp32)."""
+    """torch.autocast in ``dtype``, or nothing for None (fp32)."""
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -50,13 +44,9 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes: int, tta: str = "none",
              amp_dtype=None, channels_last: bool = False) -> EvalResult:
-    """Loss, top-1, top-5 (percent) and count over this rank's shard, summed over all ranks.
-
-    The eval sampler gives every image to exactly one rank with no padding, and Meter sums counts (not
-    means) across ranks, so the figures equal a single-process evaluation whatever the world size. With
-    test-time views (``tta``: see `imnet.run.tta`) the softmax probabilities of the views are averaged and the
-    loss is the cross-entropy of that average. Nothing is read back to the host inside the loop.
-    """
+    """Loss, top-1, top-5 (percent) and count, summed over all ranks (each reads its EvalSampler shard): equal to
+    a single-process evaluation. With test-time views the loss is the cross-entropy of their averaged
+    probabilities. Nothing is read back to the host inside the loop."""
     model.eval()
     meter = Meter(device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)

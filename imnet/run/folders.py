@@ -1,27 +1,9 @@
-"""Folder layout: which classes and which image files a data folder holds, and what to say when it is wrong.
+"""Folder layout (torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``): which classes and image
+files a folder holds, and the DataError when it is wrong. Standard library only (the tools use it without torch).
 
-The expected layout is torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``, and for training
-a data root ``ROOT/{train,val}/<class>/...``. This module only looks at names and directory listings; it never
-opens an image (imnet.run.data reads them). Every problem it finds is raised as a DataError whose message is one
-paragraph saying what is wrong and how to fix it; train.py and eval.py print it and exit with code 2.
-
-The walker (walk_images, list_images) differs from os.walk / torchvision in three ways, each because a real
-data copy did it:
-
-* hidden entries (``.DS_Store``, ``.ipynb_checkpoints/``, anything starting with ``.``) are never listed;
-* only regular files are listed, or symbolic links to regular files: a FIFO, socket or device named
-  ``x.jpg`` would block or fail the first reader that opens it (a FIFO blocks a DataLoader worker forever),
-  and a broken link can never be read, so these are skipped and reported;
-* symbolic links to folders are followed (``imnet.tools.prepare`` and hand-made ImageNet trees use them), except a
-  link back to a folder that encloses it (``c0/loop -> .``, ``c0/up -> ..``): os.walk would follow such a loop
-  until the path grows too long, listing the class up to 40 times. Folders are identified by (st_dev, st_ino),
-  so a loop through a bind mount is caught too. Such links are skipped and reported.
-
-Everything skipped is appended to an optional ``skipped`` list as (path, reason), for the caller to report
-(describe_skipped). The order of list_images is torchvision's ImageFolder order minus the skipped entries, so
-sample indices agree with torchvision's on ordinary trees.
-
-Only the standard library is imported, so the command-line tools can use this module without torch.
+The walker lists torchvision's ImageFolder files in its order, except hidden entries and, appended to an
+optional ``skipped`` list as (path, reason): entries with an image name that are not regular files or links to
+one (a FIFO would block a worker forever), and links to a folder that encloses them (``c0/loop -> .``).
 """
 
 from __future__ import annotations
@@ -33,32 +15,22 @@ from typing import Iterator
 
 from imnet.run.errors import UsageError
 
-# The extensions torchvision's ImageFolder accepts; matched case-insensitively (ImageNet uses ".JPEG").
-# The one list of image extensions of the project: import it, do not copy it.
+# torchvision's ImageFolder extensions, matched in any case: the project's one list.
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 
 _LAYOUT = "ROOT/<class name>/<image file>, e.g. ROOT/n01440764/n01440764_10026.JPEG"
 
 
 class DataError(UsageError):
-    """A problem with the data or the data flags. The message is one paragraph: what is wrong and how to fix
-    it; train.py and eval.py print it and exit with code 2, without a traceback."""
-
-
-# --------------------------------------------------------------------------------------------------------
-# Names and messages
+    """A problem with the data or the data flags: one paragraph, exit 2."""
 
 
 def is_image_name(name: str) -> bool:
-    """True for a visible file name with one of IMG_EXTENSIONS (any case)."""
     return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMG_EXTENSIONS
 
 
 def display_path(path) -> str:
-    """`path` as printable text. A file name that is not valid UTF-8 reaches Python as a str with lone
-    surrogates (os.fsdecode's surrogateescape), which print() and json refuse; here each such byte is shown
-    as an escape instead, e.g. ``caf\\xe9.jpg`` for the Latin-1 name b"caf\\xe9.jpg". Valid names are unchanged.
-    Use it for messages only: to open the file, keep the original str."""
+    """`path` as printable text, for messages only: a non-UTF-8 byte as an escape, e.g. ``caf\\xe9.jpg``."""
     path = os.fspath(path)
     if isinstance(path, bytes):
         return path.decode("utf-8", "backslashreplace")
@@ -69,25 +41,14 @@ def display_path(path) -> str:
 
 
 def short_list(items, limit: int = 8) -> str:
-    """'a', 'b', 'c' and 12 more: a list for a message that may be about thousands of names."""
+    """'a', 'b', 'c' and 12 more."""
     items = list(items)
     shown = ", ".join(repr(display_path(x)) for x in items[:limit])
     return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
 
 
-def _flat_folder_error(folder: str, count: int) -> DataError:
-    """The one message for a folder of images without class folders (find_classes and resolve_val_dir)."""
-    return DataError(
-        f"{display_path(folder)!r} holds {count} image files but no class subfolders; images must be sorted "
-        f"into one folder per class ({_LAYOUT}), the class being the folder name: with no class folders their "
-        f"labels are unknown. A freshly extracted ImageNet validation set is flat like this: arrange it with "
-        f"`python -m imnet.tools.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv --out "
-        f"ROOT/val` (symlinks into one folder per class; the devkit's ground-truth list works too, with "
-        f"--synsets), then pass ROOT, the folder holding val/.")
-
-
 def describe_skipped(skipped, limit: int = 5) -> str:
-    """One line for a log about the entries a walk skipped (walk_images' `skipped`); '' if there are none."""
+    """One log line about the entries a walk skipped; '' if there are none."""
     if not skipped:
         return ""
     shown = "; ".join(f"{display_path(path)} ({reason})" for path, reason in list(skipped)[:limit])
@@ -96,17 +57,12 @@ def describe_skipped(skipped, limit: int = 5) -> str:
             f"that loop): {shown}{more}. Replace them by the image files, or remove them.")
 
 
-# --------------------------------------------------------------------------------------------------------
-# The walker
-
-
 def _folder_id(st: os.stat_result) -> tuple[int, int]:
     return st.st_dev, st.st_ino
 
 
 def _enclosing_ids(folder: str) -> frozenset:
-    """(st_dev, st_ino) of `folder` and of every folder above it up to '/', both along its path as written
-    and along its real path (links resolved): a link inside it to any of them would make a loop."""
+    """The ids of `folder` and of every folder above it, along its path as written and along its real path."""
     ids = set()
     for path in {os.path.abspath(folder), os.path.realpath(folder)}:
         while True:
@@ -122,7 +78,7 @@ def _enclosing_ids(folder: str) -> frozenset:
 
 
 def _not_regular(entry: os.DirEntry) -> str:
-    """Why an entry with an image name is not listed (it is not a regular file, nor a link to one)."""
+    """Why an entry with an image name is not listed."""
     try:
         mode = entry.stat(follow_symlinks=True).st_mode
     except FileNotFoundError:
@@ -136,15 +92,8 @@ def _not_regular(entry: os.DirEntry) -> str:
 
 
 def walk_images(folder, skipped: list | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield (reldir, names) for every folder under `folder`, itself included: `reldir` is the folder's path
-    relative to `folder` ('' for `folder` itself, os.sep-separated), `names` its image files (unsorted).
-
-    Folders come in no particular order (list_images sorts). Listing costs one os.scandir per folder, one
-    stat per folder (its identity, for loops) and one stat per symbolic link (what it points to); a regular
-    file costs nothing beyond its directory entry (on a file system that does not report entry types in
-    its listings, scandir itself needs a stat per entry). Skipped entries (see the module docstring) and folders
-    that cannot be listed are appended to `skipped` as (path, reason). A `folder` that cannot be listed
-    yields nothing."""
+    """Yield (reldir, unsorted image names) for every folder under `folder`, itself included (''), in no order.
+    A regular file costs no stat. Folders that cannot be listed go to `skipped` too."""
     top = os.fspath(folder)
     if isinstance(top, bytes):
         top = os.fsdecode(top)
@@ -191,9 +140,7 @@ def walk_images(folder, skipped: list | None = None) -> Iterator[tuple[str, list
 
 
 def order_listing(listing) -> list[str]:
-    """(reldir, names) pairs, as walk_images yields them, -> the relative paths of the files in torchvision's
-    ImageFolder order: folders sorted by path (as strings, so 'a-b' < 'a/b', since '-' < '/'), then the files
-    of each folder sorted by name."""
+    """walk_images' pairs -> relative paths in torchvision's order (folders by path as strings: 'a-b' < 'a/b')."""
     paths: list[str] = []
     for reldir, names in sorted(listing, key=itemgetter(0)):
         prefix = reldir + os.sep if reldir else ""
@@ -202,15 +149,12 @@ def order_listing(listing) -> list[str]:
 
 
 def list_images(folder, skipped: list | None = None) -> list[str]:
-    """The image files under `folder`, as paths relative to it, in torchvision's ImageFolder order (minus
-    hidden and skipped entries; see walk_images)."""
+    """The image files under `folder`, relative to it, in torchvision's ImageFolder order."""
     return order_listing(walk_images(folder, skipped))
 
 
 def has_image(folder) -> bool:
-    """True as soon as one image file is found under `folder`. The usual case, an image directly inside,
-    stops at the first one without reading the rest of the folder's listing; otherwise the walk goes on
-    until a folder with an image is listed."""
+    """True as soon as one image file is found under `folder` (an image directly inside ends the listing)."""
     try:
         with os.scandir(folder) as listing:
             if any(is_image_name(e.name) and e.is_file() for e in listing):
@@ -220,12 +164,13 @@ def has_image(folder) -> bool:
     return any(names for _, names in walk_images(folder))
 
 
-# --------------------------------------------------------------------------------------------------------
-# Layout checks
+def _not_a_folder(path: str) -> str | None:
+    if os.path.isdir(path):
+        return None
+    return "is a file, not a folder" if os.path.exists(path) else "does not exist"
 
 
 def _visible_entries(folder: str) -> list:
-    """The os.scandir entries of ``folder`` that are not hidden; DataError if it cannot be listed."""
     try:
         return [e for e in os.scandir(folder) if not e.name.startswith(".")]
     except OSError as exc:
@@ -233,59 +178,57 @@ def _visible_entries(folder: str) -> list:
                         f"permissions.") from exc
 
 
-def find_classes(root) -> list[str]:
-    """The sorted class-folder names under `root` (one subfolder per class, any depth of images below).
-
-    Hidden entries are ignored. Raises DataError if `root` is missing or not a folder, has no class folders
-    (with a specific message for a flat folder of images, the usual state of a freshly extracted ImageNet
-    val set), or has class folders without a single image file (listed by name)."""
-    root = os.fspath(root)
-    if not os.path.exists(root):
-        raise DataError(f"The folder {display_path(root)!r} does not exist. Check the path (and --data); the "
-                        f"expected layout is {_LAYOUT}.")
-    if not os.path.isdir(root):
-        raise DataError(f"{display_path(root)!r} is a file, not a folder. Pass the folder that holds one "
-                        f"subfolder per class: {_LAYOUT}.")
-    entries = _visible_entries(root)
+def _class_folders(folder: str) -> list[str]:
+    """The sorted visible subfolders of `folder`; DataError for a flat folder of images."""
+    entries = _visible_entries(folder)
     classes = sorted(e.name for e in entries if e.is_dir())
+    loose = sum(1 for e in entries if is_image_name(e.name) and e.is_file()) if not classes else 0
+    if loose:
+        raise DataError(
+            f"{display_path(folder)!r} holds {loose} image files but no class subfolders, so their labels are "
+            f"unknown: sort them into one folder per class ({_LAYOUT}). For a freshly extracted ImageNet val set, "
+            f"run `python -m imnet.tools.prepare val --flat {display_path(folder)} --labels LOC_val_solution.csv "
+            f"--out ROOT/val` (or --synsets with the devkit's list), then pass ROOT.")
+    return classes
+
+
+def find_classes(root) -> list[str]:
+    """The sorted class-folder names under `root` (hidden entries ignored); DataError when `root` is not a
+    folder, has no class folders, or has class folders without an image file."""
+    root = os.fspath(root)
+    if what := _not_a_folder(root):
+        raise DataError(f"{display_path(root)!r} {what}. Check the path (and --data): it must hold one subfolder "
+                        f"per class, {_LAYOUT}.")
+    classes = _class_folders(root)
     if not classes:
-        loose = [e.name for e in entries if is_image_name(e.name) and e.is_file()]
-        if loose:
-            raise _flat_folder_error(root, len(loose))
         raise DataError(f"{display_path(root)!r} has no class subfolders (it is empty or holds only hidden or "
                         f"non-image files). The expected layout is {_LAYOUT}.")
     empty = [c for c in classes if not has_image(os.path.join(root, c))]
     if empty:
         raise DataError(
             f"{len(empty)} of the {len(classes)} class folders in {display_path(root)!r} contain no image "
-            f"file: {short_list(empty)}. Accepted extensions are {', '.join(IMG_EXTENSIONS)} (any case), in regular "
-            f"files or links to them. Put the images back, or delete these folders from both train/ and val/ "
-            f"if the classes are not wanted.")
+            f"file: {short_list(empty)}. Put the images ({', '.join(IMG_EXTENSIONS)}, any case) back, or delete "
+            f"these folders from both train/ and val/.")
     return classes
 
 
 def check_data_root(data_root) -> tuple[str, str, list[str]]:
-    """Validate a dataset root `data_root/{train,val}/<class>/<image>` before any work is done.
-
-    Returns (train_dir, val_dir, classes). Raises DataError with a fix when the root or one of the splits is
-    missing, a split has no or empty class folders, or val/ and train/ do not have the same class folders
-    (both differences listed): a label index is a position in the sorted class list, so the two splits
-    must agree exactly or val accuracy would silently compare the wrong classes."""
+    """Check `data_root/{train,val}/<class>/<image>` before any work -> (train_dir, val_dir, classes). Both
+    splits must hold the same class folders: a label is a position in the sorted class list."""
     root = os.fspath(data_root)
-    if not os.path.isdir(root):
-        what = "is a file, not a folder" if os.path.exists(root) else "does not exist"
+    train_layout = _LAYOUT.replace("ROOT", "train")
+    if what := _not_a_folder(root):
         raise DataError(f"The data root {display_path(root)!r} {what}. Pass --data the folder that holds train/ "
-                        f"and val/, each laid out as {_LAYOUT.replace('ROOT', 'train')}.")
+                        f"and val/, each laid out as {train_layout}.")
     train_dir, val_dir = os.path.join(root, "train"), os.path.join(root, "val")
     missing = [name + "/" for name, d in (("train", train_dir), ("val", val_dir)) if not os.path.isdir(d)]
     if missing:
-        found = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
-        hint = (f" It contains the folders {short_list(found)}." if found else " It contains no folders.")
-        if found and not any(n in ("train", "val") for n in found):
-            hint += " If these are class folders, you passed a split itself: pass its parent folder instead."
-        raise DataError(f"The data root {display_path(root)!r} has no {' and no '.join(missing)} folder.{hint} "
-                        f"--data must point at a folder with train/ and val/ inside, each laid out as "
-                        f"{_LAYOUT.replace('ROOT', 'train')} (rename e.g. 'validation' to 'val').")
+        found = sorted(e.name for e in _visible_entries(root) if e.is_dir())
+        split = (" (if these are class folders, you passed a split itself: pass its parent folder)"
+                 if found and not any(n in ("train", "val") for n in found) else "")
+        raise DataError(f"The data root {display_path(root)!r} has no {' and no '.join(missing)} folder; it holds "
+                        f"{short_list(found) or 'no folder'}{split}. Pass --data the folder with train/ and val/ "
+                        f"inside (rename e.g. 'validation' to 'val'), each laid out as {train_layout}.")
     classes = find_classes(train_dir)
     val_classes = find_classes(val_dir)
     if classes != val_classes:
@@ -293,33 +236,24 @@ def check_data_root(data_root) -> tuple[str, str, list[str]]:
         only_train = sorted(set(classes) - set(val_classes))
         raise DataError(
             f"train/ and val/ in {display_path(root)!r} do not have the same class folders ({len(classes)} in "
-            f"train/, {len(val_classes)} in val/). Only in val/: {short_list(only_val) or 'none'}. Only in train/: "
-            f"{short_list(only_train) or 'none'}. Labels are positions in the sorted class list, so both splits "
-            f"must hold exactly the same class folder names: add or remove folders until they match.")
+            f"train/, {len(val_classes)} in val/; only in val/: {short_list(only_val) or 'none'}; only in train/: "
+            f"{short_list(only_train) or 'none'}). Add or remove class folders until both splits hold the same "
+            f"names.")
     return train_dir, val_dir, classes
 
 
 def resolve_val_dir(path) -> str:
-    """The folder to evaluate for eval.py's --data: ``path/val`` if it exists, else `path` itself.
-
-    Raises DataError when `path` is not a folder, when it has a train/ folder but no val/ (a data root whose
-    val split is missing: evaluating train/ by mistake would report training accuracy), and when the chosen
-    folder holds image files but no folder at all (a flat ImageNet val folder; the same message as
-    find_classes'). Whether the class folders are valid is find_classes' job."""
+    """eval.py's --data: ``path/val`` if it exists, else `path` itself. DataError when `path` is not a folder,
+    has train/ but no val/ (evaluating train/ would report training accuracy), or is a flat folder of images."""
     path = os.fspath(path)
-    if not os.path.isdir(path):
-        what = "is a file, not a folder" if os.path.exists(path) else "does not exist"
+    if what := _not_a_folder(path):
         raise DataError(f"--data {display_path(path)!r} {what}. Pass the data root that holds val/, or the val "
                         f"folder itself, laid out as {_LAYOUT}.")
     val_dir = os.path.join(path, "val")
     if not os.path.isdir(val_dir):
         val_dir = path
         if os.path.isdir(os.path.join(path, "train")):
-            raise DataError(f"--data {display_path(path)!r} has a train/ folder but no val/ folder; pass the "
-                            f"root that holds val/, or the val folder itself (laid out as {_LAYOUT}).")
-    entries = _visible_entries(val_dir)
-    if not any(e.is_dir() for e in entries):
-        images = sum(1 for e in entries if is_image_name(e.name) and e.is_file())
-        if images:
-            raise _flat_folder_error(val_dir, images)
+            raise DataError(f"--data {display_path(path)!r} has a train/ folder but no val/ folder. Pass the root "
+                            f"that holds val/, or the val folder itself (laid out as {_LAYOUT}).")
+    _class_folders(val_dir)
     return val_dir
