@@ -70,8 +70,9 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
                                   f"tensors and plain containers, and unpickling it can run code. Use a checkpoint "
                                   f"written by train.py, or a plain state_dict from a source you trust.") from None
         first_line = (str(e).splitlines() or ["(no message)"])[0][:300]
-        raise CheckpointError(f"Cannot read checkpoint '{path}' with torch.load ({type(e).__name__}: "
-                              f"{first_line}): it is corrupt, truncated, or not a checkpoint.") from None
+        raise CheckpointError(f"Cannot read checkpoint '{path}': it cannot be read with torch.load "
+                              f"({type(e).__name__}: {first_line}); it is corrupt, truncated, or not a "
+                              f"checkpoint.") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict.")
     return ckpt
