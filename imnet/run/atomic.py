@@ -114,11 +114,10 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike, chunk: int = 1 << 20) -> None:
+def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     def write(f):
         with open(src, "rb") as s:
-            for block in iter(lambda: s.read(chunk), b""):
-                f.write(block)
+            shutil.copyfileobj(s, f)
     write_atomic(dst, write)
 
 

@@ -31,20 +31,16 @@ def save_atomic(obj, path: str | os.PathLike) -> None:
 
 def payload_bytes(obj) -> int:
     """The bytes of the distinct tensor storages in ``obj`` (shared ones once, as torch.save writes them)."""
-    seen, total = set(), 0
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if torch.is_tensor(x):
-            storage = x.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        elif isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, (list, tuple)):
-            stack.extend(x)
-    return total
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors(obj)}
+    return sum(storages.values())
+
+
+def tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (dict, list, tuple)):
+        for x in obj.values() if isinstance(obj, dict) else obj:
+            yield from tensors(x)
 
 
 def load(path: str | os.PathLike) -> dict:
@@ -243,11 +239,9 @@ def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict
     if not has_weights(state, which):
         raise CheckpointError(f"{path} has no {which.upper()} weights (its run was trained without "
                               f"{'--ema' if which == 'ema' else '--swa-start, or had not reached it'}).")
-    if which == "model":
-        return state["model"]
-    if which == "ema":
-        return state["state_dict_ema"]
-    return {k[len("module."):]: v for k, v in state["swa"].items() if k.startswith("module.")}
+    if which == "swa":
+        return {k[len("module."):]: v for k, v in state["swa"].items() if k.startswith("module.")}
+    return state["state_dict_ema" if which == "ema" else "model"]
 
 
 # ------------------------------------------------------------------------------------------ a run's state
