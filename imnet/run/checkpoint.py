@@ -1,21 +1,6 @@
-"""Checkpoints: the schema (built and read here only), atomic saving, safe loading, and the save and restore of a
-run's every stateful piece, so that a resumed run continues exactly.
-
-- Atomic: written by `imnet.run.atomic.write_atomic` (temporary file, fsync, rename, fsync of the folder). A kill at
-  any moment leaves either the old complete file or the new complete file, never a torn one.
-- Safe: every load uses ``torch.load(..., weights_only=True)``, which unpickles only tensors and plain
-  Python containers, so a checkpoint from elsewhere cannot run code. Hence everything saved here is
-  tensors, numbers, strings, lists, tuples and dicts (RNG states included). A file that holds anything else
-  is refused as what it is: not a plain checkpoint, possibly code.
-- Checked: every checkpoint carries the sha256 of its content (`content_digest`: every key, value and tensor
-  byte), computed when it is built and verified whenever it is loaded, in memory (no second read of the
-  file). Flipped bytes on a disk or in a copy are found instead of silently changing weights.
-- Read by others: the EMA weights are stored under the keys torchvision's reference scripts ("model_ema",
-  an AveragedModel state_dict) and timm's validate.py ("state_dict_ema", a plain state_dict) read; the
-  tensors are shared, so the file is no larger.
-- Exact: together with the per-sample and per-step seeding in data.py and train.py, model, EMA, optimizer,
-  scaler, meter and RNG states make a resumed run bitwise equal to an uninterrupted one on the CPU.
-"""
+"""Checkpoints: the schema (built and read here only), atomic saving, loading with ``weights_only=True`` and a
+content checksum, and the save and restore of every stateful piece of a run. Everything saved is tensors, numbers,
+strings, lists, tuples and dicts (RNG states included), so that weights_only loads it."""
 
 from __future__ import annotations
 
@@ -37,70 +22,52 @@ from imnet.run.errors import UsageError
 
 
 class CheckpointError(UsageError):
-    """A checkpoint that cannot be used; the message says why and what to do."""
+    pass
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    """``torch.save`` made atomic (`write_atomic`; a full disk raises its `imnet.run.atomic.NoSpace`, which names the
-    size the checkpoint needs)."""
     write_atomic(path, lambda f: torch.save(obj, f), size=payload_bytes(obj))
 
 
 def payload_bytes(obj) -> int:
-    """The bytes of the distinct tensor storages in ``obj`` (shared ones once, as torch.save writes them): the
-    size of its file but for the small pickle of everything else."""
-    seen, total = set(), 0
-    stack = [obj]
-    while stack:
-        x = stack.pop()
-        if torch.is_tensor(x):
-            storage = x.untyped_storage()
-            if storage.data_ptr() not in seen:
-                seen.add(storage.data_ptr())
-                total += storage.nbytes()
-        elif isinstance(x, dict):
-            stack.extend(x.values())
-        elif isinstance(x, (list, tuple)):
-            stack.extend(x)
-    return total
+    """The bytes of the distinct tensor storages in ``obj`` (shared ones once, as torch.save writes them)."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors(obj)}
+    return sum(storages.values())
+
+
+def tensors(obj):
+    if torch.is_tensor(obj):
+        yield obj
+    elif isinstance(obj, (dict, list, tuple)):
+        for x in obj.values() if isinstance(obj, dict) else obj:
+            yield from tensors(x)
 
 
 def load(path: str | os.PathLike) -> dict:
-    """Load a checkpoint with ``weights_only=True`` and verify its content checksum when it has one; a clear
-    CheckpointError if it is missing, empty, corrupt, or not a plain checkpoint."""
+    """The file's dict, loaded with weights_only=True, its checksum verified when it has one."""
     ckpt = _torch_load(Path(path))
     if "checksum" in ckpt and ckpt["checksum"] != content_digest(ckpt):
         raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum written "
-                              f"with it (bytes changed on the disk or in a copy). Use another checkpoint of the run "
-                              f"(best.pt or last.pt, or a backup); a file edited on purpose must drop its "
-                              f"'checksum' entry.")
+                              f"with it. Use another checkpoint of the run (best.pt or last.pt, or a backup).")
     return ckpt
 
 
 def _torch_load(path: Path, mmap: bool = False) -> dict:
-    """``torch.load(weights_only=True)`` with its failures as CheckpointErrors (``mmap``: tensors are mapped,
-    not read: what a look at the plain entries needs)."""
     if not path.is_file():
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Check the path (train.py writes last.pt "
                               f"and best.pt into its --output folder).")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes): it was truncated or created elsewhere "
-                              f"(train.py writes checkpoints atomically). Use another checkpoint of the run.")
+        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes). Use another checkpoint of the run.")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except pickle.UnpicklingError as e:
-        if "weights only" not in str(e).lower():
-            raise CheckpointError(f"Cannot read checkpoint '{path}': it cannot be read with torch.load "
-                                  f"({type(e).__name__}). The file is corrupt or truncated.") from None
-        # A refused global: the file holds Python objects (classes, functions) besides tensors and plain types.
-        raise CheckpointError(f"Refused '{path}': it is not a plain checkpoint. It holds Python objects other than "
-                              f"tensors, numbers, strings, lists and dicts, and unpickling such a file can run code "
-                              f"from it, so imnet does not load it. Use a checkpoint written by train.py, or weights "
-                              f"saved as a plain state_dict by a source you trust.") from None
     except Exception as e:  # torch raises several types for truncated or foreign files
+        if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():  # a refused global
+            raise CheckpointError(f"Refused '{path}': it is not a plain checkpoint, it holds Python objects besides "
+                                  f"tensors and plain containers, and unpickling it can run code. Use a checkpoint "
+                                  f"written by train.py, or a plain state_dict from a source you trust.") from None
         first_line = (str(e).splitlines() or ["(no message)"])[0][:300]
         raise CheckpointError(f"Cannot read checkpoint '{path}': it cannot be read with torch.load "
-                              f"({type(e).__name__}: {first_line}). The file is corrupt, truncated, or not a "
+                              f"({type(e).__name__}: {first_line}); it is corrupt, truncated, or not a "
                               f"checkpoint.") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict.")
@@ -108,9 +75,8 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
 
 
 def identity(path: str | os.PathLike) -> dict:
-    """Which run a checkpoint belongs to and where it is, read without reading its tensors (memory-mapped):
-    {"run_id", "forked_from" ("" when unknown: a checkpoint written before run ids), "epoch", "step_in_epoch",
-    "global_step"}. CheckpointError when it cannot be read."""
+    """{"run_id", "forked_from", "epoch", "step_in_epoch", "global_step"} of a checkpoint, its tensors only
+    memory-mapped ("" for the ids of a checkpoint written before run ids)."""
     path = Path(path)
     try:
         ckpt = _torch_load(path, mmap=True)
@@ -122,13 +88,12 @@ def identity(path: str | os.PathLike) -> dict:
 
 
 def new_run_id() -> str:
-    """A fresh run id: made when a run starts in its folder (or a checkpoint is continued in a new one)."""
     return uuid.uuid4().hex[:12]
 
 
 def content_digest(state: dict) -> str:
-    """The sha256 of a checkpoint's content, its "checksum" entry aside: every key and value in order, each
-    tensor by dtype, shape and bytes. It does not depend on how torch lays the file out, only on what loads."""
+    """The sha256 of every key and value but "checksum", in order, each tensor by dtype, shape and bytes: it
+    depends on what loads, not on how torch lays the file out."""
     h = hashlib.sha256()
 
     def feed(obj):
@@ -154,29 +119,20 @@ def content_digest(state: dict) -> str:
 
 # ------------------------------------------------------------------------------------------ the schema
 
-VERSION = 3  # bump when a key changes meaning; read_state upgrades format 2 and refuses others with a message
+VERSION = 3  # bump when a key changes meaning; check_state upgrades format 2 and refuses others
 
-# What every train.py checkpoint holds. "model" is a plain state_dict that loads strictly into the torchvision
-# constructor; "config" is the run's resolved imnet.run.config.Config as a dict (with its "eval_policy").
-# The EMA weights, when the run keeps them (else None): "model_ema" in torchvision's reference format (an
-# AveragedModel state_dict: "n_averaged", the number of EMA updates, and "module."-prefixed keys), which
-# `model_ema.load_state_dict(ckpt["model_ema"])` loads there; "state_dict_ema", the same tensors as a plain
-# state_dict, which timm's validate.py --use-ema reads (it looks for state_dict_ema first). "swa" is torch's
-# AveragedModel of the SWA weights, None without SWA. "run_id": the run the checkpoint belongs to (one per run
-# folder; `imnet.run.runfolder.claim` lets a folder continue only its own run), "forked_from": the run it continues
-# from another folder ("" for a run started from scratch). "checksum": `content_digest` of everything else.
+# "model": a plain state_dict for the torchvision constructor; "config": the resolved Config as a dict. The EMA
+# (else None) twice, the tensors shared: "model_ema" as torchvision's reference scripts read it (an AveragedModel
+# state_dict: "n_averaged", "module."-prefixed keys), "state_dict_ema" as timm's validate.py --use-ema reads it.
+# "swa": the SWA AveragedModel's state_dict or None. "run_id": the run (one per folder, `runfolder.claim`);
+# "forked_from": the run it continues from another folder, or "". "checksum": `content_digest`.
 REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step_in_epoch", "global_step")
 
 
 @dataclass
 class Progress:
-    """Where a run is: the epoch in progress (0-based), optimizer steps done in it and in the whole run, one
-    summary row per finished epoch, and the best validation top-1 so far (-1 before any evaluation).
-
-    ``pending_eval``: the last finished epoch's training is saved but its evaluation is not done yet (train.py
-    checkpoints an epoch before evaluating it, so that a failed or interrupted evaluation loses nothing); a
-    resumed run evaluates first. ``run_id`` names the run (`new_run_id`), ``forked_from`` the run it was
-    continued from when it was continued into another folder (`fork`)."""
+    """Where a run is. ``epoch``: the epoch in progress (0-based); ``best_top1``: -1 before any evaluation;
+    ``pending_eval``: the last finished epoch is saved but not evaluated yet (a resumed run evaluates first)."""
     epoch: int = 0
     step_in_epoch: int = 0
     global_step: int = 0
@@ -194,8 +150,7 @@ class Progress:
 def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict, classes: list,
                ema: dict | None = None, swa: dict | None = None, scaler: dict | None = None, meter: dict | None = None,
                rngs: list | None = None, bad_images: dict | None = None, imnet_version: str = "") -> dict:
-    """The one place that builds a checkpoint (state_dicts in, a plain dict out). ``ema`` is
-    imnet.ema.ModelEma.state_dict() ({"module", "num_updates", ...}); it is stored in the ecosystem's layouts."""
+    """The one place that builds a checkpoint; ``ema``: imnet.ema.ModelEma.state_dict()."""
     model_ema = state_dict_ema = None
     if ema is not None:
         state_dict_ema = dict(ema["module"])
@@ -213,14 +168,12 @@ def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict
 
 
 def read_state(path: str | os.PathLike) -> dict:
-    """The one place that reads a checkpoint: `load` (with its checksum), then check that it is a train.py
-    checkpoint and bring format 2 to this one. Raises CheckpointError with the fix otherwise."""
+    """The one place that reads a train.py checkpoint (`load`, then `check_state`)."""
     return check_state(load(path), path)
 
 
 def check_state(state: dict, path) -> dict:
-    """``state`` (a loaded file) if it is a train.py checkpoint, in this schema version (format 2, whose EMA was
-    one "ema" entry, is converted), else CheckpointError."""
+    """``state`` (a loaded file) if it is a train.py checkpoint, format 2 (one "ema" entry) brought to this one."""
     missing = [k for k in REQUIRED if k not in state]
     if missing:
         hint = (" It looks like a plain state_dict: use --model NAME --weights-file FILE."
@@ -248,7 +201,6 @@ def progress_of(state: dict) -> Progress:
 
 
 def rng_state() -> dict:
-    """This process's RNG states as plain types (weights_only-loadable)."""
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
     out = {
@@ -271,10 +223,8 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state(state["cuda"])
 
 
-
 def has_weights(state: dict, which: str) -> bool:
-    """Whether a (read_state) checkpoint holds ``which`` weights: "model" always; "ema" and "swa" when its run
-    kept them (the SWA average once at least one epoch was averaged)."""
+    """Whether a checkpoint holds ``which`` ("model", "ema", "swa": once an epoch was averaged) weights."""
     if which == "ema":
         return bool(state.get("state_dict_ema"))
     if which == "swa":
@@ -283,19 +233,15 @@ def has_weights(state: dict, which: str) -> bool:
 
 
 def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict:
-    """The plain state_dict of a train.py checkpoint's ``which`` weights: "model" (the trained weights), "ema"
-    (their exponential moving average) or "swa" (the SWA average, whose AveragedModel keys lose their "module."
-    prefix). CheckpointError when the run kept no such weights."""
+    """The plain state_dict of a checkpoint's ``which`` ("model", "ema", "swa") weights."""
     if which not in ("model", "ema", "swa"):
         raise ValueError(f"unknown weights {which!r}; expected 'model', 'ema' or 'swa'")
     if not has_weights(state, which):
         raise CheckpointError(f"{path} has no {which.upper()} weights (its run was trained without "
                               f"{'--ema' if which == 'ema' else '--swa-start, or had not reached it'}).")
-    if which == "model":
-        return state["model"]
-    if which == "ema":
-        return state["state_dict_ema"]
-    return {k[len("module."):]: v for k, v in state["swa"].items() if k.startswith("module.")}
+    if which == "swa":
+        return {k[len("module."):]: v for k, v in state["swa"].items() if k.startswith("module.")}
+    return state["state_dict_ema" if which == "ema" else "model"]
 
 
 # ------------------------------------------------------------------------------------------ a run's state
@@ -304,15 +250,21 @@ def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict
 IGNORED_ON_RESUME = ("resume", "config", "dry_run", "quiet", "workers", "device", "output", "data", "log_every",
                      "save_every_minutes", "stop_at_step", "tensorboard")
 
+# The advice of every "the pieces do not fit" refusal.
+PIECED = "It was edited or pieced together: use another checkpoint of the run (best.pt or last.pt, or a backup)."
+
+
+def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
+    if problems:
+        raise CheckpointError(f"Cannot resume from {path}: {'; '.join(problems)}. {advice}") from None
+
 
 def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
     """Refuse a resume that cannot continue the same run (another model, global batch, optimizer, seed or class
-    list); return the other settings that changed, "name: then -> now" (a change of the number of processes
-    first, with the global batch it keeps)."""
+    list); -> the other settings that changed, "name: then -> now" (the number of processes first)."""
     then = state["config"]
     if not isinstance(then, dict):
-        raise CheckpointError(f"Cannot resume from {path}: its config entry is a {type(then).__name__}, not the "
-                              f"run's settings. {PIECED}")
+        refuse_resume(path, [f"its config entry is a {type(then).__name__}, not the run's settings"])
     split = lambda c: (f"{c.get('world_size', '?')} process{'' if c.get('world_size') == 1 else 'es'} x batch "
                        f"{c.get('batch_size', '?')} x accum {c.get('accum_steps', '?')}")
     now = cfg.to_dict()
@@ -324,9 +276,8 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
                         f"of processes")
     if list(state["classes"]) != list(classes):
         problems.append(f"classes differ ({len(state['classes'])} in the checkpoint, {len(classes)} in the data)")
-    if problems:
-        raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(problems) + ". Resume with the settings "
-                              "of the original run, or start a new run with another --output.")
+    refuse_resume(path, problems, "Resume with the settings of the original run, or start a new run with another "
+                                  "--output.")
     plain = lambda v: list(v) if isinstance(v, tuple) else v  # config.json and checkpoints hold lists
     changes = [f"{k}: {then[k]} -> {v}" for k, v in cfg.flags().items()
                if k in then and k not in IGNORED_ON_RESUME and plain(then[k]) != plain(v)]
@@ -337,14 +288,8 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
     return changes
 
 
-# The advice of every "the pieces do not fit" message.
-PIECED = ("The file was edited, or put together from pieces of other checkpoints; use another checkpoint of the "
-          "run (best.pt or last.pt, or a backup).")
-
-
 def weights_mismatch(expected: dict, weights) -> str | None:
-    """How ``weights`` differ from ``expected`` (a model's state_dict) in keys and shapes, in a few words, or None
-    when every key is there with its shape."""
+    """How ``weights`` differ from the state_dict ``expected`` in keys and shapes, in a few words, or None."""
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         return f"they are a {type(weights).__name__} holding other things than tensors, not a state_dict"
     missing = [k for k in expected if k not in weights]
@@ -359,8 +304,8 @@ def weights_mismatch(expected: dict, weights) -> str | None:
 
 
 def check_fits(expected: dict, weights, path, which: str, name: str) -> None:
-    """The one refusal of a train.py checkpoint whose ``which`` weights ("model", "EMA", "SWA") are not those of
-    ``name``, the model its own config names (`restore`, eval.py): CheckpointError naming the differences."""
+    """Refuse a checkpoint whose ``which`` ("model", "EMA", "SWA") weights are not those of ``name``, the model
+    its own config names (train.py's resume and eval.py)."""
     problem = weights_mismatch(expected, weights)
     if problem:
         raise CheckpointError(f"Checkpoint '{path}' does not fit its own settings: its {which} weights are not those "
@@ -368,10 +313,10 @@ def check_fits(expected: dict, weights, path, which: str, name: str) -> None:
 
 
 def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_counter, info) -> None:
-    """Write the run's checkpoint to ``path``. Every rank takes part (the epoch's partial metric sums are summed
-    over the ranks and every rank's RNG state is gathered); rank 0 writes."""
+    """Every rank takes part (the meter's partial sums are summed, every rank's RNG state gathered); rank 0
+    writes ``path``."""
     meter_state = meter.state_dict()
-    if info.distributed:  # one copy of the epoch's partial sums: the sum over ranks
+    if info.distributed:
         meter_state = {k: dist.all_reduce_sum(v.to(info.device)).cpu() if torch.is_tensor(v) else v
                        for k, v in meter_state.items()}
     rngs = dist.gather_object(rng_state())
@@ -387,11 +332,8 @@ def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_c
 
 
 def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
-    """Load the checkpoint at ``path`` of this run into every stateful piece (`save`'s counterpart); -> where the
-    run was. Settings that changed since are noted in the log. A checkpoint whose entries are all there but
-    whose contents do not fit this run (another model's weights under its config, a missing optimizer or RNG
-    state, an epoch that is not a whole number, a step beyond the epoch) is refused with one CheckpointError
-    (`check_progress`, `check_fits`, `_restoring`); the run then stops before it saves anything."""
+    """`save`'s counterpart: every check comes before the first piece is loaded, and the changed settings are
+    logged only once the checkpoint is accepted (a refused resume leaves log.jsonl as it was)."""
     state = read_state(path)
     changes = check_compatible(state, cfg, classes, path)
     progress = check_progress(state, cfg, path)
@@ -424,7 +366,7 @@ def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log
     if state.get("bad_images"):
         with _restoring(path, "list of unreadable images"):
             bad_counter.load_state_dict(state["bad_images"])
-    for change in changes:  # logged once the checkpoint is accepted: a refused resume leaves log.jsonl as it was
+    for change in changes:
         log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
     log.event("resume", echo=f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}",
               path=str(path), epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, run_id=progress.run_id)
@@ -433,22 +375,20 @@ def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log
 
 @contextlib.contextmanager
 def _restoring(path, what: str, into: str = ""):
-    """Turn any failure of loading ``what`` into the one-paragraph CheckpointError of a checkpoint whose pieces do
-    not fit (torch's load_state_dict raises KeyError, ValueError, RuntimeError, TypeError...)."""
+    """Any failure of loading ``what`` (torch raises KeyError, ValueError, RuntimeError, TypeError...) as the
+    refusal of a checkpoint whose pieces do not fit."""
     try:
         yield
     except CheckpointError:
         raise
     except Exception as e:
         detail = (str(e).strip().splitlines() or [""])[0][:300] or type(e).__name__
-        raise CheckpointError(f"Cannot resume from {path}: its {what} cannot be restored"
-                              f"{f' into {into}' if into else ''} ({type(e).__name__}: {detail}). {PIECED}") from None
+        refuse_resume(path, [f"its {what} cannot be restored{f' into {into}' if into else ''} "
+                             f"({type(e).__name__}: {detail})"])
 
 
 def check_progress(state: dict, cfg, path) -> Progress:
-    """The checkpoint's Progress, if its numbers make sense for this run: whole numbers >= 0 for the epoch and
-    the steps, a step within an epoch of this run's length, a list of summary rows, a number for the best
-    top-1; else CheckpointError."""
+    """The checkpoint's Progress, if its numbers make sense for this run."""
     problems = [f"its {key} is {state[key]!r}, not a whole number >= 0"
                 for key in ("epoch", "step_in_epoch", "global_step")
                 if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0]
@@ -464,6 +404,5 @@ def check_progress(state: dict, cfg, path) -> Progress:
     best = state.get("best_top1", -1.0)
     if isinstance(best, bool) or not isinstance(best, (int, float)):
         problems.append(f"its best_top1 is {best!r}, not a number")
-    if problems:
-        raise CheckpointError(f"Cannot resume from {path}: " + "; ".join(problems) + f". {PIECED}")
+    refuse_resume(path, problems)
     return progress_of(state)

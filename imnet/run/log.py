@@ -1,20 +1,6 @@
-"""Run logs: the console progress line, ``log.jsonl`` (every event), ``summary.csv`` (one row per epoch, the row's
-keys defined here once) and ``curves.svg``. Only rank 0 writes; the other ranks get a logger that does nothing.
-
-The epoch's summary row: "epoch", "train_loss", "train_top1" (None under MixUp/CutMix, where accuracy against
-mixed labels means nothing), "lr", "epoch_time", "bad_images", "train_size", and the validation figures of each
-set of weights the run keeps, named by `val_key`: "val_top1" for the trained weights, "ema_val_top1" for their
-EMA, "swa_val_top1" for the SWA average (and _loss, _top5). train.py, eval.py and imnet.tools.plot read these names
-from here.
-
-With ``--tensorboard`` the numbers of the "train" events (loss, lr, img_per_s, data_share, grad_norm,
-peak_mem_gib; step: the optimizer step) and of the "epoch" rows (train_loss, val_top1, ema_val_top1, lr,
-epoch_time...; step: the epoch number, from 1) are also TensorBoard scalars, tagged "train/loss",
-"epoch/val_top1"..., written through ``torch.utils.tensorboard`` into the run folder (``tensorboard --logdir
-runs`` shows every run by its folder name). A resumed run appends events, as it appends to log.jsonl.
-
-Imports no torch (imnet.tools.plot and the --help path read this module); --tensorboard imports it when the run starts.
-"""
+"""Run logs, written by rank 0: the console line, log.jsonl (every event), summary.csv (one row per epoch, its
+keys defined here once), curves.svg and, with --tensorboard, TensorBoard scalars of the "train" and "epoch" events.
+Imports no torch (imnet.tools.plot and the --help path read this module)."""
 
 from __future__ import annotations
 
@@ -34,13 +20,11 @@ VAL_METRICS = ("loss", "top1", "top5")
 
 
 def val_key(weights: str, metric: str) -> str:
-    """The summary-row key of ``metric`` (loss, top1, top5) on the validation set for ``weights`` (model, ema,
-    swa): val_top1, ema_val_top1, swa_val_top5..."""
+    """val_top1, ema_val_top1, swa_val_top5...: the summary-row key of a validation metric of ``weights``."""
     return f"val_{metric}" if weights == "model" else f"{weights}_val_{metric}"
 
 
 def val_row(weights: str, result) -> dict:
-    """An evaluation result (loss, top1, top5 attributes) as summary-row entries for ``weights``."""
     row = {val_key(weights, m): getattr(result, m) for m in VAL_METRICS}
     if weights == "model":
         row["val_count"] = result.count
@@ -52,14 +36,14 @@ SUMMARY_COLUMNS = (["epoch", "train_loss", "train_top1", "val_loss", "val_top1",
 
 
 try:
-    import resource  # POSIX only
-except ImportError:  # Windows: no peak resident set size; the figure is reported as NaN ("nan GiB")
+    import resource
+except ImportError:  # Windows: the peak memory is NaN
     resource = None
 
 
 def peak_memory_gib(device) -> float:
-    """Peak memory of this process: CUDA allocator peak on GPU; on the CPU (and MPS) the max resident set
-    size, which getrusage reports in kB on Linux but in bytes on macOS; NaN where unknown (Windows)."""
+    """The CUDA allocator's peak on a GPU, else the max resident set size (getrusage: kB on Linux, bytes on
+    macOS)."""
     if device.type == "cuda":
         import torch
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -79,29 +63,27 @@ def format_duration(seconds: float) -> str:
 
 
 class LogError(UsageError):
-    """A logging option that cannot work here (one paragraph, exit 2, at setup)."""
+    pass
 
 
-# The log.jsonl events whose numbers are TensorBoard scalars, each with the field that is their step (the other
-# position fields are not scalars), and the events that end a run (the TensorBoard file is closed).
+# The events whose numbers are TensorBoard scalars, each with the field that is their step; the events that end
+# a run (the TensorBoard file is closed).
 SCALAR_EVENTS = {"train": "global_step", "epoch": "epoch"}
 POSITION_FIELDS = ("epoch", "step", "global_step")
 FINAL_EVENTS = ("done", "preempted", "nonfinite")
 
 
 def require_tensorboard():
-    """torch.utils.tensorboard's SummaryWriter, or LogError saying how to install the tensorboard package."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise LogError(f"--tensorboard needs the tensorboard package, which is not installed here ({e}). Install "
-                       f"it (pip install tensorboard; in a clone of imnet, pip install -e \".[tensorboard]\"), or "
-                       f"drop --tensorboard: log.jsonl and summary.csv hold the same figures.") from None
+        raise LogError(f"--tensorboard needs the tensorboard package ({e}). Install it (pip install tensorboard; in "
+                       f"a clone of imnet, pip install -e \".[tensorboard]\"), or drop --tensorboard.") from None
     return SummaryWriter
 
 
 def scalars(kind: str, fields: dict) -> tuple[int, dict] | None:
-    """(step, {tag: number}) of a log.jsonl event that TensorBoard shows (`SCALAR_EVENTS`), else None."""
+    """(step, {tag: number}) of an event TensorBoard shows, else None."""
     if kind not in SCALAR_EVENTS or fields.get(SCALAR_EVENTS[kind]) is None:
         return None
     numbers = {f"{kind}/{k}": float(v) for k, v in fields.items() if k not in POSITION_FIELDS
@@ -125,7 +107,6 @@ class RunLog:
             print(*args, flush=True)
 
     def event(self, kind: str, echo: str | None = None, **fields) -> None:
-        """Append one JSON line ``{"time", "event", ...fields}`` to log.jsonl; print ``echo`` if given."""
         if echo is not None:
             self.print(echo)
         if not self.enabled:
@@ -145,8 +126,8 @@ class RunLog:
                 self.writer = None
 
     def write_summary(self, history: list[dict]) -> None:
-        """Rewrite summary.csv and curves.svg from the full per-epoch history (kept in the checkpoint,
-        so that a resumed run's files hold exactly the epochs the weights went through)."""
+        """Rewrite summary.csv and curves.svg from the whole history (the checkpoint's: a resumed run's files hold
+        exactly the epochs its weights went through)."""
         if not self.enabled:
             return
         text = io.StringIO()
@@ -170,8 +151,8 @@ def _fmt(v):
 # ------------------------------------------------------------------------------------ what a run reports
 
 class Window:
-    """The optimizer steps since the last log line: their summed loss (a device tensor, kept there until the line
-    is written: no host sync per step), how many, since when, and how long they waited for data."""
+    """The optimizer steps since the last log line; their summed loss stays on the device until the line is
+    written (no host sync per step)."""
 
     def __init__(self, zero):
         self.loss, self.steps, self.data_time, self.t0 = zero, 0, 0.0, time.perf_counter()
@@ -188,7 +169,6 @@ def progress_line(epoch: int, epochs: int, step: int, steps: int, loss: float, l
 
 
 def log_window(log: RunLog, cfg, progress, window: Window, grad_norm, eta: float, device) -> None:
-    """One progress line (console) and "train" event (log.jsonl) for the steps of ``window``."""
     elapsed = max(time.perf_counter() - window.t0, 1e-9)
     img_s, data_share = window.steps * cfg.global_batch_size / elapsed, window.data_time / elapsed
     loss, lr, mem = float(window.loss / window.steps), cfg.lr_at(progress.global_step - 1), peak_memory_gib(device)
@@ -200,10 +180,8 @@ def log_window(log: RunLog, cfg, progress, window: Window, grad_norm, eta: float
 
 
 def resume_lr_note(log: RunLog, cfg, optimizer, global_step: int) -> None:
-    """After a resume at ``global_step`` (steps done): when this command's schedule does not continue the LR the
-    checkpoint's last step trained at (the optimizer's restored LR, without its group's lr_scale), say in one line
-    what the LR does next. Extending a finished run (--epochs 5 after 3) recomputes the cosine over the new length,
-    so the LR jumps from about 0 back up; a resume with unchanged settings says nothing."""
+    """After a resume at ``global_step``: a note when this command's schedule does not continue the LR of the
+    checkpoint's last step (the restored LR, without its group's lr_scale), as when a finished run is extended."""
     if global_step == 0 or global_step >= cfg.total_steps:
         return
     group = optimizer.param_groups[0]
@@ -211,15 +189,14 @@ def resume_lr_note(log: RunLog, cfg, optimizer, global_step: int) -> None:
     if math.isclose(last, cfg.lr_at(global_step - 1), rel_tol=1e-6, abs_tol=1e-12):
         return
     log.event("lr_jump", last_lr=last, next_lr=nxt, global_step=global_step, echo=(
-        f"note: the LR jumps {'up' if nxt > last else 'down'} from {last:.4g} (the checkpoint's last step, {global_step}) "
-        f"to {nxt:.4g} (the next, step {global_step + 1} of {cfg.total_steps}): the schedule is this command's "
-        f"({cfg.epochs} epochs, {cfg.sched}), recomputed over its length, not the checkpoint's continued; to go on "
-        f"at a low LR instead, start a new run with --init-from and its own schedule."))
+        f"note: the LR jumps {'up' if nxt > last else 'down'} from {last:.4g} (the checkpoint's last step, "
+        f"{global_step}) to {nxt:.4g} (the next, step {global_step + 1} of {cfg.total_steps}): the schedule is this "
+        f"command's ({cfg.epochs} epochs, {cfg.sched}), recomputed over its length, not the checkpoint's continued; "
+        f"to go on at a low LR instead, start a new run with --init-from and its own schedule."))
 
 
 def train_row(cfg, train: dict, epoch: int, mixing: bool, bad_images: int) -> dict:
-    """The finished (0-based) ``epoch``'s summary row, training figures (``train``: the meter's loss and top1);
-    the validation figures are added by `val_row`."""
+    """The training figures of the finished (0-based) ``epoch``'s summary row (no top-1 against mixed labels)."""
     return {"epoch": epoch + 1, "train_loss": train["loss"], "train_top1": None if mixing else train["top1"],
             "lr": cfg.lr_at((epoch + 1) * cfg.steps_per_epoch), "bad_images": bad_images}
 
@@ -235,7 +212,6 @@ def epoch_line(row: dict) -> str:
 
 
 def summary(log: RunLog, progress, output: Path, wall: float) -> None:
-    """The run's last words: final and best top-1, where its files are."""
     last = progress.history[-1] if progress.history else {}
     top1 = last.get("val_top1")
     lines = [f"done in {wall / 60:.1f} min.",

@@ -1,25 +1,6 @@
-"""The distillation teacher (train.py ``--teacher``): where its weights come from, the checks that it can teach
-this student, and the record of it that the run keeps.
-
-A teacher is one of
-
-- a train.py checkpoint: its ``"model"`` weights, its model name, class list, training crop and evaluation
-  policy are all in the file;
-- a plain state_dict (``.pth``, or a dict holding one under ``"model"`` / ``"state_dict"``, as DeiT's released
-  teacher is), with ``--teacher-model NAME`` saying which network it is;
-- torchvision's published weights by name (``RegNet_Y_16GF_Weights.IMAGENET1K_V2``), downloaded once into
-  torchvision's cache; their card says the network, the classes and the evaluation policy.
-
-Checked before any training (each failure is one paragraph, exit 2): the teacher's weights fit its network
-(strict keys and shapes, `imnet.run.models.load_init`); its classes are the student's (the same names in the same
-order when the file lists them, else the same number: the teacher's output c must mean the student's class c);
-a teacher of fixed input size (ViT/DeiT) was built for the student's training crop. What cannot be checked is
-recorded for the audit (`imnet.run.audit`): the resolution the teacher was trained at and its normalisation.
-
-The record (`Config.with_teacher`): source, the name given, the file read, its sha256, the network, the number
-of classes, the teacher's training image size and evaluation policy (None where unknown). It is written to
-config.json and into every checkpoint; the teacher's weights are never saved with the student.
-"""
+"""The distillation teacher (``--teacher``): a train.py checkpoint, a plain state_dict with ``--teacher-model``, or
+torchvision's published weights by name; checked at setup to teach this student (its weights, classes and input
+size), and recorded (`Config.with_teacher`) in config.json and every checkpoint, never its weights."""
 
 from __future__ import annotations
 
@@ -35,23 +16,19 @@ from imnet.run import checkpoint, models
 from imnet.run.config import Config, EvalPolicy
 from imnet.run.dist import main_rank_first
 from imnet.run.errors import UsageError
+from imnet.run.folders import short_list
 from imnet.tools.export import sha256
 
 WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
 
 
 class TeacherError(UsageError):
-    """A teacher that cannot teach this student; the message says why and what to do."""
-
-
-def _listing(names, show=5):
-    names = list(names)
-    return ", ".join(map(str, names[:show])) + (f" (and {len(names) - show} more)" if len(names) > show else "")
+    pass
 
 
 def read_source(spec: str, model_name: str | None, num_classes: int, progress: bool = True) -> tuple[dict, dict]:
-    """-> (the teacher's state_dict, its record without the checks' results) for ``--teacher spec``; published
-    weights for another number of classes than ``num_classes`` are refused before they are downloaded."""
+    """-> (the teacher's state_dict, its record) for ``--teacher spec``; published weights for another number of
+    classes are refused before they are downloaded."""
     path = Path(spec)
     if path.is_file():
         ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when corrupt
@@ -74,24 +51,21 @@ def read_source(spec: str, model_name: str | None, num_classes: int, progress: b
         return ckpt, {**record, "source": "state_dict", "model": model_name, "class_names": None,
                       "image_size": None, "eval_policy": None}
     if not WEIGHTS_NAME.fullmatch(spec):
-        raise TeacherError(f"--teacher {spec}: no such file, and not a torchvision weights name (names look like "
-                           f"RegNet_Y_16GF_Weights.IMAGENET1K_V2). Give a train.py checkpoint, a state_dict with "
-                           f"--teacher-model, or a weights name.")
+        raise TeacherError(f"--teacher {spec}: no such file, and not a torchvision weights name. Give a train.py "
+                           f"checkpoint, a state_dict with --teacher-model, or a name like "
+                           f"RegNet_Y_16GF_Weights.IMAGENET1K_V2.")
     try:
         weights = models.torchvision_weights(spec)
     except ValueError:
-        raise TeacherError(f"--teacher {spec}: not one of torchvision's weights (names look like "
-                           f"RegNet_Y_16GF_Weights.IMAGENET1K_V2; torchvision.models.get_model_weights("
-                           f"'regnet_y_16gf') lists a model's).") from None
+        raise TeacherError(f"--teacher {spec}: not one of torchvision's weights; torchvision.models."
+                           f"get_model_weights('regnet_y_16gf') lists a model's.") from None
     name = models.weights_model(weights)
     if name is None or (model_name is not None and model_name != name):
         raise TeacherError(f"--teacher {spec} are weights of {name or 'no torchvision classifier'}"
                            f"{f', not of --teacher-model {model_name}: drop --teacher-model' if model_name else ''}.")
     if len(weights.meta["categories"]) != num_classes:
         raise TeacherError(f"--teacher {spec} predicts {len(weights.meta['categories'])} classes, but the data has "
-                           f"{num_classes} class folders. Distil from a teacher trained on exactly these classes (a "
-                           f"train.py checkpoint of this data, or ImageNet-1k weights for the 1,000 ImageNet "
-                           f"folders).")
+                           f"{num_classes} class folders. Distil from a teacher trained on exactly these classes.")
     state = weights.get_state_dict(progress=progress, check_hash=True)
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     t = weights.transforms()
@@ -106,19 +80,17 @@ def read_source(spec: str, model_name: str | None, num_classes: int, progress: b
 def load_teacher(spec: str, model_name: str | None, classes: list, image_size: int, size_changes: bool = False,
                  progress: bool = True) -> tuple[nn.Module, dict]:
     """-> (the teacher, on the CPU, in eval mode, without gradients; its record) for a student trained on
-    ``classes`` at crop ``image_size`` (``size_changes``: progressive resolution). TeacherError (one paragraph)
-    when it cannot teach this student: see the module docstring."""
+    ``classes`` at crop ``image_size`` (``size_changes``: progressive resolution)."""
     state, record = read_source(spec, model_name, len(classes), progress)
     name, what = record["model"], f"The teacher's weights ({spec})"
     names = record.pop("class_names")
     if names is not None and names != list(classes):
         missing, extra = [c for c in classes if c not in names], [c for c in names if c not in classes]
-        detail = (f"{len(missing)} of the data's classes are not the teacher's ({_listing(missing)}); "
-                  f"{len(extra)} of the teacher's are not in the data ({_listing(extra)})" if missing or extra
+        detail = (f"{len(missing)} of the data's classes are not the teacher's ({short_list(missing, 5)}); "
+                  f"{len(extra)} of the teacher's are not in the data ({short_list(extra, 5)})" if missing or extra
                   else "the same names in another order")
         raise TeacherError(f"--teacher {spec} was trained on other classes than this data's ({len(names)} vs "
-                           f"{len(classes)}: {detail}). Its output c must mean the student's class c: distil from a "
-                           f"teacher trained on exactly these class folders.")
+                           f"{len(classes)}: {detail}). Distil from a teacher trained on exactly these class folders.")
     try:
         teacher = models.build_model(name, len(classes), image_size=image_size)
     except ValueError as e:
@@ -129,7 +101,7 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
         own, theirs = teacher.state_dict()[pos].shape, getattr(state.get(pos), "shape", None)
         if size_changes:
             raise TeacherError(f"--teacher {spec} is a {name}, whose input size is fixed, but --progressive-res "
-                               f"changes the size of the student's batches: use a convolutional teacher, or train "
+                               f"changes the size of the student's batches. Use a convolutional teacher, or train "
                                f"at one size.")
         if theirs is not None and tuple(theirs) != tuple(own):
             grid = round((theirs[1] - (own[1] - (image_size // teacher.patch_size) ** 2)) ** 0.5)
@@ -152,9 +124,7 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
 
 
 def build_teacher(cfg: Config, classes: list, info) -> tuple[nn.Module, Config]:
-    """train.py's --teacher: the distillation teacher on info.device (`load_teacher`: checked to have the
-    student's classes and, if its input size is fixed, the student's training crop), and the Config with its
-    record (file, sha256, network, sizes). Under torchrun rank 0 downloads published weights first."""
+    """-> (the teacher on info.device, the Config with its record); rank 0 downloads published weights first."""
     with main_rank_first(info, needed=not Path(cfg.teacher).is_file()):
         teacher, record = load_teacher(cfg.teacher, cfg.teacher_model, classes, cfg.train_crop_size,
                                        size_changes=cfg.progressive_res is not None, progress=not cfg.quiet)
