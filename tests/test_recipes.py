@@ -97,13 +97,12 @@ def test_table_matches_code():
         assert row["GPU-hours"] == ("-" if hours is None else str(round(hours)))
 
 
-def test_sources_and_notes_are_in_the_doc():
+def test_sources_are_in_the_doc():
     flat = " ".join(MD.split())
     for name, m in META.items():
         assert f"### {name}" in MD
         if name != "demo":
             assert " ".join(m["source"].split()) in flat, name
-            assert " ".join(m["note"].split()) in flat, name
     assert META["demo"]["expected_top1"] == DEMO_MIN_TOP1
 
 

@@ -1,39 +1,21 @@
 """Datasets, samplers and loaders: from a list of image files to normalized batches on the device.
 
-The path of one training batch:
-
     TrainSampler -> (index, epoch) -> ImageFolder[(index, epoch)] in a worker: the transform decodes and
     augments one file into a uint8 CHW tensor -> collate: one uint8 NCHW batch (+ labels, + bad paths)
     -> pinned memory -> to_device: copy, then float + normalize on the device.
 
-Which folders and files make a data set, and the messages when they do not, are imnet.run.folders' job; this
-module keeps the seeds, the datasets (ImageFolder, FakeData), the samplers, the batches (collate,
-build_loader, to_device) and the accounting of unreadable images. Four decisions shape it:
-
-* **uint8 until the device.** Workers ship uint8 batches, 4x fewer bytes than float32 through shared memory,
-  the pinned copy and the PCIe bus; the conversion to float and the normalization run on the accelerator,
-  where they cost nothing next to the model.
-* **The randomness of a sample is a function of (seed, epoch, index) only.** The dataset seeds torch's global
-  RNG from those three numbers right before calling the transform, so the augmentation of image i in epoch e
-  is the same whichever worker or rank decodes it, with 0 or 16 workers, on 1 or 64 GPUs, and after a
-  resume. Worker seeds (torch's default scheme) would tie the augmentation to the worker layout.
-* **A bad file never stops a run by itself.** Unreadable images are replaced by another, deterministic
-  sample and reported by path with the batch; the training loop counts them (BadImageCounter) and stops
-  with a clear message only beyond ``--max-bad-images``.
-* **No Python object per sample.** ImageFolder keeps its 1.28 million (path, label) pairs in three numpy
-  arrays (SampleIndex), not in a list of tuples: forked DataLoader workers read them without copying a page,
-  where touching a tuple's reference count would give each worker a private copy (over 200 MB on ImageNet).
-
-docs/design.md puts these decisions in the context of the whole program.
+A sample's augmentation depends on (seed, epoch, index) only, whatever the workers, ranks or resumes; an
+unreadable file is replaced by another sample and counted (BadImageCounter) up to ``--max-bad-images``.
+Folder layout checks are imnet.run.folders'; docs/design.md gives the reasons.
 """
 
 from __future__ import annotations
 
+import argparse
 import collections.abc
 import contextlib
 import math
 import os
-import re
 import signal
 import warnings
 
@@ -44,6 +26,7 @@ from PIL import Image
 from imnet.run.folders import DataError  # noqa: F401  (defined there; imnet.run.data.DataError is the same class)
 from imnet.run.folders import display_path, order_listing, short_list, walk_images
 from imnet.run import seeds
+from imnet.run.flags import max_bad_images
 from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
@@ -78,7 +61,8 @@ def _pil_guard(max_pixels: int):
 
 class SampleIndex:
     """Every sample's path (relative to the root, os.fsencode'd, NUL-terminated, concatenated in `blob`; path i
-    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers. Not a numpy 'S' array: it pads
+    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers that forked workers share without
+    copying (a list of tuples would be copied as its reference counts change). Not a numpy 'S' array: it pads
     every path to the longest one and strips trailing NULs. Build it with from_listings, which sorts."""
 
     def __init__(self, blob: bytes, offsets: np.ndarray, labels: np.ndarray):
@@ -415,19 +399,11 @@ def images_on(loader, device, channels_last: bool = False):
 
 
 def parse_max_bad(value, total: int) -> int:
-    """--max-bad-images -> a count: "10" -> 10; a decimal in [0, 1] is a fraction of `total`, rounded down."""
-    text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
+    """--max-bad-images -> the count it allows out of ``total`` images (`imnet.run.flags.max_bad_images`)."""
     try:
-        fraction = float(text)
-    except ValueError:
-        fraction = math.nan
-    if not 0.0 <= fraction <= 1.0:  # also rejects nan
-        raise DataError(f"--max-bad-images {value!r} is not valid: give a count of unreadable images to "
-                        f"tolerate as a whole number (e.g. 10, or 0 to stop at the first one), or a fraction of "
-                        f"the {total} images between 0 and 1 (e.g. 0.001).")
-    return math.floor(fraction * total)
+        return max_bad_images(value, total)
+    except argparse.ArgumentTypeError as e:
+        raise DataError(f"--max-bad-images {e}.") from None
 
 
 def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:

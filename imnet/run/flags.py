@@ -93,21 +93,21 @@ WORKERS = Range(int, 0, 256)                # data-loading processes per process
 WORKERS_HELP = "; above 4 per CPU core of this machine it is lowered to that at setup, with a note"
 
 
-def max_bad_images(text):
+def max_bad_images(text, total: int | None = None):
     """--max-bad-images: a whole number of files (10; 0 stops at the first one) or a fraction of the training
-    set in [0, 1] with a decimal point (0.001)."""
+    set in [0, 1] with a decimal point (0.001) -> the text checked, or with ``total`` the count (rounded down)."""
     text = str(text).strip()
     if re.fullmatch(r"\d+", text):
-        return text
+        return text if total is None else int(text)
     try:
         fraction = float(text)
     except ValueError:
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be a count of unreadable images (e.g. 10, or 0 to stop at the "
-                                         f"first one) or a fraction of the training set in [0, 1] (e.g. 0.001); "
-                                         f"got {text!r}")
-    return text
+        raise argparse.ArgumentTypeError(f"must be a count of unreadable images as a whole number (e.g. 10, or 0 "
+                                         f"to stop at the first one) or a fraction of the training set between 0 "
+                                         f"and 1 (e.g. 0.001); got {text!r}")
+    return text if total is None else math.floor(fraction * total)
 
 
 # ----------------------------------------------------------------------------------------------- the parser
