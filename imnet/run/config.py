@@ -76,18 +76,9 @@ class EvalPolicy:
 
 
 def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> EvalPolicy:
-    """The one resolver of the evaluation policy (train.py, eval.py, the audit). ``given``: the policy keys the
-    user set (None: not given); ``base``: what they override (a recipe's or config file's, a checkpoint's).
-
-    1. crop = given crop, else base crop, else 224.
-    2. resize = given resize (it wins over a given crop_pct); else floor(crop / given crop_pct); else, when
-       the crop was given and the base has a resize, floor(crop x base resize / base crop) in integers (a
-       224/256 policy asked at 288 resizes to 329, keeping the ratio; through a float ratio a pixel can be
-       lost, 176 x 233 / 176 = 232.99...); else the base resize (when the crop was not given); else
-       floor(crop / base crop_pct or 0.875).
-    3. interpolation, mean, std, decode: given, else base, else bilinear / ImageNet's / full.
-
-    """
+    """The evaluation policy from the keys the user set (``given``; None: not given) over ``base`` (a recipe's,
+    config file's or checkpoint's), by docs/design.md's precedence. A new crop keeps the base's ratio in integers
+    (176 x 233 / 176 through a float is 232.99...)."""
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(base, EvalPolicy):
         base = base.to_dict()
@@ -120,7 +111,6 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
 
 
 def _resize_for(crop: int, crop_pct) -> int:
-    """`imnet.transforms.resize_for_crop` with crop_pct checked."""
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must be in (0, 1] (got {float(crop_pct):g}); 0.875 gives the classic 224 -> 256.")
     return resize_for_crop(crop, crop_pct)
@@ -171,7 +161,7 @@ def _train_size_at(self, epoch: int) -> int:
 
 
 def _with_data(self, train_images: int, val_images: int, classes: int):
-    """The same Config with the data's sizes; each rank reads floor(train_images / world_size) images per epoch."""
+    """The same Config with the data's sizes."""
     if train_images < self.global_batch_size:
         raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
                           f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
@@ -181,7 +171,6 @@ def _with_data(self, train_images: int, val_images: int, classes: int):
 
 
 def _with_teacher(self, info: dict):
-    """The same Config with the distillation teacher's record (imnet.run.teacher.build_teacher)."""
     return dataclasses.replace(self, teacher_info=dict(info))
 
 
@@ -217,8 +206,7 @@ Config.__module__ = __name__
 
 
 def resolve(below: dict, given: dict, world_size: int) -> Config:
-    """-> the run's Config from every flag's value below the command line, the flags given on it, and the world
-    size; contradictions between flags raise ConfigError."""
+    """-> the run's Config; contradictions between flags raise ConfigError."""
     f = {**below, **given}
     if f["crop_scale"][0] > f["crop_scale"][1]:
         raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need MIN <= MAX.")
@@ -246,7 +234,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
     policy = resolve_eval_policy(policy_keys(given), policy_keys(below))
     if f["swa_start"] is not None:
-        if not 1 <= f["swa_start"] <= f["epochs"]:
+        if f["swa_start"] > f["epochs"]:
             raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "
                               f"{f['epochs']}).")
         if f["swa_lr"] is None:
@@ -294,8 +282,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
 
 def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
-    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model (the teacher itself is
-    checked when train.py loads it)."""
+    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model."""
     if f["teacher"] is None:
         if f["teacher_model"] is not None:
             raise ConfigError(f"--teacher-model {f['teacher_model']} names the network of a --teacher state_dict; "
@@ -317,9 +304,8 @@ def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
         raise ConfigError(f"--bce-target-thresh {f['bce_target_thresh']} binarises the targets of the binary "
                           f"cross-entropy; add --bce (or drop the threshold).")
     if f["layer_decay"] is not None and not f["no_decay_on"]:
-        raise ConfigError(f"--layer-decay {f['layer_decay']} builds BEiT's / MAE's parameter groups, which exempt "
-                          f"norms, biases and embeddings from weight decay, against --no-decay-on none. Drop "
-                          f"--no-decay-on none.")
+        raise ConfigError(f"--layer-decay {f['layer_decay']} exempts norms, biases and embeddings from weight "
+                          f"decay, against --no-decay-on none. Drop --no-decay-on none.")
 
 
 def check_progressive(f: dict, given: dict) -> None:

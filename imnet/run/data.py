@@ -365,8 +365,7 @@ def cap_workers(workers: int) -> tuple[int, str | None]:
     if workers <= limit:
         return workers, None
     shared = f", shared by {processes} processes" if processes > 1 else ""
-    return limit, (f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit} "
-                   f"(more loader processes would only compete for the cores)")
+    return limit, f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit}"
 
 
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
