@@ -217,8 +217,8 @@ def test_every_documented_command_dry_runs(cmd, tiny_root, placeholder_files, ca
         assert global_batch == reference_global_batch(name)
         assert math.isclose(lr, reference_lr(name), rel_tol=1e-12)
     r = RECIPES[name]
-    assert f"eval policy: resize {r['val_resize_size']} -> centre crop {r['val_crop_size']} ({r['interpolation']})" \
-        in out
+    assert (f"eval policy: resize {r['val_resize_size']} (shorter side, {r['interpolation']}) -> centre crop "
+            f"{r['val_crop_size']}") in out
 
 
 def test_audit_warnings_reach_the_dry_run_output(tiny_root, capsys):

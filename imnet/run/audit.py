@@ -20,7 +20,6 @@ LARGE_BATCH = 1024
 
 
 def recipe_policy(recipe: dict):
-    """The evaluation policy a recipe's own settings resolve to."""
     return resolve_eval_policy({}, policy_keys(recipe))
 
 
@@ -202,8 +201,7 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
         lines += progressive_plan(cfg)
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
-              f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), "
-              f"{p.decode} decode"]
+              f"eval policy: {p.describe()}"]
     lines += [f"NOTE: {n}" for n in notes(cfg)]
     lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)

@@ -66,13 +66,9 @@ class EvalPolicy:
         d.update(mean=list(self.mean), std=list(self.std), crop_pct=self.crop_pct)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "EvalPolicy | None":
-        if not d:
-            return None
-        return cls(int(d["resize_size"]), int(d["crop_size"]), d.get("interpolation", "bilinear"),
-                   tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
-                   tuple(float(v) for v in d.get("std", IMAGENET_STD)), d.get("decode", "full"))
+    @staticmethod
+    def from_dict(d: dict | None) -> "EvalPolicy | None":
+        return resolve_eval_policy({}, d) if d else None
 
 
 def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> EvalPolicy:
@@ -161,17 +157,12 @@ def _train_size_at(self, epoch: int) -> int:
 
 
 def _with_data(self, train_images: int, val_images: int, classes: int):
-    """The same Config with the data's sizes."""
     if train_images < self.global_batch_size:
         raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
                           f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
     steps = train_images // self.world_size // self.batch_size // self.accum_steps
     return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
                                steps_per_epoch=steps)
-
-
-def _with_teacher(self, info: dict):
-    return dataclasses.replace(self, teacher_info=dict(info))
 
 
 def _to_dict(self) -> dict:
@@ -200,8 +191,8 @@ Config = dataclasses.make_dataclass(
         total_steps=property(lambda self: self.epochs * self.steps_per_epoch),
         amp_dtype=property(lambda self: AMP_DTYPES[self.amp]),
         warmup_steps=property(lambda self: round(self.warmup_epochs * self.steps_per_epoch)),
-        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, with_teacher=_with_teacher,
-        to_dict=_to_dict, flags=_flags))
+        with_teacher=lambda self, info: dataclasses.replace(self, teacher_info=dict(info)),
+        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, to_dict=_to_dict, flags=_flags))
 Config.__module__ = __name__
 
 

@@ -12,7 +12,6 @@ Folder layout checks are imnet.run.folders'; docs/design.md gives the reasons.
 from __future__ import annotations
 
 import argparse
-import collections.abc
 import contextlib
 import math
 import os
@@ -117,27 +116,10 @@ class SampleIndex:
         return len(self.blob) + self.offsets.nbytes + self.labels.nbytes
 
 
-class _SampleView(collections.abc.Sequence):
-    """ds.samples: (path, label) pairs on demand; see ImageFolder.samples."""
-
-    def __init__(self, dataset: "ImageFolder"):
-        self._dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self._dataset)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        return self._dataset.path(i), self._dataset.label(i)
-
-
 class ImageFolder(torch.utils.data.Dataset):
     """``ds[(index, epoch)] -> (uint8 CHW, label, the paths that could not be read for it)``: torchvision's samples
     in its order, minus what folders.walk_images skips (in `skipped`). The transform runs under torch's CPU RNG
-    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size.
-    An unreadable file is replaced by sample ``augment_seed(seed, epoch, index, attempt) % n``, attempt = 1, 2,
-    ...; a transform that fails on a file that decodes is a DataError at once."""
+    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size."""
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_tries: int = 32, crop_size_at=None):
@@ -172,9 +154,9 @@ class ImageFolder(torch.utils.data.Dataset):
         return self.index.labels
 
     @property
-    def samples(self) -> collections.abc.Sequence:
-        """torchvision's `samples`, built on demand (``list(ds.samples)``: for tests and one-off scripts)."""
-        return _SampleView(self)
+    def samples(self) -> list[tuple[str, int]]:
+        """torchvision's `samples`, built at each access (for tests and one-off scripts)."""
+        return [(self.path(i), self.label(i)) for i in range(len(self))]
 
     def _read(self, path: str, seed: int, epoch: int) -> torch.Tensor:
         generator = torch.default_generator  # CPU only: torch.manual_seed would also reseed every GPU
@@ -202,9 +184,9 @@ class ImageFolder(torch.utils.data.Dataset):
                     what = display_path(str(exc)).rstrip(".")
                     raise DataError(
                         f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}; the file "
-                        f"decodes, so this is not the file's fault and it is not replaced as an unreadable image. "
-                        f"Fix the settings of the transform ({display_path(repr(self.transform))}): --auto-augment, "
-                        f"--ra-magnitude, the crop and resize sizes.") from exc
+                        f"decodes, so it is not the file's fault. Fix the settings of the transform "
+                        f"({display_path(repr(self.transform))}): --auto-augment, --ra-magnitude, the crop and resize "
+                        f"sizes.") from exc
                 if path not in bad:
                     bad.append(path)
                 error = exc
@@ -245,11 +227,10 @@ def _check_rank(num_replicas: int, rank: int) -> None:
 
 
 class TrainSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation, so R processes x
-    batch b see the batches of 1 process x batch R*b. drop_last truncates to a multiple of num_replicas, else
-    the start of the permutation pads. ``repeats`` = N > 1: repeated augmentation (Hoffer et al. 2020, DeiT's
-    RASampler, --ra-reps): each index N times in a row, items (index, epoch, repeat), the epoch no longer.
-    set_start(k) skips this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
+    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation; drop_last truncates
+    to a multiple of num_replicas, else the start of the permutation pads. ``repeats`` = N > 1 (--ra-reps, DeiT's
+    RASampler): each index N times in a row, items (index, epoch, repeat), the epoch no longer. set_start(k) skips
+    this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  drop_last: bool = True, repeats: int = 1):
@@ -392,7 +373,6 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
 
 
 def images_on(loader, device, channels_last: bool = False):
-    """The images of ``loader``'s batches on ``device``, normalised (`to_device`), as they are asked for."""
     for images, labels, *_ in loader:
         yield to_device(images, labels, device, channels_last=channels_last)[0]
 
@@ -467,8 +447,7 @@ class BadImageCounter:
         raise DataError(
             f"Too many unreadable images: {count} distinct files{of_total} could not be read, more than the "
             f"{self.max_bad} allowed by --max-bad-images; the first ones: {first}. Repair or remove these files, "
-            f"or raise the threshold with --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of "
-            f"the training set).")
+            f"or raise --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of the training set).")
 
     def state_dict(self) -> dict:
         return {"paths": list(self.paths), "max_bad": self.max_bad}

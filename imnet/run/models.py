@@ -129,12 +129,9 @@ def head_keys(name: str, image_size: int = 224) -> set[str]:
 
 
 def _strip(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            k = k[len(prefix):] if k.startswith(prefix) else k
-        out[k] = v
-    return out
+    for prefix in _WRAPPER_PREFIXES:
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
 def init_source(path: str | None = None, weights: str | None = None, model: str | None = None,
