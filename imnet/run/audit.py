@@ -52,8 +52,7 @@ def reference(cfg: Config, recipe: dict | None) -> tuple[dict | None, int | None
 
 
 def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
-    """Facts worth knowing that are not mistakes: a typed --opt sgd that is not timm's, a teacher that cannot be
-    checked, a recipe's LR rescaled to another global batch."""
+    """Facts worth knowing that are not mistakes (the dry run's and the log's NOTE lines)."""
     teacher = cfg.teacher_info or {}
     out = []
     if cfg.opt == "sgd" and cfg.opt_given and not cfg.nesterov:

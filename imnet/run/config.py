@@ -36,9 +36,8 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True)
 class EvalPolicy:
-    """How validation images become model inputs: resize the shorter side to ``resize_size`` (``interpolation``,
-    antialiased), keep the centre ``crop_size`` square, normalize with ``mean``/``std``; ``decode="reduced"`` lets
-    libjpeg decode at 1/2, 1/4 or 1/8 scale (faster, not torchvision's pixels)."""
+    """How validation images become model inputs (`describe`); ``decode="reduced"`` lets libjpeg decode at 1/2,
+    1/4 or 1/8 scale (faster, not torchvision's pixels)."""
     resize_size: int
     crop_size: int
     interpolation: str = "bilinear"
@@ -139,8 +138,7 @@ def policy_mismatch(now: EvalPolicy, then: EvalPolicy, then_name: str) -> list[s
 # ------------------------------------------------------------------------------------------ training
 
 def _lr_at(self, step: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the first step of
-    epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
+    """The LR of optimizer step ``step`` (0-based); from epoch ``swa_start`` on, SWA's constant ``swa_lr``."""
     spe = self.steps_per_epoch
     if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
         return self.swa_lr
@@ -181,8 +179,7 @@ def _flags(self) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-# Everything a training run does, resolved once: train.py's flags (but the evaluation flags, resolved into
-# eval_policy) and the values `resolve` and with_data derive (flags.DERIVED).
+# Everything a training run does: train.py's flags but the evaluation ones (in eval_policy), and flags.DERIVED.
 _SETTINGS = settings(build_parser())
 Config = dataclasses.make_dataclass(
     "Config", [(name, Any) for name in _SETTINGS if name not in EVAL_FLAGS]
@@ -209,8 +206,8 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
     check_progressive(f, given)
     if "num_classes" in given and not f["fake_data"]:
-        raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data; real data has the classes of its "
-                          f"folders, so drop --num-classes.")
+        raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data (real data has its folders' "
+                          f"classes): drop --num-classes.")
 
     requested = f["global_batch"]
     if requested is not None:
@@ -258,8 +255,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     f["no_decay_on"] = tuple(dict.fromkeys(f["no_decay_on"]))
     check_distillation_and_fine_tuning(f, given)
 
-    # Label smoothing has one home: the MixUp/CutMix soft targets when they are on (their mixer smooths every
-    # batch, mixed or not), else the loss; never both, never the distillation term (DeiT).
+    # Label smoothing in the MixUp/CutMix targets when they are on (every batch, mixed or not), else in the loss.
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
     for key, action in _SETTINGS.items():  # a frozen Config holds tuples
         if action.nargs not in (None, "?", 0) and f[key] is not None:

@@ -22,15 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imnet.run.folders import DataError  # noqa: F401  (defined there; imnet.run.data.DataError is the same class)
-from imnet.run.folders import display_path, order_listing, short_list, walk_images
+from imnet.run.folders import DataError, display_path, order_listing, short_list, walk_images
 from imnet.run import seeds
 from imnet.run.flags import max_bad_images
 from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
-# Decompression-bomb bound in pixels (~400 MB decoded): far above a 60 MP photograph, yet a tiny file cannot make
-# a worker allocate gigabytes. PIL only warns up to twice its bound; here that warning is an error.
+# Decompression-bomb bound in pixels (~400 MB decoded), PIL's warning band included (`_pil_guard`).
 MAX_IMAGE_PIXELS = 2**27
 
 
@@ -184,9 +182,9 @@ class ImageFolder(torch.utils.data.Dataset):
                     what = display_path(str(exc)).rstrip(".")
                     raise DataError(
                         f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}; the file "
-                        f"decodes, so it is not the file's fault. Fix the settings of the transform "
-                        f"({display_path(repr(self.transform))}): --auto-augment, --ra-magnitude, the crop and resize "
-                        f"sizes.") from exc
+                        f"decodes, so it is not the file's fault and it is not replaced as an unreadable image. "
+                        f"Fix the settings of the transform ({display_path(repr(self.transform))}): --auto-augment, "
+                        f"--ra-magnitude, the crop and resize sizes.") from exc
                 if path not in bad:
                     bad.append(path)
                 error = exc
@@ -203,8 +201,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 class FakeData(torch.utils.data.Dataset):
-    """--fake-data: ImageFolder's items from a bank of random images made once (the loader measures the pipeline,
-    not a random number generator); label = index % num_classes."""
+    """--fake-data: ImageFolder's items, from a bank of random images made once; label = index % num_classes."""
 
     def __init__(self, num_classes: int, image_size: int, length: int, seed: int = 0, bank: int = 16):
         self.classes = [f"class_{k}" for k in range(num_classes)]

@@ -173,8 +173,7 @@ def settings(parser: Parser) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- familiar flags
-# Spellings of torchvision's references/classification/train.py and timm's train.py / validate.py with imnet's
-# meaning are extra option strings of imnet's flags (--wd of --weight-decay). The others are below.
+# torchvision's and timm's spellings with imnet's meaning are option strings of its flags (--wd); the others follow.
 
 # theirs, with another meaning than any imnet flag's -> what to type instead
 _STEP = "for timm's step decay type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
@@ -270,8 +269,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
     g.add_argument("--val-resize-size", *names.get("val_resize_size", ()), type=SIZE, default=None,
                    help="shorter side before the centre crop (default: floor(crop / crop_pct))")
     g.add_argument("--crop-pct", *names.get("crop_pct", ()), type=Range(float, 0.0, 1.0, lo_open=True), default=None,
-                   help="centre crop fraction = crop / resize; recomputes the resize unless --val-resize-size is given "
-                        "(0.875: 224 -> 256)")
+                   help="crop / resize; sets the resize unless --val-resize-size is given (0.875: 224 -> 256)")
     g.add_argument("--val-interpolation", *names.get("val_interpolation", ()), choices=INTERPOLATIONS, default=None,
                    help="evaluation resize resampling")
     g.add_argument("--val-decode", *names.get("val_decode", ()), choices=DECODE_MODES, default=decode_default,
@@ -453,8 +451,7 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------------------------- layers
 
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
-    """-> (every flag's value below the command line, the flags given on the command line). No arguments at all
-    is the demo recipe."""
+    """-> (every flag's value below the command line, the flags given on the command line)."""
     parser = build_parser()
     if not argv:
         argv = ["--recipe", "demo"]  # the demo (its dataset is generated on first use)

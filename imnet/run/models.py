@@ -19,8 +19,7 @@ from torchvision.ops import StochasticDepth, stochastic_depth
 from imnet.deit import DEIT_DISTILLED, DistilledVisionTransformer, interpolate_pos_embedding
 from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
 
-# DeiT widths (Touvron et al. 2021, Table 1) as (hidden_dim, num_heads), like DEIT_DISTILLED: patch 16, depth 12,
-# MLP ratio 4.
+# DeiT widths (Touvron et al. 2021, Table 1) as (hidden_dim, num_heads), like DEIT_DISTILLED: patch 16, depth 12.
 DEIT = {"deit_tiny": (192, 3), "deit_small": (384, 6)}
 
 # torchvision families whose constructors take ``stochastic_depth_prob``; the builders of the second set pass

@@ -32,7 +32,6 @@ _NEW_RECIPE = dict(
 )
 
 RECIPES: dict[str, dict] = {
-    # torchvision's V2 weights: the new recipe plus --ra-sampler --ra-reps 4.
     "resnet50": dict(_NEW_RECIPE, model="resnet50", ra_reps=4),
     "resnet50_classic": dict(
         model="resnet50", epochs=90, batch_size=32, opt="sgd", momentum=0.9, lr_base=0.1, weight_decay=1e-4,
