@@ -28,8 +28,7 @@ from imnet.run.flags import max_bad_images
 from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
-# Decompression-bomb bound in pixels (~400 MB decoded), PIL's warning band included (`_pil_guard`).
-MAX_IMAGE_PIXELS = 2**27
+MAX_IMAGE_PIXELS = 2**27  # decompression-bomb bound (~400 MB decoded)
 
 
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:

@@ -269,7 +269,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
     g.add_argument("--val-resize-size", *names.get("val_resize_size", ()), type=SIZE, default=None,
                    help="shorter side before the centre crop (default: floor(crop / crop_pct))")
     g.add_argument("--crop-pct", *names.get("crop_pct", ()), type=Range(float, 0.0, 1.0, lo_open=True), default=None,
-                   help="crop / resize; sets the resize unless --val-resize-size is given (0.875: 224 -> 256)")
+                   help="centre crop / resize; sets the resize unless --val-resize-size is given (0.875: 224 -> 256)")
     g.add_argument("--val-interpolation", *names.get("val_interpolation", ()), choices=INTERPOLATIONS, default=None,
                    help="evaluation resize resampling")
     g.add_argument("--val-decode", *names.get("val_decode", ()), choices=DECODE_MODES, default=decode_default,
