@@ -31,8 +31,7 @@ def device_type(cfg: Config) -> str:
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); None where the platform does not say (no
-    warning on a guess)."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); None where the platform does not say."""
     if not sys.platform.startswith("linux"):
         return None
     try:
