@@ -784,8 +784,7 @@ def test_workers_are_capped_by_the_cores_with_a_note(light_data, tmp_path, monke
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)), raising=False)
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")
     assert imnet_data.cap_workers(9) == (8, "--workers 9 is more than 4 per CPU core (8 cores here, shared by 4 "
-                                             "processes): using 8 (more loader processes would only compete for "
-                                             "the cores)")
+                                             "processes): using 8")
     assert imnet_data.cap_workers(8) == (8, None) and imnet_data.cap_workers(0) == (0, None)
 
 

@@ -1,16 +1,6 @@
 """What a run will do and the classic mistakes in it: the ``train.py --dry-run`` plan (`plan`), its warnings
-(`audit`) and notes (`notes`), from the resolved Config alone (no model, no data). The warnings and why:
-
-1. AdamW decaying norms and biases: decoupled decay shrinks normalisation scales and offsets every step (Loshchilov
-   & Hutter 2019); DeiT/Swin/ConvNeXt exclude them (not warned where the recipe's source decays them).
-2. No warmup at a global batch >= 1024: the linear scaling rule breaks in the first epochs (Goyal et al. 2017).
-3. An eval policy other than the recipe's: accuracy moves by tenths of a point (Touvron et al. 2019, FixRes).
-4. A recipe's --lr at another global batch: the LR should follow the batch (linear scaling).
-5. A --global-batch that world size x accumulation does not divide: the real global batch differs.
-6. bf16 on a CPU without avx512_bf16 / amx_bf16: every bf16 matmul is emulated, many times slower than fp32.
-7. LARS / LAMB decaying norms or biases: a near-zero tensor's trust ratio freezes or blows up its update (You et
-   al. 2017 and 2020, the MLPerf references exclude them).
-8. A teacher trained at another resolution or normalisation than the student's training batches it sees.
+(`audit`) and notes (`notes`), from the resolved Config alone (no model, no data); docs/tricks.md and docs/usage.md
+say why each warning matters.
 """
 
 from __future__ import annotations
@@ -23,15 +13,13 @@ import torch
 from imnet.run import dist
 from imnet.run.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
 from imnet.optim import count_param_groups
-from imnet.run.recipes import META, RECIPES
+from imnet.run.recipes import META, RECIPES, reference_global_batch, reference_lr
 from imnet.schedule import scale_lr
 
-REFERENCE_GPUS = 8
 LARGE_BATCH = 1024
 
 
 def recipe_policy(recipe: dict):
-    """The evaluation policy a recipe's own settings resolve to."""
     return resolve_eval_policy({}, policy_keys(recipe))
 
 
@@ -43,8 +31,7 @@ def device_type(cfg: Config) -> str:
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool | None:
-    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); None where the platform does not say (no
-    warning on a guess)."""
+    """Whether this CPU has bf16 instructions (AVX512-BF16 or AMX-BF16); None where the platform does not say."""
     if not sys.platform.startswith("linux"):
         return None
     try:
@@ -60,13 +47,11 @@ def reference(cfg: Config, recipe: dict | None) -> tuple[dict | None, int | None
     recipe = RECIPES.get(cfg.recipe) if recipe is None else recipe
     if recipe is None or "lr_base" not in recipe or "batch_size" not in recipe:
         return recipe, None, None
-    batch = recipe["batch_size"] * META.get(cfg.recipe, {}).get("gpus", REFERENCE_GPUS) * recipe.get("accum_steps", 1)
-    return recipe, batch, scale_lr(recipe["lr_base"], batch)
+    return recipe, reference_global_batch(cfg.recipe, recipe), reference_lr(cfg.recipe, recipe)
 
 
 def notes(cfg: Config, recipe: dict | None = None) -> list[str]:
-    """Facts worth knowing that are not mistakes: a typed --opt sgd that is not timm's, a teacher that cannot be
-    checked, a recipe's LR rescaled to another global batch."""
+    """Facts worth knowing that are not mistakes (the dry run's and the log's NOTE lines)."""
     teacher = cfg.teacher_info or {}
     out = []
     if cfg.opt == "sgd" and cfg.opt_given and not cfg.nesterov:
@@ -214,8 +199,7 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
         lines += progressive_plan(cfg)
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
-              f"eval policy: resize {p.resize_size} -> centre crop {p.crop_size} ({p.interpolation}), "
-              f"{p.decode} decode"]
+              f"eval policy: {p.describe()}"]
     lines += [f"NOTE: {n}" for n in notes(cfg)]
     lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)

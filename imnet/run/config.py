@@ -36,9 +36,8 @@ class ConfigError(UsageError):
 
 @dataclass(frozen=True)
 class EvalPolicy:
-    """How validation images become model inputs: resize the shorter side to ``resize_size`` (``interpolation``,
-    antialiased), keep the centre ``crop_size`` square, normalize with ``mean``/``std``; ``decode="reduced"`` lets
-    libjpeg decode at 1/2, 1/4 or 1/8 scale (faster, not torchvision's pixels)."""
+    """How validation images become model inputs (`describe`); ``decode="reduced"`` lets libjpeg decode at 1/2,
+    1/4 or 1/8 scale (faster, not torchvision's pixels)."""
     resize_size: int
     crop_size: int
     interpolation: str = "bilinear"
@@ -66,28 +65,15 @@ class EvalPolicy:
         d.update(mean=list(self.mean), std=list(self.std), crop_pct=self.crop_pct)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict | None) -> "EvalPolicy | None":
-        if not d:
-            return None
-        return cls(int(d["resize_size"]), int(d["crop_size"]), d.get("interpolation", "bilinear"),
-                   tuple(float(v) for v in d.get("mean", IMAGENET_MEAN)),
-                   tuple(float(v) for v in d.get("std", IMAGENET_STD)), d.get("decode", "full"))
+    @staticmethod
+    def from_dict(d: dict | None) -> "EvalPolicy | None":
+        return resolve_eval_policy({}, d) if d else None
 
 
 def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> EvalPolicy:
-    """The one resolver of the evaluation policy (train.py, eval.py, the audit). ``given``: the policy keys the
-    user set (None: not given); ``base``: what they override (a recipe's or config file's, a checkpoint's).
-
-    1. crop = given crop, else base crop, else 224.
-    2. resize = given resize (it wins over a given crop_pct); else floor(crop / given crop_pct); else, when
-       the crop was given and the base has a resize, floor(crop x base resize / base crop) in integers (a
-       224/256 policy asked at 288 resizes to 329, keeping the ratio; through a float ratio a pixel can be
-       lost, 176 x 233 / 176 = 232.99...); else the base resize (when the crop was not given); else
-       floor(crop / base crop_pct or 0.875).
-    3. interpolation, mean, std, decode: given, else base, else bilinear / ImageNet's / full.
-
-    """
+    """The evaluation policy from the keys the user set (``given``; None: not given) over ``base`` (a recipe's,
+    config file's or checkpoint's), by docs/design.md's precedence. A new crop keeps the base's ratio in integers
+    (176 x 233 / 176 through a float is 232.99...)."""
     given = {k: v for k, v in given.items() if v is not None}
     if isinstance(base, EvalPolicy):
         base = base.to_dict()
@@ -120,7 +106,6 @@ def resolve_eval_policy(given: dict, base: EvalPolicy | dict | None = None) -> E
 
 
 def _resize_for(crop: int, crop_pct) -> int:
-    """`imnet.transforms.resize_for_crop` with crop_pct checked."""
     if not 0 < crop_pct <= 1:
         raise ConfigError(f"crop_pct must be in (0, 1] (got {float(crop_pct):g}); 0.875 gives the classic 224 -> 256.")
     return resize_for_crop(crop, crop_pct)
@@ -153,8 +138,7 @@ def policy_mismatch(now: EvalPolicy, then: EvalPolicy, then_name: str) -> list[s
 # ------------------------------------------------------------------------------------------ training
 
 def _lr_at(self, step: int) -> float:
-    """The learning rate of optimizer step ``step`` (0-based), per `imnet.schedule.lr_at`; from the first step of
-    epoch ``swa_start`` on, SWA's constant ``swa_lr`` (torch's SWALR with anneal_epochs=0)."""
+    """The LR of optimizer step ``step`` (0-based); from epoch ``swa_start`` on, SWA's constant ``swa_lr``."""
     spe = self.steps_per_epoch
     if self.swa_start is not None and step >= (self.swa_start - 1) * spe:
         return self.swa_lr
@@ -171,18 +155,12 @@ def _train_size_at(self, epoch: int) -> int:
 
 
 def _with_data(self, train_images: int, val_images: int, classes: int):
-    """The same Config with the data's sizes; each rank reads floor(train_images / world_size) images per epoch."""
     if train_images < self.global_batch_size:
         raise ConfigError(f"The training set has {train_images} images, fewer than one global batch "
                           f"({self.global_batch_size}). Lower --batch-size or --accum-steps.")
     steps = train_images // self.world_size // self.batch_size // self.accum_steps
     return dataclasses.replace(self, train_images=train_images, val_images=val_images, classes=classes,
                                steps_per_epoch=steps)
-
-
-def _with_teacher(self, info: dict):
-    """The same Config with the distillation teacher's record (imnet.run.teacher.build_teacher)."""
-    return dataclasses.replace(self, teacher_info=dict(info))
 
 
 def _to_dict(self) -> dict:
@@ -201,8 +179,7 @@ def _flags(self) -> dict:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
-# Everything a training run does, resolved once: train.py's flags (but the evaluation flags, resolved into
-# eval_policy) and the values `resolve` and with_data derive (flags.DERIVED).
+# Everything a training run does: train.py's flags but the evaluation ones (in eval_policy), and flags.DERIVED.
 _SETTINGS = settings(build_parser())
 Config = dataclasses.make_dataclass(
     "Config", [(name, Any) for name in _SETTINGS if name not in EVAL_FLAGS]
@@ -211,14 +188,13 @@ Config = dataclasses.make_dataclass(
         total_steps=property(lambda self: self.epochs * self.steps_per_epoch),
         amp_dtype=property(lambda self: AMP_DTYPES[self.amp]),
         warmup_steps=property(lambda self: round(self.warmup_epochs * self.steps_per_epoch)),
-        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, with_teacher=_with_teacher,
-        to_dict=_to_dict, flags=_flags))
+        with_teacher=lambda self, info: dataclasses.replace(self, teacher_info=dict(info)),
+        lr_at=_lr_at, train_size_at=_train_size_at, with_data=_with_data, to_dict=_to_dict, flags=_flags))
 Config.__module__ = __name__
 
 
 def resolve(below: dict, given: dict, world_size: int) -> Config:
-    """-> the run's Config from every flag's value below the command line, the flags given on it, and the world
-    size; contradictions between flags raise ConfigError."""
+    """-> the run's Config; contradictions between flags raise ConfigError."""
     f = {**below, **given}
     if f["crop_scale"][0] > f["crop_scale"][1]:
         raise ConfigError(f"--crop-scale {f['crop_scale'][0]} {f['crop_scale'][1]}: need MIN <= MAX.")
@@ -230,8 +206,8 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
     check_progressive(f, given)
     if "num_classes" in given and not f["fake_data"]:
-        raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data; real data has the classes of its "
-                          f"folders, so drop --num-classes.")
+        raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data (real data has its folders' "
+                          f"classes): drop --num-classes.")
 
     requested = f["global_batch"]
     if requested is not None:
@@ -246,7 +222,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
     policy = resolve_eval_policy(policy_keys(given), policy_keys(below))
     if f["swa_start"] is not None:
-        if not 1 <= f["swa_start"] <= f["epochs"]:
+        if f["swa_start"] > f["epochs"]:
             raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "
                               f"{f['epochs']}).")
         if f["swa_lr"] is None:
@@ -279,8 +255,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     f["no_decay_on"] = tuple(dict.fromkeys(f["no_decay_on"]))
     check_distillation_and_fine_tuning(f, given)
 
-    # Label smoothing has one home: the MixUp/CutMix soft targets when they are on (their mixer smooths every
-    # batch, mixed or not), else the loss; never both, never the distillation term (DeiT).
+    # Label smoothing in the MixUp/CutMix targets when they are on (every batch, mixed or not), else in the loss.
     mixing = f["mixup"] > 0 or f["cutmix"] > 0
     for key, action in _SETTINGS.items():  # a frozen Config holds tuples
         if action.nargs not in (None, "?", 0) and f[key] is not None:
@@ -294,8 +269,7 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
 
 
 def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
-    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model (the teacher itself is
-    checked when train.py loads it)."""
+    """Contradictions among --teacher / --distill*, --layer-decay, --bce* and the model."""
     if f["teacher"] is None:
         if f["teacher_model"] is not None:
             raise ConfigError(f"--teacher-model {f['teacher_model']} names the network of a --teacher state_dict; "
@@ -317,9 +291,8 @@ def check_distillation_and_fine_tuning(f: dict, given: dict) -> None:
         raise ConfigError(f"--bce-target-thresh {f['bce_target_thresh']} binarises the targets of the binary "
                           f"cross-entropy; add --bce (or drop the threshold).")
     if f["layer_decay"] is not None and not f["no_decay_on"]:
-        raise ConfigError(f"--layer-decay {f['layer_decay']} builds BEiT's / MAE's parameter groups, which exempt "
-                          f"norms, biases and embeddings from weight decay, against --no-decay-on none. Drop "
-                          f"--no-decay-on none.")
+        raise ConfigError(f"--layer-decay {f['layer_decay']} exempts norms, biases and embeddings from weight "
+                          f"decay, against --no-decay-on none. Drop --no-decay-on none.")
 
 
 def check_progressive(f: dict, given: dict) -> None:

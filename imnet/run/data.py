@@ -1,39 +1,20 @@
 """Datasets, samplers and loaders: from a list of image files to normalized batches on the device.
 
-The path of one training batch:
-
     TrainSampler -> (index, epoch) -> ImageFolder[(index, epoch)] in a worker: the transform decodes and
     augments one file into a uint8 CHW tensor -> collate: one uint8 NCHW batch (+ labels, + bad paths)
     -> pinned memory -> to_device: copy, then float + normalize on the device.
 
-Which folders and files make a data set, and the messages when they do not, are imnet.run.folders' job; this
-module keeps the seeds, the datasets (ImageFolder, FakeData), the samplers, the batches (collate,
-build_loader, to_device) and the accounting of unreadable images. Four decisions shape it:
-
-* **uint8 until the device.** Workers ship uint8 batches, 4x fewer bytes than float32 through shared memory,
-  the pinned copy and the PCIe bus; the conversion to float and the normalization run on the accelerator,
-  where they cost nothing next to the model.
-* **The randomness of a sample is a function of (seed, epoch, index) only.** The dataset seeds torch's global
-  RNG from those three numbers right before calling the transform, so the augmentation of image i in epoch e
-  is the same whichever worker or rank decodes it, with 0 or 16 workers, on 1 or 64 GPUs, and after a
-  resume. Worker seeds (torch's default scheme) would tie the augmentation to the worker layout.
-* **A bad file never stops a run by itself.** Unreadable images are replaced by another, deterministic
-  sample and reported by path with the batch; the training loop counts them (BadImageCounter) and stops
-  with a clear message only beyond ``--max-bad-images``.
-* **No Python object per sample.** ImageFolder keeps its 1.28 million (path, label) pairs in three numpy
-  arrays (SampleIndex), not in a list of tuples: forked DataLoader workers read them without copying a page,
-  where touching a tuple's reference count would give each worker a private copy (over 200 MB on ImageNet).
-
-docs/design.md puts these decisions in the context of the whole program.
+A sample's augmentation depends on (seed, epoch, index) only, whatever the workers, ranks or resumes; an
+unreadable file is replaced by another sample and counted (BadImageCounter) up to ``--max-bad-images``.
+Folder layout checks are imnet.run.folders'; docs/design.md gives the reasons.
 """
 
 from __future__ import annotations
 
-import collections.abc
+import argparse
 import contextlib
 import math
 import os
-import re
 import signal
 import warnings
 
@@ -41,15 +22,13 @@ import numpy as np
 import torch
 from PIL import Image
 
-from imnet.run.folders import DataError  # noqa: F401  (defined there; imnet.run.data.DataError is the same class)
-from imnet.run.folders import display_path, order_listing, short_list, walk_images
+from imnet.run.folders import DataError, display_path, order_listing, short_list, walk_images
 from imnet.run import seeds
+from imnet.run.flags import max_bad_images
 from imnet.run.signals import PREEMPTION_SIGNALS
 from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD, load_rgb, normalize
 
-# Decompression-bomb bound in pixels (~400 MB decoded): far above a 60 MP photograph, yet a tiny file cannot make
-# a worker allocate gigabytes. PIL only warns up to twice its bound; here that warning is an error.
-MAX_IMAGE_PIXELS = 2**27
+MAX_IMAGE_PIXELS = 2**27  # decompression-bomb bound (~400 MB decoded)
 
 
 def augment_seed(seed: int, epoch: int, index: int, attempt: int = 0, repeat: int = 0) -> int:
@@ -78,7 +57,8 @@ def _pil_guard(max_pixels: int):
 
 class SampleIndex:
     """Every sample's path (relative to the root, os.fsencode'd, NUL-terminated, concatenated in `blob`; path i
-    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers. Not a numpy 'S' array: it pads
+    is blob[offsets[i]:offsets[i + 1] - 1]) and label, in read-only buffers that forked workers share without
+    copying (a list of tuples would be copied as its reference counts change). Not a numpy 'S' array: it pads
     every path to the longest one and strips trailing NULs. Build it with from_listings, which sorts."""
 
     def __init__(self, blob: bytes, offsets: np.ndarray, labels: np.ndarray):
@@ -133,27 +113,10 @@ class SampleIndex:
         return len(self.blob) + self.offsets.nbytes + self.labels.nbytes
 
 
-class _SampleView(collections.abc.Sequence):
-    """ds.samples: (path, label) pairs on demand; see ImageFolder.samples."""
-
-    def __init__(self, dataset: "ImageFolder"):
-        self._dataset = dataset
-
-    def __len__(self) -> int:
-        return len(self._dataset)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return [self[k] for k in range(*i.indices(len(self)))]
-        return self._dataset.path(i), self._dataset.label(i)
-
-
 class ImageFolder(torch.utils.data.Dataset):
     """``ds[(index, epoch)] -> (uint8 CHW, label, the paths that could not be read for it)``: torchvision's samples
     in its order, minus what folders.walk_images skips (in `skipped`). The transform runs under torch's CPU RNG
-    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size.
-    An unreadable file is replaced by sample ``augment_seed(seed, epoch, index, attempt) % n``, attempt = 1, 2,
-    ...; a transform that fails on a file that decodes is a DataError at once."""
+    seeded with `augment_seed`, then restored; `crop_size_at(epoch)` (optional, picklable) gives its crop_size."""
 
     def __init__(self, root, classes, transform, seed: int = 0, max_pixels: int = MAX_IMAGE_PIXELS,
                  max_tries: int = 32, crop_size_at=None):
@@ -188,9 +151,9 @@ class ImageFolder(torch.utils.data.Dataset):
         return self.index.labels
 
     @property
-    def samples(self) -> collections.abc.Sequence:
-        """torchvision's `samples`, built on demand (``list(ds.samples)``: for tests and one-off scripts)."""
-        return _SampleView(self)
+    def samples(self) -> list[tuple[str, int]]:
+        """torchvision's `samples`, built at each access (for tests and one-off scripts)."""
+        return [(self.path(i), self.label(i)) for i in range(len(self))]
 
     def _read(self, path: str, seed: int, epoch: int) -> torch.Tensor:
         generator = torch.default_generator  # CPU only: torch.manual_seed would also reseed every GPU
@@ -218,7 +181,7 @@ class ImageFolder(torch.utils.data.Dataset):
                     what = display_path(str(exc)).rstrip(".")
                     raise DataError(
                         f"The transform failed on {display_path(path)} with {type(exc).__name__}: {what}; the file "
-                        f"decodes, so this is not the file's fault and it is not replaced as an unreadable image. "
+                        f"decodes, so it is not the file's fault and it is not replaced as an unreadable image. "
                         f"Fix the settings of the transform ({display_path(repr(self.transform))}): --auto-augment, "
                         f"--ra-magnitude, the crop and resize sizes.") from exc
                 if path not in bad:
@@ -237,8 +200,7 @@ class ImageFolder(torch.utils.data.Dataset):
 
 
 class FakeData(torch.utils.data.Dataset):
-    """--fake-data: ImageFolder's items from a bank of random images made once (the loader measures the pipeline,
-    not a random number generator); label = index % num_classes."""
+    """--fake-data: ImageFolder's items, from a bank of random images made once; label = index % num_classes."""
 
     def __init__(self, num_classes: int, image_size: int, length: int, seed: int = 0, bank: int = 16):
         self.classes = [f"class_{k}" for k in range(num_classes)]
@@ -261,11 +223,10 @@ def _check_rank(num_replicas: int, rank: int) -> None:
 
 
 class TrainSampler(torch.utils.data.Sampler):
-    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation, so R processes x
-    batch b see the batches of 1 process x batch R*b. drop_last truncates to a multiple of num_replicas, else
-    the start of the permutation pads. ``repeats`` = N > 1: repeated augmentation (Hoffer et al. 2020, DeiT's
-    RASampler, --ra-reps): each index N times in a row, items (index, epoch, repeat), the epoch no longer.
-    set_start(k) skips this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
+    """Yields (index, epoch): rank r takes ``perm[r::num_replicas]`` of epoch e's permutation; drop_last truncates
+    to a multiple of num_replicas, else the start of the permutation pads. ``repeats`` = N > 1 (--ra-reps, DeiT's
+    RASampler): each index N times in a row, items (index, epoch, repeat), the epoch no longer. set_start(k) skips
+    this rank's first k samples (mid-epoch resume) until a pass runs to its end."""
 
     def __init__(self, num_samples: int, num_replicas: int = 1, rank: int = 0, seed: int = 0,
                  drop_last: bool = True, repeats: int = 1):
@@ -381,8 +342,7 @@ def cap_workers(workers: int) -> tuple[int, str | None]:
     if workers <= limit:
         return workers, None
     shared = f", shared by {processes} processes" if processes > 1 else ""
-    return limit, (f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit} "
-                   f"(more loader processes would only compete for the cores)")
+    return limit, f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit}"
 
 
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
@@ -409,25 +369,16 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
 
 
 def images_on(loader, device, channels_last: bool = False):
-    """The images of ``loader``'s batches on ``device``, normalised (`to_device`), as they are asked for."""
     for images, labels, *_ in loader:
         yield to_device(images, labels, device, channels_last=channels_last)[0]
 
 
 def parse_max_bad(value, total: int) -> int:
-    """--max-bad-images -> a count: "10" -> 10; a decimal in [0, 1] is a fraction of `total`, rounded down."""
-    text = str(value).strip()
-    if re.fullmatch(r"\d+", text):
-        return int(text)
+    """--max-bad-images -> the count it allows out of ``total`` images (`imnet.run.flags.max_bad_images`)."""
     try:
-        fraction = float(text)
-    except ValueError:
-        fraction = math.nan
-    if not 0.0 <= fraction <= 1.0:  # also rejects nan
-        raise DataError(f"--max-bad-images {value!r} is not valid: give a count of unreadable images to "
-                        f"tolerate as a whole number (e.g. 10, or 0 to stop at the first one), or a fraction of "
-                        f"the {total} images between 0 and 1 (e.g. 0.001).")
-    return math.floor(fraction * total)
+        return max_bad_images(value, total)
+    except argparse.ArgumentTypeError as e:
+        raise DataError(f"--max-bad-images {e}.") from None
 
 
 def file_error(path: str, max_pixels: int = MAX_IMAGE_PIXELS) -> str | None:
@@ -492,8 +443,7 @@ class BadImageCounter:
         raise DataError(
             f"Too many unreadable images: {count} distinct files{of_total} could not be read, more than the "
             f"{self.max_bad} allowed by --max-bad-images; the first ones: {first}. Repair or remove these files, "
-            f"or raise the threshold with --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of "
-            f"the training set).")
+            f"or raise --max-bad-images N (a count) or --max-bad-images 0.001 (a fraction of the training set).")
 
     def state_dict(self) -> dict:
         return {"paths": list(self.paths), "max_bad": self.max_bad}

@@ -1,8 +1,6 @@
 """train.py's flags: the manual (``python train.py --help``), each flag's valid range, and the layers they come in:
-argparse defaults < ``--recipe NAME`` < ``--config FILE`` < the command line (`parse_args`).
-
-Standard library only (and imnet.run.recipes, plain data): ``--help`` and flag errors are answered before torch is
-imported, which takes seconds.
+argparse defaults < ``--recipe NAME`` < ``--config FILE`` < the command line (`parse_args`). Standard library only
+(and imnet.run.recipes, plain data): ``--help`` and flag errors are answered before torch is imported.
 """
 
 from __future__ import annotations
@@ -93,21 +91,21 @@ WORKERS = Range(int, 0, 256)                # data-loading processes per process
 WORKERS_HELP = "; above 4 per CPU core of this machine it is lowered to that at setup, with a note"
 
 
-def max_bad_images(text):
+def max_bad_images(text, total: int | None = None):
     """--max-bad-images: a whole number of files (10; 0 stops at the first one) or a fraction of the training
-    set in [0, 1] with a decimal point (0.001)."""
+    set in [0, 1] with a decimal point (0.001) -> the text checked, or with ``total`` the count (rounded down)."""
     text = str(text).strip()
     if re.fullmatch(r"\d+", text):
-        return text
+        return text if total is None else int(text)
     try:
         fraction = float(text)
     except ValueError:
         fraction = math.nan
     if not 0.0 <= fraction <= 1.0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"must be a count of unreadable images (e.g. 10, or 0 to stop at the "
-                                         f"first one) or a fraction of the training set in [0, 1] (e.g. 0.001); "
-                                         f"got {text!r}")
-    return text
+        raise argparse.ArgumentTypeError(f"must be a count of unreadable images as a whole number (e.g. 10, or 0 "
+                                         f"to stop at the first one) or a fraction of the training set between 0 "
+                                         f"and 1 (e.g. 0.001); got {text!r}")
+    return text if total is None else math.floor(fraction * total)
 
 
 # ----------------------------------------------------------------------------------------------- the parser
@@ -175,8 +173,7 @@ def settings(parser: Parser) -> dict:
 
 
 # ----------------------------------------------------------------------------------------------- familiar flags
-# Spellings of torchvision's references/classification/train.py and timm's train.py / validate.py with imnet's
-# meaning are extra option strings of imnet's flags (--wd of --weight-decay). The others are below.
+# torchvision's and timm's spellings with imnet's meaning are option strings of its flags (--wd); the others follow.
 
 # theirs, with another meaning than any imnet flag's -> what to type instead
 _STEP = "for timm's step decay type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
@@ -272,8 +269,7 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
     g.add_argument("--val-resize-size", *names.get("val_resize_size", ()), type=SIZE, default=None,
                    help="shorter side before the centre crop (default: floor(crop / crop_pct))")
     g.add_argument("--crop-pct", *names.get("crop_pct", ()), type=Range(float, 0.0, 1.0, lo_open=True), default=None,
-                   help="centre crop fraction = crop / resize; recomputes the resize unless --val-resize-size is given "
-                        "(0.875: 224 -> 256)")
+                   help="centre crop / resize; sets the resize unless --val-resize-size is given (0.875: 224 -> 256)")
     g.add_argument("--val-interpolation", *names.get("val_interpolation", ()), choices=INTERPOLATIONS, default=None,
                    help="evaluation resize resampling")
     g.add_argument("--val-decode", *names.get("val_decode", ()), choices=DECODE_MODES, default=decode_default,
@@ -281,7 +277,6 @@ def add_eval_policy_flags(g, *, crop_default=None, decode_default=None, names=No
 
 
 def build_parser() -> Parser:
-    """train.py's flags."""
     p = Parser(prog="train.py",
                description="Train a torchvision classifier on an ImageFolder tree (train/<class>/*, val/<class>/*). "
                            "With no arguments at all, runs the demo recipe on a generated dataset.")
@@ -306,8 +301,7 @@ def build_parser() -> Parser:
                    metavar=("MIN", "MAX"),
                    help="RandomResizedCrop area fraction range (0.08-1 for ImageNet; larger for small objects)")
     g.add_argument("--progressive-res", type=SIZE, nargs=2, default=None, metavar=("START", "END"),
-                   help="progressive resolution: the RandomResizedCrop size ramps from START to END (multiples of "
-                        "16; sets --train-crop-size to END) over --progressive-epochs")
+                   help="the training crop ramps from START to END (multiples of 16; END is --train-crop-size)")
     g.add_argument("--progressive-epochs", type=NATURAL, nargs=2, default=None, metavar=("FROM", "TO"),
                    help="epochs (from 1) of the ramp: START up to epoch FROM, END from epoch TO on, linear between")
     g.add_argument("--max-bad-images", type=max_bad_images, default="0.001",
@@ -322,8 +316,7 @@ def build_parser() -> Parser:
     g.add_argument("--drop-path", type=FRACTION_OPEN, default=None,
                    help="stochastic depth rate (default: the model's own)")
     g.add_argument("--init-from", "--initial-checkpoint", metavar="PATH", default=None,
-                   help="start a new run from these weights (a train.py checkpoint or a state_dict); a head of "
-                        "other classes is re-initialised, a ViT position embedding interpolated")
+                   help="a new run's initial weights: a train.py checkpoint or a state_dict (other classes: new head)")
     g.add_argument("--init-ema", action="store_true", help="take the EMA weights of the --init-from checkpoint")
     g.add_argument("--weights", metavar="NAME", default=None,
                    help="like --init-from, from torchvision's weights, e.g. ResNet50_Weights.IMAGENET1K_V2")
@@ -386,8 +379,7 @@ def build_parser() -> Parser:
     g.add_argument("--random-erase-mode", "--remode", choices=ERASE_MODES, default="pixel",
                    help="erased box fill: pixel (normal noise, timm's) or const (the mean colour, torchvision's)")
     g.add_argument("--ra-reps", type=COUNT, default=1, metavar="N",
-                   help="repeated augmentation (DeiT's RASampler): each image N times per epoch, the epoch keeping "
-                        "its length (1: off)")
+                   help="repeated augmentation (DeiT's RASampler): each image N times, epochs as long (1: off)")
     g.add_argument("--ema", "--model-ema", action=argparse.BooleanOptionalAction, default=False,
                    help="keep an EMA of the weights")
     g.add_argument("--ema-decay", type=Range(float, 0.0, 1.0, lo_open=True, hi_open=True), default=0.9999,
@@ -396,11 +388,9 @@ def build_parser() -> Parser:
     g.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=False,
                    help="EMA decay min(decay, (1 + n) / (10 + n)) after n updates (TensorFlow's num_updates)")
     g.add_argument("--ema-copy-warmup", action=argparse.BooleanOptionalAction, default=False,
-                   help="torchvision's EMA start: updates copy the weights until the LR warmup ends (off: average "
-                        "from the initial weights, as timm's)")
+                   help="torchvision's EMA start: copy the weights until the LR warmup ends (off: timm's)")
     g.add_argument("--swa-start", type=COUNT, default=None, metavar="EPOCH",
-                   help="Stochastic Weight Averaging: from this epoch (1-based) on, train at --swa-lr and average "
-                        "the weights at each epoch's end (BatchNorm statistics recomputed)")
+                   help="Stochastic Weight Averaging from this epoch (1-based) on: LR --swa-lr, weights averaged")
     g.add_argument("--swa-lr", type=Range(float, 0.0, lo_open=True), default=None,
                    help="constant learning rate of the SWA epochs")
 
@@ -411,8 +401,7 @@ def build_parser() -> Parser:
     g.add_argument("--teacher-model", metavar="NAME", default=None,
                    help="the teacher's network, for a --teacher state_dict")
     g.add_argument("--distill", choices=["hard", "soft"], default="hard",
-                   help="hard: cross-entropy to the teacher's top-1 class (DeiT's best); soft: tau^2 KL at "
-                        "temperature tau (Hinton et al. 2015)")
+                   help="hard: CE to the teacher's top-1 (DeiT); soft: tau^2 KL at --distill-tau (Hinton et al. 2015)")
     g.add_argument("--distill-alpha", type=PROB, default=0.5,
                    help="loss = (1 - alpha) x label loss + alpha x distillation loss (DeiT: 0.5)")
     g.add_argument("--distill-tau", type=Range(float, 0.0, lo_open=True), default=1.0,
@@ -445,8 +434,7 @@ def build_parser() -> Parser:
     g.add_argument("--save-every-minutes", type=Range(float, 0.0), default=30.0,
                    help="also write last.pt mid-epoch this often (0: only at epoch ends)")
     g.add_argument("--stop-at-step", type=COUNT, default=None,
-                   help="stop as if preempted after this many optimizer steps (last.pt, exit 0; --resume auto "
-                        "continues)")
+                   help="stop as if preempted after this many optimizer steps (--resume auto continues)")
     g.add_argument("--eval-every", type=NATURAL, default=1,
                    help="evaluate every N epochs and after the last (0: last only)")
 
@@ -463,8 +451,7 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------------------------- layers
 
 def parse_args(argv: list[str]) -> tuple[dict, dict]:
-    """-> (every flag's value below the command line, the flags given on the command line). No arguments at all
-    is the demo recipe."""
+    """-> (every flag's value below the command line, the flags given on the command line)."""
     parser = build_parser()
     if not argv:
         argv = ["--recipe", "demo"]  # the demo (its dataset is generated on first use)
@@ -495,8 +482,8 @@ def exit_on_bad_flags(argv: list[str]) -> None:
 
 
 def check_value(action: argparse.Action, value):
-    """``value`` from a JSON file, checked as the command line checks it (JSON type, then the flag's type, range
-    and choices) -> the value argparse would have produced; ArgumentTypeError otherwise."""
+    """``value`` from a JSON file, checked as the command line checks it -> the value argparse would have produced;
+    ArgumentTypeError otherwise."""
     switch = isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction,
                                  argparse.BooleanOptionalAction))
     if switch:

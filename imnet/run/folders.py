@@ -1,9 +1,5 @@
 """Folder layout (torchvision's ImageFolder one, ``ROOT/<class name>/.../<image file>``): which classes and image
 files a folder holds, and the DataError when it is wrong. Standard library only (the tools use it without torch).
-
-The walker lists torchvision's ImageFolder files in its order, except hidden entries and, appended to an
-optional ``skipped`` list as (path, reason): entries with an image name that are not regular files or links to
-one (a FIFO would block a worker forever), and links to a folder that encloses them (``c0/loop -> .``).
 """
 
 from __future__ import annotations
@@ -92,8 +88,9 @@ def _not_regular(entry: os.DirEntry) -> str:
 
 
 def walk_images(folder, skipped: list | None = None) -> Iterator[tuple[str, list[str]]]:
-    """Yield (reldir, unsorted image names) for every folder under `folder`, itself included (''), in no order.
-    A regular file costs no stat. Folders that cannot be listed go to `skipped` too."""
+    """Yield (reldir, unsorted image names) for every folder under `folder`, itself included (''), in no order:
+    torchvision's files but hidden entries. To `skipped` as (path, reason): image names that are not regular files
+    (a FIFO would block a worker), links to an enclosing folder (``c0/loop -> .``), folders that cannot be listed."""
     top = os.fspath(folder)
     if isinstance(top, bytes):
         top = os.fsdecode(top)
@@ -193,8 +190,7 @@ def _class_folders(folder: str) -> list[str]:
 
 
 def find_classes(root) -> list[str]:
-    """The sorted class-folder names under `root` (hidden entries ignored); DataError when `root` is not a
-    folder, has no class folders, or has class folders without an image file."""
+    """The sorted class-folder names under `root` (hidden entries ignored), each holding an image file."""
     root = os.fspath(root)
     if what := _not_a_folder(root):
         raise DataError(f"{display_path(root)!r} {what}. Check the path (and --data): it must hold one subfolder "
@@ -213,8 +209,7 @@ def find_classes(root) -> list[str]:
 
 
 def check_data_root(data_root) -> tuple[str, str, list[str]]:
-    """Check `data_root/{train,val}/<class>/<image>` before any work -> (train_dir, val_dir, classes). Both
-    splits must hold the same class folders: a label is a position in the sorted class list."""
+    """Check `data_root/{train,val}/<class>/<image>` before any work -> (train_dir, val_dir, classes)."""
     root = os.fspath(data_root)
     train_layout = _LAYOUT.replace("ROOT", "train")
     if what := _not_a_folder(root):
@@ -243,8 +238,7 @@ def check_data_root(data_root) -> tuple[str, str, list[str]]:
 
 
 def resolve_val_dir(path) -> str:
-    """eval.py's --data: ``path/val`` if it exists, else `path` itself. DataError when `path` is not a folder,
-    has train/ but no val/ (evaluating train/ would report training accuracy), or is a flat folder of images."""
+    """eval.py's --data: ``path/val`` if it exists, else `path` itself (not a root with train/ only)."""
     path = os.fspath(path)
     if what := _not_a_folder(path):
         raise DataError(f"--data {display_path(path)!r} {what}. Pass the data root that holds val/, or the val "

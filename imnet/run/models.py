@@ -1,7 +1,5 @@
-"""Models: any torchvision classifier by name, DeiT-Ti/S (torchvision's ``VisionTransformer`` at the DeiT widths)
-and the distilled DeiTs (``imnet.deit.DistilledVisionTransformer``), with stochastic depth where it fits; their
-initial weights (`load_init`). A checkpoint's ``"model"`` loads into the plain module with ``strict=True``.
-"""
+"""Models: any torchvision classifier by name, DeiT-Ti/S and the distilled DeiTs, with stochastic depth where it
+fits; their initial weights (`load_init`)."""
 
 from __future__ import annotations
 
@@ -21,8 +19,7 @@ from torchvision.ops import StochasticDepth, stochastic_depth
 from imnet.deit import DEIT_DISTILLED, DistilledVisionTransformer, interpolate_pos_embedding
 from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
 
-# DeiT widths (Touvron et al. 2021, Table 1) as (hidden_dim, num_heads), like DEIT_DISTILLED: patch 16, depth 12,
-# MLP ratio 4.
+# DeiT widths (Touvron et al. 2021, Table 1) as (hidden_dim, num_heads), like DEIT_DISTILLED: patch 16, depth 12.
 DEIT = {"deit_tiny": (192, 3), "deit_small": (384, 6)}
 
 # torchvision families whose constructors take ``stochastic_depth_prob``; the builders of the second set pass
@@ -89,8 +86,8 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
 
 
 def set_drop_path(model: nn.Module, drop_path: float) -> None:
-    """Rescale every StochasticDepth rate so that the largest is ``drop_path``: Swin's and MaxViT's rules are
-    linear in the rate and peak at it, so this is the model their builders make with that rate."""
+    """Rescale every StochasticDepth rate so that the largest is ``drop_path`` (Swin's and MaxViT's rules are
+    linear in the rate and peak at it)."""
     layers = [m for m in model.modules() if isinstance(m, StochasticDepth)]
     top = max((m.p for m in layers), default=0.0)
     for m in layers:
@@ -116,8 +113,6 @@ def add_vit_drop_path(model: VisionTransformer, drop_path: float) -> None:
 
 
 # --------------------------------------------------------------------------------------- initial weights
-# Every tensor is copied with its exact key and shape, except the classifier head (its shape follows the number
-# of classes) and a ViT's position embedding (its length follows the image size).
 
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile prefix every key with these
 
@@ -133,12 +128,9 @@ def head_keys(name: str, image_size: int = 224) -> set[str]:
 
 
 def _strip(state: dict) -> dict:
-    out = {}
-    for k, v in state.items():
-        for prefix in _WRAPPER_PREFIXES:
-            k = k[len(prefix):] if k.startswith(prefix) else k
-        out[k] = v
-    return out
+    for prefix in _WRAPPER_PREFIXES:
+        state = {k.removeprefix(prefix): v for k, v in state.items()}
+    return state
 
 
 def init_source(path: str | None = None, weights: str | None = None, model: str | None = None,
@@ -218,9 +210,8 @@ def _some(items: list, sep: str) -> str:
 def load_init(model: nn.Module, name: str, state: dict, image_size: int = 224, source_classes: list | None = None,
               classes: list | None = None, what: str = "The initial weights") -> dict:
     """Copy ``state`` into ``model``, every key with its shape, except the classifier head (kept fresh unless it
-    fits and the classes, when known, are the same) and a ViT position embedding of another length: bicubic on
-    its 2-D grid (Dosovitskiy et al. 2021, Sec. 3.2) by torchvision (align_corners=True, unlike DeiT's and
-    timm's: recipes.md), a distilled DeiT's by `imnet.deit.interpolate_pos_embedding` (DeiT's way).
+    fits and the classes, when known, are the same) and a ViT position embedding of another length (interpolated
+    bicubic on its 2-D grid, Dosovitskiy et al. 2021, Sec. 3.2: torchvision's way, or DeiT's for a distilled DeiT).
     -> {"loaded", "reinitialised", "interpolated"} key lists; ValueError (naming ``what``) when it does not fit."""
     state = _strip(state)
     own = model.state_dict()
@@ -262,6 +253,5 @@ def describe_init(report: dict) -> str:
     if report["interpolated"]:
         s += f"; interpolated to this image size: {', '.join(report['interpolated'])}"
     if report["reinitialised"]:
-        s += (f"; classifier head re-initialised (other classes): {', '.join(report['reinitialised'])} (the "
-              f"initial weights' head was not used)")
+        s += f"; classifier head re-initialised (other classes): {', '.join(report['reinitialised'])}"
     return s

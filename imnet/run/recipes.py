@@ -1,7 +1,5 @@
-"""Training recipes as data: ``RECIPES[NAME]`` (flag dest -> value: ``train.py --recipe NAME``'s defaults, flags
-given on the command line override them) and ``META[NAME]`` (what it should reach, and the source of that number).
-recipes.md explains every choice and its conventions: ``batch_size`` per process on ``META[name]["gpus"]``
-processes, learning rates per 256 images (``lr_base``), ``ema_decay`` per optimizer step.
+"""Training recipes as data: ``RECIPES[NAME]`` (flag dest -> value: ``train.py --recipe NAME``'s defaults) and
+``META[NAME]`` (what it should reach, and the source of that number); recipes.md explains each choice.
 """
 
 from __future__ import annotations
@@ -10,8 +8,7 @@ from imnet.schedule import scale_lr
 
 IMAGENET_TRAIN_IMAGES = 1_281_167
 
-# What `python train.py` (no arguments) must reach on the demo dataset: final val top-1 in percent (recipes.md,
-# "demo": 61.75-63.25 measured; the margin covers other seeds and CPUs).
+# What `python train.py` (no arguments) must reach on the demo dataset: final val top-1 in percent (recipes.md).
 DEMO_MIN_TOP1 = 55.0
 
 
@@ -35,7 +32,6 @@ _NEW_RECIPE = dict(
 )
 
 RECIPES: dict[str, dict] = {
-    # torchvision's V2 weights: the new recipe plus --ra-sampler --ra-reps 4.
     "resnet50": dict(_NEW_RECIPE, model="resnet50", ra_reps=4),
     "resnet50_classic": dict(
         model="resnet50", epochs=90, batch_size=32, opt="sgd", momentum=0.9, lr_base=0.1, weight_decay=1e-4,
@@ -100,8 +96,7 @@ _DEIT = dict(
 RECIPES["deit_small"] = dict(_DEIT, model="deit_small")
 RECIPES["deit_tiny"] = dict(_DEIT, model="deit_tiny")
 
-# The demo: `python train.py` on the generated dataset (imnet.tools.demo), under 4 minutes on a 2-core CPU; recipes.md
-# ("demo") says why 32 px, AdamW and crop scale (0.6, 1).
+# The demo: `python train.py` on the generated dataset (imnet.tools.demo); recipes.md ("demo") says why.
 RECIPES["demo"] = dict(
     model="resnet18", epochs=7, batch_size=32, opt="adamw", lr_base=2e-3 * 256 / 32, weight_decay=0.05,
     no_decay_on=["1d", "embedding", "layer_scale"], sched="cosine", warmup_epochs=1, warmup_start_factor=0.1,
@@ -113,87 +108,60 @@ RECIPES["demo"] = dict(
 _TORCHVISION_TABLE = "torchvision weights table (torchvision.models.{}.meta['_metrics'])"
 
 # expected_top1: val top-1 (%) on ImageNet-1k at the recipe's eval policy; approximate: our recipe differs from the
-# one that produced it (see note); gpus: reference world size; img_per_s: an ASSUMED A100-class bf16 throughput (a
-# guess, not a measurement) for gpu_hours() only.
+# one that produced it (recipes.md); gpus: reference world size; img_per_s: an ASSUMED A100-class bf16 throughput
+# for gpu_hours() only.
 META: dict[str, dict] = {
     "resnet50": dict(
         expected_top1=80.858, approximate=False, gpus=8, img_per_s=2900,
-        source=_TORCHVISION_TABLE.format("ResNet50_Weights.IMAGENET1K_V2"),
-        note="Those weights were trained with --ra-sampler --ra-reps 4, as this recipe (--ra-reps 4); the "
-             "torchvision blog 'How to Train State-Of-The-Art Models Using TorchVision's Latest Primitives' "
-             "(2021) reports 80.674 for the same recipe without repeated augmentation."),
+        source=_TORCHVISION_TABLE.format("ResNet50_Weights.IMAGENET1K_V2")),
     "resnet50_classic": dict(
         expected_top1=76.13, approximate=True, gpus=8, img_per_s=1800,
-        source=_TORCHVISION_TABLE.format("ResNet50_Weights.IMAGENET1K_V1"),
-        note="torchvision's V1 weights stepped the LR at 30 and 60 only (StepLR 30); the third step at 80 "
-             "follows Goyal et al. 2017 and only lowers the last 10 epochs' LR from 1e-3 to 1e-4."),
+        source=_TORCHVISION_TABLE.format("ResNet50_Weights.IMAGENET1K_V1")),
     "resnet101": dict(
         expected_top1=81.728, approximate=False, gpus=8, img_per_s=1700,
-        source="pytorch/vision issue #3995 (new recipe + FixRes mitigations, ResNet101 row)",
-        note="torchvision's IMAGENET1K_V2 weights reach 81.886 with repeated augmentation."),
+        source="pytorch/vision issue #3995 (new recipe + FixRes mitigations, ResNet101 row)"),
     "resnext50_32x4d": dict(
         expected_top1=81.198, approximate=True, gpus=8, img_per_s=2000,
-        source=_TORCHVISION_TABLE.format("ResNeXt50_32X4D_Weights.IMAGENET1K_V2"),
-        note="Those weights come from the refresh with repeated augmentation (the torchvision blog's updated "
-             "table); this recipe uses resnet50's --ra-reps 4, which the ResNeXt command is assumed, not "
-             "checked, to share. The blog's first table, without repeated augmentation, gives 81.116."),
+        source=_TORCHVISION_TABLE.format("ResNeXt50_32X4D_Weights.IMAGENET1K_V2")),
     "regnet_y_8gf": dict(
         expected_top1=80.032, approximate=False, gpus=8, img_per_s=700,
-        source=_TORCHVISION_TABLE.format("RegNet_Y_8GF_Weights.IMAGENET1K_V1"),
-        note="Paper (Radosavovic et al. 2020) reports 79.9. The V2 weights (82.828) used a modified new "
-             "recipe whose exact flags are not in the reference README."),
+        source=_TORCHVISION_TABLE.format("RegNet_Y_8GF_Weights.IMAGENET1K_V1")),
     "efficientnet_b0": dict(
         expected_top1=77.692, approximate=True, gpus=8, img_per_s=1800,
-        source=_TORCHVISION_TABLE.format("EfficientNet_B0_Weights.IMAGENET1K_V1"),
-        note="Those weights are ported from timm (RMSProp, 450 epochs, RandAugment); no published run of "
-             "torchvision's new recipe on B0 exists, so this number is a target, not a reproduction."),
+        source=_TORCHVISION_TABLE.format("EfficientNet_B0_Weights.IMAGENET1K_V1")),
     "mobilenet_v3_large": dict(
         expected_top1=75.274, approximate=True, gpus=8, img_per_s=5000,
-        source=_TORCHVISION_TABLE.format("MobileNet_V3_Large_Weights.IMAGENET1K_V2"),
-        note="Trained with 'a modified version of the new recipe' (regularization tuning) whose exact flags "
-             "are not published in the reference README; V1 (RMSProp recipe) reaches 74.042."),
+        source=_TORCHVISION_TABLE.format("MobileNet_V3_Large_Weights.IMAGENET1K_V2")),
     "convnext_tiny": dict(
         expected_top1=82.52, approximate=True, gpus=8, img_per_s=1900,
-        source=_TORCHVISION_TABLE.format("ConvNeXt_Tiny_Weights.IMAGENET1K_V1"),
-        note="Trained with repeated augmentation (--ra-sampler --ra-reps 4), as this recipe; eval resize 236 "
-             "was tuned after training; no imnet run has reproduced the number."),
+        source=_TORCHVISION_TABLE.format("ConvNeXt_Tiny_Weights.IMAGENET1K_V1")),
     "vit_b_16": dict(
         expected_top1=81.072, approximate=True, gpus=8, img_per_s=900,
-        source=_TORCHVISION_TABLE.format("ViT_B_16_Weights.IMAGENET1K_V1"),
-        note="As torchvision's command, every parameter is decayed (norms, biases, class token and position "
-             "embedding included). Its --ra-sampler (3 repetitions, torchvision's default) is followed "
-             "(--ra-reps 3)."),
+        source=_TORCHVISION_TABLE.format("ViT_B_16_Weights.IMAGENET1K_V1")),
     "deit_small": dict(
         expected_top1=79.8, approximate=True, gpus=8, img_per_s=1500,
-        source="Touvron et al. 2021 (DeiT), Table 1, DeiT-S; facebookresearch/deit model zoo lists 79.9",
-        note="DeiT's repeated augmentation (3 repetitions) is followed (--ra-reps 3); its RandAugment is "
-             "timm's rand-m9-mstd0.5-inc1, which imnet does not have (torchvision's instead). The paper "
-             "trains DeiT-S/Ti in under 3 days on 4 GPUs."),
+        source="Touvron et al. 2021 (DeiT), Table 1, DeiT-S; facebookresearch/deit model zoo lists 79.9"),
     "deit_tiny": dict(
         expected_top1=72.2, approximate=True, gpus=8, img_per_s=3500,
-        source="Touvron et al. 2021 (DeiT), Table 1, DeiT-Ti; facebookresearch/deit model zoo lists 72.2",
-        note="As deit_small: repeated augmentation 3, torchvision's RandAugment instead of timm's."),
+        source="Touvron et al. 2021 (DeiT), Table 1, DeiT-Ti; facebookresearch/deit model zoo lists 72.2"),
     "swin_t": dict(
         expected_top1=81.474, approximate=True, gpus=8, img_per_s=1000,
-        source=_TORCHVISION_TABLE.format("Swin_T_Weights.IMAGENET1K_V1"),
-        note="Trained with --ra-sampler --ra-reps 4, as this recipe; eval resize 232 was tuned after training "
-             "(the README's command says 224); no imnet run has reproduced the number."),
+        source=_TORCHVISION_TABLE.format("Swin_T_Weights.IMAGENET1K_V1")),
     "demo": dict(
         expected_top1=DEMO_MIN_TOP1, approximate=False, gpus=1, img_per_s=None,
-        source="measured in this repository on a 2-core CPU (recipes.md, 'demo')",
-        note="Runs on the generated demo dataset, not ImageNet; the expected value is a lower bound."),
+        source="measured in this repository on a 2-core CPU (recipes.md, 'demo')"),
 }
 
 
-def reference_global_batch(name: str) -> int:
-    """Global batch the recipe was designed for: batch_size x reference GPUs x accum_steps."""
-    r = RECIPES[name]
-    return r["batch_size"] * META[name]["gpus"] * r.get("accum_steps", 1)
+def reference_global_batch(name: str, recipe: dict | None = None) -> int:
+    """batch_size x reference GPUs (8 for a recipe without META) x accum_steps of ``recipe`` (default: RECIPES')."""
+    r = RECIPES[name] if recipe is None else recipe
+    return r["batch_size"] * META.get(name, {}).get("gpus", 8) * r.get("accum_steps", 1)
 
 
-def reference_lr(name: str) -> float:
+def reference_lr(name: str, recipe: dict | None = None) -> float:
     """The source's learning rate: lr_base scaled linearly from 256 to the reference global batch."""
-    return scale_lr(RECIPES[name]["lr_base"], reference_global_batch(name))
+    return scale_lr((RECIPES[name] if recipe is None else recipe)["lr_base"], reference_global_batch(name, recipe))
 
 
 def gpu_hours(name: str) -> float | None:
