@@ -29,8 +29,7 @@ def percentile(sorted_values, q):
 
 @torch.inference_mode()
 def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=False, warmup=5, iters=20):
-    """For each batch size: ``warmup`` untimed batches, then ``iters`` timed ones of uint8 -> normalize -> forward,
-    each ending with a device synchronisation."""
+    """Per batch size: ``warmup`` untimed batches, then ``iters`` timed ones (normalize, forward, synchronise)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward(images):

@@ -1,12 +1,6 @@
-"""The demo dataset ``python train.py`` trains on: a small photo-like ImageFolder, generated deterministically::
-
-    demo-v1-seed0/train/<class>/<class>_00000.JPEG ...   200 per class
-    demo-v1-seed0/val/<class>/<class>_00000.JPEG ...     40 per class
-
-Ten classes (seven shapes, three textures); random size, aspect, colours, clutter, noise, blur, JPEG quality and
-one image in ten greyscale. Image i of class c in split s depends on ``default_rng((seed, s, c, i))`` only.
-Change VERSION whenever the output changes. Several processes may call `ensure_dataset` at once: each writes a
-temporary folder and renames it into place.
+"""The demo dataset ``python train.py`` trains on: ten classes (seven shapes, three textures) of small photo-like
+images, ``demo-v1-seed0/{train,val}/<class>/<class>_00000.JPEG``. Image i of class c in split s depends on
+``default_rng((seed, s, c, i))`` only; change VERSION whenever the output changes.
 """
 
 from __future__ import annotations
@@ -46,7 +40,7 @@ def dataset_name(seed: int = 0) -> str:
 
 
 def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """``<root or cache_dir()>/demo-v1-seed<seed>``, generated on first use."""
+    """``<root or cache_dir()>/demo-v1-seed<seed>``, generated on first use; processes may race (atomic rename)."""
     parent = Path(root).expanduser() if root is not None else cache_dir()
     final = parent / dataset_name(seed)
     if final.is_dir():
@@ -69,7 +63,7 @@ def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path
 
 def write_dataset(out: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
                   val_per_class: int = VAL_PER_CLASS) -> None:
-    """Write the dataset into ``out`` (which must exist); fewer images per class give a prefix of the full set."""
+    """Fewer images per class give a prefix of the full set."""
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class))):
         for c, name in enumerate(CLASSES):
             folder = out / split / name

@@ -2,8 +2,7 @@
 
     python -m imnet.tools.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
 
-Each series is a ``<polyline>`` with ``data-run`` / ``data-metric`` / ``data-series`` attributes (checkable by
-machine) and a ``<title>`` shown on hover. train.py writes ``curves.svg`` with `write_curves_svg`.
+Each series is a ``<polyline>`` with ``data-run`` / ``data-metric`` / ``data-series`` attributes, for machines.
 """
 
 from __future__ import annotations
@@ -140,7 +139,6 @@ def _panel(x0: float, y0: float, title: str, series, run_index) -> list[str]:
 
 
 def render_svg(runs: list[tuple[str, list[dict]]], title: str | None = None) -> str:
-    """The SVG document for ``runs``: a list of (label, rows), rows being summary.csv dicts."""
     run_index = {label: i for i, (label, _) in enumerate(runs)}
     top = 30 if title else 6
     panels = [(name, _series(runs, metrics)) for name, metrics in PANELS]

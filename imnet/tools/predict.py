@@ -26,28 +26,24 @@ def build_parser() -> Parser:
     p = Parser(prog="python -m imnet.tools.predict",
                description="Predict the classes of unlabelled images with a train.py checkpoint (or an export with "
                            "its sidecar), using its class names and evaluation policy.")
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or "
-                   "glob patterns")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or glob patterns")
     g = p.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
     g.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.tools.export (its sidecar "
-                   "FILE.json gives the model, classes and policy)")
+    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.tools.export, with its sidecar")
     g = p.add_argument_group("output")
     g.add_argument("--topk", type=COUNT, default=5, help="classes per image (at most the number of classes)")
     g.add_argument("--csv", metavar="PATH", help="write the predictions as CSV: file, class1, prob1, ...")
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", "-b", type=COUNT, default=64, help="images per batch")
     g.add_argument("--workers", "-j", type=NATURAL, default=4, help="decoding processes (0: in this process)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available, else Apple's mps, else cpu), cpu, "
-                   "cuda, mps...")
+    g.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps...")
     add_eval_policy_flags(p.add_argument_group("evaluation policy (default: the checkpoint's)"))
     return p
 
 
 def find_images(items: list[str]) -> list[str]:
-    """The files to predict, in the order given: a folder's image files (in ImageFolder order), a file, a glob
-    pattern's files (sorted)."""
+    """The files, in the order given: a folder's in ImageFolder order, a glob pattern's sorted."""
     files = []
     for item in items:
         if os.path.isdir(item):
@@ -96,8 +92,8 @@ def load_source(args):
         raise UsageError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
                          "FILE for an export of python -m imnet.tools.export (one of them).")
     if args.use_ema and args.weights_file:
-        raise UsageError("--use-ema reads the EMA weights of a train.py checkpoint, not of an export (python -m "
-                         "imnet.tools.export --ema exports the EMA). Drop --use-ema.")
+        raise UsageError("--use-ema applies to --checkpoint only; drop it (python -m imnet.tools.export --ema "
+                         "exports the EMA).")
     name, state, classes, policy, info = export.load_weights(args.checkpoint, args.weights_file,
                                                              "ema" if args.use_ema else "model")
     if classes is None:
@@ -124,8 +120,7 @@ def predict(model, loader, device, policy, topk: int):
 
 def run(args) -> int:
     name, state, classes, stored, train_size = load_source(args)
-    given = config.policy_keys(vars(args))
-    policy = config.resolve_eval_policy(given, stored)
+    policy = config.resolve_eval_policy(config.policy_keys(vars(args)), stored)
     files = find_images(args.images)
     if args.csv:
         check_writable(args.csv, "--csv")
