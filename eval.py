@@ -17,7 +17,7 @@ import torchvision
 
 from imnet.run import benchmark, config, data, dist, evaluation, folders, models
 from imnet.tools import export
-from imnet.run.atomic import check_writable
+from imnet.run.atomic import check_writable, write_text
 from imnet.run.config import AMP_DTYPES, EvalPolicy
 from imnet.run.errors import UsageError, message_of
 from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_POINTERS, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
@@ -26,18 +26,18 @@ from imnet.run.log import val_key
 from imnet.run.tta import TTA_VIEWS, view_transform
 
 
-# --------------------------------------------------------------------------------------------- flags
 def build_parser():
     parser = Parser(prog="eval.py",
                     description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
                                 "distributed under torchrun), or benchmark inference with --bench.")
     g = parser.add_argument_group("weights")
-    g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
-    g.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    g.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA weights")
+    source, average = g.add_mutually_exclusive_group(), g.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
+    average.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    average.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA weights")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
-    g.add_argument("--weights-file", metavar="FILE", help="a state_dict for --model, or an export")
-    g.add_argument("--weights", metavar="NAME", help="torchvision's weights, e.g. ResNet50_Weights.IMAGENET1K_V2")
+    source.add_argument("--weights-file", metavar="FILE", help="a state_dict for --model, or an export")
+    source.add_argument("--weights", metavar="NAME", help="torchvision's weights, e.g. ResNet50_Weights.IMAGENET1K_V2")
     g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
@@ -76,20 +76,11 @@ def build_parser():
 
 
 def check_flags(args):
-    given = [f for f, v in (("--checkpoint", args.checkpoint), ("--weights-file", args.weights_file),
-                            ("--weights", args.weights)) if v]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} all give weights; use one of them.")
-    if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
-        raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
-                         f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise UsageError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
                          "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if (args.use_ema or args.use_swa) and not args.checkpoint:
         raise UsageError("--use-ema / --use-swa need --checkpoint (a train.py checkpoint).")
-    if args.use_ema and args.use_swa:
-        raise UsageError("--use-ema and --use-swa choose different weights; use one of them.")
     if not args.bench and not args.data:
         raise UsageError("--data ROOT is required (the folder holding val/, or the val folder itself).")
     if args.bench and (args.predictions or args.tta != "none"):
@@ -120,8 +111,8 @@ def load_source(args):
         kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
         source = export.load_weights(args.checkpoint, args.weights_file, kind, args.model)
         if source[0] is None:
-            raise UsageError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
-                             f"the sidecar of an imnet export.")
+            raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar of an imnet "
+                             f"export ({export.sidecar_path(args.weights_file)}).")
         return source
     return args.model, None, None, None, {"weights": "random"}
 
@@ -275,8 +266,7 @@ def run(args, info):
         model = build_model(name, state, len(classes) if classes else args.num_classes, policy, source)
         report = run_bench(args, name, model.to(info.device, memory_format=memory_format), policy, info.device)
         if args.json and info.is_main:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+            write_text(args.json, json.dumps(report, indent=2))
         return 0
 
     val_dir = folders.resolve_val_dir(args.data)
@@ -300,8 +290,7 @@ def run(args, info):
     workers, note = data.cap_workers(args.workers)
     if note:
         dist.eprint0(f"eval.py: note: {note}")
-    loader = data.build_loader(dataset, sampler, args.batch_size, workers,
-                               pin_memory=info.device.type == "cuda")
+    loader = data.build_loader(dataset, sampler, args.batch_size, workers, pin_memory=info.device.type == "cuda")
 
     dist.print0(f"eval.py: {name} ({source['weights']} weights of {label}), {len(classes)} classes, "
                 f"{len(dataset)} images in {val_dir}, {info.world_size} process(es) on {info.device}")
@@ -329,8 +318,7 @@ def run(args, info):
               "bad_images": bad, "per_class": per_class, "confused_pairs": pairs}
     print_report(report, args.show)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text(args.json, json.dumps(report, indent=2))
     if args.predictions:
         merged = [torch.cat([g[i] for g in gathered]) for i in (1, 2, 3)]
         write_predictions(args.predictions, dataset, [i for g in gathered for i in g[0]], *merged, classes, names)

@@ -28,11 +28,8 @@ SUPERSAMPLE = 4             # object masks are drawn at this factor, then box-fi
 
 
 def cache_dir() -> Path:
-    if os.environ.get("IMNET_CACHE"):
-        return Path(os.environ["IMNET_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "imnet"
-    return Path.home() / ".cache" / "imnet"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imnet"
+    return Path(os.environ.get("IMNET_CACHE") or default).expanduser()
 
 
 def dataset_name(seed: int = 0) -> str:
@@ -145,11 +142,6 @@ def _polygon(n: int, radius: float, angle: float, cx: float, cy: float, radii=No
             for k, r in enumerate(radii)]
 
 
-def _rotated(points, angle: float, cx: float, cy: float) -> list[tuple[float, float]]:
-    ca, sa = math.cos(angle), math.sin(angle)
-    return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
-
-
 def _mask(name, w, h, cx, cy, r, angle, rng) -> np.ndarray:
     """Anti-aliased silhouette: float (h, w) in [0, 1]."""
     k = SUPERSAMPLE
@@ -177,7 +169,8 @@ def _mask(name, w, h, cx, cy, r, angle, rng) -> np.ndarray:
         a, b = 0.28 * r, r  # half arm width, arm length
         arm = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a),
                (-a, -a)]
-        d.polygon(_rotated(arm, angle, cx, cy), fill=255)
+        ca, sa = math.cos(angle), math.sin(angle)
+        d.polygon([(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in arm], fill=255)
     else:  # stripes / dots in a disc
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     m = m.resize((w, h), Image.Resampling.BOX)

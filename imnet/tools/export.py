@@ -25,9 +25,8 @@ SIDECAR_FORMAT = "imnet-export-1"  # the sidecar's "format" entry: a JSON withou
 
 
 def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: str | None = None, flag=None):
-    """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights ("model",
-    "ema", "swa"; ``flag`` chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None,
-    info) without one."""
+    """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights (``flag``
+    chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None, info) without one."""
     if ckpt_path:
         if Path(ckpt_path).exists() and not Path(ckpt_path).is_file():
             raise UsageError(f"'{ckpt_path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
@@ -103,11 +102,9 @@ def export(src: Path, out: Path, ema: bool) -> dict:
                           for k, v in state.items())
     if hasattr(state, "_metadata"):  # per-module versions, read by load_state_dict (e.g. BatchNorm's)
         weights._metadata = state._metadata
-    # torchvision's classes, or imnet/deit.py's (copied beside the loading code) for a distilled DeiT
     module = "torchvision.models" if fn.__module__.startswith("torchvision.") else "deit"
     imports = ("import torch, torchvision" if module == "torchvision.models" else
-               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torch and "
-               "torchvision)")
+               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torchvision)")
     call = f"{module}.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         fn(**kwargs).load_state_dict(weights, strict=True)

@@ -178,9 +178,8 @@ def write_overlay_svg(run_dirs, path, title: str | None = None) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Plot (and overlay) training curves from RUN/summary.csv.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run output folder(s) holding summary.csv")
-    parser.add_argument("-o", "--output", default=None,
-                        help="SVG file to write (default: RUN/curves.svg for one run, curves.svg for several)")
-    parser.add_argument("--title", default=None)
+    parser.add_argument("-o", "--output", help="SVG file (default: RUN/curves.svg for one run, curves.svg for several)")
+    parser.add_argument("--title")
     args = parser.parse_args(argv)
     for d in args.runs:
         if not (Path(d) / "summary.csv").is_file():

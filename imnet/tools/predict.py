@@ -104,8 +104,7 @@ def load_source(args):
 
 @torch.inference_mode()
 def predict(model, loader, device, policy, topk: int):
-    """Yield (file index, [class index...], [probability...]) for the readable files, and (file index, None, why)
-    for the others, batch by batch."""
+    """Yield (file index, [class index...], [probability...]), or (file index, None, why) if unreadable."""
     for images, indices, bad in loader:
         for i, why in bad:
             yield i, None, why

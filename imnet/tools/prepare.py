@@ -169,15 +169,12 @@ def build_parser():
     val = commands.add_parser(
         "val", help="flat ILSVRC2012 validation folder -> val/<wnid>/ (symlinks)",
         description="Link each image of ILSVRC2012's flat validation folder into OUT/<wnid>/. Idempotent.")
-    val.add_argument("--flat", required=True, metavar="DIR",
-                     help="the flat folder (ILSVRC2012_val_00000001.JPEG ...)")
+    val.add_argument("--flat", required=True, metavar="DIR", help="the flat folder (ILSVRC2012_val_00000001.JPEG ...)")
     val.add_argument("--labels", required=True, metavar="FILE",
                      help="LOC_val_solution.csv (ImageId,PredictionString) or the devkit's "
                           "ILSVRC2012_validation_ground_truth.txt (one 1-based index per line; needs --synsets)")
-    val.add_argument("--synsets", metavar="FILE",
-                     help="wnids in the devkit's ILSVRC2012_ID order, one per line (first token of each line)")
-    val.add_argument("--out", required=True, metavar="DIR",
-                     help="the val folder to fill with <wnid>/ class folders, e.g. /data/imagenet/val")
+    val.add_argument("--synsets", metavar="FILE", help="wnids in the devkit's ILSVRC2012_ID order, one per line")
+    val.add_argument("--out", required=True, metavar="DIR", help="the val folder to fill, e.g. /data/imagenet/val")
     return parser
 
 
