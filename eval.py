@@ -27,9 +27,7 @@ from imnet.run.tta import TTA_VIEWS, view_transform
 
 
 def build_parser():
-    parser = Parser(prog="eval.py",
-                    description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
-                                "distributed under torchrun), or benchmark inference with --bench.")
+    parser = Parser(prog="eval.py", description="Evaluate a classifier on a validation folder, or time it (--bench).")
     g = parser.add_argument_group("weights")
     source, average = g.add_mutually_exclusive_group(), g.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
@@ -162,8 +160,7 @@ def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
 
 
 def class_names(classes, val_dir):
-    """{class: human name} from a LOC_synset_mapping.txt in or above the val folder, else for 1,000 wnids from
-    torchvision's categories; or None."""
+    """{class: name} from a LOC_synset_mapping.txt in or above val_dir, else torchvision's for 1,000 wnids; or None."""
     for folder in (val_dir, os.path.dirname(os.path.abspath(val_dir))):
         mapping = os.path.join(folder, "LOC_synset_mapping.txt")
         if os.path.isfile(mapping):

@@ -56,6 +56,4 @@ def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=
 
 
 def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

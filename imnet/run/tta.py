@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import torch
 
+from imnet.run.flags import DECODE_MODES
 from imnet.transforms import eval_crops
 
 TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
-DECODES = ("full", "reduced")
 
 
 class TenCrop:
@@ -16,8 +16,8 @@ class TenCrop:
     Unlike torchvision's ``TenCrop`` (one pixel off when the margin is odd), every view has its exact mirror."""
 
     def __init__(self, crop_size, resize_size, interpolation="bilinear", decode="full"):
-        if decode not in DECODES:
-            raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         if resize_size < crop_size:
             raise ValueError(f"10-crop needs a resize >= the crop ({crop_size}), got {resize_size}")
         self.crop_size, self.resize_size = int(crop_size), int(resize_size)

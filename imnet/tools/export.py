@@ -88,8 +88,8 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(src: Path, out: Path, ema: bool) -> dict:
-    """Write the plain state_dict, the class file and the sidecar; return what to print."""
+def export(src: Path, out: Path, ema: bool) -> None:
+    """Write the plain state_dict, the class file and the sidecar; print how to load them."""
     name, state, classes, policy, info = load_weights(src, kind="ema" if ema else "model", flag="--ema")
     classes = [str(c) for c in classes]
     if any(("\n" in c or "\r" in c) for c in classes):
@@ -133,11 +133,15 @@ def export(src: Path, out: Path, ema: bool) -> dict:
     except OSError as e:
         raise UsageError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
                          f"'{out.parent}' exists and is writable, or choose another -o.") from None
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    print(f"wrote {out} ({mb(out.stat().st_size)}; the checkpoint is {mb(src.stat().st_size)}): the "
+          f"{'EMA' if ema else 'regular'} weights of {name}, {len(classes)} classes")
+    print(f"class names, line i = output i: {classes_path}")
+    described = policy.describe() if policy else "none recorded in the checkpoint"
+    print(f"how to feed it (eval.py and imnet.tools.predict --weights-file read it): {side_path}; policy: {described}")
+    print(f"sha256: {digest}")
     load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
-    return {"out": out, "classes_path": classes_path, "sidecar": side_path, "name": name, "num_classes": len(classes),
-            "sha256": digest, "size": out.stat().st_size, "src_size": src.stat().st_size,
-            "line": f"model = {call}; model.load_state_dict({load})", "imports": imports, "ema": ema,
-            "policy": policy}
+    print("load it with:", imports, f"model = {call}; model.load_state_dict({load})", sep="\n")
 
 
 def sidecar_path(weights) -> Path:
@@ -187,18 +191,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        r = export(args.checkpoint, args.output, args.ema)
+        export(args.checkpoint, args.output, args.ema)
     except UsageError as e:
         print(f"imnet.tools.export: {e}", file=sys.stderr)
         return 2
-    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-    print(f"wrote {r['out']} ({mb(r['size'])}; the checkpoint is {mb(r['src_size'])}): the "
-          f"{'EMA' if r['ema'] else 'regular'} weights of {r['name']}, {r['num_classes']} classes")
-    print(f"class names, line i = output i: {r['classes_path']}")
-    policy = r["policy"].describe() if r["policy"] else "none recorded in the checkpoint"
-    print(f"how to feed it (eval.py and imnet.tools.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
-    print(f"sha256: {r['sha256']}")
-    print("load it with:", r["imports"], r["line"], sep="\n")
     return 0
 
 

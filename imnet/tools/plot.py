@@ -49,8 +49,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> l
     step = next(m * mag for m in steps if m * mag >= raw)
     if integer:
         step = max(1.0, float(round(step)))
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
+    ticks, t = [], math.floor(lo / step) * step
     while t <= hi + step * 1e-9:
         ticks.append(round(t, 12))
         t += step

@@ -162,13 +162,11 @@ def arrange_val(flat_dir, labels, out_dir):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m imnet.tools.prepare",
-        description="Arrange ImageNet data into the class-folder layout imnet expects.")
+    parser = argparse.ArgumentParser(prog="python -m imnet.tools.prepare",
+                                     description="Arrange ImageNet data into the class-folder layout imnet expects.")
     commands = parser.add_subparsers(dest="command", required=True)
-    val = commands.add_parser(
-        "val", help="flat ILSVRC2012 validation folder -> val/<wnid>/ (symlinks)",
-        description="Link each image of ILSVRC2012's flat validation folder into OUT/<wnid>/. Idempotent.")
+    val = commands.add_parser("val", help="flat ILSVRC2012 validation folder -> val/<wnid>/ (symlinks)",
+                              description="Link each image of the flat val folder into OUT/<wnid>/ (idempotent).")
     val.add_argument("--flat", required=True, metavar="DIR", help="the flat folder (ILSVRC2012_val_00000001.JPEG ...)")
     val.add_argument("--labels", required=True, metavar="FILE",
                      help="LOC_val_solution.csv (ImageId,PredictionString) or the devkit's "
