@@ -137,8 +137,7 @@ def check_classes(data_classes, model_classes, val_dir, source):
 
 
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
-    return config.resolve_eval_policy(given, stored)
+    return config.resolve_eval_policy({**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}, stored)
 
 
 def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
