@@ -3,9 +3,6 @@
     torchrun --nproc_per_node=8 eval.py --checkpoint RUN/best.pt --data /datasets/imagenet --use-ema
     python eval.py --weights ResNet50_Weights.IMAGENET1K_V2 --data /datasets/imagenet   # a published number
     python eval.py --model resnet50 --bench --batch-sizes 1 32 256 --amp bf16 --channels-last
-
-The model, classes and evaluation policy are the checkpoint's (or the export sidecar's, or the weights' card)
-unless a flag changes them; the data's class folders must be exactly the model's classes.
 """
 
 import csv
@@ -20,7 +17,7 @@ import torchvision
 
 from imnet.run import benchmark, config, data, dist, evaluation, folders, models
 from imnet.tools import export
-from imnet.run.atomic import check_writable
+from imnet.run.atomic import check_writable, write_text
 from imnet.run.config import AMP_DTYPES, EvalPolicy
 from imnet.run.errors import UsageError, message_of
 from imnet.run.flags import (AMP_CHOICES, COUNT, EVAL_POINTERS, NATURAL, WORKERS, WORKERS_HELP, Parser, Range,
@@ -29,23 +26,16 @@ from imnet.run.log import val_key
 from imnet.run.tta import TTA_VIEWS, view_transform
 
 
-# --------------------------------------------------------------------------------------------- flags
 def build_parser():
-    """eval.py's flags; the evaluation policy's are train.py's, with eval.py's older spellings (--crop-size...)."""
-    parser = Parser(prog="eval.py",
-                    description="Evaluate a checkpoint on a validation folder (top-1/top-5, crop policies, TTA, "
-                                "distributed under torchrun), or benchmark inference with --bench.")
+    parser = Parser(prog="eval.py", description="Evaluate a classifier on a validation folder, or time it (--bench).")
     g = parser.add_argument_group("weights")
-    g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt): model, classes "
-                   "and evaluation policy are read from it")
-    g.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
-    g.add_argument("--use-swa", action="store_true",
-                   help="evaluate the checkpoint's SWA average (train.py --swa-start)")
+    source, average = g.add_mutually_exclusive_group(), g.add_mutually_exclusive_group()
+    source.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
+    average.add_argument("--use-ema", "--model-ema", action="store_true", help="evaluate the checkpoint's EMA weights")
+    average.add_argument("--use-swa", action="store_true", help="evaluate the checkpoint's SWA weights")
     g.add_argument("--model", metavar="NAME", help="torchvision model name, with --weights-file (or --bench)")
-    g.add_argument("--weights-file", metavar="FILE", help="a plain state_dict for --model (e.g. torchvision's "
-                   "published weights); classes are the sorted class folders of the data")
-    g.add_argument("--weights", metavar="NAME", help="torchvision's published weights, e.g. "
-                   "ResNet50_Weights.IMAGENET1K_V2, at their card's policy, beside their published acc@1/acc@5")
+    source.add_argument("--weights-file", metavar="FILE", help="a state_dict for --model, or an export")
+    source.add_argument("--weights", metavar="NAME", help="torchvision's weights, e.g. ResNet50_Weights.IMAGENET1K_V2")
     g.add_argument("--num-classes", type=COUNT, default=1000, help="outputs of --model for --bench without weights")
 
     g = parser.add_argument_group("data")
@@ -65,44 +55,30 @@ def build_parser():
 
     g = parser.add_argument_group("speed")
     g.add_argument("--amp", choices=[*AMP_CHOICES, "auto"], default="none", nargs="?", const="auto",
-                   help="autocast dtype (default none: the fp32 figure). A bare --amp means bf16 on GPUs that have "
-                        "it, fp16 on older GPUs, none on the CPU, as in train.py")
+                   help="autocast dtype (default none); a bare --amp chooses as train.py does")
     g.add_argument("--channels-last", action="store_true", help="NHWC memory format (faster convolutions)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model")
-    g.add_argument("--device", default="auto",
-                   help="auto (cuda:LOCAL_RANK if available, else Apple's mps, else cpu), cpu, cuda, mps...")
+    g.add_argument("--device", default="auto", help="auto (cuda:LOCAL_RANK, else mps, else cpu), cpu, cuda, mps...")
 
     g = parser.add_argument_group("output")
     g.add_argument("--json", metavar="PATH", help="write the results as a JSON object")
-    g.add_argument("--predictions", metavar="PATH", help="write a CSV: file, true class, top-5 classes and "
-                   "probabilities")
+    g.add_argument("--predictions", metavar="PATH", help="write a CSV: file, true class, top-5 classes, probabilities")
     g.add_argument("--show", type=NATURAL, default=10, help="how many classes / confused pairs to print")
 
     g = parser.add_argument_group("benchmark")
     g.add_argument("--bench", action="store_true", help="time inference on random input instead (no data needed)")
     g.add_argument("--batch-sizes", type=COUNT, nargs="+", default=[1, 32, 128], help="batch sizes to time")
-    g.add_argument("--bench-warmup", type=NATURAL, default=5,
-                   help="untimed batches first (allocator, cudnn, compile)")
+    g.add_argument("--bench-warmup", type=NATURAL, default=5, help="untimed batches first")
     g.add_argument("--bench-iters", type=COUNT, default=20, help="timed batches per batch size")
     return add_familiar(parser, EVAL_POINTERS)
 
 
 def check_flags(args):
-    given = [f for f, v in (("--checkpoint", args.checkpoint), ("--weights-file", args.weights_file),
-                            ("--weights", args.weights)) if v]
-    if len(given) > 1:
-        raise UsageError(f"{' and '.join(given)} all give weights; use one of them.")
-    if args.weights_file and not args.model and not export.sidecar_path(args.weights_file).is_file():
-        raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar "
-                         f"{export.sidecar_path(args.weights_file)} (python -m imnet.tools.export writes one).")
     if not (args.checkpoint or args.weights_file or args.weights or (args.bench and args.model)):
         raise UsageError("nothing to evaluate: give --checkpoint PATH, --weights NAME, or --model NAME "
                          "--weights-file FILE (--bench also accepts --model NAME alone, with random weights).")
     if (args.use_ema or args.use_swa) and not args.checkpoint:
-        raise UsageError("--use-ema / --use-swa read the EMA / SWA weights of a train.py checkpoint; give "
-                         "--checkpoint.")
-    if args.use_ema and args.use_swa:
-        raise UsageError("--use-ema and --use-swa choose different weights; use one of them.")
+        raise UsageError("--use-ema / --use-swa need --checkpoint (a train.py checkpoint).")
     if not args.bench and not args.data:
         raise UsageError("--data ROOT is required (the folder holding val/, or the val folder itself).")
     if args.bench and (args.predictions or args.tta != "none"):
@@ -133,8 +109,8 @@ def load_source(args):
         kind = "ema" if args.use_ema else "swa" if args.use_swa else "model"
         source = export.load_weights(args.checkpoint, args.weights_file, kind, args.model)
         if source[0] is None:
-            raise UsageError(f"--weights-file needs --model NAME: {export.sidecar_path(args.weights_file)} is not "
-                             f"the sidecar of an imnet export.")
+            raise UsageError(f"--weights-file needs --model NAME: {args.weights_file} has no sidecar of an imnet "
+                             f"export ({export.sidecar_path(args.weights_file)}).")
         return source
     return args.model, None, None, None, {"weights": "random"}
 
@@ -146,8 +122,7 @@ def build_model(name, state, num_classes, policy, source):
         tokens = model.seq_length - side * side  # the class token, and a distilled DeiT's distillation token
         before = int((state["encoder.pos_embedding"].shape[1] - tokens) ** 0.5)
         dist.eprint0(f"eval.py: note: the position embedding was interpolated from a {before}x{before} to a "
-                     f"{side}x{side} patch grid (bicubic), so the figure is not that of a model trained at "
-                     f"{model.image_size}px. Fine-tune at this size for it: train.py --init-from.")
+                     f"{side}x{side} patch grid; fine-tune at {model.image_size}px with train.py --init-from.")
     return model
 
 
@@ -162,8 +137,7 @@ def check_classes(data_classes, model_classes, val_dir, source):
 
 
 def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    given = {**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}
-    return config.resolve_eval_policy(given, stored)
+    return config.resolve_eval_policy({**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}, stored)
 
 
 def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
@@ -179,15 +153,13 @@ def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
         parts.append(f"{p.interpolation} interpolation")
     if args.mean is None or args.std is None:
         parts.append("ImageNet's mean and std")
-    return [f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}), so these parts of the "
-            f"evaluation policy are defaults, not the weights' own: {', '.join(parts)}. Give the policy it was "
-            f"trained with (--val-resize-size, --val-crop-size, --val-interpolation, --mean, --std), or evaluate "
-            f"an export of its checkpoint."] if parts else []
+    return [f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}), so the policy's "
+            f"{', '.join(parts)} are defaults. Give --val-resize-size, --val-crop-size, --val-interpolation, --mean, "
+            f"--std as trained, or evaluate an export of its checkpoint."] if parts else []
 
 
 def class_names(classes, val_dir):
-    """{class: human name}, from a ``LOC_synset_mapping.txt`` (lines "n01440764 tench, Tinca tinca") in the val
-    folder or above it, else, for 1,000 wnids, from torchvision's category list (sorted wnid order); or None."""
+    """{class: name} from a LOC_synset_mapping.txt in or above val_dir, else torchvision's for 1,000 wnids; or None."""
     for folder in (val_dir, os.path.dirname(os.path.abspath(val_dir))):
         mapping = os.path.join(folder, "LOC_synset_mapping.txt")
         if os.path.isfile(mapping):
@@ -222,8 +194,7 @@ def class_report(confusion, classes, show, names=None):
 
 
 def write_predictions(path, dataset, order, top_idx, top_prob, labels, classes, names=None):
-    """CSV rows in dataset order: file, true class, top-5 with probabilities; with ``names``, a name column after
-    each class column."""
+    """Rows in dataset order; with ``names``, a name column after each class column."""
     rows = sorted(zip(order, top_idx.tolist(), top_prob.tolist(), labels.tolist()))
     k = top_idx.shape[1]
     cls = (lambda c: [classes[c], names.get(classes[c], "")]) if names else (lambda c: [classes[c]])
@@ -250,9 +221,8 @@ def print_report(r, show):
     if recorded.get(key) is not None:
         print(f"training recorded {key} {recorded[key]:.3f}% at epoch {recorded.get('epoch')}")
     if r["bad_images"]:
-        print(f"eval.py: warning: {len(r['bad_images'])} unreadable images were replaced by other samples, so the "
-              f"figures are not those of the intact set. Repair them: {folders.short_list(r['bad_images'], 10)}",
-              file=sys.stderr)
+        print(f"eval.py: warning: {len(r['bad_images'])} unreadable images were replaced by other samples; repair "
+              f"them: {folders.short_list(r['bad_images'], 10)}", file=sys.stderr)
     ranked = sorted(r["per_class"].items(), key=lambda kv: (kv[1]["top1"], kv[0]))
     title = "per-class top-1" if len(ranked) <= show else f"per-class top-1, the {show} worst of {len(ranked)}"
     named = lambda c, name: f"{c} ({name})" if name else c
@@ -292,8 +262,7 @@ def run(args, info):
         model = build_model(name, state, len(classes) if classes else args.num_classes, policy, source)
         report = run_bench(args, name, model.to(info.device, memory_format=memory_format), policy, info.device)
         if args.json and info.is_main:
-            with open(args.json, "w") as f:
-                json.dump(report, f, indent=2)
+            write_text(args.json, json.dumps(report, indent=2))
         return 0
 
     val_dir = folders.resolve_val_dir(args.data)
@@ -302,8 +271,7 @@ def run(args, info):
         classes = data_classes  # torchvision's ImageNet weights: sorted wnid order, like find_classes
         if args.weights and len(classes) != len(source.get("categories") or classes):
             raise UsageError(f"{args.weights} predicts {len(source['categories'])} classes, but {val_dir} has "
-                             f"{len(classes)} class folders. Evaluate on the full validation set (ImageNet: 1,000 "
-                             f"folders named by wnid).")
+                             f"{len(classes)} class folders. Evaluate on its full validation set.")
     else:
         check_classes(data_classes, classes, val_dir, label)
     model = build_model(name, state, len(classes), policy, source).to(info.device, memory_format=memory_format)
@@ -318,8 +286,7 @@ def run(args, info):
     workers, note = data.cap_workers(args.workers)
     if note:
         dist.eprint0(f"eval.py: note: {note}")
-    loader = data.build_loader(dataset, sampler, args.batch_size, workers,
-                               pin_memory=info.device.type == "cuda")
+    loader = data.build_loader(dataset, sampler, args.batch_size, workers, pin_memory=info.device.type == "cuda")
 
     dist.print0(f"eval.py: {name} ({source['weights']} weights of {label}), {len(classes)} classes, "
                 f"{len(dataset)} images in {val_dir}, {info.world_size} process(es) on {info.device}")
@@ -347,8 +314,7 @@ def run(args, info):
               "bad_images": bad, "per_class": per_class, "confused_pairs": pairs}
     print_report(report, args.show)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(report, f, indent=2)
+        write_text(args.json, json.dumps(report, indent=2))
     if args.predictions:
         merged = [torch.cat([g[i] for g in gathered]) for i in (1, 2, 3)]
         write_predictions(args.predictions, dataset, [i for g in gathered for i in g[0]], *merged, classes, names)

@@ -29,8 +29,7 @@ def percentile(sorted_values, q):
 
 @torch.inference_mode()
 def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=False, warmup=5, iters=20):
-    """For each batch size: ``warmup`` untimed batches, then ``iters`` timed ones of uint8 -> normalize -> forward,
-    each ending with a device synchronisation."""
+    """Per batch size: ``warmup`` untimed batches, then ``iters`` timed ones (normalize, forward, synchronise)."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
     def forward(images):
@@ -57,6 +56,4 @@ def benchmark(model, policy, batch_sizes, device, amp_dtype=None, channels_last=
 
 
 def device_name(device):
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    return f"cpu ({torch.get_num_threads()} threads)"
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"

@@ -17,10 +17,7 @@ from imnet.run.tta import make_views
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None):
-    """torch.autocast in ``dtype``, or nothing for None (fp32)."""
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
 
 
 @dataclass
@@ -44,9 +41,8 @@ class EvalResult:
 @torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes: int, tta: str = "none",
              amp_dtype=None, channels_last: bool = False) -> EvalResult:
-    """Loss, top-1, top-5 (percent) and count, summed over all ranks (each reads its EvalSampler shard): equal to
-    a single-process evaluation. With test-time views the loss is the cross-entropy of their averaged
-    probabilities. Nothing is read back to the host inside the loop."""
+    """Summed over all ranks (each reads its EvalSampler shard): equal to a single-process evaluation. Nothing is
+    read back to the host inside the loop."""
     model.eval()
     meter = Meter(device)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)

@@ -1,26 +1,23 @@
-"""Test-time views: ``flip`` (the centre crop and its mirror) and ``10crop`` (the four corners and the centre of
-the resized image, each with its mirror). Their softmax probabilities are averaged, as AlexNet did (Krizhevsky et
-al. 2012, Sec. 4.1): a distribution again, which a confidently wrong view cannot outvote by its logits' size.
-"""
+"""Test-time views: ``flip`` (the centre crop and its mirror) and ``10crop`` (the four corners and the centre,
+each with its mirror). Their softmax probabilities are averaged, as AlexNet did (Krizhevsky et al. 2012, 4.1)."""
 
 from __future__ import annotations
 
 import torch
 
+from imnet.run.flags import DECODE_MODES
 from imnet.transforms import eval_crops
 
 TTA_VIEWS = {"none": 1, "flip": 2, "10crop": 10}
-DECODES = ("full", "reduced")
 
 
 class TenCrop:
-    """File or PIL image -> the 10 views tiled along the height, uint8 (3, 10*crop, crop), one CHW image per
-    sample as collate wants (`make_views` untiles). Made by the single crop's code (`eval_crops`), and unlike
-    torchvision's ``TenCrop`` (one pixel off when the margin is odd), every view here has its exact mirror."""
+    """File or PIL image -> the 10 views tiled along the height, uint8 (3, 10*crop, crop) (`make_views` untiles).
+    Unlike torchvision's ``TenCrop`` (one pixel off when the margin is odd), every view has its exact mirror."""
 
     def __init__(self, crop_size, resize_size, interpolation="bilinear", decode="full"):
-        if decode not in DECODES:
-            raise ValueError(f"decode must be one of {DECODES}, got {decode!r}")
+        if decode not in DECODE_MODES:
+            raise ValueError(f"decode must be one of {DECODE_MODES}, got {decode!r}")
         if resize_size < crop_size:
             raise ValueError(f"10-crop needs a resize >= the crop ({crop_size}), got {resize_size}")
         self.crop_size, self.resize_size = int(crop_size), int(resize_size)
@@ -41,7 +38,6 @@ class TenCrop:
 
 
 def view_transform(policy, tta: str):
-    """The worker-side transform for ``tta`` under an `imnet.run.config.EvalPolicy`."""
     if tta == "10crop":
         return TenCrop(policy.crop_size, policy.resize_size, policy.interpolation, policy.decode)
     return policy.transform()

@@ -1,12 +1,6 @@
-"""The demo dataset ``python train.py`` trains on: a small photo-like ImageFolder, generated deterministically::
-
-    demo-v1-seed0/train/<class>/<class>_00000.JPEG ...   200 per class
-    demo-v1-seed0/val/<class>/<class>_00000.JPEG ...     40 per class
-
-Ten classes (seven shapes, three textures); random size, aspect, colours, clutter, noise, blur, JPEG quality and
-one image in ten greyscale. Image i of class c in split s depends on ``default_rng((seed, s, c, i))`` only.
-Change VERSION whenever the output changes. Several processes may call `ensure_dataset` at once: each writes a
-temporary folder and renames it into place.
+"""The demo dataset ``python train.py`` trains on: ten classes (seven shapes, three textures) of small photo-like
+images, ``demo-v1-seed0/{train,val}/<class>/<class>_00000.JPEG``. Image i of class c in split s depends on
+``default_rng((seed, s, c, i))`` only; change VERSION whenever the output changes.
 """
 
 from __future__ import annotations
@@ -34,11 +28,8 @@ SUPERSAMPLE = 4             # object masks are drawn at this factor, then box-fi
 
 
 def cache_dir() -> Path:
-    if os.environ.get("IMNET_CACHE"):
-        return Path(os.environ["IMNET_CACHE"]).expanduser()
-    if os.environ.get("XDG_CACHE_HOME"):
-        return Path(os.environ["XDG_CACHE_HOME"]).expanduser() / "imnet"
-    return Path.home() / ".cache" / "imnet"
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "imnet"
+    return Path(os.environ.get("IMNET_CACHE") or default).expanduser()
 
 
 def dataset_name(seed: int = 0) -> str:
@@ -46,7 +37,7 @@ def dataset_name(seed: int = 0) -> str:
 
 
 def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path:
-    """``<root or cache_dir()>/demo-v1-seed<seed>``, generated on first use."""
+    """``<root or cache_dir()>/demo-v1-seed<seed>``, generated on first use; processes may race (atomic rename)."""
     parent = Path(root).expanduser() if root is not None else cache_dir()
     final = parent / dataset_name(seed)
     if final.is_dir():
@@ -69,7 +60,7 @@ def ensure_dataset(root: str | os.PathLike | None = None, seed: int = 0) -> Path
 
 def write_dataset(out: Path, seed: int = 0, train_per_class: int = TRAIN_PER_CLASS,
                   val_per_class: int = VAL_PER_CLASS) -> None:
-    """Write the dataset into ``out`` (which must exist); fewer images per class give a prefix of the full set."""
+    """Fewer images per class give a prefix of the full set."""
     for split_id, (split, per_class) in enumerate((("train", train_per_class), ("val", val_per_class))):
         for c, name in enumerate(CLASSES):
             folder = out / split / name
@@ -151,11 +142,6 @@ def _polygon(n: int, radius: float, angle: float, cx: float, cy: float, radii=No
             for k, r in enumerate(radii)]
 
 
-def _rotated(points, angle: float, cx: float, cy: float) -> list[tuple[float, float]]:
-    ca, sa = math.cos(angle), math.sin(angle)
-    return [(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in points]
-
-
 def _mask(name, w, h, cx, cy, r, angle, rng) -> np.ndarray:
     """Anti-aliased silhouette: float (h, w) in [0, 1]."""
     k = SUPERSAMPLE
@@ -183,7 +169,8 @@ def _mask(name, w, h, cx, cy, r, angle, rng) -> np.ndarray:
         a, b = 0.28 * r, r  # half arm width, arm length
         arm = [(-a, -b), (a, -b), (a, -a), (b, -a), (b, a), (a, a), (a, b), (-a, b), (-a, a), (-b, a), (-b, -a),
                (-a, -a)]
-        d.polygon(_rotated(arm, angle, cx, cy), fill=255)
+        ca, sa = math.cos(angle), math.sin(angle)
+        d.polygon([(cx + x * ca - y * sa, cy + x * sa + y * ca) for x, y in arm], fill=255)
     else:  # stripes / dots in a disc
         d.ellipse([cx - r, cy - r, cx + r, cy + r], fill=255)
     m = m.resize((w, h), Image.Resampling.BOX)

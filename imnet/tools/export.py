@@ -1,9 +1,6 @@
 """Export a train.py checkpoint as plain weights for others: ``python -m imnet.tools.export RUN/best.pt -o model.pth``.
 
-Writes the model's state_dict alone (``--ema``: the EMA weights), its class names in ``<stem>.classes.txt`` (a
-plain state_dict cannot carry them) and the sidecar ``<stem>.json``: evaluation policy, architecture, training
-image size, sha256. eval.py and imnet.tools.predict read the sidecar (`read_sidecar`) and the checkpoint
-(`load_weights`) here. The printed loading line is tried (``strict=True``) before anything is written.
+eval.py and imnet.tools.predict read checkpoints (`load_weights`) and exports' sidecars (`read_sidecar`) here.
 """
 
 from __future__ import annotations
@@ -20,7 +17,7 @@ import torch
 import torchvision
 
 from imnet.run import checkpoint, models
-from imnet.run.atomic import write_atomic
+from imnet.run.atomic import write_atomic, write_text
 from imnet.run.config import EvalPolicy
 from imnet.run.errors import UsageError
 
@@ -28,9 +25,8 @@ SIDECAR_FORMAT = "imnet-export-1"  # the sidecar's "format" entry: a JSON withou
 
 
 def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: str | None = None, flag=None):
-    """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights ("model",
-    "ema", "swa"; ``flag`` chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None,
-    info) without one."""
+    """-> (model name, state_dict, classes, stored EvalPolicy, info) of a checkpoint's ``kind`` weights (``flag``
+    chose them), or of a weights file: its sidecar's, or (``model``, state_dict, None, None, info) without one."""
     if ckpt_path:
         if Path(ckpt_path).exists() and not Path(ckpt_path).is_file():
             raise UsageError(f"'{ckpt_path}' is not a file. Give a checkpoint written by train.py, e.g. RUN/best.pt.")
@@ -47,9 +43,8 @@ def load_weights(ckpt_path=None, weights_file=None, kind: str = "model", model: 
                 expected = models.build_model(run["model"], len(ckpt["classes"]),
                                               image_size=run.get("train_crop_size") or 224).state_dict()
         except ValueError:
-            raise UsageError(f"The checkpoint's model '{run['model']}' is not a classification model of this "
-                             f"torchvision ({torchvision.__version__}) nor one of imnet's DeiTs. Use the "
-                             f"torchvision version the run was trained with.") from None
+            raise UsageError(f"The checkpoint's model '{run['model']}' is not a model of torchvision "
+                             f"{torchvision.__version__} nor imnet's; use the run's torchvision version.") from None
         checkpoint.check_fits(expected, state, ckpt_path, {"model": "model"}.get(kind, kind.upper()), run["model"])
         info = {"checkpoint": os.path.abspath(ckpt_path), "weights": kind,
                 "recorded": ckpt.get("metrics"), "image_size": run.get("train_crop_size")}
@@ -93,13 +88,12 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def export(src: Path, out: Path, ema: bool) -> dict:
-    """Write the plain state_dict, the class file and the sidecar; return what to print."""
+def export(src: Path, out: Path, ema: bool) -> None:
+    """Write the plain state_dict, the class file and the sidecar; print how to load them."""
     name, state, classes, policy, info = load_weights(src, kind="ema" if ema else "model", flag="--ema")
     classes = [str(c) for c in classes]
     if any(("\n" in c or "\r" in c) for c in classes):
-        raise UsageError("A class name contains a line break, which the class file (one name per line) cannot "
-                         "hold. Rename that class folder.")
+        raise UsageError("A class name contains a line break, which the class file cannot hold; rename its folder.")
 
     image_size = int(info["image_size"] or 224)
     fn_name, fn, kwargs = models.constructor(name, len(classes), image_size)  # load_weights checked the name
@@ -108,11 +102,9 @@ def export(src: Path, out: Path, ema: bool) -> dict:
                           for k, v in state.items())
     if hasattr(state, "_metadata"):  # per-module versions, read by load_state_dict (e.g. BatchNorm's)
         weights._metadata = state._metadata
-    # torchvision's classes, or imnet/deit.py's (copied beside the loading code) for a distilled DeiT
     module = "torchvision.models" if fn.__module__.startswith("torchvision.") else "deit"
     imports = ("import torch, torchvision" if module == "torchvision.models" else
-               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torch and "
-               "torchvision)")
+               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torchvision)")
     call = f"{module}.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         fn(**kwargs).load_state_dict(weights, strict=True)
@@ -129,30 +121,31 @@ def export(src: Path, out: Path, ema: bool) -> dict:
             raise UsageError(f"The output '{p}' is a folder; give a file name, e.g. -o {p / 'model.pth'}.")
     try:
         write_atomic(out, lambda f: torch.save(weights, f))
-        write_atomic(classes_path, lambda f: f.write("".join(c + "\n" for c in classes).encode("utf-8")))
+        write_text(classes_path, "".join(c + "\n" for c in classes))
         digest = sha256(out)
-        write_sidecar(side_path, {
+        side = {
             "format": SIDECAR_FORMAT, "weights_file": out.name, "sha256": digest, "model": name,
             "constructor": f"torchvision.models.{fn_name}", "kwargs": kwargs, "image_size": image_size,
             "num_classes": len(classes), "classes_file": classes_path.name, "weights": "ema" if ema else "model",
             "eval_policy": policy.to_dict() if policy else None, "recorded": info["recorded"],
-            "checkpoint": str(src)})
+            "checkpoint": str(src)}
+        write_text(side_path, json.dumps(side, indent=2) + "\n")
     except OSError as e:
         raise UsageError(f"Cannot write '{e.filename or out}': {e.strerror or e}. Check that the folder "
                          f"'{out.parent}' exists and is writable, or choose another -o.") from None
+    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
+    print(f"wrote {out} ({mb(out.stat().st_size)}; the checkpoint is {mb(src.stat().st_size)}): the "
+          f"{'EMA' if ema else 'regular'} weights of {name}, {len(classes)} classes")
+    print(f"class names, line i = output i: {classes_path}")
+    described = policy.describe() if policy else "none recorded in the checkpoint"
+    print(f"how to feed it (eval.py and imnet.tools.predict --weights-file read it): {side_path}; policy: {described}")
+    print(f"sha256: {digest}")
     load = f"torch.load({json.dumps(str(out))}, weights_only=True)"
-    return {"out": out, "classes_path": classes_path, "sidecar": side_path, "name": name, "num_classes": len(classes),
-            "sha256": digest, "size": out.stat().st_size, "src_size": src.stat().st_size,
-            "line": f"model = {call}; model.load_state_dict({load})", "imports": imports, "ema": ema,
-            "policy": policy}
+    print("load it with:", imports, f"model = {call}; model.load_state_dict({load})", sep="\n")
 
 
 def sidecar_path(weights) -> Path:
     return Path(weights).with_suffix(".json")
-
-
-def write_sidecar(path: Path, d: dict) -> None:
-    write_atomic(path, lambda f: f.write((json.dumps(d, indent=2) + "\n").encode("utf-8")))
 
 
 def read_sidecar(weights) -> dict | None:
@@ -170,9 +163,8 @@ def read_sidecar(weights) -> dict | None:
         return None
     actual = sha256(weights)
     if actual != d.get("sha256"):
-        raise UsageError(f"'{weights}' does not match its sidecar '{path}': the file's sha256 is {actual}, the "
-                         f"sidecar records {d.get('sha256')}. Keep the .pth, .json and .classes.txt of one export "
-                         f"together, or {again}.")
+        raise UsageError(f"'{weights}' does not match its sidecar '{path}': sha256 {actual}, the sidecar records "
+                         f"{d.get('sha256')}. Keep the files of one export together, or {again}.")
     classes_path = path.parent / d["classes_file"]
     try:
         classes = classes_path.read_text(encoding="utf-8").splitlines()
@@ -199,20 +191,10 @@ def parse_args(argv=None):
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        r = export(args.checkpoint, args.output, args.ema)
+        export(args.checkpoint, args.output, args.ema)
     except UsageError as e:
         print(f"imnet.tools.export: {e}", file=sys.stderr)
         return 2
-    mb = lambda n: f"{n / 1e6:.1f} MB"  # noqa: E731
-    print(f"wrote {r['out']} ({mb(r['size'])}; the checkpoint is {mb(r['src_size'])}): the "
-          f"{'EMA' if r['ema'] else 'regular'} weights of {r['name']}, {r['num_classes']} classes")
-    print(f"class names, line i = output i: {r['classes_path']}")
-    policy = r["policy"].describe() if r["policy"] else "none recorded in the checkpoint"
-    print(f"how to feed it (eval.py and imnet.tools.predict --weights-file read it): {r['sidecar']}; policy: {policy}")
-    print(f"sha256: {r['sha256']}")
-    print("load it with:")
-    print(r["imports"])
-    print(r["line"])
     return 0
 
 

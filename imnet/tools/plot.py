@@ -2,8 +2,7 @@
 
     python -m imnet.tools.plot runs/a runs/b -o compare.svg     # overlay runs (reads RUN/summary.csv)
 
-Each series is a ``<polyline>`` with ``data-run`` / ``data-metric`` / ``data-series`` attributes (checkable by
-machine) and a ``<title>`` shown on hover. train.py writes ``curves.svg`` with `write_curves_svg`.
+Each series is a ``<polyline>`` with ``data-run`` / ``data-metric`` / ``data-series`` attributes, for machines.
 """
 
 from __future__ import annotations
@@ -50,8 +49,7 @@ def nice_ticks(lo: float, hi: float, count: int = 5, integer: bool = False) -> l
     step = next(m * mag for m in steps if m * mag >= raw)
     if integer:
         step = max(1.0, float(round(step)))
-    first = math.floor(lo / step) * step
-    ticks, t = [], first
+    ticks, t = [], math.floor(lo / step) * step
     while t <= hi + step * 1e-9:
         ticks.append(round(t, 12))
         t += step
@@ -140,7 +138,6 @@ def _panel(x0: float, y0: float, title: str, series, run_index) -> list[str]:
 
 
 def render_svg(runs: list[tuple[str, list[dict]]], title: str | None = None) -> str:
-    """The SVG document for ``runs``: a list of (label, rows), rows being summary.csv dicts."""
     run_index = {label: i for i, (label, _) in enumerate(runs)}
     top = 30 if title else 6
     panels = [(name, _series(runs, metrics)) for name, metrics in PANELS]
@@ -180,9 +177,8 @@ def write_overlay_svg(run_dirs, path, title: str | None = None) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description="Plot (and overlay) training curves from RUN/summary.csv.")
     parser.add_argument("runs", nargs="+", metavar="RUN", help="run output folder(s) holding summary.csv")
-    parser.add_argument("-o", "--output", default=None,
-                        help="SVG file to write (default: RUN/curves.svg for one run, curves.svg for several)")
-    parser.add_argument("--title", default=None)
+    parser.add_argument("-o", "--output", help="SVG file (default: RUN/curves.svg for one run, curves.svg for several)")
+    parser.add_argument("--title")
     args = parser.parse_args(argv)
     for d in args.runs:
         if not (Path(d) / "summary.csv").is_file():

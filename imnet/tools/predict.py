@@ -24,30 +24,25 @@ from imnet.transforms import normalize
 
 def build_parser() -> Parser:
     p = Parser(prog="python -m imnet.tools.predict",
-               description="Predict the classes of unlabelled images with a train.py checkpoint (or an export with "
-                           "its sidecar), using its class names and evaluation policy.")
-    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (searched recursively) or "
-                   "glob patterns")
+               description="Predict the classes of images with a train.py checkpoint or an export.")
+    p.add_argument("images", nargs="+", metavar="IMAGES", help="image files, folders (recursive) or glob patterns")
     g = p.add_argument_group("weights")
     g.add_argument("--checkpoint", metavar="PATH", help="a train.py checkpoint (best.pt / last.pt)")
     g.add_argument("--use-ema", action="store_true", help="the checkpoint's EMA weights")
-    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.tools.export (its sidecar "
-                   "FILE.json gives the model, classes and policy)")
+    g.add_argument("--weights-file", metavar="FILE", help="an export of python -m imnet.tools.export, with its sidecar")
     g = p.add_argument_group("output")
     g.add_argument("--topk", type=COUNT, default=5, help="classes per image (at most the number of classes)")
     g.add_argument("--csv", metavar="PATH", help="write the predictions as CSV: file, class1, prob1, ...")
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", "-b", type=COUNT, default=64, help="images per batch")
     g.add_argument("--workers", "-j", type=NATURAL, default=4, help="decoding processes (0: in this process)")
-    g.add_argument("--device", default="auto", help="auto (cuda if available, else Apple's mps, else cpu), cpu, "
-                   "cuda, mps...")
+    g.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps...")
     add_eval_policy_flags(p.add_argument_group("evaluation policy (default: the checkpoint's)"))
     return p
 
 
 def find_images(items: list[str]) -> list[str]:
-    """The files to predict, in the order given: a folder's image files (in ImageFolder order), a file, a glob
-    pattern's files (sorted)."""
+    """The files, in the order given: a folder's in ImageFolder order, a glob pattern's sorted."""
     files = []
     for item in items:
         if os.path.isdir(item):
@@ -96,8 +91,8 @@ def load_source(args):
         raise UsageError("give the weights: --checkpoint RUN/best.pt (a train.py checkpoint), or --weights-file "
                          "FILE for an export of python -m imnet.tools.export (one of them).")
     if args.use_ema and args.weights_file:
-        raise UsageError("--use-ema reads the EMA weights of a train.py checkpoint, not of an export (python -m "
-                         "imnet.tools.export --ema exports the EMA). Drop --use-ema.")
+        raise UsageError("--use-ema applies to --checkpoint only; drop it (python -m imnet.tools.export --ema "
+                         "exports the EMA).")
     name, state, classes, policy, info = export.load_weights(args.checkpoint, args.weights_file,
                                                              "ema" if args.use_ema else "model")
     if classes is None:
@@ -106,26 +101,9 @@ def load_source(args):
     return name, state, classes, policy, info.get("image_size")
 
 
-@torch.inference_mode()
-def predict(model, loader, device, policy, topk: int):
-    """Yield (file index, [class index...], [probability...]) for the readable files, and (file index, None, why)
-    for the others, batch by batch."""
-    for images, indices, bad in loader:
-        for i, why in bad:
-            yield i, None, why
-        if images is None:
-            continue
-        x = normalize(images.to(device, non_blocking=True), policy.mean, policy.std)
-        probs = model(x).float().softmax(dim=1)
-        top_prob, top_idx = probs.topk(topk, dim=1)
-        for i, idx, prob in zip(indices, top_idx.tolist(), top_prob.tolist()):
-            yield i, idx, prob
-
-
 def run(args) -> int:
     name, state, classes, stored, train_size = load_source(args)
-    given = config.policy_keys(vars(args))
-    policy = config.resolve_eval_policy(given, stored)
+    policy = config.resolve_eval_policy(config.policy_keys(vars(args)), stored)
     files = find_images(args.images)
     if args.csv:
         check_writable(args.csv, "--csv")
@@ -135,17 +113,21 @@ def run(args) -> int:
     loader = torch.utils.data.DataLoader(Files(files, policy.transform()), batch_size=args.batch_size,
                                          num_workers=args.workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda")
-    print(f"imnet.tools.predict: {name}, {len(classes)} classes, {len(files)} files; policy: {policy.describe()}",
-          file=sys.stderr, flush=True)
+    dist.eprint0(f"imnet.tools.predict: {name}, {len(classes)} classes, {len(files)} files; policy: "
+                 f"{policy.describe()}")
     rows, bad = {}, 0
-    for i, idx, prob in predict(model, loader, device, policy, topk):
-        if idx is None:
-            bad += 1
-            print(f"imnet.tools.predict: skipped unreadable file {folders.display_path(files[i])}: {prob}",
-                  file=sys.stderr, flush=True)
-            continue
-        rows[i] = [(classes[c], p) for c, p in zip(idx, prob)]
-        print(f"{files[i]}: " + ", ".join(f"{c} ({p:.4f})" for c, p in rows[i]), flush=True)
+    with torch.inference_mode():
+        for images, indices, unreadable in loader:
+            for i, why in unreadable:
+                bad += 1
+                dist.eprint0(f"imnet.tools.predict: skipped unreadable file {folders.display_path(files[i])}: {why}")
+            if images is None:
+                continue
+            x = normalize(images.to(device, non_blocking=True), policy.mean, policy.std)
+            top_prob, top_idx = model(x).float().softmax(dim=1).topk(topk, dim=1)
+            for i, idx, prob in zip(indices, top_idx.tolist(), top_prob.tolist()):
+                rows[i] = [(classes[c], p) for c, p in zip(idx, prob)]
+                print(f"{files[i]}: " + ", ".join(f"{c} ({p:.4f})" for c, p in rows[i]), flush=True)
     if not rows:
         raise UsageError(f"none of the {len(files)} files could be read as an image (each is named above).")
     if args.csv:
@@ -154,8 +136,8 @@ def run(args) -> int:
             writer.writerow(["file"] + [v for j in range(1, topk + 1) for v in (f"class{j}", f"prob{j}")])
             for i in sorted(rows):
                 writer.writerow([files[i]] + [v for c, p in rows[i] for v in (c, f"{p:.6f}")])
-    print(f"imnet.tools.predict: {len(rows)} images predicted" + (f", {bad} unreadable files skipped" if bad else "")
-          + (f"; CSV: {args.csv}" if args.csv else ""), file=sys.stderr, flush=True)
+    dist.eprint0(f"imnet.tools.predict: {len(rows)} images predicted"
+                 + (f", {bad} unreadable files skipped" if bad else "") + (f"; CSV: {args.csv}" if args.csv else ""))
     return 0
 
 

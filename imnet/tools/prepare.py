@@ -3,11 +3,6 @@
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels LOC_val_solution.csv --out /data/imagenet/val
     python -m imnet.tools.prepare val --flat ILSVRC2012_img_val --labels ILSVRC2012_validation_ground_truth.txt \\
         --synsets devkit_synsets.txt --out /data/imagenet/val
-
-The labels are Kaggle's ``LOC_val_solution.csv`` (an image's class is the first token of its PredictionString) or
-the devkit's one 1-based ILSVRC2012_ID per line, which needs ``--synsets`` in the devkit's ``meta.mat`` order
-(ID 1 is n02119789), not the sorted order of ``LOC_synset_mapping.txt``. Links in place are kept. Standard
-library only (no torch).
 """
 
 import argparse
@@ -27,15 +22,14 @@ def _listing(names):
 
 
 def _valid_wnid(wnid, where):
-    """``wnid`` if it can be one folder name (no separator, not hidden, no control character, <= NAME_MAX bytes)."""
     if not wnid or wnid in (".", "..") or "/" in wnid or "\\" in wnid or wnid.startswith("."):
         raise UsageError(f"{where}: {wnid!r} is not usable as a class folder name.")
     if any(ord(c) < 32 or ord(c) == 127 for c in wnid):
-        raise UsageError(f"{where}: {wnid!r} holds a control character, which no folder name can hold. Check "
-                           f"that the file is a plain-text list of wnids.")
+        raise UsageError(f"{where}: {wnid!r} holds a control character; check that the file is a plain-text list "
+                         f"of wnids.")
     if len(os.fsencode(wnid)) > NAME_MAX:
         raise UsageError(f"{where}: {wnid[:40]!r}... is {len(os.fsencode(wnid))} bytes long, more than the "
-                           f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
+                         f"{NAME_MAX} a folder name can have. ImageNet wnids look like n01440764.")
     return wnid
 
 
@@ -46,8 +40,8 @@ def _check_out(out_dir):
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        raise UsageError(f"--out {out_dir} lies under {parent}, which is a file, not a folder. Pass a folder "
-                           f"path such as /data/imagenet/val.")
+        raise UsageError(f"--out {out_dir} lies under {parent}, which is a file; pass a folder such as "
+                         f"/data/imagenet/val.")
 
 
 def _read(path, what, newline=None):
@@ -59,7 +53,6 @@ def _read(path, what, newline=None):
 
 
 def read_synsets(path):
-    """The first token of each non-empty line."""
     lines = [line.split() for line in _read(path, "synsets").split("\n")]
     synsets = [_valid_wnid(tokens[0], f"{path}") for tokens in lines if tokens]
     if not synsets:
@@ -79,11 +72,11 @@ def read_labels(path, synsets_path=None):
     if first.isdigit():
         if synsets_path is None:
             raise UsageError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
-                               f"in the devkit's ILSVRC2012_ID order). Or use LOC_val_solution.csv.")
+                             f"in the devkit's ILSVRC2012_ID order). Or use LOC_val_solution.csv.")
         return _read_index_labels(path, text, read_synsets(synsets_path), synsets_path)
     raise UsageError(f"cannot recognise the labels file {path}: its first line is {first[:80]!r}. Give "
-                       f"LOC_val_solution.csv (header 'ImageId,PredictionString') or the devkit's "
-                       f"ILSVRC2012_validation_ground_truth.txt.")
+                     f"LOC_val_solution.csv (header 'ImageId,PredictionString') or the devkit's "
+                     f"ILSVRC2012_validation_ground_truth.txt.")
 
 
 def _read_csv_labels(path, text):
@@ -97,8 +90,8 @@ def _read_csv_labels(path, text):
             continue
         tokens = row[1].split() if len(row) >= 2 else []
         if not tokens:
-            raise UsageError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should "
-                               "be 'ImageId,wnid ...'.")
+            raise UsageError(f"{path}, line {line_number}: no class in {','.join(row)!r}; each row should be "
+                             "'ImageId,wnid ...'.")
         image_id, wnid = os.path.splitext(row[0].strip())[0], _valid_wnid(tokens[0], f"{path}, line {line_number}")
         if labels.setdefault(image_id, wnid) != wnid:
             raise UsageError(f"{path}: {image_id} is labelled both {labels[image_id]} and {wnid}.")
@@ -108,8 +101,8 @@ def _read_csv_labels(path, text):
 def _read_index_labels(path, text, synsets, synsets_path):
     if len(synsets) == 1000 and synsets == sorted(synsets):
         raise UsageError(f"{synsets_path} lists 1000 wnids in sorted order, but the indices in {path} follow the "
-                           f"devkit's meta.mat order (ID 1 is n02119789). Use LOC_val_solution.csv, or a synsets "
-                           f"file in meta.mat's ILSVRC2012_ID order.")
+                         f"devkit's meta.mat order (ID 1 is n02119789). Use LOC_val_solution.csv, or a synsets "
+                         f"file in meta.mat's order.")
     labels = {}
     for line_number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -120,7 +113,7 @@ def _read_index_labels(path, text, synsets, synsets_path):
             raise UsageError(f"{path}, line {line_number}: {line.strip()!r} is not a class index.") from None
         if not 1 <= index <= len(synsets):
             raise UsageError(f"{path}, line {line_number}: class index {index} is outside 1..{len(synsets)}, "
-                               f"the classes listed in {synsets_path}.")
+                             f"the classes listed in {synsets_path}.")
         labels[f"ILSVRC2012_val_{line_number:08d}"] = synsets[index - 1]
     return labels
 
@@ -129,7 +122,7 @@ def arrange_val(flat_dir, labels, out_dir):
     """Link ``out_dir/<wnid>/<id>.<ext>`` to ``flat_dir/<id>.<ext>`` (absolute) for every labelled image present."""
     if not os.path.isdir(flat_dir):
         raise UsageError(f"--flat {flat_dir} is not a directory. Give ILSVRC2012's flat validation folder "
-                           "(ILSVRC2012_val_00000001.JPEG, ...).")
+                         "(ILSVRC2012_val_00000001.JPEG, ...).")
     files = {}  # image id -> file name
     for name in sorted(os.listdir(flat_dir)):
         path = os.path.join(flat_dir, name)
@@ -143,7 +136,7 @@ def arrange_val(flat_dir, labels, out_dir):
     present = [i for i in labels if i in files]
     if labels and not present:
         raise UsageError(f"none of the {len(labels)} labelled images (such as {next(iter(labels))}) is among the "
-                           f"{len(files)} image files of {flat_dir}. Check that --flat and --labels belong together.")
+                         f"{len(files)} image files of {flat_dir}. Check that --flat and --labels belong together.")
 
     out_dir = os.path.abspath(out_dir)
     _check_out(out_dir)
@@ -154,38 +147,32 @@ def arrange_val(flat_dir, labels, out_dir):
         target = os.path.join(out_dir, wnid, name)
         if os.path.islink(target) or os.path.exists(target):
             if os.path.realpath(target) != os.path.realpath(source):
-                raise UsageError(f"{target} already exists and is not a link to {source}. Remove it or choose "
-                                   "another --out.")
+                raise UsageError(f"{target} already exists and is not a link to {source}; remove it or choose "
+                                 "another --out.")
             kept += 1
             continue
         try:
             os.makedirs(os.path.dirname(target), exist_ok=True)
             os.symlink(source, target)
         except OSError as e:
-            raise UsageError(f"cannot create {target}: {e.strerror or e}. Check that --out is a folder you can "
-                               f"write to.") from None
+            raise UsageError(f"cannot create {target}: {e.strerror or e}; check that you can write to --out.") from None
         linked += 1
     return {"linked": linked, "kept": kept, "missing": sorted(set(labels) - set(files)),
             "extra": sorted(files[i] for i in set(files) - set(labels)), "classes": len({labels[i] for i in present})}
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
-        prog="python -m imnet.tools.prepare",
-        description="Arrange ImageNet data into the class-folder layout imnet expects.")
+    parser = argparse.ArgumentParser(prog="python -m imnet.tools.prepare",
+                                     description="Arrange ImageNet data into the class-folder layout imnet expects.")
     commands = parser.add_subparsers(dest="command", required=True)
-    val = commands.add_parser(
-        "val", help="flat ILSVRC2012 validation folder -> val/<wnid>/ (symlinks)",
-        description="Link each image of ILSVRC2012's flat validation folder into OUT/<wnid>/. Idempotent.")
-    val.add_argument("--flat", required=True, metavar="DIR",
-                     help="the flat folder (ILSVRC2012_val_00000001.JPEG ...)")
+    val = commands.add_parser("val", help="flat ILSVRC2012 validation folder -> val/<wnid>/ (symlinks)",
+                              description="Link each image of the flat val folder into OUT/<wnid>/ (idempotent).")
+    val.add_argument("--flat", required=True, metavar="DIR", help="the flat folder (ILSVRC2012_val_00000001.JPEG ...)")
     val.add_argument("--labels", required=True, metavar="FILE",
                      help="LOC_val_solution.csv (ImageId,PredictionString) or the devkit's "
                           "ILSVRC2012_validation_ground_truth.txt (one 1-based index per line; needs --synsets)")
-    val.add_argument("--synsets", metavar="FILE",
-                     help="wnids in the devkit's ILSVRC2012_ID order, one per line (first token of each line)")
-    val.add_argument("--out", required=True, metavar="DIR",
-                     help="the val folder to fill with <wnid>/ class folders, e.g. /data/imagenet/val")
+    val.add_argument("--synsets", metavar="FILE", help="wnids in the devkit's ILSVRC2012_ID order, one per line")
+    val.add_argument("--out", required=True, metavar="DIR", help="the val folder to fill, e.g. /data/imagenet/val")
     return parser
 
 
