@@ -180,12 +180,12 @@ class Training:
     bad_counter: data.BadImageCounter
     log: RunLog
     preemption: signals.PreemptionSignals
-    progress: checkpoint.Progress = None
-    nan_guard: NonFiniteGuard = None
-    agree: dist.Flags = None      # stop / timed save / bad images, agreed by all ranks one step later
+    progress: checkpoint.Progress
+    nan_guard: NonFiniteGuard
+    agree: dist.Flags             # stop / timed save / bad images, agreed by all ranks one step later
+    steps_at_start: int           # the global step and time.time() when the training loop (re)started: the ETA
+    t_start: float = 0.0
     last_save: float = 0.0        # time.time() of the last write of last.pt
-    t_start: float = 0.0          # time.time() and global step when the training loop (re)started: the ETA
-    steps_at_start: int = 0
 
 
 def save(training: Training, name: str, like: str | None = None) -> None:
@@ -390,19 +390,16 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
             if init_report:
                 print(models.describe_init(init_report), flush=True)
         return 0
-    training = Training(
-        cfg, info, build_parts(cfg, model, groups, len(classes), info, teacher), classes, output, train_loader,
-        sampler, val_loader, Meter(info.device),
-        data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set)),
-        RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard), preemption)
-    log = training.log
+    parts = build_parts(cfg, model, groups, len(classes), info, teacher)
+    meter = Meter(info.device)
+    bad_counter = data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set))
+    log = RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard)
 
     # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
     resume_path = runfolder.find_resume(cfg)
     if resume_path is not None:
-        progress = checkpoint.restore(resume_path, cfg, classes, training.parts, training.meter, training.bad_counter,
-                                      info, log)
-        resume_lr_note(log, cfg, training.parts.optimizer, progress.global_step)  # a changed schedule's LR jump
+        progress = checkpoint.restore(resume_path, cfg, classes, parts, meter, bad_counter, info, log)
+        resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
         if forks:
             progress.fork()
             log.event("fork", echo=f"note: {resume_path} continues here as a new run", path=str(resume_path),
@@ -415,7 +412,10 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
                   val_images=len(val_set), run_id=progress.run_id)
         if init_report:
             log.event("init", echo=models.describe_init(init_report), **init_report)
-    training.progress = progress
+    training = Training(cfg=cfg, info=info, parts=parts, classes=classes, output=output, train_loader=train_loader,
+                        sampler=sampler, val_loader=val_loader, meter=meter, bad_counter=bad_counter, log=log,
+                        preemption=preemption, progress=progress, nan_guard=NonFiniteGuard(info.device),
+                        agree=dist.Flags(info, "stop", "save", "bad_images"), steps_at_start=progress.global_step)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
     start_notes(training, train_set, val_set, unreadable_val)
@@ -426,9 +426,7 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     if preemption.requested and not info.distributed:  # a signal during startup: nothing trained, nothing to lose
         return stopped(training, f"before training (epoch {progress.epoch + 1}, step {progress.step_in_epoch})",
                        "nothing to save")
-    training.agree = dist.Flags(info, "stop", "save", "bad_images")
-    training.nan_guard, training.last_save = NonFiniteGuard(info.device), time.time()
-    training.t_start, training.steps_at_start = time.time(), progress.global_step
+    training.t_start = training.last_save = time.time()
     try:
         while progress.epoch < cfg.epochs:
             epoch_t0 = time.time()
