@@ -5,11 +5,8 @@
     torchrun --nproc_per_node=8 train.py --data /datasets/imagenet --recipe resnet50 --output runs/r50
     python train.py --recipe resnet50 --data /datasets/imagenet --dry-run   # what would this run do?
 
-Read `run` first: it is the table of contents (settings -> data -> model and optimizer -> dry run -> resume -> the
-epochs -> summary). One optimizer step is `train_step`; `train_one_epoch` is the loop around it with what a real
-run needs besides (logging, timed checkpoints, preemption, the bad-image budget); `finish_epoch` evaluates and
-writes best.pt and last.pt. What is not the recipe lives in the module that owns its subject (docs/design.md).
-``python train.py --help`` is the manual (imnet/run/flags.py).
+Read `run` first: it is the table of contents. One optimizer step is `train_step`, `train_one_epoch` the loop
+around it, `finish_epoch` the evaluation and the writes of best.pt and last.pt. ``--help`` is the manual.
 """
 
 from __future__ import annotations
@@ -27,35 +24,36 @@ if __name__ == "__main__":
     # A scheduler's SIGTERM can come while torch is still importing: until main() takes over it is only
     # recorded. --help and flag errors are answered before the seconds that importing torch takes.
     signals.record_early()
-    signals.test_hook("startup", 1)
     flags.exit_on_bad_flags(sys.argv[1:])
 
-import torch  # noqa: E402 (after the signal handlers and the flags, on purpose)
-from torch import nn  # noqa: E402
-from torch.optim.swa_utils import AveragedModel  # noqa: E402
+# The imports below come after that block on purpose:
+# ruff: noqa: E402
 
-import imnet  # noqa: E402
-from imnet.run import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds  # noqa: E402
-from imnet.run.atomic import NoSpace, link_file  # noqa: E402
-from imnet.run.config import Config, ConfigError  # noqa: E402
-from imnet.run.data import to_device  # noqa: E402
-from imnet.distill import distillation_loss  # noqa: E402
-from imnet.ema import ModelEma  # noqa: E402
-from imnet.run.errors import UsageError, message_of  # noqa: E402
-from imnet.run.evaluation import autocast, evaluate  # noqa: E402
-from imnet.lars import LAMB, LARS  # noqa: E402
-from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,  # noqa: E402
-                       summary, train_row, val_row)
-from imnet.losses import binary_cross_entropy, cross_entropy  # noqa: E402
-from imnet.metrics import Meter, NonFiniteGuard, NonFiniteLoss  # noqa: E402
-from imnet.mixing import Mixer  # noqa: E402
-from imnet.optim import build_optimizer, layer_decay_groups, param_groups  # noqa: E402
-from imnet.sam import SAM, keep_buffers  # noqa: E402
-from imnet.schedule import progressive_size, set_lr  # noqa: E402
-from imnet.run.signals import PreemptionSignals  # noqa: E402
-from imnet.swa import recompute_batchnorm  # noqa: E402
-from imnet.run.teacher import build_teacher  # noqa: E402
-from imnet.transforms import random_erase, train_transform  # noqa: E402
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+import imnet
+from imnet.run import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds
+from imnet.run.atomic import NoSpace, link_file
+from imnet.run.config import Config, ConfigError
+from imnet.run.data import to_device
+from imnet.distill import distillation_loss
+from imnet.ema import ModelEma
+from imnet.run.errors import UsageError, message_of
+from imnet.run.evaluation import autocast, evaluate
+from imnet.lars import LAMB, LARS
+from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,
+                          summary, train_row, val_row)
+from imnet.losses import binary_cross_entropy, cross_entropy
+from imnet.metrics import Meter, NonFiniteGuard, NonFiniteLoss
+from imnet.mixing import Mixer
+from imnet.optim import build_optimizer, layer_decay_groups, param_groups
+from imnet.sam import SAM, keep_buffers
+from imnet.schedule import progressive_size, set_lr
+from imnet.swa import recompute_batchnorm
+from imnet.run.teacher import build_teacher
+from imnet.transforms import random_erase, train_transform
 
 parse_args, build_parser = flags.parse_args, flags.build_parser
 
@@ -79,41 +77,42 @@ class Parts:
     teacher: nn.Module | None = None  # distillation: eval mode, no gradients, never saved (`build_teacher`)
 
 
-def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int, global_step: int, meter: Meter):
+def train_step(cfg: Config, parts: Parts, micro_batches: list, epoch: int, step: int, global_step: int, meter: Meter):
     """Optimizer step ``global_step`` (step ``step`` of ``epoch``) over cfg.accum_steps micro-batches of uint8
     images and labels. -> (the micro-batches' mean loss, a device tensor; the gradient norm before clipping, or
     None). Nothing here reads a value back from the device."""
-    set_lr(p.optimizer, cfg.lr_at(global_step))
+    set_lr(parts.optimizer, cfg.lr_at(global_step))
     losses = []
     for micro, (images, labels) in enumerate(micro_batches):
-        images, labels = to_device(images, labels, p.device, channels_last=cfg.channels_last)
+        images, labels = to_device(images, labels, parts.device, channels_last=cfg.channels_last)
         # The randomness of a micro-step depends only on where it is in the run, so a resumed run replays it
         # without any RNG history: dropout and stochastic depth from torch's global RNG; erasing and mixing
         # from a CPU generator (their draws are host scalars: nothing waits for the GPU).
-        where = (cfg.seed, epoch, step * cfg.accum_steps + micro, p.rank)
+        where = (cfg.seed, epoch, step * cfg.accum_steps + micro, parts.rank)
         torch.manual_seed(seeds.derive(seeds.DROPOUT, *where))
         gen = torch.Generator().manual_seed(seeds.derive(seeds.MIXING, *where))
         if cfg.random_erase > 0:
             images = random_erase(images, cfg.random_erase, mode=cfg.random_erase_mode, generator=gen)
         targets = labels
-        if p.mixer is not None:  # soft targets (label smoothing included): the loss adds none
-            images, targets = p.mixer(images, labels, generator=gen)
+        if parts.mixer is not None:  # soft targets (label smoothing included): the loss adds none
+            images, targets = parts.mixer(images, labels, generator=gen)
 
         # DDP all-reduces the gradients on the last micro-batch only; the others accumulate locally.
         last = micro == len(micro_batches) - 1
-        with contextlib.nullcontext() if last or not hasattr(p.train_model, "no_sync") else p.train_model.no_sync():
+        no_sync = getattr(parts.train_model, "no_sync", None)
+        with contextlib.nullcontext() if last or no_sync is None else no_sync():
             teacher_logits = None
-            with autocast(p.device, cfg.amp_dtype):
-                outputs = p.train_model(images)  # a distilled DeiT: (class logits, distillation logits)
-                if p.teacher is not None:  # as DeiT: these very images, after erasing and mixing; eval mode
+            with autocast(parts.device, cfg.amp_dtype):
+                outputs = parts.train_model(images)  # a distilled DeiT: (class logits, distillation logits)
+                if parts.teacher is not None:  # as DeiT: these very images, after erasing and mixing; eval mode
                     with torch.no_grad():
-                        teacher_logits = p.teacher(images)
+                        teacher_logits = parts.teacher(images)
             loss = step_loss(cfg, outputs, targets, teacher_logits)  # fp32
             scaled = loss / cfg.accum_steps  # the mean over the whole accumulated batch
-            (p.scaler.scale(scaled) if p.scaler is not None else scaled).backward()
-        if p.sam is not None:  # accum_steps is 1 (the config refuses more): this is the whole batch
-            sam_second_pass(cfg, p, images, targets, teacher_logits)
-        hard = p.mixer is None  # accuracy against mixed targets would mean nothing
+            (parts.scaler.scale(scaled) if parts.scaler is not None else scaled).backward()
+        if parts.sam is not None:  # accum_steps is 1 (the config refuses more): this is the whole batch
+            sam_second_pass(cfg, parts, images, targets, teacher_logits)
+        hard = parts.mixer is None  # accuracy against mixed targets would mean nothing
         # the accuracy of what evaluation scores: a distilled DeiT's eval mode averages its two heads
         logits = (outputs[0] + outputs[1]) / 2 if isinstance(outputs, tuple) else outputs
         meter.update(loss.detach(), logits.detach() if hard else None, labels if hard else None, n=labels.shape[0])
@@ -121,27 +120,24 @@ def train_step(cfg: Config, p: Parts, micro_batches: list, epoch: int, step: int
 
     grad_norm = None
     if cfg.clip_grad > 0:
-        if p.scaler is not None:
-            p.scaler.unscale_(p.optimizer)  # clip the true gradients, not the scaled ones
-        grad_norm = nn.utils.clip_grad_norm_(p.model.parameters(), cfg.clip_grad)
-    if p.scaler is not None:
-        p.scaler.step(p.optimizer)  # skipped when the gradients hold inf/NaN (the scale is lowered)
-        p.scaler.update()
+        if parts.scaler is not None:
+            parts.scaler.unscale_(parts.optimizer)  # clip the true gradients, not the scaled ones
+        grad_norm = nn.utils.clip_grad_norm_(parts.model.parameters(), cfg.clip_grad)
+    if parts.scaler is not None:
+        parts.scaler.step(parts.optimizer)  # skipped when the gradients hold inf/NaN (the scale is lowered)
+        parts.scaler.update()
     else:
-        p.optimizer.step()
-    p.optimizer.zero_grad(set_to_none=True)
-    if p.ema is not None:
-        p.ema.update(p.model, global_step + 1)
+        parts.optimizer.step()
+    parts.optimizer.zero_grad(set_to_none=True)
+    if parts.ema is not None:
+        parts.ema.update(parts.model, global_step + 1)
     return torch.stack(losses).mean(), grad_norm
 
 
 def step_loss(cfg: Config, outputs, targets, teacher_logits=None) -> torch.Tensor:
-    """The loss of one micro-batch (float32). The label loss is cross-entropy, or with --bce binary
-    cross-entropy (`imnet.losses`), with the label smoothing the Config put in the loss (none when MixUp/CutMix
-    carry it in the targets). With a teacher, `imnet.distill.distillation_loss`: (1 - alpha) x the label loss of
-    the class head + alpha x the distillation loss (hard: CE to the teacher's argmax; soft: tau^2 KL) of the
-    distillation head, both heads being the same logits for a one-head student; at alpha 0 exactly the label
-    loss."""
+    """The loss of one micro-batch (float32): cross-entropy, or with --bce binary cross-entropy, with the label
+    smoothing the Config put in the loss (none when MixUp/CutMix carry it in the targets); with a teacher,
+    `imnet.distill.distillation_loss` around it (at alpha 0 exactly the label loss)."""
     if cfg.bce:
         base = functools.partial(binary_cross_entropy, label_smoothing=cfg.loss_label_smoothing,
                                  target_threshold=cfg.bce_target_thresh)
@@ -153,28 +149,24 @@ def step_loss(cfg: Config, outputs, targets, teacher_logits=None) -> torch.Tenso
                              tau=cfg.distill_tau)
 
 
-def sam_second_pass(cfg: Config, p: Parts, images, targets, teacher_logits=None) -> None:
-    """SAM (imnet/sam.py): from the first pass's gradient g, move to w + e, take the gradient of the same batch
-    (same augmentation, same mixing; the teacher's logits of these images are the first pass's) there, and come
-    back to w with that gradient in p.grad.
-
-    The first backward was all-reduced (the last micro-step, not under no_sync), so every DDP rank ascends to
-    the same w + e. Under fp16 the gradients stay scaled until the one unscale_ before the clip: the ascent
-    direction does not depend on the scale. The second pass must not update BatchNorm's running statistics
-    (``keep_buffers``); its dropout / stochastic-depth masks continue the step's seeded stream."""
-    p.sam.ascend()
-    with keep_buffers(p.model):
-        with autocast(p.device, cfg.amp_dtype):
-            outputs = p.train_model(images)
+def sam_second_pass(cfg: Config, parts: Parts, images, targets, teacher_logits=None) -> None:
+    """SAM (imnet/sam.py): from the first pass's gradient, move to w + e, take the gradient of the same batch there
+    (same augmentation and mixing, the first pass's teacher logits), and come back to w with that gradient.
+    The first backward was all-reduced, so every DDP rank ascends to the same w + e; under fp16 the gradients
+    stay scaled (the ascent direction does not depend on the scale). BatchNorm's running statistics are kept."""
+    parts.sam.ascend()
+    with keep_buffers(parts.model):
+        with autocast(parts.device, cfg.amp_dtype):
+            outputs = parts.train_model(images)
         loss = step_loss(cfg, outputs, targets, teacher_logits)
-        (p.scaler.scale(loss) if p.scaler is not None else loss).backward()
-    p.sam.descend()
+        (parts.scaler.scale(loss) if parts.scaler is not None else loss).backward()
+    parts.sam.descend()
 
 
 # ----------------------------------------------------------------------------------------------- one epoch
 
 @dataclass
-class Run:
+class Training:
     """What the epoch loop works with, built once in `run`; ``progress`` is the part that changes."""
     cfg: Config
     info: dist.DistInfo
@@ -187,158 +179,157 @@ class Run:
     meter: Meter
     bad_counter: data.BadImageCounter
     log: RunLog
-    signals: PreemptionSignals
-    progress: checkpoint.Progress = None
-    nan_guard: NonFiniteGuard = None
-    agree: dist.Flags = None      # stop / save / too many bad images, agreed by all ranks one step later
-    last_save: float = 0.0
+    preemption: signals.PreemptionSignals
+    progress: checkpoint.Progress
+    nan_guard: NonFiniteGuard
+    agree: dist.Flags             # stop / timed save / bad images, agreed by all ranks one step later
+    steps_at_start: int           # the global step and time.time() when the training loop (re)started: the ETA
+    t_start: float = 0.0
+    last_save: float = 0.0        # time.time() of the last write of last.pt
 
 
-def save(r: Run, name: str, like: str | None = None) -> None:
+def save(training: Training, name: str, like: str | None = None) -> None:
     """Write OUTPUT/name (every rank takes part: metric sums and RNG states are gathered), or make it a hard link
-    of OUTPUT/like, just written from the same state. A full disk stops the run (exit 2) with how to continue."""
-    signals.test_hook("save")
+    of OUTPUT/like, just written from the same state."""
+    output, progress = training.output, training.progress
     try:
         if like is None:
-            checkpoint.save(r.output / name, r.cfg, r.classes, r.parts, r.progress, r.meter, r.bad_counter, r.info)
-        elif r.info.is_main:
-            link_file(r.output / like, r.output / name)
+            checkpoint.save(output / name, training.cfg, training.classes, training.parts, progress, training.meter,
+                            training.bad_counter, training.info)
+        elif training.info.is_main:
+            link_file(output / like, output / name)
     except NoSpace as e:
-        last = r.output / "last.pt"
-        if last.exists():
-            at = checkpoint.identity(last)
-            then = (f"--resume auto --output {r.output} then continues from last.pt (epoch {at['epoch'] + 1}, "
+        if (output / "last.pt").exists():
+            at = checkpoint.identity(output / "last.pt")
+            then = (f"--resume auto --output {output} then continues from last.pt (epoch {at['epoch'] + 1}, "
                     f"step {at['step_in_epoch']})")
         else:
             then = "no last.pt was written yet, so the run starts again from the beginning"
-        raise NoSpace(f"{e} Training stopped at epoch {r.progress.epoch + 1}, step {r.progress.step_in_epoch}; "
+        raise NoSpace(f"{e} Training stopped at epoch {progress.epoch + 1}, step {progress.step_in_epoch}; "
                       f"{then}.") from None
 
 
-def train_one_epoch(r: Run, t_run: float, steps_at_start: int) -> tuple[bool, int | None]:
-    """The rest of the epoch ``r.progress.epoch``, step by step, from ``r.progress.step_in_epoch``. -> (stopped
-    early by a preemption request, last.pt written; the size the batches had: progressive resolution)."""
-    cfg, p, progress = r.cfg, r.parts, r.progress
-    r.sampler.set_epoch(progress.epoch)
-    r.sampler.set_start(progress.step_in_epoch * cfg.accum_steps * cfg.batch_size)  # skip what was trained
+def start_epoch(training: Training):
+    """-> the iterator of the rest of epoch ``progress.epoch``: the sampler skips the steps already trained."""
+    cfg, progress = training.cfg, training.progress
+    training.sampler.set_epoch(progress.epoch)
+    training.sampler.set_start(progress.step_in_epoch * cfg.accum_steps * cfg.batch_size)
     if progress.step_in_epoch == 0:
-        r.meter.reset()
-    p.train_model.train()
-    with r.signals.deferred():  # workers are forked here (first epoch): see PreemptionSignals.deferred
-        batches = iter(r.train_loader)
-    signals.test_hook("epoch", progress.epoch + 1)  # the workers are decoding the epoch's first batches
-    window, train_size = Window(torch.zeros((), device=p.device)), None
+        training.meter.reset()
+    training.parts.train_model.train()
+    with training.preemption.deferred():  # the workers are forked here (first epoch)
+        return iter(training.train_loader)
+
+
+def train_one_epoch(training: Training) -> tuple[bool, int | None]:
+    """The rest of epoch ``progress.epoch``, step by step. -> (stopped early by a signal or --stop-at-step, last.pt
+    written; the size the batches had: progressive resolution)."""
+    cfg, parts, progress, bad_counter = training.cfg, training.parts, training.progress, training.bad_counter
+    batches = start_epoch(training)
+    window, train_size = Window(torch.zeros((), device=parts.device)), None
     while progress.step_in_epoch < cfg.steps_per_epoch:
         t = time.perf_counter()
         micro = [next(batches) for _ in range(cfg.accum_steps)]
         train_size = micro[0][0].shape[-1]
         window.data_time += time.perf_counter() - t
-        loss, grad_norm = train_step(cfg, p, [(x, y) for x, y, _ in micro], progress.epoch, progress.step_in_epoch,
-                                     progress.global_step, r.meter)
-        r.nan_guard.update(loss, progress.global_step)  # bookkeeping on the device: no host sync per step
+        loss, grad_norm = train_step(cfg, parts, [(x, y) for x, y, _ in micro], progress.epoch, progress.step_in_epoch,
+                                     progress.global_step, training.meter)
+        training.nan_guard.update(loss, progress.global_step)  # bookkeeping on the device: no host sync per step
         window.add(loss)
         progress.global_step += 1
         progress.step_in_epoch += 1
-        signals.test_hook("step", progress.global_step)
 
         if progress.step_in_epoch % cfg.log_every == 0 or progress.step_in_epoch == cfg.steps_per_epoch:
-            r.nan_guard.check()
-            eta = (time.time() - t_run) / max(progress.global_step - steps_at_start, 1) * \
+            training.nan_guard.check()
+            eta = (time.time() - training.t_start) / max(progress.global_step - training.steps_at_start, 1) * \
                 (cfg.total_steps - progress.global_step)
-            log_window(r.log, cfg, progress, window, grad_norm, eta, p.device)
-            window = Window(torch.zeros((), device=p.device))
-        report_bad_images(r, [path for _, _, bad in micro for path in bad])
-        timer_due = r.info.is_main and cfg.save_every_minutes > 0 and \
-            time.time() - r.last_save > 60 * cfg.save_every_minutes
-        stop, save_now, too_many_bad = r.agree.post([r.signals.requested or progress.global_step == cfg.stop_at_step,
-                                                     timer_due, r.bad_counter.count > r.bad_counter.max_bad])
-        if stop or save_now or too_many_bad:
-            r.nan_guard.check()  # never overwrite a good checkpoint with NaN weights
-            save(r, "last.pt")
-            r.last_save = time.time()
-            r.log.event("checkpoint", path=str(r.output / "last.pt"), epoch=progress.epoch,
-                        step_in_epoch=progress.step_in_epoch,
-                        reason="preemption" if stop else "bad images" if too_many_bad else "timer")
-        if too_many_bad:  # every rank stops together; the message names this rank's files
-            r.bad_counter.check(max(r.bad_counter.count, r.bad_counter.max_bad + 1))
-        if stop:
+            log_window(training.log, cfg, progress, window, grad_norm, eta, parts.device)
+            window = Window(torch.zeros((), device=parts.device))
+        report_bad_images(training, [path for _, _, bad in micro for path in bad])
+        timer_due = training.info.is_main and cfg.save_every_minutes > 0 and \
+            time.time() - training.last_save > 60 * cfg.save_every_minutes
+        agreed = training.agree.post(stop=training.preemption.requested or progress.global_step == cfg.stop_at_step,
+                                     save=timer_due, bad_images=bad_counter.count)
+        too_many_bad = agreed.bad_images > bad_counter.max_bad
+        if agreed.stop or agreed.save or too_many_bad:
+            training.nan_guard.check()  # never overwrite a good checkpoint with NaN weights
+            save(training, "last.pt")
+            training.last_save = time.time()
+            training.log.event("checkpoint", path=str(training.output / "last.pt"), epoch=progress.epoch,
+                               step_in_epoch=progress.step_in_epoch,
+                               reason="preemption" if agreed.stop else "bad images" if too_many_bad else "timer")
+        bad_counter.check(agreed.bad_images)  # the most any rank met: all ranks stop at the same step
+        if agreed.stop:
             return True, train_size
-    r.nan_guard.check()
+    training.nan_guard.check()
     return False, train_size
 
 
-def report_bad_images(r: Run, paths: list) -> None:
+def report_bad_images(training: Training, paths: list) -> None:
     """Log the unreadable files of this step (each once; they were replaced by other samples)."""
-    for path in r.bad_counter.update(paths, check=False):
+    for path in training.bad_counter.update(paths, check=False):
         shown = folders.display_path(path)
-        r.log.event("bad_image", echo=f"skipped unreadable image {shown} (replaced by another sample)", path=shown,
-                    epoch=r.progress.epoch, step=r.progress.step_in_epoch)
+        training.log.event("bad_image", echo=f"skipped unreadable image {shown} (replaced by another sample)",
+                           path=shown, epoch=training.progress.epoch, step=training.progress.step_in_epoch)
 
 
-def end_epoch(r: Run, epoch_t0: float, train_size: int) -> None:
+def end_epoch(training: Training, epoch_t0: float, train_size: int) -> None:
     """The epoch's training is done: average it into SWA, record its row, and secure it in last.pt before the
-    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away).
-
-    The SWA average gets its own BatchNorm statistics right here, before it is saved: every saved average (this
-    last.pt, and the timed saves of the next epoch) carries statistics computed for its weights, whether or not
-    the epoch is evaluated, and the evaluation uses them as they are."""
-    cfg, progress = r.cfg, r.progress
-    if r.parts.swa is not None and progress.epoch + 1 >= cfg.swa_start:
-        r.parts.swa.update_parameters(r.parts.model)
-        r.sampler.set_epoch(progress.epoch)  # one pass of this epoch's augmentation, from its first sample
-        r.sampler.set_start(0)
-        with r.signals.deferred(), autocast(r.parts.device, cfg.amp_dtype):  # workers may be forked here
-            recompute_batchnorm(r.parts.swa, data.images_on(r.train_loader, r.parts.device, cfg.channels_last))
-    row = train_row(cfg, r.meter.compute(distributed=True), progress.epoch, r.parts.mixer is not None,
-                    r.bad_counter.count)
+    evaluation (an evaluation that fails or is interrupted must not throw the epoch's training away). The SWA
+    average gets its BatchNorm statistics here, before it is saved: every saved average carries its own."""
+    cfg, parts, progress = training.cfg, training.parts, training.progress
+    if parts.swa is not None and progress.epoch + 1 >= cfg.swa_start:
+        parts.swa.update_parameters(parts.model)
+        training.sampler.set_epoch(progress.epoch)  # one pass of this epoch's augmentation, from its first sample
+        training.sampler.set_start(0)
+        with training.preemption.deferred(), autocast(parts.device, cfg.amp_dtype):  # workers may be forked here
+            recompute_batchnorm(parts.swa, data.images_on(training.train_loader, parts.device, cfg.channels_last))
+    row = train_row(cfg, training.meter.compute(distributed=True), progress.epoch, parts.mixer is not None,
+                    training.bad_counter.count)
     row.update(epoch_time=time.time() - epoch_t0, train_size=train_size)
     progress.history.append(row)
     progress.epoch, progress.step_in_epoch = progress.epoch + 1, 0
-    progress.pending_eval = evaluates(cfg, progress.epoch)
-    save(r, "last.pt")
+    done = progress.epoch  # evaluated every --eval-every epochs and after the last
+    progress.pending_eval = done == cfg.epochs or bool(cfg.eval_every and done % cfg.eval_every == 0)
+    save(training, "last.pt")
 
 
-def evaluates(cfg: Config, epochs_done: int) -> bool:
-    """Whether the epoch that makes ``epochs_done`` evaluates: every --eval-every epochs and after the last."""
-    return epochs_done == cfg.epochs or bool(cfg.eval_every and epochs_done % cfg.eval_every == 0)
-
-
-def finish_epoch(r: Run, row: dict) -> None:
+def finish_epoch(training: Training, row: dict) -> None:
     """Evaluate the finished epoch if it is due (``progress.pending_eval``), then write best.pt (when the top-1
     improved) BEFORE last.pt: a kill between the two writes leaves last.pt still pending, so the resumed run
     evaluates again and rewrites both; best.pt can never lag behind last.pt's best_top1."""
-    progress = r.progress
+    progress = training.progress
     if progress.pending_eval:
         t0 = time.time()
-        signals.test_hook("eval", progress.epoch)
-        with r.signals.deferred():  # workers may be forked here; a signal waits until the evaluation ends
-            row.update(evaluate_epoch(r, progress.epoch - 1))
+        row.update(evaluate_epoch(training, progress.epoch - 1))
         progress.pending_eval = False
         row["epoch_time"] = row.get("epoch_time", 0.0) + time.time() - t0
         improved = row["val_top1"] > progress.best_top1
         if improved:
             progress.best_top1 = row["val_top1"]
-            save(r, "best.pt")
-        save(r, "last.pt", like="best.pt" if improved else None)  # the same bytes: a link, not a second copy
-    r.log.event("epoch", echo=epoch_line(row), **row)
-    r.log.write_summary(progress.history)
+            save(training, "best.pt")
+        save(training, "last.pt", like="best.pt" if improved else None)  # the same bytes: a link, not a second copy
+    training.log.event("epoch", echo=epoch_line(row), **row)
+    training.log.write_summary(progress.history)
 
 
-def evaluate_epoch(r: Run, epoch: int) -> dict:
+def evaluate_epoch(training: Training, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
-    cfg, p = r.cfg, r.parts
-    run_eval = functools.partial(evaluate, loader=r.val_loader, device=p.device, policy=cfg.eval_policy,
-                                 num_classes=len(r.classes), amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
-    v = run_eval(p.eval_model)
-    row = val_row("model", v)
-    for path in v.unreadable:
-        print(f"warning: unreadable validation image {path}: it was replaced by another image, so this "
-              f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
-    if p.ema is not None:
-        row.update(val_row("ema", run_eval(p.ema.module)))
-    if p.swa is not None and int(p.swa.n_averaged) > 0:  # its BatchNorm statistics are its own (end_epoch)
-        row.update(val_row("swa", run_eval(p.swa.module)))
+    cfg, parts = training.cfg, training.parts
+    run_eval = functools.partial(evaluate, loader=training.val_loader, device=parts.device, policy=cfg.eval_policy,
+                                 num_classes=len(training.classes), amp_dtype=cfg.amp_dtype,
+                                 channels_last=cfg.channels_last)
+    with training.preemption.deferred():  # workers may be forked here; a signal waits until the evaluation ends
+        scores = run_eval(parts.eval_model)
+        row = val_row("model", scores)
+        for path in scores.unreadable:
+            print(f"warning: validation image {path} could not be read and was replaced by another, so this "
+                  f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
+        if parts.ema is not None:
+            row.update(val_row("ema", run_eval(parts.ema.module)))
+        if parts.swa is not None and int(parts.swa.n_averaged) > 0:  # its BatchNorm statistics are its own
+            row.update(val_row("swa", run_eval(parts.swa.module)))
     return row
 
 
@@ -348,9 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     """-> the exit code: 0 done (or stopped by a scheduler's signal, last.pt written), 1 the loss became NaN, 2 bad
     input or no room on the disk (one paragraph), 130 stopped by Ctrl-C (imnet.run.signals.INTERRUPTED)."""
     argv = sys.argv[1:] if argv is None else list(argv)
-    # A scheduler's SIGTERM or a Ctrl-C during startup (imports, data scan, model build) only sets a flag, and
-    # the run stops cleanly at the first point where it can (before training, or after a step).
-    preemption = PreemptionSignals().install().take_early()
+    # A scheduler's SIGTERM or a Ctrl-C during startup only sets a flag: the run stops before training.
+    preemption = signals.PreemptionSignals().install().take_early()
     try:
         with contextlib.ExitStack() as cleanup:
             return run(argv, preemption, cleanup)
@@ -358,15 +348,15 @@ def main(argv: list[str] | None = None) -> int:
         dist.eprint0(f"error: {message_of(e)}")
         return 2
     except KeyboardInterrupt:  # the second Ctrl-C (imnet.run.signals.PreemptionSignals)
-        dist.eprint0("stopped at once by a second Ctrl-C. The checkpoints in the run folder are those written "
-                     "before it (a save it cut short left the previous file); --resume auto continues from last.pt.")
+        dist.eprint0("stopped at once by a second Ctrl-C, keeping the checkpoints written before it; --resume auto "
+                     "continues from last.pt.")
         return signals.INTERRUPTED
     finally:
         dist.cleanup()
         preemption.uninstall()
 
 
-def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.ExitStack) -> int:
+def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: contextlib.ExitStack) -> int:
     t_start = time.time()
     # ---- settings: flags -> one frozen Config; the run folder is claimed before any work
     below, given = parse_args(argv)
@@ -375,7 +365,9 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
     if cfg.tensorboard:
         require_tensorboard()  # installed, or say so before any work
     output = Path(cfg.output)
-    forks = not cfg.dry_run and info.is_main and runfolder.claim(cfg, output, cleanup, dist.print0)
+    forks = False  # whether this run continues another folder's checkpoint here, as a run of its own
+    if info.is_main and not cfg.dry_run:
+        forks = runfolder.claim(cfg, output, cleanup, dist.print0)
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     dist.set_backends(info.device, deterministic=cfg.deterministic)
 
@@ -398,93 +390,101 @@ def run(argv: list[str], preemption: PreemptionSignals, cleanup: contextlib.Exit
             if init_report:
                 print(models.describe_init(init_report), flush=True)
         return 0
-    r = Run(cfg, info, build_parts(cfg, model, groups, len(classes), info, teacher), classes, output, train_loader,
-            sampler, val_loader, Meter(info.device),
-            data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set)),
-            RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard), preemption)
+    parts = build_parts(cfg, model, groups, len(classes), info, teacher)
+    meter = Meter(info.device)
+    bad_counter = data.BadImageCounter(data.parse_max_bad(cfg.max_bad_images, len(train_set)), len(train_set))
+    log = RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard)
 
     # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
     resume_path = runfolder.find_resume(cfg)
     if resume_path is not None:
-        r.progress = checkpoint.restore(resume_path, cfg, classes, r.parts, r.meter, r.bad_counter, info, r.log)
-        resume_lr_note(r.log, cfg, r.parts.optimizer, r.progress.global_step)  # a changed schedule's LR jump
+        progress = checkpoint.restore(resume_path, cfg, classes, parts, meter, bad_counter, info, log)
+        resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
         if forks:
-            r.progress.fork()
-            r.log.event("fork", echo=f"note: {resume_path} continues here as a new run", path=str(resume_path),
-                        run_id=r.progress.run_id, forked_from=r.progress.forked_from)
+            progress.fork()
+            log.event("fork", echo=f"note: {resume_path} continues here as a new run", path=str(resume_path),
+                      run_id=progress.run_id, forked_from=progress.forked_from)
         if info.is_main and resume_path == output / "last.pt":
-            runfolder.repair_best(output, r.progress, r.log)
+            runfolder.repair_best(output, progress, log)
     else:
-        r.progress = checkpoint.Progress()
-        r.log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
-                    val_images=len(val_set), run_id=r.progress.run_id)
+        progress = checkpoint.Progress()
+        log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
+                  val_images=len(val_set), run_id=progress.run_id)
         if init_report:
-            r.log.event("init", echo=models.describe_init(init_report), **init_report)
+            log.event("init", echo=models.describe_init(init_report), **init_report)
+    training = Training(cfg=cfg, info=info, parts=parts, classes=classes, output=output, train_loader=train_loader,
+                        sampler=sampler, val_loader=val_loader, meter=meter, bad_counter=bad_counter, log=log,
+                        preemption=preemption, progress=progress, nan_guard=NonFiniteGuard(info.device),
+                        agree=dist.Flags(info, "stop", "save", "bad_images"), steps_at_start=progress.global_step)
     if info.is_main:
         config.write_config_file(cfg, output / "config.json")
-    start_notes(r, train_set, val_set, unreadable_val)
+    start_notes(training, train_set, val_set, unreadable_val)
 
     # ---- the epochs
-    progress = r.progress
     if progress.pending_eval:  # resumed from an epoch saved before its evaluation
-        finish_epoch(r, progress.history[-1])
+        finish_epoch(training, progress.history[-1])
     if preemption.requested and not info.distributed:  # a signal during startup: nothing trained, nothing to lose
-        return stopped(r, f"before training (epoch {progress.epoch + 1}, step {progress.step_in_epoch})",
+        return stopped(training, f"before training (epoch {progress.epoch + 1}, step {progress.step_in_epoch})",
                        "nothing to save")
-    r.agree, r.nan_guard, r.last_save = dist.Flags(info, n=3), NonFiniteGuard(info.device), time.time()
-    steps_at_start, t_run = progress.global_step, time.time()
+    training.t_start = training.last_save = time.time()
     try:
         while progress.epoch < cfg.epochs:
             epoch_t0 = time.time()
-            stopped_early, train_size = train_one_epoch(r, t_run, steps_at_start)
+            stopped_early, train_size = train_one_epoch(training)
             if stopped_early:
-                return stopped(r, f"at epoch {progress.epoch + 1} step {progress.step_in_epoch}", "last.pt written")
-            end_epoch(r, epoch_t0, train_size)
-            finish_epoch(r, progress.history[-1])
-            r.last_save = time.time()
-            if r.agree.drain()[0] or (not info.distributed and preemption.requested):
-                return stopped(r, f"after epoch {progress.epoch}", "last.pt written")
+                return stopped(training, f"at epoch {progress.epoch + 1} step {progress.step_in_epoch}",
+                               "last.pt written")
+            end_epoch(training, epoch_t0, train_size)
+            finish_epoch(training, progress.history[-1])
+            training.last_save = time.time()
+            if training.agree.drain().stop or (not info.distributed and preemption.requested):
+                return stopped(training, f"after epoch {progress.epoch}", "last.pt written")
     except NonFiniteLoss as e:
-        return nonfinite(r, e.step)
+        return nonfinite(training, e.step)
 
-    summary(r.log, progress, output, time.time() - t_start)
+    summary(log, progress, output, time.time() - t_start)
     return 0
 
 
-def stopped(r: Run, where: str, saved: str) -> int:
-    """The run stops on a signal (a scheduler's, or Ctrl-C) -> its exit code (imnet.run.signals: 0, or 130 after
-    Ctrl-C). The log says where, what was saved and how to continue."""
-    progress = r.progress
-    how = "--stop-at-step" if not r.signals.received and progress.global_step == r.cfg.stop_at_step else \
-        r.signals.name
-    r.log.event("preempted", echo=f"stopped by {how} {where}; {saved}. Continue with --resume auto "
-                f"--output {r.output}", epoch=progress.epoch, step_in_epoch=progress.step_in_epoch,
-                signals=r.signals.received)
-    return r.signals.exit_code
+def stopped(training: Training, where: str, saved: str) -> int:
+    """The run stops on a signal or at --stop-at-step -> its exit code (0, or 130 after Ctrl-C)."""
+    progress, preemption = training.progress, training.preemption
+    how = "--stop-at-step" if not preemption.received and progress.global_step == training.cfg.stop_at_step else \
+        preemption.name
+    training.log.event("preempted", echo=f"stopped by {how} {where}; {saved}. Continue with --resume auto "
+                       f"--output {training.output}", epoch=progress.epoch, step_in_epoch=progress.step_in_epoch,
+                       signals=preemption.received)
+    return preemption.exit_code
 
 
-def nonfinite(r: Run, step: int) -> int:
-    """The loss became NaN or infinite at optimizer ``step``: nothing was saved after it. -> exit code 1; the
-    message says how to go on from the last good checkpoint, or from the start when there is none yet."""
-    last = r.output / "last.pt"
-    r.log.event("nonfinite", step=step)
+def nonfinite(training: Training, step: int) -> int:
+    """The loss became NaN or infinite at optimizer ``step``: nothing was saved after it. -> exit code 1."""
+    last = training.output / "last.pt"
+    training.log.event("nonfinite", step=step)
     fixes = "Lower the learning rate, add warmup or --clip-grad, or use bf16 instead of fp16"
     if last.exists():
         then = f"the last good checkpoint {last} is untouched. {fixes}; then --resume {last}."
     else:
-        then = (f"no checkpoint was written yet (none is written after a NaN), so there is nothing to resume. "
-                f"{fixes}, and start the run again (the same --output takes it).")
-    dist.eprint0(f"error: the loss became NaN or infinite at optimizer step {step} (epoch {r.progress.epoch + 1}). "
-                 f"Training stopped; {then}")
+        then = f"no checkpoint was written yet. {fixes}, and start the run again (the same --output takes it)."
+    dist.eprint0(f"error: the loss became NaN or infinite at optimizer step {step} (epoch "
+                 f"{training.progress.epoch + 1}); {then}")
     return 1
 
 
 # ----------------------------------------------------------------------------------------------- setup
 
+@contextlib.contextmanager
+def refused(prefix: str = ""):
+    """A ValueError of the block becomes the ConfigError of bad settings (one paragraph, exit 2)."""
+    try:
+        yield
+    except ValueError as e:
+        raise ConfigError(f"{prefix}{e}") from None
+
+
 def resolve_config(below: dict, given: dict, info) -> Config:
-    """The run's Config: the command line's flags over the lower layers, with the values that depend on this
-    machine filled in first (a bare --amp, --workers within the cores, the demo's generated data, the default
-    output folder)."""
+    """The run's Config, with what depends on this machine filled in first: a bare --amp, --workers within the
+    cores, the demo's generated data, the default output folder."""
     given, flags_now = dict(given), {**below, **given}
     workers, note = data.cap_workers(flags_now["workers"])
     if note:
@@ -493,8 +493,8 @@ def resolve_config(below: dict, given: dict, info) -> Config:
     if flags_now["amp"] == "auto":
         given["amp"] = dist.auto_amp(info.device)
         if given["amp"] == "none":
-            dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32). bf16 autocast runs on CPUs "
-                        f"without native bf16 support many times slower than fp32; ask --amp bf16 to force it.")
+            dist.print0(f"note: --amp on {info.device.type}: no autocast (fp32), as bf16 autocast is many times "
+                        f"slower on CPUs without native bf16; --amp bf16 forces it.")
     if flags_now["data"] is None and flags_now["recipe"] == "demo" and not flags_now["fake_data"]:
         from imnet.tools.demo import ensure_dataset
         given["data"] = str(ensure_dataset())
@@ -507,7 +507,7 @@ def resolve_config(below: dict, given: dict, info) -> Config:
 
 
 def build_datasets(cfg: Config):
-    """(classes, train set, val set). Class folders are checked before any work is done."""
+    """-> (classes, train set, val set)."""
     if cfg.fake_data:
         classes = [f"class{i}" for i in range(cfg.num_classes)]
         # An "epoch" of 100 optimizer steps; --epochs sets the length of the throughput run.
@@ -518,20 +518,18 @@ def build_datasets(cfg: Config):
     if cfg.progressive_res is not None:  # picklable, stateless: workers derive the size from the epoch key
         size_at = functools.partial(progressive_size, start=cfg.progressive_res[0], end=cfg.progressive_res[1],
                                     first=cfg.progressive_epochs[0], last=cfg.progressive_epochs[1])
-    try:
+    with refused():
         train_tf = train_transform(crop_size=cfg.train_crop_size, scale=cfg.crop_scale,
                                    interpolation=cfg.train_interpolation or cfg.interpolation,
                                    auto_augment=cfg.auto_augment, ra_num_ops=cfg.ra_num_ops,
                                    ra_magnitude=cfg.ra_magnitude)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     return (classes, data.ImageFolder(train_dir, classes, train_tf, seed=cfg.seed, crop_size_at=size_at),
             data.ImageFolder(val_dir, classes, cfg.eval_policy.transform(), seed=cfg.seed))
 
 
 def build_loaders(cfg: Config, info, train_set, val_set, cleanup: contextlib.ExitStack):
-    """(train sampler, train loader, val loader). Preemptible: the workers ignore the scheduler's SIGTERM (this
-    process decides), so they are shut down explicitly when the run ends, however it ends."""
+    """-> (train sampler, train loader, val loader). The workers ignore the stop signals (this process decides), so
+    ``cleanup`` shuts them down however the run ends."""
     sampler = data.TrainSampler(len(train_set), info.world_size, info.rank, seed=cfg.seed, drop_last=True,
                                 repeats=cfg.ra_reps)
     if cfg.steps_per_epoch < 1:
@@ -549,13 +547,10 @@ def build_loaders(cfg: Config, info, train_set, val_set, cleanup: contextlib.Exi
 
 def build_model(cfg: Config, num_classes: int, info) -> nn.Module:
     if cfg.sync_bn and info.distributed and info.device.type != "cuda":
-        raise ConfigError("--sync-bn needs CUDA: torch's SyncBatchNorm refuses CPU tensors. On the CPU, drop "
-                          "--sync-bn (each process then keeps its own BatchNorm statistics) or use a BatchNorm-free "
-                          "model such as convnext_tiny.")
-    try:
+        raise ConfigError("--sync-bn needs CUDA (torch's SyncBatchNorm refuses CPU tensors). On the CPU, drop "
+                          "--sync-bn or use a BatchNorm-free model such as convnext_tiny.")
+    with refused():
         model = models.build_model(cfg.model, num_classes, drop_path=cfg.drop_path, image_size=cfg.train_crop_size)
-    except ValueError as e:
-        raise ConfigError(str(e)) from None
     if cfg.sync_bn and info.distributed:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(info.device)
@@ -565,42 +560,31 @@ def build_model(cfg: Config, num_classes: int, info) -> nn.Module:
 
 
 def init_weights(cfg: Config, model: nn.Module, classes: list, info) -> dict:
-    """--init-from / --weights: copy the initial weights into the fresh model (`imnet.run.models.load_init`:
-    strict keys and shapes, except the classifier head and a ViT position embedding). -> what the log says.
-    Under torchrun, rank 0 downloads --weights into torchvision's cache first; the others then read that file."""
-    with dist.main_rank_first(info, needed=cfg.weights is not None):
-        try:
-            state, source_classes, source = models.init_source(cfg.init_from, cfg.weights, cfg.model, cfg.init_ema,
-                                                               progress=not cfg.quiet)
-            done = models.load_init(models.unwrap(model), cfg.model, state, cfg.train_crop_size, source_classes,
-                                    classes)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
+    """--init-from / --weights into the fresh model (`models.load_init`) -> what the log says. Under torchrun, rank 0
+    downloads --weights into torchvision's cache first; the others then read that file."""
+    with dist.main_rank_first(info, needed=cfg.weights is not None), refused():
+        state, source_classes, source = models.init_source(cfg.init_from, cfg.weights, cfg.model, cfg.init_ema,
+                                                           progress=not cfg.quiet)
+        done = models.load_init(models.unwrap(model), cfg.model, state, cfg.train_crop_size, source_classes, classes)
     return {"source": source, **done}
 
 
 def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
-    """The optimizer's parameter groups: weight decay except on the --no-decay-on categories (`imnet.optim`); with
-    --layer-decay one group per (layer, decay or not) with its LR scale."""
+    """The optimizer's parameter groups (`imnet.optim`); with --layer-decay one per (layer, decay or not)."""
     if cfg.layer_decay is not None:
-        try:
+        with refused(f"--layer-decay {cfg.layer_decay} with {cfg.model}: "):  # a model without numbered blocks
             return layer_decay_groups(models.unwrap(model), cfg.weight_decay, cfg.layer_decay, cfg.no_decay_on)
-        except ValueError as e:  # a model without numbered blocks (ResNet, EfficientNet...)
-            raise ConfigError(f"--layer-decay {cfg.layer_decay} with {cfg.model}: {e}") from None
     return param_groups(model, cfg.weight_decay, cfg.no_decay_on)
 
 
 def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info,
                 teacher: nn.Module | None = None) -> Parts:
-    """The objects the steps act on: optimizer, DDP / compiled wrappers, scaler, SAM, EMA, mixer, SWA, and the
-    distillation teacher (`build_teacher`; never wrapped: it takes no gradient, and DDP would only sync nothing)."""
+    """The objects the steps act on; the teacher is never wrapped (it takes no gradient)."""
     if cfg.opt in ("lars", "lamb"):  # over the same groups: no decay and no trust ratio where wd is 0 (lars.py)
-        try:
+        with refused(f"--opt {cfg.opt}: "):
             optimizer = LARS(groups, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
                              nesterov=cfg.nesterov) if cfg.opt == "lars" else \
                 LAMB(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
-        except ValueError as e:
-            raise ConfigError(f"--opt {cfg.opt}: {e}") from None
     else:
         optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, nesterov=cfg.nesterov)
@@ -624,27 +608,24 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
         teacher=teacher)
 
 
-def start_notes(r: Run, train_set, val_set, unreadable_val: list) -> None:
+def start_notes(training: Training, train_set, val_set, unreadable_val: list) -> None:
     """What the run says before its first step: skipped folder entries, the validation files found unreadable at
     setup, the audit's notes, the one-line plan."""
+    cfg, log = training.cfg, training.log
     for split, dataset in (("train", train_set), ("val", val_set)):
         if getattr(dataset, "skipped", None):
-            r.log.event("skipped_files", echo=f"note: {split}/: {folders.describe_skipped(dataset.skipped)}",
-                        split=split, count=len(dataset.skipped))
+            log.event("skipped_files", echo=f"note: {split}/: {folders.describe_skipped(dataset.skipped)}",
+                      split=split, count=len(dataset.skipped))
     for path, why in unreadable_val:
         shown = folders.display_path(path)
-        r.log.event("bad_val_image", echo=f"warning: validation image {shown} cannot be read ({why}): each "
-                    f"evaluation replaces it by another image, so it is not exact; repair or remove the file",
-                    path=shown)
-    for note in audit.notes(r.cfg):
-        r.log.print(f"note: {note}")
-    cfg = r.cfg
-    r.log.print(f"imnet {imnet.__version__}: {cfg.model} on {cfg.world_size} x {r.info.device.type}, global batch "
-                f"{cfg.global_batch_size}, lr {cfg.peak_lr:.4g}, {cfg.epochs} epochs x {cfg.steps_per_epoch} steps "
-                f"-> {r.output}")
+        log.event("bad_val_image", echo=f"warning: validation image {shown} cannot be read ({why}), so no evaluation "
+                  f"is exact; repair or remove the file", path=shown)
+    for note in audit.notes(cfg):
+        log.print(f"note: {note}")
+    log.print(f"imnet {imnet.__version__}: {cfg.model} on {cfg.world_size} x {training.info.device.type}, global "
+              f"batch {cfg.global_batch_size}, lr {cfg.peak_lr:.4g}, {cfg.epochs} epochs x {cfg.steps_per_epoch} "
+              f"steps -> {training.output}")
 
 
 if __name__ == "__main__":
-    code = main()
-    signals.test_hook("exit", 1)  # teardown: a signal now is recorded by the early handler, not a kill
-    sys.exit(code)
+    sys.exit(main())

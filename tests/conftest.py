@@ -13,6 +13,12 @@ import torchvision
 from PIL import Image
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def signal_at(moments: str) -> list:
+    """The command line that runs train.py and signals its own process group at ``moments`` (tests/signal_at.py;
+    start it with start_new_session=True)."""
+    return [sys.executable, str(REPO / "tests" / "signal_at.py"), moments]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # train.py and eval.py live at the repository root
 

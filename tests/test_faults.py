@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import train
-from conftest import REPO, make_imagefolder
+from conftest import REPO, make_imagefolder, signal_at
 from imnet.run import checkpoint as ckpt_io
 from imnet.run import dist
 from imnet.run import log as imnet_log
@@ -502,7 +502,7 @@ def test_a_zero_byte_best_is_set_aside_and_rebuilt_from_last(light_run, light_da
 @pytest.mark.parametrize("presses", ["once", "twice"])
 def test_ctrl_c_to_the_process_group_saves_and_says_how_to_continue(presses, light_run, light_data, tmp_path):
     """Ctrl-C as a terminal sends it: SIGINT to the whole foreground process group, 2 DataLoader workers included
-    (train.py's test hook signals its own group, started with setsid). Once, as epoch 2 starts (its workers
+    (tests/signal_at.py signals the group of train.py, started with setsid). Once, as epoch 2 starts (its workers
     decoding the first batches, which must survive it): the step is finished, last.pt written, exit 130, no
     traceback, the log says how to continue, and the resumed run ends bitwise equal to the uninterrupted one.
     Twice (after step 4, then during the save that the first asked for): the run stops at once, exit 130, and
@@ -511,9 +511,9 @@ def test_ctrl_c_to_the_process_group_saves_and_says_how_to_continue(presses, lig
     args = [a for a in LIGHT if a != "--quiet"] + ["--data", str(light_data), "--output", str(out)]
     args[args.index("--workers") + 1] = "2"
     moment = "epoch:2:SIGINT" if presses == "once" else "step:4:SIGINT,save:4:SIGINT"  # saves 1-3: epoch 1's
-    env = dict(os.environ, PYTHONUNBUFFERED="1", IMNET_TEST_SIGTERM=moment)
-    res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=300, start_new_session=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run([*signal_at(moment), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=300, start_new_session=True)
     assert res.returncode == 130, res.stdout[-2000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr and "DataLoader worker" not in res.stderr, res.stderr
     assert not list(out.glob(".*.tmp-*"))
@@ -534,9 +534,8 @@ def test_two_ctrl_c_while_starting_exit_at_once(tmp_path):
     """Ctrl-C twice while train.py is still starting (before torch is imported): exit 130 at once, no traceback,
     nothing created."""
     out = tmp_path / "run"
-    env = dict(os.environ, IMNET_TEST_SIGTERM="startup:1:SIGINT,startup:1:SIGINT")
-    res = subprocess.run([sys.executable, str(REPO / "train.py"), "--fake-data", "--output", str(out)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=120, start_new_session=True)
+    res = subprocess.run([*signal_at("startup:1:SIGINT,startup:1:SIGINT"), "--fake-data", "--output", str(out)],
+                         cwd=REPO, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert res.returncode == 130 and "stopped by a second Ctrl-C" in res.stderr, res.stderr
     assert "Traceback" not in res.stderr and not out.exists()
 

@@ -10,7 +10,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,7 @@ from torch.optim.swa_utils import update_bn
 
 import eval as evaluate
 import train
-from conftest import REPO, make_imagefolder
+from conftest import REPO, make_imagefolder, signal_at
 from imnet.run import config, data, evaluation, models
 
 # 3 classes x 16 train images at batch 8: 6 steps per epoch; averaging at the end of epochs 2 and 3.
@@ -178,22 +177,14 @@ def test_an_average_saved_without_evaluation_has_its_own_statistics(root, every_
 
 
 def test_a_kill_between_the_save_and_its_evaluation_leaves_a_consistent_average(root, every_2, tmp_path):
-    """SIGKILL at the start of epoch 2's evaluation, right after last.pt was written with the evaluation pending
-    (train.py's 'eval' moment, where IMNET_TEST_SIGTERM would signal; here the process kills itself there, as
-    the OOM killer or a lost node would). The average in that last.pt is consistent (its own statistics; eval.py
-    --use-swa scores it as the recomputed average), and --resume auto evaluates it and ends bitwise equal to the
-    uninterrupted run."""
+    """SIGKILL to the process group at the start of epoch 2's evaluation, right after last.pt was written with the
+    evaluation pending (tests/signal_at.py's 'eval' moment), as a lost node would. The average in that last.pt is
+    consistent (its own statistics; eval.py --use-swa scores it as the recomputed average), and --resume auto
+    evaluates it and ends bitwise equal to the uninterrupted run."""
     args, ref, _ = every_2
     out = tmp_path / "run"
-    kill_at_eval_2 = ("import os, signal, sys\nimport train\n"
-                      "from imnet.run import signals\n"
-                      "def hook(point, count=None):\n"
-                      "    if (point, count) == ('eval', 2): os.kill(os.getpid(), signal.SIGKILL)\n"
-                      "signals.test_hook = hook\n"
-                      "sys.exit(train.main(sys.argv[1:]))")
-    proc = subprocess.Popen([sys.executable, "-c", kill_at_eval_2, *args, "--output", str(out)], cwd=REPO,
-                            env=dict(os.environ, PYTHONPATH=str(REPO)), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    proc = subprocess.Popen([*signal_at("eval:2:SIGKILL"), *args, "--output", str(out)], cwd=REPO,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, start_new_session=True)
     _, err = proc.communicate(timeout=600)
     try:
         os.killpg(proc.pid, signal.SIGKILL)  # any data worker it left behind (its own process group)

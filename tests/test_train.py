@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ import torchvision
 from torchvision.models import VisionTransformer
 
 import train
-from conftest import REPO, assert_same_state, make_imagefolder
+from conftest import REPO, assert_same_state, make_imagefolder, signal_at
 
 # Everything the exact-resume claim covers: MixUp/CutMix, label smoothing, EMA, RandomErasing, stochastic
 # depth, RandomResizedCrop + flip in data-loading workers.
@@ -258,17 +257,16 @@ def test_repeated_augmentation_resumes_bitwise(data, tmp_path):
 def test_process_group_sigterm_with_workers_is_a_clean_preemption(moment, steps_saved, reference, data, tmp_path):
     """SIGTERM to the whole process group, DataLoader workers included (what SLURM and Kubernetes do), at a
     named moment: while torch is still importing (before main() runs), 3 steps into epoch 1 (before any
-    checkpoint exists, data workers running), 2 steps into epoch 2, at the start of
-    epoch 2's evaluation (the workers of both loaders alive), during epoch 1's first save, after the finished run
-    (teardown: the run stays done, exit 0 rather than -15). train.py's test hook
-    (IMNET_TEST_SIGTERM, see preempt_hook) makes the process signal its own group, started with setsid, at
-    exactly that moment. Each ends with exit 0 and no traceback; the checkpoint it leaves (none at startup:
+    checkpoint exists, data workers running), 2 steps into epoch 2, at the start of epoch 2's evaluation (the
+    workers of both loaders alive), during epoch 1's first save, after the finished run (teardown: the run stays
+    done, exit 0 rather than -15). tests/signal_at.py runs train.py and signals its own group, started with setsid,
+    at exactly that moment. Each ends with exit 0 and no traceback; the checkpoint it leaves (none at startup:
     nothing was trained) resumes to the uninterrupted run's weights, bitwise."""
     out = tmp_path / "run"
     args = FULL + ["--data", str(data), "--output", str(out)]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", IMNET_TEST_SIGTERM=moment)
-    res = subprocess.run([sys.executable, str(REPO / "train.py"), *args], cwd=REPO, env=env, capture_output=True,
-                         text=True, timeout=600, start_new_session=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    res = subprocess.run([*signal_at(moment), *args], cwd=REPO, env=env, capture_output=True, text=True,
+                         timeout=600, start_new_session=True)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-3000:]
     assert "Traceback" not in res.stderr and "killed by signal" not in res.stderr, res.stderr
     events = [json.loads(line) for line in open(out / "log.jsonl")]

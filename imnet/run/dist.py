@@ -1,12 +1,9 @@
-"""Distributed plumbing: torchrun's environment -> process group, reductions, rank-0 printing.
-
-torchrun sets RANK, LOCAL_RANK and WORLD_SIZE (and MASTER_ADDR/PORT) for every process; plain
-``python train.py`` sets none of them and runs as a single process with no process group at all.
-NCCL is the backend on CUDA, gloo on the CPU.
-"""
+"""Distributed plumbing: torchrun's environment (RANK, LOCAL_RANK, WORLD_SIZE) -> process group (NCCL on CUDA, gloo
+on the CPU; none for one process), reductions, rank-0 printing."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import datetime
 import os
@@ -41,14 +38,12 @@ def env_world_size() -> int:
 
 
 class DeviceError(UsageError):
-    """The requested device does not exist here (printed as one paragraph, exit code 2)."""
+    """The requested device does not exist here."""
 
 
 def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
-    """Read torchrun's environment, pick the device, and start the process group when WORLD_SIZE > 1.
-
-    ``auto`` and ``cuda`` mean this process's GPU under torchrun (cuda:LOCAL_RANK), so ranks never share one;
-    ``auto`` falls back to the CPU."""
+    """Pick the device and start the process group when WORLD_SIZE > 1. ``auto`` and ``cuda`` mean this process's
+    GPU under torchrun (cuda:LOCAL_RANK), so ranks never share one; ``auto`` falls back to the CPU."""
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     world_size = env_world_size()
@@ -71,8 +66,7 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
         backend = "nccl" if dev.type == "cuda" else "gloo"
         dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
                                 device_id=dev if dev.type == "cuda" else None)
-        # Host-side flags (preemption, timed saves) are agreed on over gloo so that checking them never
-        # synchronises the GPU.
+        # Host-side flags (stop, timed saves) are agreed on over gloo: checking them never waits for the GPU.
         info.control_group = dist.new_group(backend="gloo")
     return info
 
@@ -84,9 +78,8 @@ def mps_available() -> bool:
 
 
 def auto_amp(device: torch.device) -> str:
-    """What a bare ``--amp`` means on ``device``: bf16 on CUDA GPUs that support it (Ampere and newer: no loss
-    scaling needed), fp16 on older CUDA GPUs, and "none" elsewhere: on CPUs without native bf16 instructions
-    bf16 autocast is many times slower than fp32, and MPS autocast support varies with the torch version."""
+    """What a bare ``--amp`` means on ``device``: bf16 on CUDA GPUs that support it, fp16 on older ones, and "none"
+    elsewhere (bf16 autocast is many times slower than fp32 on CPUs without native bf16; MPS support varies)."""
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     return "none"
@@ -98,14 +91,13 @@ def cleanup() -> None:
 
 
 def print0(*args, **kwargs) -> None:
-    """print on rank 0 only (flushes, so logs interleave sensibly under torchrun)."""
+    """print on rank 0 only (flushed, so logs interleave sensibly under torchrun)."""
     if int(os.environ.get("RANK", "0")) == 0:
         print(*args, **kwargs, flush=True)
 
 
 def eprint0(*args) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(*args, file=sys.stderr, flush=True)
+    print0(*args, file=sys.stderr)
 
 
 def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
@@ -124,44 +116,36 @@ def gather_object(obj) -> list:
 
 
 class Flags:
-    """Host-side boolean flags (stop, save) that all ranks agree on, without a per-step wait.
+    """Named host-side values (stop, save, a count) that all ranks agree on, their maximum, without a per-step wait:
+    ``post`` starts an asynchronous all-reduce and returns the values agreed one ``post`` earlier, so every rank acts
+    on the same step and nothing blocks the GPU. One process: ``post`` returns what it is given."""
 
-    ``post(flags)`` starts an asynchronous MAX all-reduce of this rank's flags; the result is read by the
-    next ``post`` (one step later), so every rank acts on the same step and nothing blocks the GPU.
-    Single-process runs skip the collective entirely.
-    """
-
-    def __init__(self, info: DistInfo, n: int = 2):
+    def __init__(self, info: DistInfo, *names: str):
         self.info = info
-        self.n = n
-        self._pending = None
-        self._buf = None
+        self.Agreed = collections.namedtuple("Agreed", names)
+        self._pending = self._buf = None
 
-    def post(self, flags: list[bool]) -> list[bool]:
+    def post(self, **values):
         if not self.info.distributed:
-            return list(flags)
-        agreed = [False] * self.n
-        if self._pending is not None:
-            self._pending.wait()
-            agreed = [bool(v) for v in self._buf.tolist()]
-        self._buf = torch.tensor([int(f) for f in flags], dtype=torch.int32)
+            return self.Agreed(**values)
+        agreed = self.drain()
+        self._buf = torch.tensor([int(values[name]) for name in self.Agreed._fields], dtype=torch.int32)
         self._pending = dist.all_reduce(self._buf, op=dist.ReduceOp.MAX, group=self.info.control_group, async_op=True)
         return agreed
 
-    def drain(self) -> list[bool]:
-        """Wait for the last posted flags and return them (used at the end of an epoch)."""
+    def drain(self):
+        """Wait for the last posted values and return them (all 0 when none is pending)."""
         if self._pending is None:
-            return [False] * self.n
+            return self.Agreed(*[0] * len(self.Agreed._fields))
         self._pending.wait()
         self._pending = None
-        return [bool(v) for v in self._buf.tolist()]
+        return self.Agreed(*self._buf.tolist())
 
 
 @contextlib.contextmanager
 def main_rank_first(info: DistInfo, needed: bool = True):
-    """Under torchrun, rank 0 runs the block first and the other ranks after it (when ``needed``): a download
-    into a cache that every rank then reads (torchvision weights, a teacher) happens once, not once per rank
-    into the same file. Rank 0 releases the others however its block ends; one process: just the block."""
+    """Under torchrun, rank 0 runs the block first and the other ranks after it (when ``needed``): a download into
+    a cache that every rank then reads happens once. Rank 0 releases the others however its block ends."""
     needed = needed and info.distributed
     if needed and not info.is_main:
         dist.barrier()

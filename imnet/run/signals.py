@@ -1,30 +1,6 @@
 """Stop signals: a scheduler's SIGTERM / SIGUSR1 and the user's Ctrl-C (SIGINT) ask a run to save and stop, from
-its first line to interpreter exit.
-
-Clusters (SLURM, Kubernetes) send SIGTERM (SLURM's ``--signal`` also SIGUSR1) before they kill a job, usually
-to the whole process group, DataLoader workers included; a terminal sends Ctrl-C as SIGINT to its whole
-foreground process group, workers included too. A run should then finish its current step, write ``last.pt``
-and exit, so that ``--resume auto`` continues exactly: with 0 after a scheduler's signal (the job did what was
-asked and is requeued), with 130 after Ctrl-C (128 + SIGINT, what a shell reports for a command the user
-interrupted, so that ``train.py && eval.py`` stops there). A second Ctrl-C stops at once (KeyboardInterrupt,
-exit 130): every checkpoint is written atomically, so a save it cuts short leaves the previous file. Under
-torchrun, which forwards the Ctrl-C it receives to every rank (each rank sees it twice), every SIGINT only
-asks for the stop; torchrun kills the ranks itself after its ``--shutdown_timeout`` (30 s by default).
-
-Three pieces make that hold at every moment of a run:
-
-- `record_early`: installed by train.py before it imports torch. A signal that arrives while the program is
-  still starting (imports take seconds) or already shutting down (after the run, while the interpreter joins
-  its workers) is only recorded in `EARLY` instead of killing the process (exit -15); a second Ctrl-C then
-  exits at once (130).
-- `PreemptionSignals`: while the run is alive, a signal sets ``requested``; the training loop reads it after
-  every step. ``deferred()`` blocks the signals (kept pending, delivered at its end) while worker processes are
-  forked, so a child cannot be killed in the instant before its worker init makes it ignore them
-  (`imnet.run.data`: the main process decides, the workers ignore the signals).
-- `test_hook`: deterministic signals for the test suite (inert unless ``IMNET_TEST_SIGTERM`` is set).
-
-Standard library only (this module is imported before torch).
-"""
+its first line to interpreter exit (docs/design.md, "Faults"): `record_early` only records them until the run's
+`PreemptionSignals` are installed, and again after. Standard library only: imported before torch."""
 
 from __future__ import annotations
 
@@ -39,8 +15,7 @@ def _signals(*names: str) -> tuple:
     return tuple(getattr(signal, n) for n in names if hasattr(signal, n))
 
 
-# Every signal that asks a run to save and stop: the schedulers' two, then Ctrl-C.
-PREEMPTION_SIGNALS = _signals("SIGTERM", "SIGUSR1", "SIGINT")
+PREEMPTION_SIGNALS = _signals("SIGTERM", "SIGUSR1", "SIGINT")  # the schedulers' two, then Ctrl-C
 
 INTERRUPTED = 128 + signal.SIGINT  # 130: the exit code after Ctrl-C (the shells' code for it)
 
@@ -53,7 +28,7 @@ def under_torchrun() -> bool:
 
 
 def exit_code(signums) -> int:
-    """The exit code of a run stopped by these signals: `INTERRUPTED` once Ctrl-C was among them, else 0."""
+    """`INTERRUPTED` once Ctrl-C was among the signals, else 0."""
     return INTERRUPTED if signal.SIGINT in signums else 0
 
 
@@ -65,36 +40,13 @@ def _record(signum, frame) -> None:
 
 
 def record_early() -> None:
-    """Until `PreemptionSignals.install` (and again after `uninstall`), a stop signal is only recorded in
-    `EARLY`, so that neither startup nor teardown turns it into a kill (a second Ctrl-C exits, 130)."""
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, _record)
 
 
-_counts: dict[str, int] = {}
-
-
-def test_hook(point: str, count: int | None = None) -> None:
-    """Deterministic signals for the test suite: with ``IMNET_TEST_SIGTERM=POINT:N`` in the environment, the
-    N-th time this process reaches the named point (startup, epoch, step, eval, save, exit; ``count`` overrides the
-    process's own tally) it sends SIGTERM to its whole process group, exactly as a scheduler does - only when it
-    leads its group (started with setsid), so that it can never signal the shell or test runner that started it.
-    ``POINT:N:SIGINT`` sends that signal instead (Ctrl-C, as a terminal sends it to its foreground group);
-    several, comma-separated, each at its point. Unset (always, outside tests): nothing."""
-    wanted = os.environ.get("IMNET_TEST_SIGTERM")
-    if not wanted:
-        return
-    if count is None:
-        count = _counts[point] = _counts.get(point, 0) + 1
-    for item in wanted.split(","):
-        at, n, *name = item.split(":")
-        if (at, n) == (point, str(count)) and os.getpgrp() == os.getpid():
-            os.killpg(os.getpgrp(), getattr(signal, name[0] if name else "SIGTERM"))
-
-
 class PreemptionSignals:
     """SIGTERM / SIGUSR1 / SIGINT set ``requested`` instead of killing the process; a second SIGINT raises
-    KeyboardInterrupt (not under torchrun). See the module docstring."""
+    KeyboardInterrupt (not under torchrun: each rank gets every Ctrl-C twice there)."""
 
     SIGNALS = PREEMPTION_SIGNALS
 
@@ -118,7 +70,6 @@ class PreemptionSignals:
 
     @property
     def exit_code(self) -> int:
-        """`exit_code` of the signals received (0, or 130 after Ctrl-C)."""
         return exit_code(self.received)
 
     @property
@@ -140,7 +91,8 @@ class PreemptionSignals:
 
     @contextlib.contextmanager
     def deferred(self):
-        """Block the signals for the block's duration; one that arrives is delivered when the block ends."""
+        """Block the signals for the block's duration; one that arrives is delivered when the block ends. A worker
+        forked here cannot be killed in the instant before its worker init makes it ignore them."""
         if not hasattr(signal, "pthread_sigmask"):  # Windows: no signal masks (and no fork)
             yield
             return
