@@ -60,8 +60,7 @@ def write_atomic(path: str | os.PathLike, write, size: int | None = None) -> Non
             raise NoSpace(no_space_message(path, written, size)) from None
         raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     fsync_folder(path.parent)
 
 
@@ -88,10 +87,8 @@ def no_space(error: BaseException) -> bool:
 
 def no_space_message(path: Path, written: int, size: int | None) -> str:
     before = path.stat().st_size if path.exists() else None
-    if size is None and before:
-        need = f"; it needs about {human(before)}, the size of the {path.name} it replaces"
-    else:
-        need = f"; it needs about {human(size)}" if size is not None else ""
+    need = (f"; it needs about {human(size)}" if size is not None else
+            f"; it needs about {human(before)}, the size of the {path.name} it replaces" if before else "")
     try:
         free = f"{human(shutil.disk_usage(path.parent).free)} are free there now"
     except OSError:
@@ -114,24 +111,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    def write(f):
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
-    write_atomic(dst, write)
-
-
 def link_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Make ``dst`` a hard link of ``src``, renamed over it: one copy on the disk, and a later write of either
-    name (a new file renamed over it) leaves the other as it was. Without hard links (some network and FUSE
-    mounts), `copy_file`."""
+    name (a new file renamed over it) leaves the other as it was."""
     src, dst = Path(src), Path(dst)
     tmp = temporary_name(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
-    except OSError:
-        copy_file(src, dst)
+    except OSError:  # no hard links (some network and FUSE mounts): an atomic copy
+        with open(src, "rb") as s:
+            write_atomic(dst, lambda f: shutil.copyfileobj(s, f))
         return
     try:
         os.replace(tmp, dst)

@@ -14,22 +14,18 @@ from imnet.run.checkpoint import CheckpointError, identity, load
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie or another user's counts; on Windows, where
-    os.kill(pid, 0) would terminate it, every pid)."""
+    """Whether process ``pid`` runs here (a zombie or another user's counts; on Windows, where os.kill ends it, any)."""
     if os.name == "nt":
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
+    except OSError as e:  # PermissionError: another user's
+        return not isinstance(e, ProcessLookupError)
     return True
 
 
 def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
-    """``OUTPUT/.lock``, an flock until ``cleanup`` closes it (the kernel releases it however the process dies);
-    its text (pid, host) only names the owner. Where fcntl is absent (Windows) a note says there is no lock."""
+    """``OUTPUT/.lock``, an flock until ``cleanup`` closes it (or the process dies); its text names the owner."""
     path = folder / ".lock"
     try:
         import fcntl
@@ -53,7 +49,6 @@ def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
 
 
 def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``.NAME.tmp-PID`` files of atomic writes whose process is gone; -> the removed paths."""
     removed = []
     for p in Path(folder).glob(".*.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
@@ -77,8 +72,7 @@ def check_output(output: Path) -> None:
 
 
 def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
-    """Rank 0 takes the run folder: the lock (released by ``cleanup``), `check_continues`, the stale temporaries
-    removed (``note`` says which). -> whether this run forks into the folder (`Progress.fork`)."""
+    """Rank 0 takes the run folder (lock, `check_continues`, stale temporaries removed); -> whether it forks."""
     check_output(output)
     lock(output, cleanup)
     forks = check_continues(cfg, output, find_resume(cfg))
@@ -115,16 +109,14 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
         return False
     where = f"its {held.name}, at epoch {here['epoch'] + 1}, step {here['step_in_epoch']}"
     if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
-        raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}), which resuming from "
-                              f"{resume} again would throw away. To continue it pass --resume auto --output "
-                              f"{output}; for another continuation of {resume} pass a new --output.")
+        raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}). Continue it with "
+                              f"--resume auto --output {output}, or pass a new --output for another continuation.")
     raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl continuing "
                           f"{resume} there would overwrite. Pass a new --output (or --output {resume.parent}, its own "
                           f"folder); --resume auto --output {output} continues the run that folder holds.")
 
 
 def find_resume(cfg) -> Path | None:
-    """--resume PATH, or OUTPUT/last.pt under --resume auto, else None (a new run)."""
     if cfg.resume == "auto":
         last = Path(cfg.output) / "last.pt"
         return last if last.is_file() else None
@@ -132,18 +124,17 @@ def find_resume(cfg) -> Path | None:
 
 
 def repair_best(output: Path, progress, log) -> None:
-    """On resume: an unreadable best.pt is set aside as best.pt.unreadable (never deleted); it, or a best.pt
-    that lags behind last.pt (an older run killed between the two writes), is rebuilt from last.pt when
-    last.pt's own epoch is the run's best; otherwise a note says what best.pt holds."""
+    """On resume: an unreadable best.pt is set aside (never deleted); it, or a best.pt that lags behind last.pt
+    (a run killed between the two writes), is rebuilt from last.pt when last.pt's epoch is the run's best."""
     best_path, last_path = output / "best.pt", output / "last.pt"
     if not best_path.exists():
         return
-    own_epoch_is_best = bool(progress.history) and progress.history[-1].get("val_top1") == progress.best_top1
+    evaluated = not progress.pending_eval and progress.best_top1 >= 0
+    rebuilt = evaluated and bool(progress.history) and progress.history[-1].get("val_top1") == progress.best_top1
     try:
         best = load(best_path).get("best_top1", -1.0)
     except CheckpointError as e:
         aside = set_aside(best_path)
-        rebuilt = not progress.pending_eval and progress.best_top1 >= 0 and own_epoch_is_best
         if rebuilt:
             link_file(last_path, best_path)
         then = ("best.pt now holds last.pt's epoch, the run's best" if rebuilt else
@@ -152,9 +143,9 @@ def repair_best(output: Path, progress, log) -> None:
         log.event("best_unreadable", echo=f"note: {first_sentence(e)}; it was moved to {aside.name} and {then}.",
                   path=str(best_path), moved_to=str(aside), rebuilt=rebuilt)
         return
-    if progress.pending_eval or progress.best_top1 < 0 or best >= progress.best_top1:
+    if not evaluated or best >= progress.best_top1:
         return
-    if own_epoch_is_best:
+    if rebuilt:
         link_file(last_path, best_path)
         log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
                   f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
@@ -166,7 +157,6 @@ def repair_best(output: Path, progress, log) -> None:
 
 
 def set_aside(path: Path) -> Path:
-    """Rename ``path`` to PATH.unreadable (then .unreadable.2, ...: an earlier one is never overwritten)."""
     for n in range(1, 1000):
         aside = path.with_name(path.name + ".unreadable" + (f".{n}" if n > 1 else ""))
         if not aside.exists():
