@@ -1,5 +1,4 @@
-"""Atomic writes: a temporary file beside the target (``.NAME.tmp-PID``, the pid tells a later run that it is
-stale), fsync, rename over the target, fsync of the folder. Standard library only."""
+"""Atomic writes: a temporary ``.NAME.tmp-PID`` beside the target, fsync, rename, fsync of the folder. Stdlib only."""
 
 from __future__ import annotations
 
@@ -17,21 +16,17 @@ class NoSpace(UsageError):
     """A write that did not fit on its file system; the file it was to replace is untouched."""
 
 
-class NotWritable(UsageError):
-    pass
-
-
 def check_writable(path: str | os.PathLike, flag: str) -> None:
     """Up front, before the work: the output ``path`` (given as ``flag``) can be created (and is removed again)."""
     if os.path.isdir(path):
-        raise NotWritable(f"{flag} {path} is a folder; give a file path inside it.")
+        raise UsageError(f"{flag} {path} is a folder; give a file path inside it.")
     existed = os.path.exists(path)
     try:
         with open(path, "a"):
             pass
     except OSError as e:
-        raise NotWritable(f"cannot write {flag} {path}: {e.strerror or e}. Give a file path in an existing folder "
-                          f"that you can write to.") from None
+        raise UsageError(f"cannot write {flag} {path}: {e.strerror or e}. Give a file path in an existing folder "
+                         f"that you can write to.") from None
     if not existed:
         os.remove(path)
 
@@ -74,8 +69,7 @@ def fsync_folder(folder: Path) -> None:
 
 
 def no_space(error: BaseException) -> bool:
-    """Whether ``error`` is ENOSPC/EDQUOT or was raised while handling one (torch.save reports the failed write
-    as a RuntimeError about the zip file's position)."""
+    """Whether ``error`` is ENOSPC/EDQUOT or was raised while handling one (torch.save raises a RuntimeError)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))

@@ -9,7 +9,7 @@ import os
 import pickle
 import random
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -45,8 +45,7 @@ def tensors(obj):
 def load(path: str | os.PathLike) -> dict:
     ckpt = _torch_load(Path(path))
     if "checksum" in ckpt and ckpt["checksum"] != content_digest(ckpt):
-        raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum written "
-                              f"with it. Use another checkpoint of the run (best.pt or last.pt, or a backup).")
+        raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum; {ANOTHER}")
     return ckpt
 
 
@@ -55,7 +54,7 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Check the path (train.py writes last.pt "
                               f"and best.pt into its --output folder).")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes). Use another checkpoint of the run.")
+        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes): {ANOTHER}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
@@ -178,20 +177,14 @@ def check_state(state: dict, path) -> dict:
 
 
 def progress_of(state: dict) -> Progress:
-    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
-                    [dict(r) for r in state.get("history") or []], state.get("best_top1", -1.0),
-                    bool(state.get("pending_eval", False)), state.get("run_id") or new_run_id(),
-                    state.get("forked_from") or "")
+    return Progress(**{f.name: state[f.name] for f in fields(Progress) if state.get(f.name) not in (None, "")})
 
 
 def rng_state() -> dict:
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
-    out = {
-        "python": [version, list(state), gauss],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
+    out = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state()
     return out
@@ -233,7 +226,8 @@ def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict
 IGNORED_ON_RESUME = ("resume", "config", "dry_run", "quiet", "workers", "device", "output", "data", "log_every",
                      "save_every_minutes", "stop_at_step", "tensorboard")
 
-PIECED = "It was edited or pieced together: use another checkpoint of the run (best.pt or last.pt, or a backup)."
+ANOTHER = "use another checkpoint of the run (best.pt or last.pt, or a backup)."
+PIECED = f"It was edited or pieced together: {ANOTHER}"
 
 
 def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
@@ -242,8 +236,7 @@ def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
 
 
 def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
-    """Refuse a resume that cannot continue the same run (another model, global batch, optimizer, seed or class
-    list); -> the other settings that changed, "name: then -> now" (the number of processes first)."""
+    """Refuse a resume of another model, global batch, optimizer, seed or class list; -> the other changes."""
     then = state["config"]
     if not isinstance(then, dict):
         refuse_resume(path, [f"its config entry is a {type(then).__name__}, not the run's settings"])
@@ -265,8 +258,7 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
                if k in then and k not in IGNORED_ON_RESUME and plain(then[k]) != plain(v)]
     if then.get("world_size", cfg.world_size) != cfg.world_size:
         changes.insert(0, f"processes: {then['world_size']} -> {cfg.world_size}, global batch "
-                          f"{cfg.global_batch_size} kept ({split(then)} -> {split(now)}; per-process statistics "
-                          f"such as BatchNorm's now see batches of {cfg.batch_size})")
+                          f"{cfg.global_batch_size} kept ({split(then)} -> {split(now)})")
     return changes
 
 
@@ -351,8 +343,6 @@ def _restoring(path, what: str, into: str = ""):
     """Any failure of loading ``what`` (torch raises many types) as the refusal of pieces that do not fit."""
     try:
         yield
-    except CheckpointError:
-        raise
     except Exception as e:
         detail = (str(e).strip().splitlines() or [""])[0][:300] or type(e).__name__
         refuse_resume(path, [f"its {what} cannot be restored{f' into {into}' if into else ''} "

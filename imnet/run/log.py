@@ -58,10 +58,6 @@ def format_duration(seconds: float) -> str:
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class LogError(UsageError):
-    pass
-
-
 # The events whose numbers are TensorBoard scalars, each with its step's field; the events that end a run.
 SCALAR_EVENTS = {"train": "global_step", "epoch": "epoch"}
 POSITION_FIELDS = ("epoch", "step", "global_step")
@@ -72,8 +68,8 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise LogError(f"--tensorboard needs the tensorboard package ({e}). Install it (pip install tensorboard; in "
-                       f"a clone of imnet, pip install -e \".[tensorboard]\"), or drop --tensorboard.") from None
+        raise UsageError(f"--tensorboard needs the tensorboard package ({e}). Install it (pip install tensorboard; in "
+                         f"a clone of imnet, pip install -e \".[tensorboard]\"), or drop --tensorboard.") from None
     return SummaryWriter
 
 
@@ -121,8 +117,7 @@ class RunLog:
                 self.writer = None
 
     def write_summary(self, history: list[dict]) -> None:
-        """Rewrite summary.csv and curves.svg from the whole history (the checkpoint's: a resumed run's files hold
-        exactly the epochs its weights went through)."""
+        """Rewrite summary.csv and curves.svg from the whole history: a resumed run's hold its weights' epochs."""
         if not self.enabled:
             return
         text = io.StringIO()
@@ -136,18 +131,13 @@ class RunLog:
 
 
 def _fmt(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
 
 
 # ------------------------------------------------------------------------------------ what a run reports
 
 class Window:
-    """The optimizer steps since the last log line; their summed loss stays on the device until the line is
-    written (no host sync per step)."""
+    """The steps since the last log line; their loss is summed on the device (no host sync per step)."""
 
     def __init__(self, zero):
         self.loss, self.steps, self.data_time, self.t0 = zero, 0, 0.0, time.perf_counter()
@@ -198,9 +188,9 @@ def epoch_line(row: dict) -> str:
     s = f"epoch {row['epoch']} done in {row['epoch_time']:.1f}s: train loss {row['train_loss']:.4f}"
     if row.get("val_top1") is not None:
         s += f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f}"
-    for weights, name in (("ema", "EMA"), ("swa", "SWA")):
+    for weights in WEIGHTS[1:]:
         if row.get(val_key(weights, "top1")) is not None:
-            s += f"  {name} top-1 {row[val_key(weights, 'top1')]:.2f}"
+            s += f"  {weights.upper()} top-1 {row[val_key(weights, 'top1')]:.2f}"
     return s
 
 

@@ -1,5 +1,5 @@
-"""The run folder (``--output``): one run at a time, only the folder's own run continued there, the leftovers of
-killed saves removed, and a best.pt that never lags behind last.pt (nor blocks a resume when unreadable)."""
+"""The run folder (``--output``): one run at a time, only its own run continued there, stale temporaries removed,
+and a best.pt that never lags behind last.pt (nor blocks a resume when unreadable)."""
 
 from __future__ import annotations
 
@@ -111,9 +111,9 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
     if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
         raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}). Continue it with "
                               f"--resume auto --output {output}, or pass a new --output for another continuation.")
-    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl continuing "
-                          f"{resume} there would overwrite. Pass a new --output (or --output {resume.parent}, its own "
-                          f"folder); --resume auto --output {output} continues the run that folder holds.")
+    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl {resume} would "
+                          f"overwrite. Pass a new --output or --output {resume.parent}; --resume auto --output "
+                          f"{output} continues that run.")
 
 
 def find_resume(cfg) -> Path | None:
@@ -147,13 +147,11 @@ def repair_best(output: Path, progress, log) -> None:
         return
     if rebuilt:
         link_file(last_path, best_path)
-        log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
-                  f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
-                  new=progress.best_top1)
+        log.event("best_repaired", old=best, new=progress.best_top1, echo=f"note: best.pt (top-1 {best:.2f}) lagged "
+                  f"behind last.pt (the run's best, {progress.best_top1:.2f}); best.pt now holds last.pt's epoch")
     else:
-        log.event("best_stale", echo=f"warning: best.pt holds top-1 {best:.2f} but the run's best was "
-                  f"{progress.best_top1:.2f}, an epoch whose weights were not saved; best.pt is kept as it is",
-                  old=best, new=progress.best_top1)
+        log.event("best_stale", old=best, new=progress.best_top1, echo=f"warning: best.pt holds top-1 {best:.2f}, "
+                  f"but the run's best, {progress.best_top1:.2f}, was an epoch whose weights were not saved; it stays")
 
 
 def set_aside(path: Path) -> Path:

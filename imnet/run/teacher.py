@@ -1,5 +1,4 @@
-"""The distillation teacher (``--teacher``), checked at setup to fit this student (weights, classes, input size)
-and recorded (`Config.with_teacher`) in config.json and every checkpoint, never its weights."""
+"""The distillation teacher (``--teacher``), checked to fit the student, recorded (never its weights) in the run."""
 
 from __future__ import annotations
 
@@ -21,10 +20,6 @@ from imnet.tools.export import sha256
 WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
 
 
-class TeacherError(UsageError):
-    pass
-
-
 def read_source(spec: str, model_name: str | None, num_classes: int, progress: bool = True) -> tuple[dict, dict]:
     """-> (the teacher's state_dict, its record); published weights are checked before they are downloaded."""
     path = Path(spec)
@@ -35,38 +30,37 @@ def read_source(spec: str, model_name: str | None, num_classes: int, progress: b
             ckpt = checkpoint.check_state(ckpt, path)
             run = ckpt["config"]
             if model_name is not None and model_name != run["model"]:
-                raise TeacherError(f"--teacher-model {model_name} contradicts --teacher {spec}, a train.py "
-                                   f"checkpoint of a {run['model']}: drop --teacher-model.")
+                raise UsageError(f"--teacher-model {model_name} contradicts --teacher {spec}, a train.py "
+                                 f"checkpoint of a {run['model']}: drop --teacher-model.")
             return checkpoint.weights_of(ckpt, "model", path), {
                 **record, "source": "checkpoint", "model": run["model"], "class_names": list(ckpt["classes"]),
                 "image_size": run.get("train_crop_size"), "eval_policy": run.get("eval_policy")}
         if model_name is None:
-            raise TeacherError(f"--teacher {spec} is a plain state_dict: add --teacher-model NAME (e.g. "
-                               f"regnet_y_16gf), or pass a train.py checkpoint.")
+            raise UsageError(f"--teacher {spec} is a plain state_dict: add --teacher-model NAME (e.g. "
+                             f"regnet_y_16gf), or pass a train.py checkpoint.")
         for key in ("model", "state_dict"):  # checkpoints of other codebases (DeiT's teacher file has "model")
             if isinstance(ckpt.get(key), dict):
                 ckpt = ckpt[key]
         return ckpt, {**record, "source": "state_dict", "model": model_name, "class_names": None,
                       "image_size": None, "eval_policy": None}
-    if not WEIGHTS_NAME.fullmatch(spec):
-        raise TeacherError(f"--teacher {spec}: no such file, and not a torchvision weights name. Give a train.py "
-                           f"checkpoint, a state_dict with --teacher-model, or RegNet_Y_16GF_Weights.IMAGENET1K_V2.")
-    try:
-        weights = models.torchvision_weights(spec)
+    try:  # the pattern first: torchvision's lookup raises TypeError for some other strings
+        weights = models.torchvision_weights(spec) if WEIGHTS_NAME.fullmatch(spec) else None
     except ValueError:
-        raise TeacherError(f"--teacher {spec}: not one of torchvision's weights; torchvision.models."
-                           f"get_model_weights('regnet_y_16gf') lists a model's.") from None
+        weights = None
+    if weights is None:
+        raise UsageError(f"--teacher {spec}: no such file, and not a torchvision weights name. Give a train.py "
+                         f"checkpoint, a state_dict with --teacher-model, or RegNet_Y_16GF_Weights.IMAGENET1K_V2.")
     name = models.weights_model(weights)
     if name is None or (model_name is not None and model_name != name):
-        raise TeacherError(f"--teacher {spec} are weights of {name or 'no torchvision classifier'}"
-                           f"{f', not of --teacher-model {model_name}: drop --teacher-model' if model_name else ''}.")
+        raise UsageError(f"--teacher {spec} are weights of {name or 'no torchvision classifier'}"
+                         f"{f', not of --teacher-model {model_name}: drop --teacher-model' if model_name else ''}.")
     if len(weights.meta["categories"]) != num_classes:
-        raise TeacherError(f"--teacher {spec} predicts {len(weights.meta['categories'])} classes, but the data has "
-                           f"{num_classes} class folders. Distil from a teacher trained on exactly these classes.")
+        raise UsageError(f"--teacher {spec} predicts {len(weights.meta['categories'])} classes, but the data has "
+                         f"{num_classes} class folders. Distil from a teacher trained on exactly these classes.")
     try:
         state = models.download_weights(weights, spec, progress, f"--teacher-model {name} --teacher", "--teacher")
     except ValueError as e:
-        raise TeacherError(str(e)) from None
+        raise UsageError(str(e)) from None
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     t = weights.transforms()
     policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
@@ -87,33 +81,33 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
         detail = (f"{len(missing)} of the data's classes are not the teacher's ({short_list(missing, 5)}); "
                   f"{len(extra)} of the teacher's are not in the data ({short_list(extra, 5)})" if missing or extra
                   else "the same names in another order")
-        raise TeacherError(f"--teacher {spec} was trained on other classes than this data's ({len(names)} vs "
-                           f"{len(classes)}: {detail}). Distil from a teacher trained on exactly these class folders.")
+        raise UsageError(f"--teacher {spec} was trained on other classes than this data's ({len(names)} vs "
+                         f"{len(classes)}: {detail}). Distil from a teacher trained on exactly these class folders.")
     try:
         teacher = models.build_model(name, len(classes), image_size=image_size)
     except ValueError as e:
-        raise TeacherError(f"--teacher {spec}: {e}") from None
+        raise UsageError(f"--teacher {spec}: {e}") from None
     if models.fixed_input_size(name):
         state = models._strip(state)  # DDP / torch.compile prefixes
         pos = "encoder.pos_embedding"
         own, theirs = teacher.state_dict()[pos].shape, getattr(state.get(pos), "shape", None)
         if size_changes:
-            raise TeacherError(f"--teacher {spec} is a {name}, whose input size is fixed, but --progressive-res "
-                               f"changes the student's. Use a convolutional teacher, or train at one size.")
+            raise UsageError(f"--teacher {spec} is a {name}, whose input size is fixed, but --progressive-res "
+                             f"changes the student's. Use a convolutional teacher, or train at one size.")
         if theirs is not None and tuple(theirs) != tuple(own):
             grid = round((theirs[1] - (own[1] - (image_size // teacher.patch_size) ** 2)) ** 0.5)
-            raise TeacherError(f"--teacher {spec} is a {name} built for {grid * teacher.patch_size} px ({grid}x{grid} "
-                               f"patches), not the student's {image_size} px crops. Train the student at the "
-                               f"teacher's size, or fine-tune the teacher at {image_size} px first.")
+            raise UsageError(f"--teacher {spec} is a {name} built for {grid * teacher.patch_size} px ({grid}x{grid} "
+                             f"patches), not the student's {image_size} px crops. Train the student at the "
+                             f"teacher's size, or fine-tune the teacher at {image_size} px first.")
     try:
         done = models.load_init(teacher, name, state, image_size, None, None, what=what)
     except ValueError as e:
-        raise TeacherError(f"{e} (--teacher {spec})") from None
+        raise UsageError(f"{e} (--teacher {spec})") from None
     if done["reinitialised"]:
         head = max((k for k in done["reinitialised"] if k.endswith("weight")), key=len, default=None)
         outputs = state[head].shape[0] if head in state else "another number of"
-        raise TeacherError(f"--teacher {spec} has {outputs} outputs ({', '.join(done['reinitialised'])}), but the "
-                           f"data has {len(classes)} classes. Distil from a teacher trained on exactly these.")
+        raise UsageError(f"--teacher {spec} has {outputs} outputs ({', '.join(done['reinitialised'])}), but the "
+                         f"data has {len(classes)} classes. Distil from a teacher trained on exactly these.")
     record["classes"] = len(classes)
     return teacher.eval().requires_grad_(False), record
 
