@@ -25,13 +25,9 @@ class CheckpointError(UsageError):
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    write_atomic(path, lambda f: torch.save(obj, f), size=payload_bytes(obj))
-
-
-def payload_bytes(obj) -> int:
-    """The bytes of the distinct tensor storages in ``obj`` (shared ones once, as torch.save writes them)."""
+    """The size told to `write_atomic`: the bytes of the distinct tensor storages (shared ones once, as torch.save)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors(obj)}
-    return sum(storages.values())
+    write_atomic(path, lambda f: torch.save(obj, f), size=sum(storages.values()))
 
 
 def tensors(obj):

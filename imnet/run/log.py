@@ -123,8 +123,7 @@ class RunLog:
         text = io.StringIO()
         w = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
         w.writeheader()
-        for row in history:
-            w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS})
+        w.writerows({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS} for row in history)
         write_text(self.output / "summary.csv", text.getvalue())
         from imnet.tools.plot import write_curves_svg
         write_curves_svg(history, self.output / "curves.svg", title=self.output.name)

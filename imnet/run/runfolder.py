@@ -26,13 +26,12 @@ def pid_alive(pid: int) -> bool:
 
 def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
     """``OUTPUT/.lock``, an flock until ``cleanup`` closes it (or the process dies); its text names the owner."""
-    path = folder / ".lock"
     try:
         import fcntl
     except ImportError:
         print(f"note: no run-folder lock on this platform; do not start two runs into {folder}", flush=True)
         return
-    fh = open(path, "a+")
+    fh = open(folder / ".lock", "a+")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -48,14 +47,12 @@ def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
     fh.flush()
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    removed = []
+def remove_stale_temporaries(folder: Path, note) -> None:
     for p in Path(folder).glob(".*.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+            note(f"note: removed {p.name}, left by a save that was killed midway")
 
 
 def check_output(output: Path) -> None:
@@ -76,8 +73,7 @@ def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
     check_output(output)
     lock(output, cleanup)
     forks = check_continues(cfg, output, find_resume(cfg))
-    for path in remove_stale_temporaries(output):
-        note(f"note: removed {path.name}, left by a save that was killed midway")
+    remove_stale_temporaries(output, note)
     return forks
 
 

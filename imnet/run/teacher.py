@@ -17,8 +17,6 @@ from imnet.run.errors import UsageError
 from imnet.run.folders import short_list
 from imnet.tools.export import sha256
 
-WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
-
 
 def read_source(spec: str, model_name: str | None, num_classes: int, progress: bool = True) -> tuple[dict, dict]:
     """-> (the teacher's state_dict, its record); published weights are checked before they are downloaded."""
@@ -44,7 +42,7 @@ def read_source(spec: str, model_name: str | None, num_classes: int, progress: b
         return ckpt, {**record, "source": "state_dict", "model": model_name, "class_names": None,
                       "image_size": None, "eval_policy": None}
     try:  # the pattern first: torchvision's lookup raises TypeError for some other strings
-        weights = models.torchvision_weights(spec) if WEIGHTS_NAME.fullmatch(spec) else None
+        weights = models.torchvision_weights(spec) if re.fullmatch(r"\w+_Weights\.\w+", spec, re.ASCII) else None
     except ValueError:
         weights = None
     if weights is None:
