@@ -1,4 +1,4 @@
-"""Atomic writes: a temporary ``.NAME.tmp-PID`` beside the target, fsync, rename, fsync of the folder. Stdlib only."""
+"""Atomic writes: ``.NAME.tmp-PID`` beside the target, fsync, rename, fsync of the folder. Standard library only."""
 
 from __future__ import annotations
 

@@ -107,8 +107,8 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
     if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
         raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}). Continue it with "
                               f"--resume auto --output {output}, or pass a new --output for another continuation.")
-    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl {resume} would "
-                          f"overwrite. Pass a new --output or --output {resume.parent}; --resume auto --output "
+    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl resuming {resume} "
+                          f"would overwrite. Pass a new --output or --output {resume.parent}; --resume auto --output "
                           f"{output} continues that run.")
 
 

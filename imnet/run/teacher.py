@@ -1,4 +1,5 @@
-"""The distillation teacher (``--teacher``), checked to fit the student, recorded (never its weights) in the run."""
+"""The distillation teacher (``--teacher``), checked to fit the student; config.json and every checkpoint record
+where it came from (`Config.with_teacher`), never its weights."""
 
 from __future__ import annotations
 
