@@ -95,9 +95,9 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
                              f"changes the student's. Use a convolutional teacher, or train at one size.")
         if theirs is not None and tuple(theirs) != tuple(own):
             grid = round((theirs[1] - (own[1] - (image_size // teacher.patch_size) ** 2)) ** 0.5)
-            raise UsageError(f"--teacher {spec} is a {name} built for {grid * teacher.patch_size} px ({grid}x{grid} "
-                             f"patches), not the student's {image_size} px crops. Train the student at the "
-                             f"teacher's size, or fine-tune the teacher at {image_size} px first.")
+            raise UsageError(f"--teacher {spec} is a {name} built for another input size ({grid * teacher.patch_size} "
+                             f"px, {grid}x{grid} patches), not the student's {image_size} px crops. Train the student "
+                             f"at the teacher's size, or fine-tune the teacher at {image_size} px first.")
     try:
         done = models.load_init(teacher, name, state, image_size, None, None, what=what)
     except ValueError as e:
