@@ -31,10 +31,9 @@ def test_extending_a_finished_run_says_the_lr_jumps_up(tiny_data, tmp_path, caps
     stdout = capsys.readouterr().out
     last, nxt = cosine(3, 4), cosine(4, 12)  # step 3 (0-based) of the 4-step run; step 4 of the 12-step one
     line = [x for x in stdout.splitlines() if "the LR jumps" in x]
-    assert line == [f"note: the LR jumps up from {last:.4g} (the checkpoint's last step, 4) to {nxt:.4g} (the "
-                    f"next, step 5 of 12): the schedule is this command's (3 epochs, cosine), recomputed over its "
-                    f"length, not the checkpoint's continued; to go on at a low LR instead, start a new run with "
-                    f"--init-from and its own schedule."], stdout
+    assert line == [f"note: the LR jumps up from {last:.4g} (the checkpoint's last step, 4) to {nxt:.4g} (step 5 "
+                    f"of 12) under this command's schedule (3 epochs, cosine); to go on at a low LR instead, start a "
+                    f"new run with --init-from."], stdout
     (jump,) = events(out, "lr_jump")
     assert math.isclose(jump["last_lr"], last, rel_tol=1e-9) and math.isclose(jump["next_lr"], nxt, rel_tol=1e-9)
     assert math.isclose(events(out, "train")[-1]["lr"], nxt, rel_tol=1e-9)  # what the next step really used

@@ -1,5 +1,4 @@
-"""Atomic writes: a temporary file beside the target (``.NAME.tmp-PID``, the pid tells a later run that it is
-stale), fsync, rename over the target, fsync of the folder. Standard library only."""
+"""Atomic writes: ``.NAME.tmp-PID`` beside the target, fsync, rename, fsync of the folder. Standard library only."""
 
 from __future__ import annotations
 
@@ -17,21 +16,17 @@ class NoSpace(UsageError):
     """A write that did not fit on its file system; the file it was to replace is untouched."""
 
 
-class NotWritable(UsageError):
-    pass
-
-
 def check_writable(path: str | os.PathLike, flag: str) -> None:
     """Up front, before the work: the output ``path`` (given as ``flag``) can be created (and is removed again)."""
     if os.path.isdir(path):
-        raise NotWritable(f"{flag} {path} is a folder; give a file path inside it.")
+        raise UsageError(f"{flag} {path} is a folder; give a file path inside it.")
     existed = os.path.exists(path)
     try:
         with open(path, "a"):
             pass
     except OSError as e:
-        raise NotWritable(f"cannot write {flag} {path}: {e.strerror or e}. Give a file path in an existing folder "
-                          f"that you can write to.") from None
+        raise UsageError(f"cannot write {flag} {path}: {e.strerror or e}. Give a file path in an existing folder "
+                         f"that you can write to.") from None
     if not existed:
         os.remove(path)
 
@@ -60,8 +55,7 @@ def write_atomic(path: str | os.PathLike, write, size: int | None = None) -> Non
             raise NoSpace(no_space_message(path, written, size)) from None
         raise
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        tmp.unlink(missing_ok=True)
     fsync_folder(path.parent)
 
 
@@ -75,8 +69,7 @@ def fsync_folder(folder: Path) -> None:
 
 
 def no_space(error: BaseException) -> bool:
-    """Whether ``error`` is ENOSPC/EDQUOT or was raised while handling one (torch.save reports the failed write
-    as a RuntimeError about the zip file's position)."""
+    """Whether ``error`` is ENOSPC/EDQUOT or was raised while handling one (torch.save raises a RuntimeError)."""
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
@@ -88,10 +81,8 @@ def no_space(error: BaseException) -> bool:
 
 def no_space_message(path: Path, written: int, size: int | None) -> str:
     before = path.stat().st_size if path.exists() else None
-    if size is None and before:
-        need = f"; it needs about {human(before)}, the size of the {path.name} it replaces"
-    else:
-        need = f"; it needs about {human(size)}" if size is not None else ""
+    need = (f"; it needs about {human(size)}" if size is not None else
+            f"; it needs about {human(before)}, the size of the {path.name} it replaces" if before else "")
     try:
         free = f"{human(shutil.disk_usage(path.parent).free)} are free there now"
     except OSError:
@@ -114,24 +105,17 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     write_atomic(path, lambda f: f.write(text.encode("utf-8")))
 
 
-def copy_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
-    def write(f):
-        with open(src, "rb") as s:
-            shutil.copyfileobj(s, f)
-    write_atomic(dst, write)
-
-
 def link_file(src: str | os.PathLike, dst: str | os.PathLike) -> None:
     """Make ``dst`` a hard link of ``src``, renamed over it: one copy on the disk, and a later write of either
-    name (a new file renamed over it) leaves the other as it was. Without hard links (some network and FUSE
-    mounts), `copy_file`."""
+    name (a new file renamed over it) leaves the other as it was."""
     src, dst = Path(src), Path(dst)
     tmp = temporary_name(dst)
     tmp.unlink(missing_ok=True)
     try:
         os.link(src, tmp)
-    except OSError:
-        copy_file(src, dst)
+    except OSError:  # no hard links (some network and FUSE mounts): an atomic copy
+        with open(src, "rb") as s:
+            write_atomic(dst, lambda f: shutil.copyfileobj(s, f))
         return
     try:
         os.replace(tmp, dst)

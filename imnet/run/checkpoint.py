@@ -1,6 +1,5 @@
-"""Checkpoints: the schema (built and read here only), atomic saving, loading with ``weights_only=True`` and a
-content checksum, and the save and restore of every stateful piece of a run. Everything saved is tensors, numbers,
-strings, lists, tuples and dicts (RNG states included), so that weights_only loads it."""
+"""Checkpoints: the schema (built and read here only), atomic saving, weights_only loading with a checksum, and a
+run's save and restore. Everything saved is tensors and plain data (RNG states included), so weights_only loads it."""
 
 from __future__ import annotations
 
@@ -10,7 +9,7 @@ import os
 import pickle
 import random
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -26,13 +25,9 @@ class CheckpointError(UsageError):
 
 
 def save_atomic(obj, path: str | os.PathLike) -> None:
-    write_atomic(path, lambda f: torch.save(obj, f), size=payload_bytes(obj))
-
-
-def payload_bytes(obj) -> int:
-    """The bytes of the distinct tensor storages in ``obj`` (shared ones once, as torch.save writes them)."""
+    """The size told to `write_atomic`: the bytes of the distinct tensor storages (shared ones once, as torch.save)."""
     storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in tensors(obj)}
-    return sum(storages.values())
+    write_atomic(path, lambda f: torch.save(obj, f), size=sum(storages.values()))
 
 
 def tensors(obj):
@@ -44,11 +39,9 @@ def tensors(obj):
 
 
 def load(path: str | os.PathLike) -> dict:
-    """The file's dict, loaded with weights_only=True, its checksum verified when it has one."""
     ckpt = _torch_load(Path(path))
     if "checksum" in ckpt and ckpt["checksum"] != content_digest(ckpt):
-        raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum written "
-                              f"with it. Use another checkpoint of the run (best.pt or last.pt, or a backup).")
+        raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum; {ANOTHER}")
     return ckpt
 
 
@@ -57,34 +50,30 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
         raise CheckpointError(f"Checkpoint '{path}' does not exist. Check the path (train.py writes last.pt "
                               f"and best.pt into its --output folder).")
     if path.stat().st_size == 0:
-        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes). Use another checkpoint of the run.")
+        raise CheckpointError(f"Checkpoint '{path}' is empty (0 bytes): {ANOTHER}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as e:  # torch raises several types for truncated or foreign files
         if isinstance(e, pickle.UnpicklingError) and "weights only" in str(e).lower():  # a refused global
-            raise CheckpointError(f"Refused '{path}': it is not a plain checkpoint, it holds Python objects besides "
-                                  f"tensors and plain containers, and unpickling it can run code. Use a checkpoint "
-                                  f"written by train.py, or a plain state_dict from a source you trust.") from None
+            raise CheckpointError(f"Refused '{path}': it is not a plain checkpoint (its Python objects can run code "
+                                  f"when loaded). Use a train.py checkpoint, or a state_dict you trust.") from None
         first_line = (str(e).splitlines() or ["(no message)"])[0][:300]
-        raise CheckpointError(f"Cannot read checkpoint '{path}': it cannot be read with torch.load "
-                              f"({type(e).__name__}: {first_line}); it is corrupt, truncated, or not a "
-                              f"checkpoint.") from None
+        raise CheckpointError(f"Cannot read checkpoint '{path}' with torch.load ({type(e).__name__}: {first_line}); "
+                              f"it is corrupt, truncated, or not a checkpoint.") from None
     if not isinstance(ckpt, dict):
         raise CheckpointError(f"Checkpoint '{path}' holds a {type(ckpt).__name__}, not a dict.")
     return ckpt
 
 
 def identity(path: str | os.PathLike) -> dict:
-    """{"run_id", "forked_from", "epoch", "step_in_epoch", "global_step"} of a checkpoint, its tensors only
-    memory-mapped ("" for the ids of a checkpoint written before run ids)."""
+    """A checkpoint's ids and position, its tensors only memory-mapped ("" for ids written before run ids)."""
     path = Path(path)
     try:
         ckpt = _torch_load(path, mmap=True)
     except CheckpointError:
         ckpt = _torch_load(path)  # the older, non-zip format cannot be mapped (or the message is the same)
-    get = lambda key, default: ckpt.get(key, default) if isinstance(ckpt.get(key, default), type(default)) else default
-    return {"run_id": get("run_id", ""), "forked_from": get("forked_from", ""), "epoch": get("epoch", 0),
-            "step_in_epoch": get("step_in_epoch", 0), "global_step": get("global_step", 0)}
+    defaults = {"run_id": "", "forked_from": "", "epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    return {k: ckpt[k] if isinstance(ckpt.get(k), type(d)) else d for k, d in defaults.items()}
 
 
 def new_run_id() -> str:
@@ -121,11 +110,8 @@ def content_digest(state: dict) -> str:
 
 VERSION = 3  # bump when a key changes meaning; check_state upgrades format 2 and refuses others
 
-# "model": a plain state_dict for the torchvision constructor; "config": the resolved Config as a dict. The EMA
-# (else None) twice, the tensors shared: "model_ema" as torchvision's reference scripts read it (an AveragedModel
-# state_dict: "n_averaged", "module."-prefixed keys), "state_dict_ema" as timm's validate.py --use-ema reads it.
-# "swa": the SWA AveragedModel's state_dict or None. "run_id": the run (one per folder, `runfolder.claim`);
-# "forked_from": the run it continues from another folder, or "". "checksum": `content_digest`.
+# The EMA (else None) twice, the tensors shared: "model_ema" for torchvision's reference scripts (an AveragedModel
+# state_dict), "state_dict_ema" for timm's validate.py. "swa": the SWA AveragedModel's state_dict or None.
 REQUIRED = ("version", "model", "optimizer", "config", "classes", "epoch", "step_in_epoch", "global_step")
 
 
@@ -143,7 +129,6 @@ class Progress:
     forked_from: str = ""
 
     def fork(self) -> None:
-        """This run continues in a folder of its own: a new run id, the old one kept as its origin."""
         self.run_id, self.forked_from = new_run_id(), self.run_id
 
 
@@ -158,17 +143,13 @@ def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict
                      **{f"module.{k}": v for k, v in state_dict_ema.items()}}
     state = {"version": VERSION, "imnet_version": imnet_version, "model": model, "model_ema": model_ema,
              "state_dict_ema": state_dict_ema, "swa": swa, "optimizer": optimizer, "scaler": scaler,
-             "epoch": progress.epoch, "step_in_epoch": progress.step_in_epoch, "global_step": progress.global_step,
-             "history": list(progress.history), "best_top1": progress.best_top1,
-             "pending_eval": progress.pending_eval, "metrics": progress.history[-1] if progress.history else None,
-             "run_id": progress.run_id, "forked_from": progress.forked_from,
+             **asdict(progress), "metrics": progress.history[-1] if progress.history else None,
              "meter": meter, "rng": rngs or [], "bad_images": bad_images, "config": config, "classes": list(classes)}
     state["checksum"] = content_digest(state)
     return state
 
 
 def read_state(path: str | os.PathLike) -> dict:
-    """The one place that reads a train.py checkpoint (`load`, then `check_state`)."""
     return check_state(load(path), path)
 
 
@@ -180,11 +161,10 @@ def check_state(state: dict, path) -> dict:
                 if state and all(torch.is_tensor(v) for v in state.values()) else "")
         raise CheckpointError(f"'{path}' is not a train.py checkpoint (it has no {', '.join(missing)} entries).{hint}")
     if state["version"] == 2:
-        ema = state.pop("ema", None)
+        kept = {key: state.get(key) for key in ("swa", "scaler", "meter", "bad_images")}
         upgraded = make_state(model=state["model"], optimizer=state["optimizer"], progress=progress_of(state),
-                              config=state["config"], classes=state["classes"], ema=ema, swa=state.get("swa"),
-                              scaler=state.get("scaler"), meter=state.get("meter"), rngs=state.get("rng"),
-                              bad_images=state.get("bad_images"), imnet_version=state.get("imnet_version", ""))
+                              config=state["config"], classes=state["classes"], ema=state.pop("ema", None),
+                              rngs=state.get("rng"), imnet_version=state.get("imnet_version", ""), **kept)
         state = {**state, **upgraded}
     if state["version"] != VERSION:
         raise CheckpointError(f"'{path}' was written with checkpoint format {state['version']}; this imnet reads "
@@ -193,21 +173,14 @@ def check_state(state: dict, path) -> dict:
 
 
 def progress_of(state: dict) -> Progress:
-    """A checkpoint's Progress (one written before run ids gets a new one)."""
-    return Progress(state["epoch"], state["step_in_epoch"], state["global_step"],
-                    [dict(r) for r in state.get("history") or []], state.get("best_top1", -1.0),
-                    bool(state.get("pending_eval", False)), state.get("run_id") or new_run_id(),
-                    state.get("forked_from") or "")
+    return Progress(**{f.name: state[f.name] for f in fields(Progress) if state.get(f.name) not in (None, "")})
 
 
 def rng_state() -> dict:
     version, state, gauss = random.getstate()
     np_state = np.random.get_state()
-    out = {
-        "python": [version, list(state), gauss],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "torch": torch.get_rng_state(),
-    }
+    out = {"python": [version, list(state), gauss], "torch": torch.get_rng_state(),
+           "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]]}
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         out["cuda"] = torch.cuda.get_rng_state()
     return out
@@ -233,7 +206,6 @@ def has_weights(state: dict, which: str) -> bool:
 
 
 def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict:
-    """The plain state_dict of a checkpoint's ``which`` ("model", "ema", "swa") weights."""
     if which not in ("model", "ema", "swa"):
         raise ValueError(f"unknown weights {which!r}; expected 'model', 'ema' or 'swa'")
     if not has_weights(state, which):
@@ -250,8 +222,8 @@ def weights_of(state: dict, which: str = "model", path="the checkpoint") -> dict
 IGNORED_ON_RESUME = ("resume", "config", "dry_run", "quiet", "workers", "device", "output", "data", "log_every",
                      "save_every_minutes", "stop_at_step", "tensorboard")
 
-# The advice of every "the pieces do not fit" refusal.
-PIECED = "It was edited or pieced together: use another checkpoint of the run (best.pt or last.pt, or a backup)."
+ANOTHER = "use another checkpoint of the run (best.pt or last.pt, or a backup)."
+PIECED = f"It was edited or pieced together: {ANOTHER}"
 
 
 def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
@@ -260,8 +232,7 @@ def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
 
 
 def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
-    """Refuse a resume that cannot continue the same run (another model, global batch, optimizer, seed or class
-    list); -> the other settings that changed, "name: then -> now" (the number of processes first)."""
+    """Refuse a resume of another model, global batch, optimizer, seed or class list; -> the other changes."""
     then = state["config"]
     if not isinstance(then, dict):
         refuse_resume(path, [f"its config entry is a {type(then).__name__}, not the run's settings"])
@@ -283,13 +254,11 @@ def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
                if k in then and k not in IGNORED_ON_RESUME and plain(then[k]) != plain(v)]
     if then.get("world_size", cfg.world_size) != cfg.world_size:
         changes.insert(0, f"processes: {then['world_size']} -> {cfg.world_size}, global batch "
-                          f"{cfg.global_batch_size} kept ({split(then)} -> {split(now)}; per-process statistics "
-                          f"such as BatchNorm's now see batches of {cfg.batch_size})")
+                          f"{cfg.global_batch_size} kept ({split(then)} -> {split(now)})")
     return changes
 
 
 def weights_mismatch(expected: dict, weights) -> str | None:
-    """How ``weights`` differ from the state_dict ``expected`` in keys and shapes, in a few words, or None."""
     if not isinstance(weights, dict) or not all(torch.is_tensor(v) for v in weights.values()):
         return f"they are a {type(weights).__name__} holding other things than tensors, not a state_dict"
     missing = [k for k in expected if k not in weights]
@@ -304,8 +273,7 @@ def weights_mismatch(expected: dict, weights) -> str | None:
 
 
 def check_fits(expected: dict, weights, path, which: str, name: str) -> None:
-    """Refuse a checkpoint whose ``which`` ("model", "EMA", "SWA") weights are not those of ``name``, the model
-    its own config names (train.py's resume and eval.py)."""
+    """Refuse ``which`` ("model", "EMA", "SWA") weights that are not those of ``name``, the model of the config."""
     problem = weights_mismatch(expected, weights)
     if problem:
         raise CheckpointError(f"Checkpoint '{path}' does not fit its own settings: its {which} weights are not those "
@@ -313,8 +281,7 @@ def check_fits(expected: dict, weights, path, which: str, name: str) -> None:
 
 
 def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_counter, info) -> None:
-    """Every rank takes part (the meter's partial sums are summed, every rank's RNG state gathered); rank 0
-    writes ``path``."""
+    """Every rank takes part (the meter's sums are summed, the RNG states gathered); rank 0 writes ``path``."""
     meter_state = meter.state_dict()
     if info.distributed:
         meter_state = {k: dist.all_reduce_sum(v.to(info.device)).cpu() if torch.is_tensor(v) else v
@@ -323,17 +290,16 @@ def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_c
     if not info.is_main:
         return
     import imnet
+    state_of = lambda piece: piece.state_dict() if piece is not None else None
     save_atomic(make_state(
         model=parts.model.state_dict(), optimizer=parts.optimizer.state_dict(), progress=progress,
-        config=cfg.to_dict(), classes=classes, ema=parts.ema.state_dict() if parts.ema else None,
-        swa=parts.swa.state_dict() if parts.swa is not None else None,
-        scaler=parts.scaler.state_dict() if parts.scaler else None, meter=meter_state, rngs=rngs,
-        bad_images=bad_counter.state_dict(), imnet_version=imnet.__version__), path)
+        config=cfg.to_dict(), classes=classes, ema=state_of(parts.ema), swa=state_of(parts.swa),
+        scaler=state_of(parts.scaler), meter=meter_state, rngs=rngs, bad_images=bad_counter.state_dict(),
+        imnet_version=imnet.__version__), path)
 
 
 def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
-    """`save`'s counterpart: every check comes before the first piece is loaded, and the changed settings are
-    logged only once the checkpoint is accepted (a refused resume leaves log.jsonl as it was)."""
+    """`save`'s counterpart: every check before the first load, the changes logged only once all is accepted."""
     state = read_state(path)
     changes = check_compatible(state, cfg, classes, path)
     progress = check_progress(state, cfg, path)
@@ -348,24 +314,19 @@ def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log
         with _restoring(path, "EMA state"):
             parts.ema.load_state_dict({"module": state["state_dict_ema"],
                                        "num_updates": int(state["model_ema"]["n_averaged"])})
-    if parts.swa is not None and state.get("swa") is not None:
-        with _restoring(path, "SWA average"):
-            parts.swa.load_state_dict(state["swa"])
-    if parts.scaler is not None and state.get("scaler"):
-        with _restoring(path, "fp16 loss-scaler state"):
-            parts.scaler.load_state_dict(state["scaler"])
-    if progress.step_in_epoch and info.is_main and state.get("meter") is not None:
-        with _restoring(path, "partial metric sums of the epoch"):
-            meter.load_state_dict(state["meter"])  # rank 0 carries the epoch's partial sums of all ranks
+    meter_due = progress.step_in_epoch and info.is_main  # rank 0 carries the epoch's partial sums of all ranks
+    for what, piece, key in (("SWA average", parts.swa, "swa"), ("fp16 loss-scaler state", parts.scaler, "scaler"),
+                             ("partial metric sums of the epoch", meter if meter_due else None, "meter"),
+                             ("list of unreadable images", bad_counter, "bad_images")):
+        if piece is not None and state.get(key):
+            with _restoring(path, what):
+                piece.load_state_dict(state[key])
     with _restoring(path, "RNG state"):
         rngs = state["rng"]
         if not isinstance(rngs, list):
             raise TypeError(f"a {type(rngs).__name__}, not a list of one state per process")
         if info.rank < len(rngs):  # a rank added since the save keeps its own
             set_rng_state(rngs[info.rank])
-    if state.get("bad_images"):
-        with _restoring(path, "list of unreadable images"):
-            bad_counter.load_state_dict(state["bad_images"])
     for change in changes:
         log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
     log.event("resume", echo=f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}",
@@ -375,12 +336,9 @@ def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log
 
 @contextlib.contextmanager
 def _restoring(path, what: str, into: str = ""):
-    """Any failure of loading ``what`` (torch raises KeyError, ValueError, RuntimeError, TypeError...) as the
-    refusal of a checkpoint whose pieces do not fit."""
+    """Any failure of loading ``what`` (torch raises many types) as the refusal of pieces that do not fit."""
     try:
         yield
-    except CheckpointError:
-        raise
     except Exception as e:
         detail = (str(e).strip().splitlines() or [""])[0][:300] or type(e).__name__
         refuse_resume(path, [f"its {what} cannot be restored{f' into {into}' if into else ''} "
@@ -388,7 +346,6 @@ def _restoring(path, what: str, into: str = ""):
 
 
 def check_progress(state: dict, cfg, path) -> Progress:
-    """The checkpoint's Progress, if its numbers make sense for this run."""
     problems = [f"its {key} is {state[key]!r}, not a whole number >= 0"
                 for key in ("epoch", "step_in_epoch", "global_step")
                 if isinstance(state[key], bool) or not isinstance(state[key], int) or state[key] < 0]

@@ -7,8 +7,7 @@ class UsageError(Exception):
 
 
 def message_of(error: BaseException) -> str:
-    """The paragraph to print; an error from a DataLoader worker carries the worker's traceback in its message,
-    and only its last line is the original message."""
+    """The paragraph to print: of a DataLoader worker's error (its traceback in the message), the last line."""
     text = str(error)
     if "Original Traceback" in text:
         last = text.rstrip().rsplit("\n", 1)[-1]

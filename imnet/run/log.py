@@ -1,6 +1,5 @@
-"""Run logs, written by rank 0: the console line, log.jsonl (every event), summary.csv (one row per epoch, its
-keys defined here once), curves.svg and, with --tensorboard, TensorBoard scalars of the "train" and "epoch" events.
-Imports no torch (imnet.tools.plot and the --help path read this module)."""
+"""Run logs, written by rank 0: the console, log.jsonl, summary.csv (its columns defined here once), curves.svg and,
+with --tensorboard, TensorBoard scalars. Imports no torch (imnet.tools.plot and the --help path read this module)."""
 
 from __future__ import annotations
 
@@ -20,7 +19,6 @@ VAL_METRICS = ("loss", "top1", "top5")
 
 
 def val_key(weights: str, metric: str) -> str:
-    """val_top1, ema_val_top1, swa_val_top5...: the summary-row key of a validation metric of ``weights``."""
     return f"val_{metric}" if weights == "model" else f"{weights}_val_{metric}"
 
 
@@ -42,8 +40,7 @@ except ImportError:  # Windows: the peak memory is NaN
 
 
 def peak_memory_gib(device) -> float:
-    """The CUDA allocator's peak on a GPU, else the max resident set size (getrusage: kB on Linux, bytes on
-    macOS)."""
+    """The CUDA allocator's peak on a GPU, else the max resident set size (kB on Linux, bytes on macOS)."""
     if device.type == "cuda":
         import torch
         return torch.cuda.max_memory_allocated(device) / 2**30
@@ -56,18 +53,12 @@ def peak_memory_gib(device) -> float:
 def format_duration(seconds: float) -> str:
     if not math.isfinite(seconds):
         return "?"
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
+    h, rem = divmod(int(seconds), 3600)
     m, s = divmod(rem, 60)
     return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
 
 
-class LogError(UsageError):
-    pass
-
-
-# The events whose numbers are TensorBoard scalars, each with the field that is their step; the events that end
-# a run (the TensorBoard file is closed).
+# The events whose numbers are TensorBoard scalars, each with its step's field; the events that end a run.
 SCALAR_EVENTS = {"train": "global_step", "epoch": "epoch"}
 POSITION_FIELDS = ("epoch", "step", "global_step")
 FINAL_EVENTS = ("done", "preempted", "nonfinite")
@@ -77,8 +68,8 @@ def require_tensorboard():
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as e:
-        raise LogError(f"--tensorboard needs the tensorboard package ({e}). Install it (pip install tensorboard; in "
-                       f"a clone of imnet, pip install -e \".[tensorboard]\"), or drop --tensorboard.") from None
+        raise UsageError(f"--tensorboard needs the tensorboard package ({e}). Install it (pip install tensorboard; in "
+                         f"a clone of imnet, pip install -e \".[tensorboard]\"), or drop --tensorboard.") from None
     return SummaryWriter
 
 
@@ -126,33 +117,26 @@ class RunLog:
                 self.writer = None
 
     def write_summary(self, history: list[dict]) -> None:
-        """Rewrite summary.csv and curves.svg from the whole history (the checkpoint's: a resumed run's files hold
-        exactly the epochs its weights went through)."""
+        """Rewrite summary.csv and curves.svg from the whole history: a resumed run's hold its weights' epochs."""
         if not self.enabled:
             return
         text = io.StringIO()
         w = csv.DictWriter(text, fieldnames=SUMMARY_COLUMNS, extrasaction="ignore", lineterminator="\r\n")
         w.writeheader()
-        for row in history:
-            w.writerow({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS})
+        w.writerows({k: _fmt(row.get(k)) for k in SUMMARY_COLUMNS} for row in history)
         write_text(self.output / "summary.csv", text.getvalue())
         from imnet.tools.plot import write_curves_svg
         write_curves_svg(history, self.output / "curves.svg", title=self.output.name)
 
 
 def _fmt(v):
-    if v is None:
-        return ""
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    return v
+    return "" if v is None else f"{v:.6g}" if isinstance(v, float) else v
 
 
 # ------------------------------------------------------------------------------------ what a run reports
 
 class Window:
-    """The optimizer steps since the last log line; their summed loss stays on the device until the line is
-    written (no host sync per step)."""
+    """The steps since the last log line; their loss is summed on the device (no host sync per step)."""
 
     def __init__(self, zero):
         self.loss, self.steps, self.data_time, self.t0 = zero, 0, 0.0, time.perf_counter()
@@ -180,8 +164,7 @@ def log_window(log: RunLog, cfg, progress, window: Window, grad_norm, eta: float
 
 
 def resume_lr_note(log: RunLog, cfg, optimizer, global_step: int) -> None:
-    """After a resume at ``global_step``: a note when this command's schedule does not continue the LR of the
-    checkpoint's last step (the restored LR, without its group's lr_scale), as when a finished run is extended."""
+    """After a resume: a note when this command's schedule does not continue the checkpoint's last LR."""
     if global_step == 0 or global_step >= cfg.total_steps:
         return
     group = optimizer.param_groups[0]
@@ -190,9 +173,8 @@ def resume_lr_note(log: RunLog, cfg, optimizer, global_step: int) -> None:
         return
     log.event("lr_jump", last_lr=last, next_lr=nxt, global_step=global_step, echo=(
         f"note: the LR jumps {'up' if nxt > last else 'down'} from {last:.4g} (the checkpoint's last step, "
-        f"{global_step}) to {nxt:.4g} (the next, step {global_step + 1} of {cfg.total_steps}): the schedule is this "
-        f"command's ({cfg.epochs} epochs, {cfg.sched}), recomputed over its length, not the checkpoint's continued; "
-        f"to go on at a low LR instead, start a new run with --init-from and its own schedule."))
+        f"{global_step}) to {nxt:.4g} (step {global_step + 1} of {cfg.total_steps}) under this command's schedule "
+        f"({cfg.epochs} epochs, {cfg.sched}); to go on at a low LR instead, start a new run with --init-from."))
 
 
 def train_row(cfg, train: dict, epoch: int, mixing: bool, bad_images: int) -> dict:
@@ -205,9 +187,9 @@ def epoch_line(row: dict) -> str:
     s = f"epoch {row['epoch']} done in {row['epoch_time']:.1f}s: train loss {row['train_loss']:.4f}"
     if row.get("val_top1") is not None:
         s += f"  val loss {row['val_loss']:.4f} top-1 {row['val_top1']:.2f} top-5 {row['val_top5']:.2f}"
-    for weights, name in (("ema", "EMA"), ("swa", "SWA")):
+    for weights in WEIGHTS[1:]:
         if row.get(val_key(weights, "top1")) is not None:
-            s += f"  {name} top-1 {row[val_key(weights, 'top1')]:.2f}"
+            s += f"  {weights.upper()} top-1 {row[val_key(weights, 'top1')]:.2f}"
     return s
 
 

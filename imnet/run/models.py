@@ -158,7 +158,8 @@ def init_source(path: str | None = None, weights: str | None = None, model: str 
     return ckpt, None, f"state_dict {path}"
 
 
-def download_weights(w, name: str, progress: bool = True, file_flag: str = "--init-from") -> dict:
+def download_weights(w, name: str, progress: bool = True, file_flag: str = "--init-from",
+                     flag: str = "--weights") -> dict:
     """The state_dict of torchvision weights ``w`` (called ``name``), through torchvision's cache and download."""
     file = os.path.basename(urllib.parse.urlparse(w.url).path)
     folder = os.path.join(torch.hub.get_dir(), "checkpoints")
@@ -166,11 +167,11 @@ def download_weights(w, name: str, progress: bool = True, file_flag: str = "--in
         return w.get_state_dict(progress=progress, check_hash=True)
     except (urllib.error.URLError, ConnectionError, TimeoutError, http.client.HTTPException) as e:
         reason = getattr(e, "reason", None) or e
-        raise ValueError(f"--weights {name}: cannot download {w.url} ({reason}). Put the file, downloaded "
+        raise ValueError(f"{flag} {name}: cannot download {w.url} ({reason}). Put the file, downloaded "
                          f"elsewhere, at {os.path.join(folder, file)} (torch.hub.get_dir()/checkpoints; TORCH_HOME "
                          f"moves it) and run again, or give it with {file_flag} PATH/{file}.") from None
     except OSError as e:  # the cache folder cannot be written (permissions, a full disk)
-        raise ValueError(f"--weights {name}: cannot store torchvision's download in {folder} "
+        raise ValueError(f"{flag} {name}: cannot store torchvision's download in {folder} "
                          f"({e.strerror or e}). Set TORCH_HOME to a writable folder, or download {w.url} yourself "
                          f"and give the file with {file_flag} PATH/{file}.") from None
 

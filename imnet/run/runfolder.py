@@ -1,5 +1,5 @@
-"""The run folder (``--output``): one run at a time, only the folder's own run continued there, the leftovers of
-killed saves removed, and a best.pt that never lags behind last.pt (nor blocks a resume when unreadable)."""
+"""The run folder (``--output``): one run at a time, only its own run continued there, stale temporaries removed,
+and a best.pt that never lags behind last.pt (nor blocks a resume when unreadable)."""
 
 from __future__ import annotations
 
@@ -14,29 +14,24 @@ from imnet.run.checkpoint import CheckpointError, identity, load
 
 
 def pid_alive(pid: int) -> bool:
-    """Whether a process with this id runs on this host (a zombie or another user's counts; on Windows, where
-    os.kill(pid, 0) would terminate it, every pid)."""
+    """Whether process ``pid`` runs here (a zombie or another user's counts; on Windows, where os.kill ends it, any)."""
     if os.name == "nt":
         return True
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
+    except OSError as e:  # PermissionError: another user's
+        return not isinstance(e, ProcessLookupError)
     return True
 
 
 def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
-    """``OUTPUT/.lock``, an flock until ``cleanup`` closes it (the kernel releases it however the process dies);
-    its text (pid, host) only names the owner. Where fcntl is absent (Windows) a note says there is no lock."""
-    path = folder / ".lock"
+    """``OUTPUT/.lock``, an flock until ``cleanup`` closes it (or the process dies); its text names the owner."""
     try:
         import fcntl
     except ImportError:
         print(f"note: no run-folder lock on this platform; do not start two runs into {folder}", flush=True)
         return
-    fh = open(path, "a+")
+    fh = open(folder / ".lock", "a+")
     try:
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
@@ -52,15 +47,12 @@ def lock(folder: Path, cleanup: contextlib.ExitStack) -> None:
     fh.flush()
 
 
-def remove_stale_temporaries(folder: Path) -> list[Path]:
-    """Delete the ``.NAME.tmp-PID`` files of atomic writes whose process is gone; -> the removed paths."""
-    removed = []
+def remove_stale_temporaries(folder: Path, note) -> None:
     for p in Path(folder).glob(".*.tmp-*"):
         pid = p.name.rsplit("-", 1)[-1]
         if pid.isdigit() and int(pid) != os.getpid() and not pid_alive(int(pid)):
             p.unlink(missing_ok=True)
-            removed.append(p)
-    return removed
+            note(f"note: removed {p.name}, left by a save that was killed midway")
 
 
 def check_output(output: Path) -> None:
@@ -77,13 +69,11 @@ def check_output(output: Path) -> None:
 
 
 def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
-    """Rank 0 takes the run folder: the lock (released by ``cleanup``), `check_continues`, the stale temporaries
-    removed (``note`` says which). -> whether this run forks into the folder (`Progress.fork`)."""
+    """Rank 0 takes the run folder (lock, `check_continues`, stale temporaries removed); -> whether it forks."""
     check_output(output)
     lock(output, cleanup)
     forks = check_continues(cfg, output, find_resume(cfg))
-    for path in remove_stale_temporaries(output):
-        note(f"note: removed {path.name}, left by a save that was killed midway")
+    remove_stale_temporaries(output, note)
     return forks
 
 
@@ -115,16 +105,14 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
         return False
     where = f"its {held.name}, at epoch {here['epoch'] + 1}, step {here['step_in_epoch']}"
     if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
-        raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}), which resuming from "
-                              f"{resume} again would throw away. To continue it pass --resume auto --output "
-                              f"{output}; for another continuation of {resume} pass a new --output.")
-    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl continuing "
-                          f"{resume} there would overwrite. Pass a new --output (or --output {resume.parent}, its own "
-                          f"folder); --resume auto --output {output} continues the run that folder holds.")
+        raise CheckpointError(f"{output} already holds a continuation of {resume} ({where}). Continue it with "
+                              f"--resume auto --output {output}, or pass a new --output for another continuation.")
+    raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl resuming {resume} "
+                          f"would overwrite. Pass a new --output or --output {resume.parent}; --resume auto --output "
+                          f"{output} continues that run.")
 
 
 def find_resume(cfg) -> Path | None:
-    """--resume PATH, or OUTPUT/last.pt under --resume auto, else None (a new run)."""
     if cfg.resume == "auto":
         last = Path(cfg.output) / "last.pt"
         return last if last.is_file() else None
@@ -132,18 +120,17 @@ def find_resume(cfg) -> Path | None:
 
 
 def repair_best(output: Path, progress, log) -> None:
-    """On resume: an unreadable best.pt is set aside as best.pt.unreadable (never deleted); it, or a best.pt
-    that lags behind last.pt (an older run killed between the two writes), is rebuilt from last.pt when
-    last.pt's own epoch is the run's best; otherwise a note says what best.pt holds."""
+    """On resume: an unreadable best.pt is set aside (never deleted); it, or a best.pt that lags behind last.pt
+    (a run killed between the two writes), is rebuilt from last.pt when last.pt's epoch is the run's best."""
     best_path, last_path = output / "best.pt", output / "last.pt"
     if not best_path.exists():
         return
-    own_epoch_is_best = bool(progress.history) and progress.history[-1].get("val_top1") == progress.best_top1
+    evaluated = not progress.pending_eval and progress.best_top1 >= 0
+    rebuilt = evaluated and bool(progress.history) and progress.history[-1].get("val_top1") == progress.best_top1
     try:
         best = load(best_path).get("best_top1", -1.0)
     except CheckpointError as e:
         aside = set_aside(best_path)
-        rebuilt = not progress.pending_eval and progress.best_top1 >= 0 and own_epoch_is_best
         if rebuilt:
             link_file(last_path, best_path)
         then = ("best.pt now holds last.pt's epoch, the run's best" if rebuilt else
@@ -152,21 +139,18 @@ def repair_best(output: Path, progress, log) -> None:
         log.event("best_unreadable", echo=f"note: {first_sentence(e)}; it was moved to {aside.name} and {then}.",
                   path=str(best_path), moved_to=str(aside), rebuilt=rebuilt)
         return
-    if progress.pending_eval or progress.best_top1 < 0 or best >= progress.best_top1:
+    if not evaluated or best >= progress.best_top1:
         return
-    if own_epoch_is_best:
+    if rebuilt:
         link_file(last_path, best_path)
-        log.event("best_repaired", echo=f"note: best.pt (top-1 {best:.2f}) lagged behind last.pt (best top-1 "
-                  f"{progress.best_top1:.2f}, its own epoch); best.pt now holds that epoch", old=best,
-                  new=progress.best_top1)
+        log.event("best_repaired", old=best, new=progress.best_top1, echo=f"note: best.pt (top-1 {best:.2f}) lagged "
+                  f"behind last.pt (the run's best, {progress.best_top1:.2f}); best.pt now holds last.pt's epoch")
     else:
-        log.event("best_stale", echo=f"warning: best.pt holds top-1 {best:.2f} but the run's best was "
-                  f"{progress.best_top1:.2f}, an epoch whose weights were not saved; best.pt is kept as it is",
-                  old=best, new=progress.best_top1)
+        log.event("best_stale", old=best, new=progress.best_top1, echo=f"warning: best.pt holds top-1 {best:.2f}, "
+                  f"but the run's best, {progress.best_top1:.2f}, was an epoch whose weights were not saved; it stays")
 
 
 def set_aside(path: Path) -> Path:
-    """Rename ``path`` to PATH.unreadable (then .unreadable.2, ...: an earlier one is never overwritten)."""
     for n in range(1, 1000):
         aside = path.with_name(path.name + ".unreadable" + (f".{n}" if n > 1 else ""))
         if not aside.exists():

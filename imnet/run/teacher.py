@@ -1,6 +1,5 @@
-"""The distillation teacher (``--teacher``): a train.py checkpoint, a plain state_dict with ``--teacher-model``, or
-torchvision's published weights by name; checked at setup to teach this student (its weights, classes and input
-size), and recorded (`Config.with_teacher`) in config.json and every checkpoint, never its weights."""
+"""The distillation teacher (``--teacher``), checked to fit the student; config.json and every checkpoint record
+where it came from (`Config.with_teacher`), never its weights."""
 
 from __future__ import annotations
 
@@ -19,16 +18,9 @@ from imnet.run.errors import UsageError
 from imnet.run.folders import short_list
 from imnet.tools.export import sha256
 
-WEIGHTS_NAME = re.compile(r"[A-Za-z0-9_]+_Weights\.[A-Za-z0-9_]+")
-
-
-class TeacherError(UsageError):
-    pass
-
 
 def read_source(spec: str, model_name: str | None, num_classes: int, progress: bool = True) -> tuple[dict, dict]:
-    """-> (the teacher's state_dict, its record) for ``--teacher spec``; published weights for another number of
-    classes are refused before they are downloaded."""
+    """-> (the teacher's state_dict, its record); published weights are checked before they are downloaded."""
     path = Path(spec)
     if path.is_file():
         ckpt = checkpoint.load(path)  # weights_only=True; CheckpointError when corrupt
@@ -37,50 +29,49 @@ def read_source(spec: str, model_name: str | None, num_classes: int, progress: b
             ckpt = checkpoint.check_state(ckpt, path)
             run = ckpt["config"]
             if model_name is not None and model_name != run["model"]:
-                raise TeacherError(f"--teacher-model {model_name} contradicts --teacher {spec}, a train.py "
-                                   f"checkpoint of a {run['model']}: drop --teacher-model.")
+                raise UsageError(f"--teacher-model {model_name} contradicts --teacher {spec}, a train.py "
+                                 f"checkpoint of a {run['model']}: drop --teacher-model.")
             return checkpoint.weights_of(ckpt, "model", path), {
                 **record, "source": "checkpoint", "model": run["model"], "class_names": list(ckpt["classes"]),
                 "image_size": run.get("train_crop_size"), "eval_policy": run.get("eval_policy")}
         if model_name is None:
-            raise TeacherError(f"--teacher {spec} is a plain state_dict, which does not say which network it is: "
-                               f"add --teacher-model NAME (e.g. regnet_y_16gf), or pass a train.py checkpoint.")
+            raise UsageError(f"--teacher {spec} is a plain state_dict: add --teacher-model NAME (e.g. "
+                             f"regnet_y_16gf), or pass a train.py checkpoint.")
         for key in ("model", "state_dict"):  # checkpoints of other codebases (DeiT's teacher file has "model")
             if isinstance(ckpt.get(key), dict):
                 ckpt = ckpt[key]
         return ckpt, {**record, "source": "state_dict", "model": model_name, "class_names": None,
                       "image_size": None, "eval_policy": None}
-    if not WEIGHTS_NAME.fullmatch(spec):
-        raise TeacherError(f"--teacher {spec}: no such file, and not a torchvision weights name. Give a train.py "
-                           f"checkpoint, a state_dict with --teacher-model, or a name like "
-                           f"RegNet_Y_16GF_Weights.IMAGENET1K_V2.")
-    try:
-        weights = models.torchvision_weights(spec)
+    try:  # the pattern first: torchvision's lookup raises TypeError for some other strings
+        weights = models.torchvision_weights(spec) if re.fullmatch(r"\w+_Weights\.\w+", spec, re.ASCII) else None
     except ValueError:
-        raise TeacherError(f"--teacher {spec}: not one of torchvision's weights; torchvision.models."
-                           f"get_model_weights('regnet_y_16gf') lists a model's.") from None
+        weights = None
+    if weights is None:
+        raise UsageError(f"--teacher {spec}: no such file, and not a torchvision weights name. Give a train.py "
+                         f"checkpoint, a state_dict with --teacher-model, or RegNet_Y_16GF_Weights.IMAGENET1K_V2.")
     name = models.weights_model(weights)
     if name is None or (model_name is not None and model_name != name):
-        raise TeacherError(f"--teacher {spec} are weights of {name or 'no torchvision classifier'}"
-                           f"{f', not of --teacher-model {model_name}: drop --teacher-model' if model_name else ''}.")
+        raise UsageError(f"--teacher {spec} are weights of {name or 'no torchvision classifier'}"
+                         f"{f', not of --teacher-model {model_name}: drop --teacher-model' if model_name else ''}.")
     if len(weights.meta["categories"]) != num_classes:
-        raise TeacherError(f"--teacher {spec} predicts {len(weights.meta['categories'])} classes, but the data has "
-                           f"{num_classes} class folders. Distil from a teacher trained on exactly these classes.")
-    state = weights.get_state_dict(progress=progress, check_hash=True)
+        raise UsageError(f"--teacher {spec} predicts {len(weights.meta['categories'])} classes, but the data has "
+                         f"{num_classes} class folders. Distil from a teacher trained on exactly these classes.")
+    try:
+        state = models.download_weights(weights, spec, progress, f"--teacher-model {name} --teacher", "--teacher")
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     file = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(weights.url).path)
     t = weights.transforms()
     policy = EvalPolicy(t.resize_size[0], t.crop_size[0], t.interpolation.value, tuple(t.mean), tuple(t.std))
     return state, {"source": "torchvision weights", "spec": spec, "file": str(file), "sha256": sha256(file),
                    "model": name, "class_names": None, "eval_policy": policy.to_dict(),
-                   # the card gives the evaluation crop only; ViT weights are built for it, convnets' training
-                   # size is not known (torchvision's new recipe trained at 176 and evaluates at 224)
+                   # the card gives the evaluation crop only: a ViT's size, not a convnet's training size
                    "image_size": t.crop_size[0] if models.fixed_input_size(name) else None}
 
 
 def load_teacher(spec: str, model_name: str | None, classes: list, image_size: int, size_changes: bool = False,
                  progress: bool = True) -> tuple[nn.Module, dict]:
-    """-> (the teacher, on the CPU, in eval mode, without gradients; its record) for a student trained on
-    ``classes`` at crop ``image_size`` (``size_changes``: progressive resolution)."""
+    """-> (the frozen teacher on the CPU, its record); ``size_changes``: the student's crop size changes."""
     state, record = read_source(spec, model_name, len(classes), progress)
     name, what = record["model"], f"The teacher's weights ({spec})"
     names = record.pop("class_names")
@@ -89,36 +80,33 @@ def load_teacher(spec: str, model_name: str | None, classes: list, image_size: i
         detail = (f"{len(missing)} of the data's classes are not the teacher's ({short_list(missing, 5)}); "
                   f"{len(extra)} of the teacher's are not in the data ({short_list(extra, 5)})" if missing or extra
                   else "the same names in another order")
-        raise TeacherError(f"--teacher {spec} was trained on other classes than this data's ({len(names)} vs "
-                           f"{len(classes)}: {detail}). Distil from a teacher trained on exactly these class folders.")
+        raise UsageError(f"--teacher {spec} was trained on other classes than this data's ({len(names)} vs "
+                         f"{len(classes)}: {detail}). Distil from a teacher trained on exactly these class folders.")
     try:
         teacher = models.build_model(name, len(classes), image_size=image_size)
     except ValueError as e:
-        raise TeacherError(f"--teacher {spec}: {e}") from None
+        raise UsageError(f"--teacher {spec}: {e}") from None
     if models.fixed_input_size(name):
         state = models._strip(state)  # DDP / torch.compile prefixes
         pos = "encoder.pos_embedding"
         own, theirs = teacher.state_dict()[pos].shape, getattr(state.get(pos), "shape", None)
         if size_changes:
-            raise TeacherError(f"--teacher {spec} is a {name}, whose input size is fixed, but --progressive-res "
-                               f"changes the size of the student's batches. Use a convolutional teacher, or train "
-                               f"at one size.")
+            raise UsageError(f"--teacher {spec} is a {name}, whose input size is fixed, but --progressive-res "
+                             f"changes the student's. Use a convolutional teacher, or train at one size.")
         if theirs is not None and tuple(theirs) != tuple(own):
             grid = round((theirs[1] - (own[1] - (image_size // teacher.patch_size) ** 2)) ** 0.5)
-            raise TeacherError(f"--teacher {spec} is a {name} built for another input size (a {grid}x{grid} patch "
-                               f"grid, {grid * teacher.patch_size} px), but it would see the student's "
-                               f"{image_size} px training crops. Train the student at the teacher's size, or "
-                               f"fine-tune the teacher at {image_size} px first.")
+            raise UsageError(f"--teacher {spec} is a {name} built for another input size ({grid * teacher.patch_size} "
+                             f"px, {grid}x{grid} patches), not the student's {image_size} px crops. Train the student "
+                             f"at the teacher's size, or fine-tune the teacher at {image_size} px first.")
     try:
         done = models.load_init(teacher, name, state, image_size, None, None, what=what)
     except ValueError as e:
-        raise TeacherError(f"{e} (--teacher {spec})") from None
+        raise UsageError(f"{e} (--teacher {spec})") from None
     if done["reinitialised"]:
         head = max((k for k in done["reinitialised"] if k.endswith("weight")), key=len, default=None)
         outputs = state[head].shape[0] if head in state else "another number of"
-        raise TeacherError(f"--teacher {spec} has {outputs} outputs ({', '.join(done['reinitialised'])}), but the "
-                           f"data has {len(classes)} classes. Distil from a teacher trained on exactly these "
-                           f"classes.")
+        raise UsageError(f"--teacher {spec} has {outputs} outputs ({', '.join(done['reinitialised'])}), but the "
+                         f"data has {len(classes)} classes. Distil from a teacher trained on exactly these.")
     record["classes"] = len(classes)
     return teacher.eval().requires_grad_(False), record
 
