@@ -34,17 +34,9 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 import imnet
-from imnet.run import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds
-from imnet.run.atomic import NoSpace, link_file
-from imnet.run.config import Config, ConfigError
-from imnet.run.data import to_device
 from imnet.distill import distillation_loss
 from imnet.ema import ModelEma
-from imnet.run.errors import UsageError, message_of
-from imnet.run.evaluation import autocast, evaluate
 from imnet.lars import LAMB, LARS
-from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,
-                          summary, train_row, val_row)
 from imnet.losses import binary_cross_entropy, cross_entropy
 from imnet.metrics import Meter, NonFiniteGuard, NonFiniteLoss
 from imnet.mixing import Mixer
@@ -52,10 +44,15 @@ from imnet.optim import build_optimizer, layer_decay_groups, param_groups
 from imnet.sam import SAM, keep_buffers
 from imnet.schedule import progressive_size, set_lr
 from imnet.swa import recompute_batchnorm
-from imnet.run.teacher import build_teacher
 from imnet.transforms import random_erase, train_transform
-
-parse_args, build_parser = flags.parse_args, flags.build_parser
+from imnet.run import audit, checkpoint, config, data, dist, folders, models, runfolder, seeds
+from imnet.run.atomic import NoSpace, link_file
+from imnet.run.config import Config, ConfigError
+from imnet.run.errors import UsageError, message_of
+from imnet.run.evaluation import autocast, evaluate
+from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,
+                          summary, train_row, val_row)
+from imnet.run.teacher import build_teacher
 
 
 # ----------------------------------------------------------------------------------------------- one step
@@ -84,7 +81,7 @@ def train_step(cfg: Config, parts: Parts, micro_batches: list, epoch: int, step:
     set_lr(parts.optimizer, cfg.lr_at(global_step))
     losses = []
     for micro, (images, labels) in enumerate(micro_batches):
-        images, labels = to_device(images, labels, parts.device, channels_last=cfg.channels_last)
+        images, labels = data.to_device(images, labels, parts.device, channels_last=cfg.channels_last)
         # The randomness of a micro-step depends only on where it is in the run, so a resumed run replays it
         # without any RNG history: dropout and stochastic depth from torch's global RNG; erasing and mixing
         # from a CPU generator (their draws are host scalars: nothing waits for the GPU).
@@ -359,7 +356,7 @@ def main(argv: list[str] | None = None) -> int:
 def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: contextlib.ExitStack) -> int:
     t_start = time.time()
     # ---- settings: flags -> one frozen Config; the run folder is claimed before any work
-    below, given = parse_args(argv)
+    below, given = flags.parse_args(argv)
     info = dist.init({**below, **given}["device"])
     cfg = resolve_config(below, given, info)
     if cfg.tensorboard:

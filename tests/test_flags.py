@@ -119,7 +119,7 @@ def wrong_values(action) -> list:
 def test_every_config_file_setting_is_checked_like_the_command_line(tmp_path, capsys):
     """A table over every field of config.json: a wrong type and an out-of-range value each stop the run with
     exit 2 and one paragraph naming the setting, before anything is written."""
-    below, given = train.parse_args(["--data", "d", "--output", "o"])
+    below, given = flags.parse_args(["--data", "d", "--output", "o"])
     cfg = config.resolve(below, given, 1)
     good = tmp_path / "config.json"
     config.write_config_file(cfg, good)
@@ -170,7 +170,7 @@ def test_eval_accepts_train_flag_names_and_its_own_old_spellings():
         a, b = imnet_eval.resolve_policy(parse(*new), stored), imnet_eval.resolve_policy(parse(*old), stored)
         assert a == b != stored, (new, a, b)
     # and the same flags give train.py the same policy over the same base
-    below, given = train.parse_args(["--data", "d", "--output", "o", "--val-crop-size", "288", "--crop-pct", "0.9"])
+    below, given = flags.parse_args(["--data", "d", "--output", "o", "--val-crop-size", "288", "--crop-pct", "0.9"])
     assert config.resolve(below, given, 1).eval_policy.resize_size == \
         imnet_eval.resolve_policy(parse("--val-crop-size", "288", "--crop-pct", "0.9"), stored).resize_size == 320
     args = parse("-b", "7", "-j", "3", "--amp")

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import eval as evaluate_script
 import train
 from conftest import assert_same_state, make_imagefolder
-from imnet.run import checkpoint, config, dist, models, seeds
+from imnet.run import checkpoint, config, dist, flags, models, seeds
 from imnet.run.config import EvalPolicy
 from imnet.run.data import to_device
 from imnet.deit import interpolate_pos_embedding
@@ -81,7 +81,7 @@ def one_step(args: list[str], model, teacher_path=None, meter=None, labels=None)
     """One train_step of ``model`` on `batch` (``labels`` instead of its own if given) under the Config of ``args``
     (no data read), with the teacher of ``teacher_path`` built as train.py builds it. -> (loss, cfg, parts, images,
     labels)."""
-    below, given = train.parse_args(["--data", "d", "--output", "o", "--epochs", "1", "--batch-size", "16",
+    below, given = flags.parse_args(["--data", "d", "--output", "o", "--epochs", "1", "--batch-size", "16",
                                      "--opt", "sgd", "--lr", "0.1", "--train-crop-size", "32", "--val-crop-size",
                                      "32", *(["--teacher", str(teacher_path)] if teacher_path else []), *args])
     cfg = config.resolve(below, given, 1).with_data(32, 1, 3)
@@ -320,14 +320,14 @@ def test_a_plain_state_dict_teacher_with_its_network(teacher, tmp_path):
         assert not net.training and all(torch.equal(v, weights[k]) for k, v in net.state_dict().items())
         assert record["source"] == "state_dict" and record["image_size"] is None and record["eval_policy"] is None
         assert record["sha256"] == hashlib.sha256(path.read_bytes()).hexdigest()
-    below, given = train.parse_args(["--data", "x", "--output", "o", "--teacher", str(path)])
+    below, given = flags.parse_args(["--data", "x", "--output", "o", "--teacher", str(path)])
     (note,) = notes(config.resolve(below, given, 1).with_teacher(record))
     assert "plain state_dict" in note and "unknown" in note
 
 
 def audit_of(teacher_record=None, **flags):
     from imnet.run.audit import audit
-    below, given = train.parse_args(["--data", "x", "--output", "o", "--model", "resnet50"])
+    below, given = flags.parse_args(["--data", "x", "--output", "o", "--model", "resnet50"])
     cfg = config.resolve(below, {**given, **flags}, 1)
     return audit(cfg.with_teacher(teacher_record) if teacher_record else cfg)
 

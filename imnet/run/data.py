@@ -405,9 +405,8 @@ def check_readable(dataset, split: str, count: int = 16) -> list[tuple[str, str]
     if 2 * len(bad) >= len(picks):
         shown = "; ".join(f"{display_path(p)} ({why})" for p, why in bad[:3])
         raise DataError(f"The {split} set {display_path(dataset.root)!r} looks unreadable: {len(bad)} of the "
-                        f"{len(picks)} files checked at setup (spread over its {n} images) cannot be decoded: "
-                        f"{shown}{' ...' if len(bad) > 3 else ''}. Check the copy of the data set (an interrupted "
-                        f"download or extraction, files of another format).")
+                        f"{len(picks)} files checked cannot be decoded: {shown}{' ...' if len(bad) > 3 else ''}. "
+                        f"Check the copy of the data set (an interrupted download, files of another format).")
     return bad
 
 

@@ -13,7 +13,6 @@ SHUFFLE = 1     # (seed, epoch): the epoch's permutation of the training set (da
 AUGMENT = 2     # (seed, epoch, index, attempt, repeat): one sample's augmentation (data.ImageFolder)
 DROPOUT = 3     # (seed, epoch, micro_step, rank): torch's global RNG in a micro-step (train.train_step)
 MIXING = 4      # (seed, epoch, micro_step, rank): the CPU generator of erasing and mixing (train.train_step)
-PURPOSES = {"shuffle": SHUFFLE, "augment": AUGMENT, "dropout": DROPOUT, "mixing": MIXING}
 
 
 def derive(purpose: int, *words: int) -> int:
