@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -27,9 +28,17 @@ def load_gpu_train():
 
 
 def run_check(env, tmp_path, timeout):
+    """The check in its own process group, killed whole (its train.py and eval.py too) when it overruns."""
     env = {**os.environ, "PYTHON": sys.executable, "OUT": str(tmp_path), **env}
-    return subprocess.run(["bash", str(REPO / "bench" / "gpu_check.sh")], env=env, capture_output=True, text=True,
-                          timeout=timeout)
+    proc = subprocess.Popen(["bash", str(REPO / "bench" / "gpu_check.sh")], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="the guard refuses only where CUDA is missing")
@@ -42,7 +51,7 @@ def test_guard_refuses_without_cuda(tmp_path):
 
 def test_smoke_prints_every_row(tmp_path):
     missing_timm = str(tmp_path / "no-timm" / "train.py")  # CI has no copy of timm's script: the row says so
-    res = run_check({"IMNET_GPU_CHECK_SMOKE": "1", "IMNET_GPU_CHECK_TIMM": missing_timm}, tmp_path, 300)
+    res = run_check({"IMNET_GPU_CHECK_SMOKE": "1", "IMNET_GPU_CHECK_TIMM": missing_timm}, tmp_path, 900)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = json.loads((tmp_path / "gpu_check.json").read_text())["rows"]
     assert [r["row"] for r in rows] == ROWS, res.stdout
@@ -94,3 +103,12 @@ def test_sync_count_counts_each_warning_and_keeps_the_exit_code(tmp_path):
     counted = json.loads(out.read_text())
     assert counted["syncs"] == 3 and list(counted["where"].values()) == [3]
     assert list(counted["where"])[0].endswith("script.py:3")
+
+
+def test_datasheet_peak_matches_the_most_specific_name(monkeypatch):
+    peak = load_gpu_train().datasheet_peak
+    monkeypatch.delenv("IMNET_PEAK_TFLOPS", raising=False)
+    assert peak("NVIDIA H100 80GB HBM3") == 989.0 and peak("NVIDIA H100 PCIe") == 756.0
+    assert peak("NVIDIA A100-SXM4-80GB") == 312.0 and peak("Tesla T4") is None
+    monkeypatch.setenv("IMNET_PEAK_TFLOPS", "123")
+    assert peak("Tesla T4") == 123.0
