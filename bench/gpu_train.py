@@ -151,6 +151,14 @@ def timm_img_per_s(text):
     return statistics.median(rates[1:] or rates)
 
 
+def timm_version():
+    try:
+        import timm
+        return timm.__version__
+    except ImportError:
+        return "(not installed)"
+
+
 # ------------------------------------------------------------------------------------------- in-process wrappers
 
 def count_syncs(json_path, script, args):
@@ -380,8 +388,8 @@ class Check:
         self.syncs("syncs per train step", "train.py", runs, second - first, 60)
 
         if not os.path.exists(TIMM):
-            self.row("timm synthetic", "skipped", note=f"no {TIMM}: copy timm's train.py of "
-                     "the installed timm version there")
+            self.row("timm synthetic", "skipped", note=f"no {TIMM}: copy there the train.py of timm "
+                     f"{timm_version()} (the version installed here)")
         else:
             size = SIZES[0]
             args = ["--model", MODEL, "--img-size", str(size), "--batch-size", str(BATCH), "--opt", "sgd",
@@ -397,7 +405,8 @@ class Check:
             if text is not None:
                 rate = timm_img_per_s(text)
                 note = f"imnet/timm {fake[size] / rate:.2f}" if size in fake else ""
-                self.row("timm synthetic", "ok", rate, "img/s", note=f"timm's train.py at {size} px; {note}")
+                self.row("timm synthetic", "ok", rate, "img/s",
+                         note=f"timm {timm_version()}'s train.py at {size} px; {note}")
 
         env = {"TORCHDYNAMO_DISABLE": "1"} if SMOKE and not os.environ.get("IMNET_GPU_CHECK_SMOKE_COMPILE") else {}
         r = self.train("train synthetic compiled", SIZES[0], ["--fake-data", "--compile"], 200, env=env)
