@@ -1,422 +1,470 @@
-"""The measurements behind bench/gpu_check.sh, one section per call so that each runs under its own time limit.
+"""The GPU check behind bench/gpu_check.sh: every figure comes from train.py and eval.py run as command lines
+(each under its own time limit, within one budget) on JPEGs generated here, and ends in one table.
 
-    python bench/gpu_train.py flops  --json F   # training FLOPs per image (FlopCounterMode, fwd + bwd), GPU name
-    python bench/gpu_train.py syncs  --json F   # host-device synchronisations per training step (CUDA sync debug)
-    python bench/gpu_train.py imnet  --json F   # train.py --fake-data, bf16 + channels_last (imnet_compile: +--compile)
-    python bench/gpu_train.py imnet_start --json F  # as imnet at the progressive ramp's START size (PROGRESSIVE_START)
-    python bench/gpu_train.py compile_steps --json F  # bench/compile.py: compile time at START then SIZE, speedup
-    python bench/gpu_train.py plain  --json F   # the plain way: float workers, fp32, NCHW, bare loop
-    python bench/gpu_train.py data   --json F   # input pipeline img/s with all cores on the real JPEG sample
-    python bench/gpu_train.py merge  DIR        # combine DIR/*.json (+ time-outs) into one JSON object
+    python bench/gpu_train.py                    # the whole check (what bench/gpu_check.sh runs)
+    python bench/gpu_train.py jpegs DIR          # ImageNet-like JPEGs: DIR/train/<class>/*.JPEG, DIR/val/...
+    python bench/gpu_train.py syncs JSON SCRIPT [ARGS...]   # SCRIPT under CUDA's sync debug mode: count the syncs
+    python bench/gpu_train.py timm SIZE STEPS TRAIN_PY [ARGS...]  # timm's train.py fed synthetic device batches
 
-Settings come from the environment so the shell script stays short; IMNET_GPU_CHECK_SMOKE=1 shrinks
-everything (resnet18, small images and batches, fp32, 2 workers) to test the script end to end on a CPU:
-
-    IMNET_GPU_CHECK_MODEL (resnet50)  _SIZE (224)  _BATCH (256)  _STEPS (40)  _LOG_EVERY (10)
-    _WORKERS (nproc)  _AMP (bf16)  _DATA (../shared/data/imagenet-sample/val)  _DATA_SECONDS (15)
-    _PROGRESSIVE_START (160: FFCV's first size)
-    IMNET_PEAK_TFLOPS: the GPU's dense bf16 peak when the table below does not know the GPU.
+Rows: the device (CUDA guard: exit 2 without CUDA unless IMNET_GPU_CHECK_SMOKE=1), the JPEGs, the bf16 peak (the
+datasheet's and a measured matmul's), ResNet-50 training img/s with bf16 + channels_last at 224 and 176 px on
+synthetic data (--fake-data) and on the JPEGs (train.py's real loader), the loader's img/s per worker core, eval.py
+--bench and a real evaluation pass, host syncs per training step and per evaluation batch, timm's train.py at the
+synthetic setting (when carried in bench/.timm/train.py) and the compile gain. IMNET_GPU_CHECK_SMOKE=1 runs every
+row on the CPU at tiny sizes (resnet18, 64 and 32 px, a few steps, compile disabled) to test the check itself.
+Settings: IMNET_GPU_CHECK_BUDGET (seconds, 440; smoke 3600), _WORKERS (cpus - 1), _BATCH (256), _STEPS (30),
+_TIMM (path), IMNET_PEAK_TFLOPS (dense bf16 peak of a GPU the table below does not know).
 """
 from __future__ import annotations
 
-import argparse
-import glob
 import json
 import os
+import re
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
 
 import torch
-import torch.nn.functional as F
 
-HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.normpath(os.path.join(HERE, ".."))
-sys.path.insert(0, ROOT)
-
+ROOT = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 SMOKE = os.environ.get("IMNET_GPU_CHECK_SMOKE", "") not in ("", "0")
-
-# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOPS. Matched in order.
-PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0),  # H100 SXM5
-                    ("H200", 989.0), ("GH200", 989.0), ("A100", 312.0)]
+CPUS = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def setting(name, default, cast=str):
-    smoke = {"MODEL": "resnet18", "SIZE": "64", "BATCH": "8", "STEPS": "6", "LOG_EVERY": "2", "WORKERS": "2",
-             "AMP": "none", "DATA_SECONDS": "3", "PROGRESSIVE_START": "32"}
-    value = os.environ.get(f"IMNET_GPU_CHECK_{name}")
-    if value is None:
-        value = smoke.get(name, default) if SMOKE else default
-    return cast(value)
+def setting(name, gpu, smoke):
+    return type(gpu)(os.environ.get(f"IMNET_GPU_CHECK_{name}", smoke if SMOKE else gpu))
 
 
-MODEL = setting("MODEL", "resnet50")
-SIZE = setting("SIZE", "224", int)
-BATCH = setting("BATCH", "256", int)
-STEPS = setting("STEPS", "40", int)
-LOG_EVERY = setting("LOG_EVERY", "10", int)
-WORKERS = setting("WORKERS", str(os.cpu_count() or 1), int)
-AMP = setting("AMP", "bf16")
-DATA = setting("DATA", os.path.join(ROOT, "..", "shared", "data", "imagenet-sample", "val"))
-DATA_SECONDS = setting("DATA_SECONDS", "15", float)
-PROGRESSIVE_START = setting("PROGRESSIVE_START", "160", int)
+BUDGET = setting("BUDGET", 440.0, 3600.0)
+SLACK = 5 if SMOKE else 1  # a shared CPU in CI can be many times slower than its quiet self; no device time spent
+MODEL = "resnet18" if SMOKE else "resnet50"
+LOADER_MODEL = "resnet18" if SMOKE else "mobilenet_v3_small"  # fast enough on a GPU that the loader is the limit
+SIZES = (64, 32) if SMOKE else (224, 176)
+BATCH = setting("BATCH", 256, 4)
+STEPS = setting("STEPS", 30, 4)  # logged every STEPS // 3; img/s: the median of the windows after the first
+WORKERS = setting("WORKERS", max(CPUS - 1, 1), 1)
+AMP = "none" if SMOKE else "bf16"
+CLASSES, TRAIN_PER_CLASS, VAL_PER_CLASS, SMALL_VAL_PER_CLASS = (10, 8, 4, 1) if SMOKE else (100, 80, 50, 10)
+SHORT_SIDE = (72, 96) if SMOKE else (333, 400)  # the long side is 500 (ImageNet's typical 500 x 375, ~110 KB)
+TIMM = os.environ.get("IMNET_GPU_CHECK_TIMM", os.path.join(ROOT, "bench", ".timm", "train.py"))
+
+# Dense (no sparsity) bf16 tensor-core peaks from NVIDIA's datasheets, TFLOPS; matched in order.
+PEAK_BF16_TFLOPS = [("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.0), ("H200", 989.0),
+                    ("GH200", 989.0), ("A100", 312.0)]
 
 
-def device():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+# ------------------------------------------------------------------------------------------- helpers
+
+def render_jpeg(path, seed):
+    """One ImageNet-like JPEG: 500 px long side, a smooth colour field plus texture and sensor noise, quality 90
+    (about 100 KB and 1.1 ms to decode against 108 KB and 1.4 ms for real ImageNet validation files)."""
+    import numpy as np
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    short = int(rng.integers(*SHORT_SIDE))
+    long = round(short * 4 / 3) if SMOKE else 500
+    w, h = (long, short) if rng.random() < 0.75 else (short, long)
+    base = Image.fromarray(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+    mid = Image.fromarray(rng.integers(0, 256, (h // 3, w // 3, 3), dtype=np.uint8)).resize((w, h), Image.BILINEAR)
+    img = 0.6 * np.asarray(base, np.float32) + 0.4 * np.asarray(mid, np.float32)
+    img += rng.normal(0, 12, img.shape).astype(np.float32)
+    Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(path, "JPEG", quality=90)
 
 
-def sync(dev):
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
+def write_jpegs(root):
+    """train/ and val/ with CLASSES folders, and val_small/: val's first SMALL_VAL_PER_CLASS images per class
+    (hard links), for the per-batch difference of the evaluation's sync count."""
+    from multiprocessing import Pool
+    jobs = []
+    for split, per_class in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+        for c in range(CLASSES):
+            os.makedirs(os.path.join(root, split, f"c{c:03d}"))
+            jobs += [(os.path.join(root, split, f"c{c:03d}", f"{i:05d}.JPEG"), (split == "val", c, i))
+                     for i in range(per_class)]
+    with Pool(CPUS) as pool:
+        pool.starmap(render_jpeg, jobs, chunksize=16)
+    for c in range(CLASSES):
+        os.makedirs(os.path.join(root, "val_small", f"c{c:03d}"))
+        for i in range(SMALL_VAL_PER_CLASS):
+            name = os.path.join(f"c{c:03d}", f"{i:05d}.JPEG")
+            os.link(os.path.join(root, "val", name), os.path.join(root, "val_small", name))
+    sizes = [os.path.getsize(p) for p, _ in jobs]
+    return {"images": len(jobs), "mean_kb": sum(sizes) / len(sizes) / 1e3}
 
 
-def gpu_peak():
-    """(name, dense bf16 peak TFLOPS or None, where the peak came from)."""
-    name = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
-    if os.environ.get("IMNET_PEAK_TFLOPS"):
-        return name, float(os.environ["IMNET_PEAK_TFLOPS"]), "IMNET_PEAK_TFLOPS"
-    for key, peak in PEAK_BF16_TFLOPS:
-        if key.lower() in name.lower():
-            return name, peak, f"table ({key})"
-    return name, None, "unknown GPU: set IMNET_PEAK_TFLOPS to its dense bf16 peak"
-
-
-# ------------------------------------------------------------------------------------------- sections
-
-def section_flops():
-    """FLOPs of one training step per image: forward + loss + backward, counted by FlopCounterMode
-    (matmuls and convolutions, 2 FLOPs per multiply-add; what the tensor cores do)."""
+def training_flops(model_name, size):
+    """FLOPs of one training image (forward + backward, FlopCounterMode: 2 per multiply-add) of torchvision's
+    model, the one train.py builds; ResNet-50 at 224: 3 x 8.2 G (4.1 GMACs forward)."""
+    import torchvision
     from torch.utils.flop_counter import FlopCounterMode
-    from imnet.run.models import build_model
-    dev = device()
-    model = build_model(MODEL, 1000, image_size=SIZE).to(dev).train()
-    n = 2
-    x = torch.randn(n, 3, SIZE, SIZE, device=dev)
-    y = torch.randint(0, 1000, (n,), device=dev)
-    with FlopCounterMode(display=False) as fwd:
-        logits = model(x)
-    with FlopCounterMode(display=False) as bwd:
-        F.cross_entropy(logits, y).backward()
-    f, b = fwd.get_total_flops() / n, bwd.get_total_flops() / n
-    name, peak, source = gpu_peak()
-    return {"model": MODEL, "image_size": SIZE, "forward_flops_per_image": f, "train_flops_per_image": f + b,
-            "train_over_forward": (f + b) / f, "gpu": name, "peak_bf16_tflops": peak, "peak_source": source,
-            "torch": torch.__version__, "cpus": os.cpu_count()}
+    with torch.device("meta"):  # shapes only: counted without computing
+        model = torchvision.models.get_model(model_name, num_classes=1000)
+        x = torch.randn(2, 3, size, size)
+    with FlopCounterMode(display=False) as counter:
+        model(x).float().logsumexp(1).sum().backward()
+    return counter.get_total_flops() / 2
 
 
-def read_train_events(log_path):
-    events = []
+def matmul_tflops(device):
+    """Measured dense bf16 matmul rate: n x n x n products (2 n^3 FLOPs each), best of a few timed rounds."""
+    n, reps = (256, 2) if SMOKE else (8192, 20)
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    best = float("inf")
+    for _ in range(3):
+        a @ b
+        sync()
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        sync()
+        best = min(best, (time.perf_counter() - t0) / reps)
+    return 2 * n ** 3 / best / 1e12
+
+
+def datasheet_peak(name):
+    if os.environ.get("IMNET_PEAK_TFLOPS"):
+        return float(os.environ["IMNET_PEAK_TFLOPS"])
+    return next((peak for key, peak in PEAK_BF16_TFLOPS if key.lower() in name.lower()), None)
+
+
+def train_img_per_s(log_path):
+    """Median img/s of the logged windows after the first (cuDNN autotuning, compilation, worker start), and
+    the median share of the step time spent waiting for data."""
     with open(log_path) as f:
-        for line in f:
-            rec = json.loads(line)
-            if rec.get("event") == "train":
-                events.append(rec)
-    return events
-
-
-def section_imnet(compile_model, size=SIZE):
-    """train.py itself on --fake-data with the resnet50 recipe's regularization (MixUp/CutMix, label
-    smoothing, RandomErasing, EMA every 32), bf16 + channels_last, stopped after STEPS optimizer steps
-    (--stop-at-step: before the end-of-epoch evaluation). img/s is the median of the logged windows after the
-    first (which holds cuDNN autotuning and, with --compile, the compilation)."""
-    import train
-    out = tempfile.mkdtemp(prefix="imnet-gpu-check-")
-    argv = ["--recipe", "resnet50", "--fake-data", "--num-classes", "1000", "--model", MODEL,
-            "--train-crop-size", str(size), "--val-crop-size", str(size), "--batch-size", str(BATCH),
-            "--epochs", "1", "--warmup-epochs", "0", "--amp", AMP, "--channels-last", "--workers", str(WORKERS),
-            "--stop-at-step", str(STEPS), "--log-every", str(LOG_EVERY), "--save-every-minutes", "0",
-            "--quiet", "--output", out]
-    if compile_model:
-        argv.append("--compile")
-    t0 = time.perf_counter()
-    rc = train.main(argv)
-    wall = time.perf_counter() - t0
-    events = read_train_events(os.path.join(out, "log.jsonl"))
-    shutil.rmtree(out, ignore_errors=True)  # last.pt is written at the stop: hundreds of MB
+        events = [e for e in map(json.loads, f) if e.get("event") == "train"]
     steady = events[1:] or events
-    if rc != 0 or not steady:
-        raise RuntimeError(f"train.py exited {rc} with {len(events)} train events; argv {argv}")
-    return {"argv": argv, "size": size, "img_per_s": statistics.median(e["img_per_s"] for e in steady),
-            "img_per_s_windows": [round(e["img_per_s"], 1) for e in events],
-            "data_share": statistics.median(e["data_share"] for e in steady),
-            "peak_mem_gib": max(e["peak_mem_gib"] for e in events), "wall_s": wall}
+    if not steady:
+        raise RuntimeError(f"no train events in {log_path}")
+    return statistics.median(e["img_per_s"] for e in steady), statistics.median(e["data_share"] for e in steady)
 
 
-def step_config(full, size, batch, amp):
-    """The Config train.py resolves for a --fake-data run of resnet18 (full: the resnet50 recipe's
-    regularization), for driving train.train_step directly."""
-    import train
-    from imnet.run import config
-    below = vars(train.build_parser().parse_args([]))
-    given = dict(model="resnet18", fake_data=True, num_classes=1000, train_crop_size=size, batch_size=batch,
-                 channels_last=True, amp=amp, lr=0.01, epochs=100, output=tempfile.gettempdir(), quiet=True)
-    if full:
-        given.update(mixup=0.2, cutmix=1.0, label_smoothing=0.1, random_erase=0.25, ema=True, ema_decay=0.999)
-    return config.resolve(below, given, world_size=1).with_data(100 * batch, 1, 1000)
+def timm_img_per_s(text):
+    """Median of the per-window rates ("Time: 0.123s, 2081.32/s") of timm's "Train:" lines after the first."""
+    rates = [float(m.group(1)) for m in re.finditer(r"^.*Train:.*?Time:\s*[\d.]+s,\s*([\d.]+)/s", text, re.M)]
+    if not rates:
+        raise RuntimeError("no 'Train: ... Time: ...s, N/s' line in timm's output")
+    return statistics.median(rates[1:] or rates)
 
 
-def section_syncs():
-    """Host-device synchronisations per training step: train.train_step with the full recipe on a small
-    model, under torch.cuda.set_sync_debug_mode("warn"), which warns at every call that waits for the GPU
-    (.item(), blocking copies, ...). The design wants none between log lines. On a CPU the steps run (to test
-    this script) but nothing can be counted."""
+def timm_version():
+    try:
+        import timm
+        return timm.__version__
+    except ImportError:
+        return "(not installed)"
+
+
+# ------------------------------------------------------------------------------------------- in-process wrappers
+
+def count_syncs(json_path, script, args):
+    """Run SCRIPT (train.py, eval.py) in this process with torch.cuda.set_sync_debug_mode("warn"), which warns at
+    every call that makes the host wait for the GPU (.item(), a blocking copy, ...); write the count and where."""
+    import runpy
     import warnings
-    import train
-    from imnet.ema import ModelEma
-    from imnet.metrics import Meter
-    from imnet.mixing import Mixer
-    from imnet.run.models import build_model
-    from imnet.optim import build_optimizer, param_groups
-    dev = device()
-    model = build_model("resnet18", 1000).to(dev).to(memory_format=torch.channels_last)
-    opt = build_optimizer("sgd", param_groups(model, 1e-4), lr=0.01, weight_decay=1e-4)
-    results = {}
-    n, size = min(BATCH, 32), min(SIZE, 112)
-    for label, full in (("no recipe", False), ("full recipe", True)):
-        cfg = step_config(full, size, n, "bf16" if dev.type == "cuda" else "none")
-        parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=dev,
-                             mixer=Mixer(1000, 0.2, 1.0, label_smoothing=0.1) if full else None,
-                             ema=ModelEma(model, 0.999) if full else None)
-        g = torch.Generator().manual_seed(0)
-        batch = (torch.randint(0, 256, (n, 3, size, size), dtype=torch.uint8, generator=g),
-                 torch.randint(0, 1000, (n,), generator=g))
-        if dev.type == "cuda":
-            batch = (batch[0].pin_memory(), batch[1].pin_memory())
-        steps = 2 if SMOKE else 4
-        guard = train.NonFiniteGuard(dev)
-
-        def run(epoch):  # train.py's inner loop without the log line: train_step + device-side bookkeeping
-            meter, window = Meter(dev), torch.zeros((), device=dev)
-            for k in range(steps):
-                loss, _ = train.train_step(cfg, parts, [batch], epoch, k, epoch * steps + k, meter)
-                guard.update(loss, epoch * steps + k)
-                window += loss
-        run(0)  # warm-up (cuDNN, lazy state)
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            if dev.type == "cuda":
-                torch.cuda.set_sync_debug_mode("warn")
-            try:
-                run(1)
-            finally:
-                if dev.type == "cuda":
-                    torch.cuda.set_sync_debug_mode(0)
-        syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
-        where = {}
-        for w in syncs:
-            key = f"{os.path.relpath(w.filename, ROOT) if w.filename.startswith(ROOT) else w.filename}:{w.lineno}"
-            where[key] = where.get(key, 0) + 1
-        results[label] = {"syncs_per_step": len(syncs) / steps, "where": where,
-                          "counted": dev.type == "cuda"}
-    return results
+    counting = torch.cuda.is_available()
+    sys.argv, sys.path[0] = [script, *args], os.path.dirname(os.path.abspath(script))  # as `python SCRIPT` has
+    rc = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        if counting:
+            torch.cuda.set_sync_debug_mode("warn")
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as e:
+            rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+        finally:
+            if counting:
+                torch.cuda.set_sync_debug_mode(0)
+    syncs = [w for w in caught if "synchroniz" in str(w.message).lower()]
+    where = {}
+    for w in syncs:
+        key = f"{os.path.relpath(w.filename, ROOT)}:{w.lineno}"
+        where[key] = where.get(key, 0) + 1
+    with open(json_path, "w") as f:
+        json.dump({"syncs": len(syncs), "counted": counting, "where": where}, f)
+    return rc
 
 
-def section_compile_steps():
-    """bench/compile.py on this device: train.py's training step eager vs torch.compile'd, bf16 +
-    channels_last; compile time at PROGRESSIVE_START and then SIZE (the recompilation a progressive run meets
-    at a new size), steady-state speedup at SIZE."""
-    import subprocess
-    cmd = [sys.executable, os.path.join(HERE, "compile.py"), "--model", MODEL, "--sizes", str(PROGRESSIVE_START),
-           str(SIZE), "--batch-size", str(min(BATCH, 128)), "--amp", AMP, "--threads", str(min(WORKERS, 8)),
-           "--rounds", "3" if SMOKE else "5", "--steps", "2" if SMOKE else "5", "--num-classes", "1000"]
-    r = subprocess.run(cmd, capture_output=True, text=True)
-    if r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)} exited {r.returncode}: {r.stderr[-2000:]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
+def run_timm(size, steps, script, args):
+    """timm's train.py on synthetic batches: its create_dataset / create_loader replaced by a loader that yields
+    the same normalised float batch on the device (what timm's prefetcher hands the step), STEPS per epoch."""
+    import runpy
+    import timm.data
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    batch = int(args[args.index("--batch-size") + 1])
+    images = torch.randn(batch, 3, size, size, device=device)
+    labels = torch.randint(0, 1000, (batch,), device=device)
 
+    class Loader:
+        dataset, sampler, batch_sampler, mixup_enabled = None, None, None, False
 
-class PlainFake(torch.utils.data.Dataset):
-    """torchvision's usual way, on synthetic images: each item is a PIL image turned into a normalized float
-    tensor by ToTensor + Normalize in the worker (4x the bytes of uint8 to collate, pin and copy)."""
+        def __init__(self, n):
+            self.n = n
 
-    def __init__(self, size, length, num_classes=1000, bank=16):
-        import torchvision.transforms as T
-        from PIL import Image
-        g = torch.Generator().manual_seed(0)
-        arrays = torch.randint(0, 256, (bank, size, size, 3), dtype=torch.uint8, generator=g).numpy()
-        self.images = [Image.fromarray(a) for a in arrays]
-        self.tf = T.Compose([T.ToTensor(), T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
-        self.length, self.num_classes = length, num_classes
+        def __len__(self):
+            return self.n
 
-    def __len__(self):
-        return self.length
+        def __iter__(self):
+            return iter([(images, labels)] * self.n)
 
-    def __getitem__(self, i):
-        return self.tf(self.images[i % len(self.images)]), i % self.num_classes
-
-
-def section_plain():
-    """The same model driven the plain way: float workers, default collate, pinned memory, fp32, NCHW,
-    F.cross_entropy, SGD; img/s over the steps after the first LOG_EVERY (warm-up)."""
-    import torchvision
-    dev = device()
-    torch.backends.cudnn.benchmark = True  # as train.py does (and as most scripts do)
-    ds = PlainFake(SIZE, length=(STEPS + 1) * BATCH)
-    loader = torch.utils.data.DataLoader(ds, batch_size=BATCH, shuffle=True, num_workers=WORKERS,
-                                         pin_memory=dev.type == "cuda", drop_last=True,
-                                         persistent_workers=WORKERS > 0)
-    model = getattr(torchvision.models, MODEL)(num_classes=1000).to(dev).train()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-    warm = min(LOG_EVERY, STEPS // 2)
-    t0 = None
-    n = 0
-    for step, (x, y) in enumerate(loader):
-        if step == warm:
-            sync(dev)
-            t0 = time.perf_counter()
-        if step >= STEPS:
-            break
-        x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-        loss = F.cross_entropy(model(x), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        if t0 is not None:
-            n += x.shape[0]
-    sync(dev)
-    seconds = time.perf_counter() - t0
-    return {"img_per_s": n / seconds, "images_timed": n, "steps": STEPS, "warmup_steps": warm,
-            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev.type == "cuda" else None}
-
-
-class EndlessKeys:
-    """(index, epoch) keys for imnet's ImageFolder: a fresh permutation per epoch, without end."""
-
-    def __init__(self, n):
-        self.n = n
-
-    def __iter__(self):
-        epoch = 0
-        while True:
-            for i in torch.randperm(self.n, generator=torch.Generator().manual_seed(epoch)).tolist():
-                yield i, epoch
-            epoch += 1
-
-
-def loader_rate(loader, seconds):
-    """Images per second from the first batch on (worker start-up excluded), for about ``seconds``."""
-    it = iter(loader)
-    next(it)
-    t0 = time.perf_counter()
-    n = 0
-    for batch in it:
-        n += batch[0].shape[0]
-        if time.perf_counter() - t0 > seconds:
-            break
-    return n / (time.perf_counter() - t0), n
-
-
-def section_data():
-    """imnet's input pipeline (ImageFolder + train_transform(SIZE) + build_loader, uint8 batches) with
-    WORKERS processes on the real JPEG sample, then torchvision's standard one (ImageFolder, RandomResizedCrop,
-    flip, ToTensor, Normalize, default collate) with the same workers, for scale."""
-    import torchvision
-    import torchvision.transforms as T
-    from imnet.run import data, folders
-    from imnet.transforms import train_transform
-    if not os.path.isdir(DATA):
-        raise FileNotFoundError(f"no JPEG sample at {DATA} (set IMNET_GPU_CHECK_DATA)")
-    pin = torch.cuda.is_available()
-    classes = folders.find_classes(DATA)
-    ds = data.ImageFolder(DATA, classes, train_transform(SIZE), seed=0)
-    batch = min(BATCH, 64)
-    loader = data.build_loader(ds, EndlessKeys(len(ds)), batch, WORKERS, pin_memory=pin, drop_last=True)
-    imnet_rate, imnet_n = loader_rate(loader, DATA_SECONDS)
-    del loader
-    tv_ds = torchvision.datasets.ImageFolder(DATA, transform=T.Compose([
-        T.RandomResizedCrop(SIZE, antialias=True), T.RandomHorizontalFlip(), T.ToTensor(),
-        T.Normalize((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]))
-    sampler = torch.utils.data.RandomSampler(tv_ds, replacement=True, num_samples=len(tv_ds) * 1000)
-    tv_loader = torch.utils.data.DataLoader(tv_ds, batch_size=batch, sampler=sampler, num_workers=WORKERS,
-                                            pin_memory=pin, drop_last=True, persistent_workers=WORKERS > 0)
-    tv_rate, tv_n = loader_rate(tv_loader, DATA_SECONDS)
-    return {"data": os.path.abspath(DATA), "images": len(ds), "workers": WORKERS, "batch_size": batch,
-            "crop": SIZE, "imnet_img_per_s": imnet_rate, "imnet_images_timed": imnet_n,
-            "torchvision_img_per_s": tv_rate, "torchvision_images_timed": tv_n,
-            "speedup": imnet_rate / tv_rate}
-
-
-# ------------------------------------------------------------------------------------------- merge
-
-def merge(folder):
-    """One JSON object from the sections' files; a section without its file timed out or failed (its
-    status file says which, and its log tail says why)."""
-    res = {"smoke": SMOKE, "sections": {}}
-    parts = {}
-    for status_file in sorted(glob.glob(os.path.join(folder, "*.status"))):
-        name = os.path.basename(status_file)[:-len(".status")]
-        with open(status_file) as f:
-            rc, limit, seconds = f.read().split()
-        status = {"0": "ok", "124": "timeout", "137": "timeout", "skipped": "skipped"}.get(rc, "failed")
-        entry = {"status": status, "rc": rc, "limit_s": int(limit), "seconds": float(seconds)}
-        path = os.path.join(folder, name + ".json")
-        if rc == "0" and os.path.exists(path):
-            with open(path) as f:
-                parts[name] = json.load(f)
-        elif os.path.exists(os.path.join(folder, name + ".log")):
-            with open(os.path.join(folder, name + ".log")) as f:
-                entry["log_tail"] = f.read()[-1500:]
-        res["sections"][name] = entry
-    fl = parts.get("flops", {})
-    flops, peak = fl.get("train_flops_per_image"), fl.get("peak_bf16_tflops")
-    res.update({k: fl.get(k) for k in ("gpu", "peak_bf16_tflops", "peak_source", "model", "image_size",
-                                       "forward_flops_per_image", "train_flops_per_image", "train_over_forward",
-                                       "torch", "cpus")})
-    for name in ("imnet", "imnet_compile", "imnet_start", "plain"):
-        if name in parts:
-            r = parts[name]
-            if flops:
-                r["achieved_tflops"] = r["img_per_s"] * flops / 1e12
-                r["fraction_of_bf16_peak"] = r["achieved_tflops"] / peak if peak else None
-            res[name] = r
-    plain = parts.get("plain", {}).get("img_per_s")
-    for name in ("imnet", "imnet_compile"):
-        if plain and name in parts:
-            res[f"{name}_over_plain"] = parts[name]["img_per_s"] / plain
-    if "imnet_start" in parts and "imnet" in parts:  # what the low-resolution epochs of a ramp gain
-        start, end = parts["imnet_start"]["size"], parts["imnet"]["size"]
-        res["progressive"] = {"start": start, "end": end, "flops_ratio": (end / start) ** 2,
-                              "img_per_s_ratio": parts["imnet_start"]["img_per_s"] / parts["imnet"]["img_per_s"]}
-    if "imnet_compile" in parts and "imnet" in parts:
-        res["compile_gain"] = parts["imnet_compile"]["img_per_s"] / parts["imnet"]["img_per_s"]
-    if "compile_steps" in parts:
-        res["compile_steps"] = parts["compile_steps"]
-    if "syncs" in parts:
-        res["syncs"] = parts["syncs"]
-    if "data" in parts:
-        res["data"] = parts["data"]
-        per = parts["imnet"]["img_per_s"] if "imnet" in parts else None
-        if per:  # how many of these machines' cores one GPU's training would need for real JPEGs
-            res["data"]["gpu_img_per_s_over_pipeline"] = per / parts["data"]["imnet_img_per_s"]
-    return res
-
-
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("section", choices=["flops", "syncs", "imnet", "imnet_compile", "imnet_start", "compile_steps",
-                                        "plain", "data", "merge"])
-    ap.add_argument("folder", nargs="?", help="merge: the folder of section files")
-    ap.add_argument("--json", help="write the section's result here")
-    args = ap.parse_args()
-    if args.section == "merge":
-        print(json.dumps(merge(args.folder), indent=1))
-        return 0
-    torch.manual_seed(0)
-    run = {"flops": section_flops, "syncs": section_syncs, "plain": section_plain, "data": section_data,
-           "imnet": lambda: section_imnet(False), "imnet_compile": lambda: section_imnet(True),
-           "imnet_start": lambda: section_imnet(False, PROGRESSIVE_START),
-           "compile_steps": section_compile_steps}[args.section]
-    result = run()
-    text = json.dumps(result)
-    if args.json:
-        with open(args.json, "w") as f:
-            f.write(text)
-    print(text, flush=True)
+    timm.data.create_dataset = lambda *a, **k: list(range(batch * steps))
+    timm.data.create_loader = lambda dataset, *a, is_training=False, **k: Loader(steps if is_training else 1)
+    sys.argv = [script, *args]
+    try:
+        runpy.run_path(script, run_name="__main__")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 0
     return 0
 
 
+# ------------------------------------------------------------------------------------------- the check
+
+class Check:
+    """Runs the command lines one after the other within BUDGET seconds; each row records its figures or why
+    it has none (timed out, failed: the log's tail is in the JSON, the whole log in the logs folder)."""
+
+    def __init__(self, work, logs):
+        self.work, self.logs, self.start, self.rows = work, logs, time.perf_counter(), []
+        self.facts = {}
+
+    def command(self, name, argv, limit, env=None):
+        """Run argv under min(limit, what is left of the budget); None and a failed row when it does not end
+        with 0."""
+        left = BUDGET - (time.perf_counter() - self.start)
+        limit = min(limit * SLACK, left)
+        if limit < 5:
+            self.row(name, "skipped", note="no time left in the budget")
+            return None
+        log = os.path.join(self.logs, name.replace(" ", "_") + ".log")
+        t0 = time.perf_counter()
+        print(f"[gpu_check] {name} (limit {limit:.0f}s)", file=sys.stderr, flush=True)
+        with open(log, "w") as f:
+            proc = subprocess.Popen(argv, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT,
+                                    env={**os.environ, **(env or {})}, start_new_session=True)
+            try:
+                rc = proc.wait(timeout=limit)
+            except subprocess.TimeoutExpired:  # the whole group: loader workers and compile workers too
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                rc = "timeout"
+        seconds = time.perf_counter() - t0
+        print(f"[gpu_check] {name}: {rc} in {seconds:.0f}s", file=sys.stderr, flush=True)
+        if rc != 0:
+            with open(log) as f:
+                tail = f.read()[-1500:]
+            self.row(name, "timeout" if rc == "timeout" else "failed", note=f"exit {rc}; {log}", log_tail=tail)
+            return None
+        with open(log) as f:
+            return f.read()
+
+    def row(self, name, status, value=None, unit="", note="", **extra):
+        self.rows.append({"row": name, "status": status, "value": value, "unit": unit, "note": note, **extra})
+
+    def train(self, name, size, extra, limit, model=MODEL, keep=False, env=None):
+        """train.py for STEPS optimizer steps (stopped as if preempted: before any evaluation); (img/s, data
+        share, run folder) or None."""
+        out = os.path.join(self.work, name)
+        argv = [sys.executable, "train.py", "--model", model, "--train-crop-size", str(size), "--val-crop-size",
+                str(size), "--batch-size", str(BATCH), "--amp", AMP, "--channels-last", "--epochs", "90",
+                "--warmup-epochs", "0", "--eval-every", "0", "--stop-at-step", str(STEPS), "--log-every",
+                str(max(STEPS // 3, 1)), "--save-every-minutes", "0", "--quiet", "--output", out, *extra]
+        if self.command(name, argv, limit, env) is None:
+            return None
+        rate, share = train_img_per_s(os.path.join(out, "log.jsonl"))
+        if not keep:
+            shutil.rmtree(out, ignore_errors=True)
+        return rate, share, out
+
+    def fraction(self, rate, size):
+        """Achieved training TFLOPS and their fraction of the datasheet's and the measured matmul's peak."""
+        flops = self.facts["flops"].get(size)
+        if not flops:
+            return ""
+        achieved = rate * flops / 1e12
+        parts = [f"{achieved:.0f} TFLOPS"]
+        for label in ("datasheet", "matmul"):
+            if self.facts.get(label):
+                parts.append(f"{100 * achieved / self.facts[label]:.1f}% of {label}")
+        return ", ".join(parts)
+
+    def syncs(self, name, script, runs, per, limit):
+        """Syncs per unit: the difference of two runs that differ by `per` units (steps or batches), so that the
+        setup, the checkpoint and the report cancel out."""
+        counts = []
+        for i, args in enumerate(runs):
+            path = os.path.join(self.work, f"{name}-{i}.json")
+            if self.command(f"{name}-{i}", [sys.executable, "bench/gpu_train.py", "syncs", path, script, *args],
+                            limit) is None:
+                return
+            with open(path) as f:
+                counts.append(json.load(f))
+        if not counts[0]["counted"]:
+            self.row(name, "ok", None, "syncs", note="not counted: no CUDA (the runs themselves passed)")
+            return
+        value = (counts[1]["syncs"] - counts[0]["syncs"]) / per
+        self.row(name, "ok", value, "syncs", note=f"{counts[0]['syncs']} vs {counts[1]['syncs']} over {per} more",
+                 where=counts[1]["where"])
+
+    def run(self):
+        data = os.path.join(self.work, "jpegs")
+        t0 = time.perf_counter()
+        made = write_jpegs(data)
+        self.row("jpegs", "ok", made["images"], "images", note=f"{CLASSES} classes, mean {made['mean_kb']:.0f} KB, "
+                 f"generated in {time.perf_counter() - t0:.0f}s on {CPUS} cores")
+
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.facts["flops"] = {size: training_flops(MODEL, size) for size in SIZES}
+        self.facts["datasheet"] = datasheet_peak(self.facts["gpu"]) if device.type == "cuda" else None
+        self.facts["matmul"] = matmul_tflops(device)
+        self.row("peak bf16 datasheet", "ok" if self.facts["datasheet"] else "unknown", self.facts["datasheet"],
+                 "TFLOPS", note="dense; unknown GPU: set IMNET_PEAK_TFLOPS" if not self.facts["datasheet"] else
+                 "dense, NVIDIA datasheet")
+        self.row("peak bf16 matmul", "ok", self.facts["matmul"], "TFLOPS", note="measured n x n x n bf16 matmul")
+
+        fake = {}
+        for size in SIZES:
+            r = self.train(f"train synthetic {size}", size, ["--fake-data"], 90)
+            if r:
+                fake[size] = r[0]
+                self.row(f"train synthetic {size}", "ok", r[0], "img/s", note=self.fraction(r[0], size))
+        run224 = None
+        for size in SIZES:
+            r = self.train(f"train jpeg {size}", size, ["--data", data, "--workers", str(WORKERS)], 90,
+                           keep=size == SIZES[0])
+            if r:
+                run224 = r[2] if size == SIZES[0] else run224
+                note = f"data wait {100 * r[1]:.0f}%, {WORKERS} workers; " + self.fraction(r[0], size)
+                self.row(f"train jpeg {size}", "ok", r[0], "img/s", note=note)
+
+        r = self.train("loader per core", SIZES[0], ["--data", data, "--workers", str(WORKERS)], 60,
+                       model=LOADER_MODEL)
+        if r:
+            per_core = r[0] / WORKERS
+            need = f"; a GPU at {fake[SIZES[0]]:.0f} img/s needs {fake[SIZES[0]] / per_core:.0f} cores" \
+                if SIZES[0] in fake else ""
+            self.row("loader per core", "ok", per_core, "img/s", note=f"{LOADER_MODEL} at {SIZES[0]} px, {WORKERS} "
+                     f"workers, data wait {100 * r[1]:.0f}% (near 100%: the loader is the limit){need}")
+
+        path = os.path.join(self.work, "bench.json")
+        bench = [sys.executable, "eval.py", "--bench", "--model", MODEL, "--batch-sizes", str(BATCH), "--amp", AMP,
+                 "--channels-last", "--val-crop-size", str(SIZES[0]), "--json", path]
+        if SMOKE:
+            bench += ["--bench-warmup", "1", "--bench-iters", "2"]
+        if self.command("eval bench", bench, 60) is not None:
+            with open(path) as f:
+                rate = json.load(f)["results"][0]["img_per_s"]
+            self.row("eval bench", "ok", rate, "img/s", note=f"eval.py --bench, batch {BATCH}, {SIZES[0]} px")
+
+        if run224:
+            ckpt = os.path.join(run224, "last.pt")
+            path = os.path.join(self.work, "eval.json")
+            evaluate = ["--checkpoint", ckpt, "--batch-size", str(BATCH), "--workers", str(WORKERS),
+                        "--amp", AMP, "--channels-last"]
+            if self.command("eval jpeg", [sys.executable, "eval.py", *evaluate, "--data", os.path.join(data, "val"),
+                                          "--json", path], 60) is not None:
+                with open(path) as f:
+                    report = json.load(f)
+                images = CLASSES * VAL_PER_CLASS
+                self.row("eval jpeg", "ok", images / report["seconds"], "img/s",
+                         note=f"eval.py on {images} JPEGs, {WORKERS} workers (worker start included)")
+            batches = [-(-CLASSES * n // BATCH) for n in (SMALL_VAL_PER_CLASS, VAL_PER_CLASS)]
+            self.syncs("syncs per eval batch", "eval.py",
+                       [evaluate + ["--data", os.path.join(data, split)] for split in ("val_small", "val")],
+                       batches[1] - batches[0], 60)
+        else:
+            self.row("eval jpeg", "skipped", note="no checkpoint: 'train jpeg' failed")
+            self.row("syncs per eval batch", "skipped", note="no checkpoint: 'train jpeg' failed")
+
+        first, second = max(STEPS // 3, 1), 2 * max(STEPS // 3, 1)
+        runs = [["--fake-data", "--model", MODEL, "--train-crop-size", str(SIZES[1]), "--batch-size", str(BATCH),
+                 "--amp", AMP, "--channels-last", "--epochs", "90", "--eval-every", "0", "--log-every", str(first),
+                 "--save-every-minutes", "0", "--quiet", "--stop-at-step", str(stop), "--output",
+                 os.path.join(self.work, f"syncs-{stop}")] for stop in (first, second)]
+        self.syncs("syncs per train step", "train.py", runs, second - first, 60)
+
+        if not os.path.exists(TIMM):
+            self.row("timm synthetic", "skipped", note=f"no {TIMM}: copy there the train.py of timm "
+                     f"{timm_version()} (the version installed here)")
+        else:
+            size = SIZES[0]
+            args = ["--model", MODEL, "--img-size", str(size), "--batch-size", str(BATCH), "--opt", "sgd",
+                    "--lr", "0.1", "--smoothing", "0", "--epochs", "1", "--warmup-epochs", "0", "--channels-last",
+                    "--log-interval", str(max(STEPS // 3, 1)), "--output", os.path.join(self.work, "timm"),
+                    "--num-classes", "1000", "--workers", "0", "--data-dir", data]
+            if AMP == "bf16":
+                args += ["--amp", "--amp-dtype", "bfloat16"]
+            if SMOKE:
+                args += ["--device", "cpu"]
+            text = self.command("timm synthetic", [sys.executable, "bench/gpu_train.py", "timm", str(size),
+                                                   str(STEPS), TIMM, *args], 90)
+            if text is not None:
+                rate = timm_img_per_s(text)
+                note = f"imnet/timm {fake[size] / rate:.2f}" if size in fake else ""
+                self.row("timm synthetic", "ok", rate, "img/s",
+                         note=f"timm {timm_version()}'s train.py at {size} px; {note}")
+
+        env = {"TORCHDYNAMO_DISABLE": "1"} if SMOKE and not os.environ.get("IMNET_GPU_CHECK_SMOKE_COMPILE") else {}
+        r = self.train("train synthetic compiled", SIZES[0], ["--fake-data", "--compile"], 200, env=env)
+        if r:
+            gain = r[0] / fake[SIZES[0]] if SIZES[0] in fake else None
+            note = f"{r[0]:.0f} img/s compiled" + (" (smoke: TORCHDYNAMO_DISABLE=1)" if env else "")
+            self.row("compile gain", "ok", gain, "x", note=note)
+        else:
+            self.row("compile gain", "failed", note="see 'train synthetic compiled'")
+
+
+def table(rows):
+    lines = [f"{'row':<26} {'status':<8} {'value':>10} {'unit':<7} note"]
+    for r in rows:
+        v = r["value"]
+        text = "" if v is None else (f"{v:,.2f}" if isinstance(v, float) and abs(v) < 100 else f"{v:,.0f}")
+        lines.append(f"{r['row']:<26} {r['status']:<8} {text:>10} {r['unit']:<7} {r['note']}")
+    return "\n".join(lines)
+
+
+def check():
+    if not torch.cuda.is_available() and not SMOKE:
+        print(f"gpu_check: CUDA is not available to torch {torch.__version__} on this machine, so no figure would "
+              "be a GPU's. Run it where `python -c 'import torch; print(torch.cuda.is_available())'` prints True, "
+              "or set IMNET_GPU_CHECK_SMOKE=1 to test the check on the CPU.", file=sys.stderr)
+        return 2
+    out = os.environ.get("OUT") or None
+    work = tempfile.mkdtemp(prefix="imnet-gpu-check-")
+    logs = os.path.join(out, "gpu_check_logs") if out else tempfile.mkdtemp(prefix="imnet-gpu-check-logs-")
+    os.makedirs(logs, exist_ok=True)
+    c = Check(work, logs)
+    c.facts["gpu"] = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    c.row("device", "ok", None, note=f"{c.facts['gpu']}, torch {torch.__version__}, {CPUS} cpus"
+          + (", SMOKE (CPU, tiny sizes)" if SMOKE else ""))
+    try:
+        c.run()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        print(table(c.rows))
+        report = json.dumps({"smoke": SMOKE, "model": MODEL, "sizes": SIZES, "batch": BATCH, "steps": STEPS,
+                             "workers": WORKERS, "rows": c.rows}, indent=1)
+        if out:
+            with open(os.path.join(out, "gpu_check.json"), "w") as f:
+                f.write(report)
+        print(f"[gpu_check] {time.perf_counter() - c.start:.0f}s; logs in {logs}", file=sys.stderr)
+    return 0
+
+
+def main(argv):
+    if argv[:1] == ["jpegs"]:
+        print(json.dumps(write_jpegs(argv[1])))
+        return 0
+    if argv[:1] == ["syncs"]:
+        return count_syncs(argv[1], argv[2], argv[3:])
+    if argv[:1] == ["timm"]:
+        return run_timm(int(argv[1]), int(argv[2]), argv[3], argv[4:])
+    return check()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(sys.argv[1:]))
