@@ -153,7 +153,7 @@ def bad_cases(tmp: Path, good: Path) -> dict:
     return {
         "missing": ([tmp / "nope.pt", "-o", out], "does not exist"),
         "empty": ([tmp / "empty.pt", "-o", out], "empty"),
-        "garbage": ([tmp / "garbage.pt", "-o", out], "cannot be read"),
+        "garbage": ([tmp / "garbage.pt", "-o", out], "Cannot read checkpoint"),
         "plain_state_dict": ([tmp / "plain.pt", "-o", out], "plain state_dict"),
         "foreign_dict": ([tmp / "foreign.pt", "-o", out], "not a train.py checkpoint"),
         "ema_without_ema": ([tmp / "no_ema.pt", "--ema", "-o", out], "no EMA"),
