@@ -33,16 +33,17 @@ than their epsilon. torch's ``RMSprop`` (torchvision's MobileNetV3 recipe: alpha
 
     v_0 = 0;   v <- alpha v + (1 - alpha) g^2;   b <- mu b + g / (sqrt(v) + eps);   w <- w - lr b
 
-TensorFlow's (``tf.compat.v1.train.RMSPropOptimizer``, the ApplyRMSProp kernel; the EfficientNet,
-EfficientNet-Lite and MobileNet references: alpha ("decay") 0.9, mu 0.9, eps 1e-3), `RMSpropTF`:
+TensorFlow's (``tf.compat.v1.train.RMSPropOptimizer``, the ApplyRMSProp kernel), `RMSpropTF`; the EfficientNet
+and EfficientNet-Lite references train with it (tensorflow/tpu efficientnet/utils.py build_optimizer: alpha
+("decay") 0.9, mu 0.9, eps 1e-3):
 
     v_0 = 1;   v <- v + (1 - alpha) (g^2 - v);   m <- mu m + lr g / sqrt(v + eps);   w <- w - m
 
-eps sits inside the square root (TF's 1e-3 is torch's sqrt(1e-3) = 0.0316, hence torchvision's value), the
-average starts at 1 (the first steps are about lr * g, not lr * g / sqrt(1 - alpha)), and the LR enters the
-momentum buffer (a change of LR takes effect gradually). This is timm's ``RMSpropTF`` with its defaults
-(``lr_in_momentum=True``, not centered). Weight decay is L2 in the gradient, g <- g + wd * w, as the reference's
-loss term wd * sum ||w||^2 / 2.
+eps sits inside the square root (sqrt(1e-3) = 0.0316, the eps torchvision's recipe gives torch's RMSprop), the
+average starts at 1 (a small gradient's first step is about lr * g, where torch's is lr * sign(g) / sqrt(1 -
+alpha)), and the LR enters the momentum buffer (a change of LR takes effect gradually). This is timm's
+``RMSpropTF`` with its defaults (``lr_in_momentum=True``, not centered). Weight decay is L2 in the gradient,
+g <- g + wd * w, as the reference's loss term wd * sum ||w||^2 / 2.
 
 Layer-wise LR decay for fine-tuning (ELECTRA, Clark et al. 2020; BEiT, Bao et al. 2022; MAE, He et al.
 2022): the layers near the input, which hold the most general features, move least. Each parameter gets a
