@@ -29,8 +29,8 @@ depthwise kernel gets 2 / (k * k); torchvision's kaiming_normal_ does not divide
 ~ U(+-1 / sqrt(num_classes)), zero biases.
 
 Padding: TensorFlow's "SAME" pads a stride-2 convolution asymmetrically, by what the input needs (`Conv2dSame`;
-more at the bottom and right), PyTorch's symmetric padding k // 2 does not; the two differ by a shift of one
-pixel. ``padding="same"`` evaluates weights converted from the reference exactly (timm's tf_efficientnet_lite*),
+more at the bottom and right), PyTorch's symmetric padding k // 2 does not; on an even input size the two
+differ by a one-pixel shift (on an odd one SAME is symmetric too). ``padding="same"`` evaluates weights converted from the reference exactly (timm's tf_efficientnet_lite*),
 ``"symmetric"`` is PyTorch's (timm's efficientnet_lite*, torchvision's EfficientNet). Both have the same
 parameters: one state_dict loads into either.
 
