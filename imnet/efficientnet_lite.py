@@ -30,9 +30,9 @@ depthwise kernel gets 2 / (k * k); torchvision's kaiming_normal_ does not divide
 
 Padding: TensorFlow's "SAME" pads a stride-2 convolution asymmetrically, by what the input needs (`Conv2dSame`;
 more at the bottom and right), PyTorch's symmetric padding k // 2 does not; on an even input size the two
-differ by a one-pixel shift (on an odd one SAME is symmetric too). ``padding="same"`` evaluates weights converted from the reference exactly (timm's tf_efficientnet_lite*),
-``"symmetric"`` is PyTorch's (timm's efficientnet_lite*, torchvision's EfficientNet). Both have the same
-parameters: one state_dict loads into either.
+differ by a one-pixel shift (on an odd one SAME is symmetric too). ``padding="same"`` evaluates weights
+converted from the reference exactly (timm's tf_efficientnet_lite*), ``"symmetric"`` is PyTorch's (timm's
+efficientnet_lite*, torchvision's EfficientNet). Both have the same parameters: one state_dict loads into either.
 
 State-dict layout: torchvision's EfficientNet (``features.0`` stem, ``features.1-7`` the stages of ``block``s,
 ``features.8`` head, ``classifier.1``), with an empty ``nn.Identity`` where torchvision has squeeze-and-excitation,
