@@ -11,7 +11,7 @@ import torch
 
 import train
 from conftest import parse_table
-from imnet.run import config, dist, models
+from imnet.run import config, dist, flags, models
 from imnet.optim import no_decay_names, param_groups
 from imnet.run.recipes import META, RECIPES
 from test_optim import timm_exempt, torchvision_exempt
@@ -24,7 +24,7 @@ ROWS = parse_table(MD, after="## Against the sources")
 
 def resolved(name: str) -> config.Config:
     """The recipe on its reference world size and ImageNet's size, as train.py resolves it."""
-    below, given = train.parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"])
+    below, given = flags.parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"])
     return config.resolve(below, given, META[name]["gpus"]).with_data(1_281_167, 50_000, 1000)
 
 
@@ -44,7 +44,7 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
         assert cfg.random_erase_mode == {"torchvision": "const", "DeiT": "pixel"}.get(source, cfg.random_erase_mode)
 
     # auto-augment, at the interpolation of the transform train.py builds; both sources pass the training one
-    _, train_set, _ = train.build_datasets(config.resolve(*train.parse_args(
+    _, train_set, _ = train.build_datasets(config.resolve(*flags.parse_args(
         ["--recipe", name, "--data", str(tiny_data), "--output", "x", "--train-crop-size", "32",
          "--val-crop-size", "32", "--val-resize-size", "36"]), 1))
     op = train_set.transform._aa
@@ -63,11 +63,15 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
         model = models.build_model(cfg.model, 1000)
     ours = no_decay_names(model, cfg.no_decay_on)
     if source == "torchvision":
-        flags = row["source's exemption"]
-        assert ours == torchvision_exempt(model, "" if flags == "(none)" else flags)
+        exemption = row["source's exemption"]
+        assert ours == torchvision_exempt(model, "" if exemption == "(none)" else exemption)
     elif source == "DeiT":
         assert row["source's exemption"] == "timm filter_bias_and_bn + no_weight_decay()"
         assert ours == timm_exempt(model)
+    elif source == "TensorFlow":  # main.py: weight_decay x l2_loss of the variables outside batch_normalization
+        assert row["source's exemption"] == "'batch_normalization' not in the name"
+        bn = [name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert ours == {f"{name}.{p}" for name in bn for p in ("weight", "bias")}
     else:
         assert source == "imnet" and name == "demo"
 
@@ -76,7 +80,8 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
     start = "off" if not cfg.ema else "copy during warmup" if cfg.ema_copy_warmup else "initial weights"
     assert row["EMA start"] == start
     if cfg.ema:
-        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights"}[source]
+        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights",
+                         "TensorFlow": "initial weights"}[source]
         tiny = torch.nn.Linear(2, 2)
         ema = train.build_parts(cfg, tiny, param_groups(tiny, 0.0), 3, dist.DistInfo()).ema
         if cfg.ema_copy_warmup:  # the copy phase is the LR warmup, counted in optimizer steps
