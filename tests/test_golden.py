@@ -76,13 +76,13 @@ def digest(obj) -> str:
 
 def golden_run(tmp: Path) -> dict:
     import train
-    from imnet.run import data as imnet_data
+    from imnet.run import data as imnet_data, flags
     root = make_imagefolder(tmp / "data", num_classes=3, train_per_class=16, val_per_class=5)
     out = tmp / "run"
     assert train.main(ARGS + ["--data", str(root), "--output", str(out)]) == 0
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     # The data stream: what the loader hands the first epoch's steps, through the run's own transform and sampler.
-    below, given = train.parse_args(ARGS + ["--data", str(root), "--output", str(tmp / "unused")])
+    below, given = flags.parse_args(ARGS + ["--data", str(root), "--output", str(tmp / "unused")])
     from imnet.run import config
     cfg = config.resolve(below, given, 1)
     _, train_set, _ = train.build_datasets(cfg)
