@@ -81,7 +81,8 @@ def train_step(cfg: Config, parts: Parts, micro_batches: list, epoch: int, step:
     set_lr(parts.optimizer, cfg.lr_at(global_step))
     losses = []
     for micro, (images, labels) in enumerate(micro_batches):
-        images, labels = data.to_device(images, labels, parts.device, channels_last=cfg.channels_last)
+        images, labels = data.to_device(images, labels, parts.device, channels_last=cfg.channels_last,
+                                        mean=cfg.eval_policy.mean, std=cfg.eval_policy.std)
         # The randomness of a micro-step depends only on where it is in the run, so a resumed run replays it
         # without any RNG history: dropout and stochastic depth from torch's global RNG; erasing and mixing
         # from a CPU generator (their draws are host scalars: nothing waits for the GPU).
@@ -280,7 +281,8 @@ def end_epoch(training: Training, epoch_t0: float, train_size: int) -> None:
         training.sampler.set_epoch(progress.epoch)  # one pass of this epoch's augmentation, from its first sample
         training.sampler.set_start(0)
         with training.preemption.deferred(), autocast(parts.device, cfg.amp_dtype):  # workers may be forked here
-            recompute_batchnorm(parts.swa, data.images_on(training.train_loader, parts.device, cfg.channels_last))
+            recompute_batchnorm(parts.swa, data.images_on(training.train_loader, parts.device, cfg.channels_last,
+                                                          cfg.eval_policy.mean, cfg.eval_policy.std))
     row = train_row(cfg, training.meter.compute(distributed=True), progress.epoch, parts.mixer is not None,
                     training.bad_counter.count)
     row.update(epoch_time=time.time() - epoch_t0, train_size=train_size)
@@ -584,7 +586,7 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
                 LAMB(groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     else:
         optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
-                                    momentum=cfg.momentum, nesterov=cfg.nesterov)
+                                    momentum=cfg.momentum, nesterov=cfg.nesterov, eps=cfg.opt_eps)
     train_model = model
     if info.distributed:
         train_model = nn.parallel.DistributedDataParallel(

@@ -1,4 +1,4 @@
-"""Parameter groups with weight-decay exclusions and layer-wise LR decay, and the SGD / AdamW builders.
+"""Parameter groups with weight-decay exclusions and layer-wise LR decay, and the optimizer builder.
 
 Weight decay pulls weights towards 0. That regularises the *direction* of a weight matrix, but on scale-like
 parameters it only fights the network: normalisation weights and biases, other 1-D parameters (per-channel
@@ -27,6 +27,23 @@ is timm's rule carried over to torchvision's ConvNeXt. Parameters with ``require
 Optimizers: SGD with (Nesterov) momentum and L2 weight decay added to the gradient, the classic ResNet recipe;
 AdamW (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization"), whose decay is decoupled from the
 adaptive step: w <- w - lr * wd * w. Both use torch's fused kernels on CUDA, the foreach path elsewhere.
+
+RMSProp (Tieleman & Hinton 2012), the optimizer of the mobile recipes, in two variants that differ in more
+than their epsilon. torch's ``RMSprop`` (torchvision's MobileNetV3 recipe: alpha 0.9, eps 0.0316):
+
+    v_0 = 0;   v <- alpha v + (1 - alpha) g^2;   b <- mu b + g / (sqrt(v) + eps);   w <- w - lr b
+
+TensorFlow's (``tf.compat.v1.train.RMSPropOptimizer``, the ApplyRMSProp kernel), `RMSpropTF`; the EfficientNet
+and EfficientNet-Lite references train with it (tensorflow/tpu efficientnet/utils.py build_optimizer: alpha
+("decay") 0.9, mu 0.9, eps 1e-3):
+
+    v_0 = 1;   v <- v + (1 - alpha) (g^2 - v);   m <- mu m + lr g / sqrt(v + eps);   w <- w - m
+
+eps sits inside the square root (sqrt(1e-3) = 0.0316, the eps torchvision's recipe gives torch's RMSprop), the
+average starts at 1 (a small gradient's first step is about lr * g, where torch's is lr * sign(g) / sqrt(1 -
+alpha)), and the LR enters the momentum buffer (a change of LR takes effect gradually). This is timm's
+``RMSpropTF`` with its defaults (``lr_in_momentum=True``, not centered). Weight decay is L2 in the gradient,
+g <- g + wd * w, as the reference's loss term wd * sum ||w||^2 / 2.
 
 Layer-wise LR decay for fine-tuning (ELECTRA, Clark et al. 2020; BEiT, Bao et al. 2022; MAE, He et al.
 2022): the layers near the input, which hold the most general features, move least. Each parameter gets a
@@ -60,7 +77,7 @@ from torchvision.models.swin_transformer import SwinTransformer
 from torchvision.models.vision_transformer import VisionTransformer
 
 __all__ = ["NO_DECAY_CATEGORIES", "IMNET_NO_DECAY", "EMBEDDING_NAMES", "NORM_LAYERS", "no_decay_names",
-           "param_groups", "count_param_groups", "build_optimizer", "layer_ids", "layer_decay_groups"]
+           "param_groups", "count_param_groups", "RMSpropTF", "build_optimizer", "layer_ids", "layer_decay_groups"]
 
 NO_DECAY_CATEGORIES = ("norm", "bias", "embedding", "1d", "layer_scale")
 IMNET_NO_DECAY = ("1d", "embedding", "layer_scale")
@@ -197,10 +214,41 @@ def layer_decay_groups(model, weight_decay, layer_decay, no_decay_on=IMNET_NO_DE
     return [groups[k] for k in sorted(groups, key=lambda k: (k[0], k[1] != "decay"))]
 
 
+class RMSpropTF(torch.optim.Optimizer):
+    """TensorFlow's RMSProp (module docstring); its defaults are TensorFlow's (the references pass eps 1e-3,
+    momentum 0.9)."""
+
+    def __init__(self, params, lr, alpha=0.9, eps=1e-10, momentum=0.0, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                grad = p.grad.add(p, alpha=group["weight_decay"]) if group["weight_decay"] else p.grad
+                state = self.state[p]
+                if not state:
+                    state["square_avg"] = torch.ones_like(p)
+                    state["momentum_buffer"] = torch.zeros_like(p)
+                square_avg, buf = state["square_avg"], state["momentum_buffer"]
+                square_avg.add_(grad.square() - square_avg, alpha=1 - group["alpha"])  # TF's order of operations
+                buf.mul_(group["momentum"]).addcdiv_(grad, square_avg.add(group["eps"]).sqrt_(), value=group["lr"])
+                p.sub_(buf)
+        return loss
+
+
 def build_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, nesterov=False, betas=(0.9, 0.999),
-                    eps=1e-8, fused=None):
-    """torch.optim.SGD or AdamW over ``params`` (tensors or param groups; a group's own "weight_decay" wins).
-    ``fused=None`` picks fused kernels when every parameter is on CUDA, foreach otherwise."""
+                    eps=1e-8, alpha=0.9, fused=None):
+    """torch.optim.SGD, AdamW, RMSprop or `RMSpropTF` ("sgd", "adamw", "rmsprop", "rmsproptf") over ``params``
+    (tensors or param groups; a group's own "weight_decay" wins); ``alpha`` is RMSProp's smoothing constant (0.9
+    in both sources, not torch's default 0.99). ``fused=None`` picks fused kernels when every parameter is on
+    CUDA, foreach otherwise (torch's RMSprop has no fused kernel: foreach)."""
     if isinstance(params, torch.Tensor):
         raise TypeError("params must be an iterable of tensors or of param-group dicts")
     params = list(params)
@@ -213,4 +261,9 @@ def build_optimizer(name, params, lr, weight_decay=0.0, momentum=0.9, nesterov=F
                                weight_decay=weight_decay, **impl)
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, **impl)
-    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd' or 'adamw'")
+    if name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum,
+                                   weight_decay=weight_decay, foreach=True)
+    if name == "rmsproptf":
+        return RMSpropTF(params, lr=lr, alpha=alpha, eps=eps, momentum=momentum, weight_decay=weight_decay)
+    raise ValueError(f"unknown optimizer {name!r}; expected 'sgd', 'adamw', 'rmsprop' or 'rmsproptf'")

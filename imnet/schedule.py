@@ -13,12 +13,20 @@ then one of
              (Loshchilov & Hutter 2017, "SGDR: Stochastic Gradient Descent with Warm Restarts",
              without restarts; reaches min_lr at t = T and stays there after)
     step     lr(t) = eta * gamma ** (number of milestones <= t)     (He et al. 2016: /10 every 30 epochs)
+    exp      lr(t) = eta * gamma ** floor(t / N)                    (N = decay_steps, may be fractional)
     constant lr(t) = eta
+
+"exp" is TensorFlow's ``exponential_decay(..., staircase=True)`` as the EfficientNet reference uses it
+(tensorflow/tpu models/official/efficientnet/utils.py, build_learning_rate: N = 2.4 epochs of steps, gamma 0.97,
+so the LR drops within an epoch) and, with N a whole number of epochs, torchvision's per-epoch
+``StepLR(step_size, gamma)`` (its MobileNetV3 recipe: 2 epochs, 0.973); N = 1 is ``ExponentialLR`` stepped per
+iteration. Like "step", it counts t from 0, not from the end of the warmup, as TensorFlow does (warmup replaces
+the first decays; torch's ``SequentialLR`` would start the decay at W instead).
 
 Per step, this equals torch's ``SequentialLR([LinearLR(start_factor=s, total_iters=W),
 CosineAnnealingLR(T_max=T - W, eta_min=min_lr)], milestones=[W])`` stepped once per iteration
 (torch's LinearLR needs s > 0; here s = 0 is allowed), and ``MultiStepLR(milestones, gamma)`` for
-"step" without warmup.
+"step" without warmup, and ``StepLR(N, gamma)`` for "exp" with a whole N and no warmup.
 
 Linear scaling rule (Goyal et al. 2017): lr = base_lr * global_batch / base_batch, where the global
 batch is per-GPU batch x GPUs x gradient-accumulation steps (the samples behind one optimizer step).
@@ -64,10 +72,10 @@ def scale_lr(base_lr, global_batch, base_batch=256, rule="linear"):
 
 
 def lr_at(step, *, base_lr, total_steps, warmup_steps=0, warmup_start_factor=0.0, sched="cosine",
-          min_lr=0.0, milestones=(), gamma=0.1):
+          min_lr=0.0, milestones=(), gamma=0.1, decay_steps=1.0):
     """LR for optimizer step ``step`` (0-based)."""
-    if sched not in ("cosine", "step", "constant"):
-        raise ValueError(f"unknown schedule {sched!r}; expected 'cosine', 'step' or 'constant'")
+    if sched not in ("cosine", "step", "exp", "constant"):
+        raise ValueError(f"unknown schedule {sched!r}; expected 'cosine', 'step', 'exp' or 'constant'")
     if step < warmup_steps:
         return base_lr * (warmup_start_factor + (1.0 - warmup_start_factor) * step / warmup_steps)
     if sched == "cosine":
@@ -75,6 +83,8 @@ def lr_at(step, *, base_lr, total_steps, warmup_steps=0, warmup_start_factor=0.0
         return min_lr + (base_lr - min_lr) * 0.5 * (1.0 + math.cos(math.pi * progress))
     if sched == "step":
         return base_lr * gamma ** bisect.bisect_right(sorted(milestones), step)
+    if sched == "exp":
+        return base_lr * gamma ** math.floor(step / decay_steps)
     return base_lr
 
 

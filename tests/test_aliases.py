@@ -49,7 +49,7 @@ SAME = {
 
 # alias case -> (their command line, what the message must say: the imnet flag or the conversion)
 DIFFERENT = {
-    "--lr-step-size": (["--lr-step-size", "30"], "--sched step --lr-milestones S 2S 3S"),
+    "--lr-step-size": (["--lr-step-size", "30"], "--sched exp --lr-decay-epochs S --lr-gamma G"),
     "--print-freq": (["--print-freq", "10"], "type --log-every N"),
     "--test-only": (["--test-only"], "python eval.py --checkpoint RUN/best.pt"),
     "--model-ema-decay": (["--model-ema-decay", "0.99998"], "--ema-decay D for timm's; imnet.run.recipes.torchvision"),
@@ -58,15 +58,15 @@ DIFFERENT = {
     "--aa": (["--aa", "rand-m9-mstd0.5-inc1"], "--auto-augment ra --ra-magnitude M --ra-num-ops 2"),
     "--warmup-lr": (["--warmup-lr", "1e-5"], "--warmup-start-factor F with F = warmup LR / peak LR"),
     "--amp-dtype": (["--amp-dtype", "bfloat16"], "--amp bf16"),
-    "--lr-scheduler steplr": (["--lr-scheduler", "steplr"], "--lr-milestones S 2S 3S"),
-    "--lr-scheduler exponentiallr": (["--lr-scheduler=exponentiallr"], "exponentiallr has no imnet counterpart"),
+    "--lr-scheduler steplr": (["--lr-scheduler", "steplr"], "--sched exp --lr-decay-epochs S --lr-gamma G"),
+    "--lr-scheduler exponentiallr": (["--lr-scheduler=exponentiallr"], "--sched exp --lr-decay-epochs 1 --lr-gamma G"),
     "--hflip 0.3": (["--hflip", "0.3"], "drop --hflip"),
     "--lr-warmup-method constant": (["--lr-warmup-method", "constant"], "imnet's warmup is linear"),
     "--lr-warmup-epochs alone": (["--lr-warmup-epochs", "5"], "torchvision's warmup is constant unless"),
     "--pretrained": (["--pretrained"], "--weights ResNet50_Weights.DEFAULT"),
     "--input-size": (["--input-size", "3", "224", "224"], "--train-crop-size N --val-crop-size N"),
-    "--decay-epochs": (["--decay-epochs", "30"], "--sched step --lr-milestones E 2E 3E"),
-    "--decay-rate": (["--decay-rate", "0.1"], "--lr-gamma RATE"),
+    "--decay-epochs": (["--decay-epochs", "30"], "--sched exp --lr-decay-epochs E --lr-gamma RATE"),
+    "--decay-rate": (["--decay-rate", "0.1"], "timm by default per epoch"),
     "--experiment": (["--experiment", "x"], "--output FOLDER"),
     "--ra-sampler": (["--ra-sampler"], "--ra-reps 3"),
     "--norm-weight-decay": (["--norm-weight-decay", "0"], "--no-decay-on norm"),

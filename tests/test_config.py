@@ -220,3 +220,33 @@ def test_the_demo_on_two_processes_doubles_the_global_batch_unless_the_batch_is_
     assert (one.global_batch_size, two.global_batch_size, halved.global_batch_size) == (32, 64, 32)
     assert (one.steps_per_epoch, two.steps_per_epoch, halved.steps_per_epoch) == (62, 31, 62)
     assert two.peak_lr == 2 * one.peak_lr and halved.peak_lr == one.peak_lr
+
+
+# ------------------------------------------------------------------------------------------ EfficientNet-Lite
+
+def test_exp_decay_counts_its_epochs_in_optimizer_steps():
+    """--sched exp: LR x gamma every --lr-decay-epochs, stepped per optimizer step (TensorFlow's staircase
+    exponential_decay); a whole number of epochs is torch's StepLR stepped per epoch."""
+    import torch
+    cfg = resolved("--lr", "0.8", "--epochs", "10", "--sched", "exp", "--lr-decay-epochs", "2.4",
+                   "--lr-gamma", "0.97").with_data(10 * 32, 1, 2)
+    assert cfg.steps_per_epoch == 10
+    assert [cfg.lr_at(t) for t in range(100)] == [0.8 * 0.97 ** (t // 24) for t in range(100)]
+    whole = resolved("--lr", "0.8", "--epochs", "10", "--sched", "exp", "--lr-decay-epochs", "2",
+                     "--lr-gamma", "0.5").with_data(10 * 32, 1, 2)
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.8)
+    sched, torch_lrs = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5), []
+    for _ in range(10):
+        torch_lrs += [opt.param_groups[0]["lr"]] * 10
+        opt.step()
+        sched.step()
+    assert [whole.lr_at(t) for t in range(100)] == pytest.approx(torch_lrs, rel=1e-12)
+
+
+def test_lite_models_get_their_sources_normalisation_in_the_policy():
+    from imnet.efficientnet_lite import LITE_MEAN, LITE_STD
+    from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD
+    for name, mean, std in (("efficientnet_lite0", LITE_MEAN, LITE_STD), ("tf_efficientnet_lite3", LITE_MEAN, LITE_STD),
+                            ("resnet18", IMAGENET_MEAN, IMAGENET_STD)):
+        p = resolved("--model", name, "--val-crop-size", "240").eval_policy
+        assert (p.mean, p.std, p.crop_size, p.resize_size) == (mean, std, 240, 274)

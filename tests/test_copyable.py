@@ -147,6 +147,16 @@ cls_logits, dist_logits = model(x)
 assert torch.allclose(model.eval()(x), (cls_logits + dist_logits) / 2, atol=1e-6)
 assert m.interpolate_pos_embedding(model.encoder.pos_embedding, 3).shape == (1, 2 + 9, 8)
 """,
+    "efficientnet_lite": """
+assert m.round_filters(112, 1.2) == 136 and m.round_repeats(3, 1.4) == 5
+assert [round(v * 255) for v in m.LITE_MEAN + m.LITE_STD] == [127] * 3 + [128] * 3
+with torch.device("meta"):
+    assert sum(p.numel() for p in m.efficientnet_lite("efficientnet_lite0").parameters()) == 4_652_008
+conv = m.Conv2dSame(1, 1, 3, 2, bias=False)
+torch.nn.init.ones_(conv.weight)
+# TensorFlow's SAME on 4 px pads (0, 1): 9 ones in the first window, 4 in the last
+assert conv(torch.ones(1, 1, 4, 4)).flatten().tolist() == [9.0, 6.0, 6.0, 4.0]
+""",
     "sam": """
 w = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
 w.grad = torch.tensor([3.0, 4.0])

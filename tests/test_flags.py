@@ -53,7 +53,7 @@ def test_every_numeric_flag_states_its_range():
     (["--lr", "inf"], "--lr must be >= 0 (got inf)"),
     (["--max-bad-images", "-3"], "--max-bad-images must be a count"),
     (["--epoch", "3"], "unknown flag --epoch (did you mean --epochs?)"),
-    (["--opt", "lion"], "--opt must be one of 'sgd', 'adamw', 'lars', 'lamb' (got 'lion')"),
+    (["--opt", "lion"], "--opt must be one of 'sgd', 'adamw', 'lars', 'lamb', 'rmsprop', 'rmsproptf' (got 'lion')"),
 ])
 def test_bad_values_are_one_paragraph_before_any_work(argv, needle, tmp_path, capsys):
     out = tmp_path / "out"

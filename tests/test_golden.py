@@ -76,7 +76,7 @@ def digest(obj) -> str:
 
 def golden_run(tmp: Path) -> dict:
     import train
-    from imnet.run import data as imnet_data
+    from imnet.run import data as imnet_data, flags
     root = make_imagefolder(tmp / "data", num_classes=3, train_per_class=16, val_per_class=5)
     out = tmp / "run"
     assert train.main(ARGS + ["--data", str(root), "--output", str(out)]) == 0

@@ -85,6 +85,18 @@ def test_head_keys_are_the_tensors_shaped_by_the_number_of_classes():
     assert models.head_keys("regnet_y_400mf") == {"fc.weight", "fc.bias"}  # built on the CPU (not on meta)
 
 
-def test_efficientnet_lite_is_named_as_absent_from_torchvision():
-    with pytest.raises(ValueError, match="EfficientNet-Lite is not in torchvision"):
-        models.build_model("efficientnet_lite0", 3)
+def test_efficientnet_lite_by_name_with_its_padding_drop_path_and_normalisation():
+    """timm's names: efficientnet_lite* pads symmetrically, tf_efficientnet_lite* as TensorFlow's SAME; the same
+    keys either way; --drop-path is the last block's rate's p in p * i / n; the pixels are (x - 127) / 128."""
+    from imnet.efficientnet_lite import LITE_MEAN, LITE_STD, Conv2dSame, efficientnet_lite
+    sym, same = (models.build_model(name, 3, drop_path=0.4) for name in ("efficientnet_lite2", "tf_efficientnet_lite2"))
+    assert not any(isinstance(m, Conv2dSame) for m in sym.modules())
+    assert sum(isinstance(m, Conv2dSame) for m in same.modules()) == 5  # the stem and the 4 stride-2 stages
+    reference = efficientnet_lite("efficientnet_lite2").state_dict()
+    assert sym.state_dict().keys() == same.state_dict().keys() == reference.keys()
+    rates = [m.p for m in sym.modules() if isinstance(m, torchvision.ops.StochasticDepth)]
+    assert rates[0] == 0 and rates[-1] == pytest.approx(0.4 * (len(rates) - 1) / len(rates))
+    assert models.normalization("tf_efficientnet_lite0")[:2] == models.normalization("efficientnet_lite4")[:2] \
+        == (LITE_MEAN, LITE_STD)
+    assert models.normalization("resnet50")[:2] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+    assert models.head_keys("efficientnet_lite0") == {"classifier.1.weight", "classifier.1.bias"}

@@ -242,6 +242,94 @@ def test_adamw_equals_torch_reference():
     torch.testing.assert_close(model.bias, reference.bias)
 
 
+BATCHES = [torch.randn(4, 5, generator=torch.Generator().manual_seed(t)) for t in range(8)]
+
+
+def _train(model, optimizer, batches, lrs=None):
+    """One update of ``model`` per batch; ``lrs[t]``, if given, is step t's LR."""
+    for t, x in enumerate(batches):
+        if lrs is not None:
+            for group in optimizer.param_groups:
+                group["lr"] = lrs[t]
+        optimizer.zero_grad()
+        model(x).pow(2).sum().backward()
+        optimizer.step()
+
+
+def test_rmsproptf_closed_form():
+    """Three steps of TensorFlow's ApplyRMSProp written out (v_0 = 1, eps inside the root, lr inside the
+    momentum buffer, L2 decay in the gradient), with a different LR each step."""
+    w0, grads, lrs = torch.tensor([0.5, -2.0], dtype=torch.float64), [3.0, -1.0, 0.25], [0.1, 0.05, 0.2]
+    alpha, eps, mu, wd = 0.9, 1e-3, 0.9, 0.01
+    w, v, m = w0.clone(), torch.ones(2, dtype=torch.float64), torch.zeros(2, dtype=torch.float64)
+    for g, lr in zip(grads, lrs):
+        g = g + wd * w
+        v = alpha * v + (1 - alpha) * g * g
+        m = mu * m + lr * g / torch.sqrt(v + eps)
+        w = w - m
+    p = nn.Parameter(w0.clone())
+    opt = build_optimizer("rmsproptf", [p], lr=0.0, weight_decay=wd, momentum=mu, eps=eps, alpha=alpha)
+    assert isinstance(opt, imoptim.RMSpropTF)
+    for g, lr in zip(grads, lrs):
+        opt.param_groups[0]["lr"] = lr
+        p.grad = torch.full_like(p, g)
+        opt.step()
+    torch.testing.assert_close(p.detach(), w, rtol=1e-12, atol=1e-12)
+    # by hand, the first step without momentum or decay: v = 1 + 0.1 (9 - 1) = 1.8, w = 0.5 - 0.1 * 3 / sqrt(1.8)
+    q = nn.Parameter(torch.tensor([0.5], dtype=torch.float64))
+    q.grad = torch.tensor([3.0], dtype=torch.float64)
+    imoptim.RMSpropTF([q], lr=0.1, eps=0.0).step()
+    assert q.item() == pytest.approx(0.5 - 0.3 / math.sqrt(1.8), rel=1e-14)
+
+
+@pytest.mark.parametrize("momentum, weight_decay", [(0.0, 0.0), (0.9, 0.0), (0.0, 1e-2), (0.9, 1e-2)])
+def test_rmsproptf_equals_timm(momentum, weight_decay):
+    timm_optim = pytest.importorskip("timm.optim")
+    torch.manual_seed(0)
+    model, reference = nn.Linear(5, 3), nn.Linear(5, 3)
+    reference.load_state_dict(model.state_dict())
+    lrs = [0.01 * 0.9 ** t for t in range(8)]  # a changing LR: TF's lr-in-momentum is visible
+    ours = build_optimizer("rmsproptf", model.parameters(), lr=0.01, weight_decay=weight_decay, momentum=momentum,
+                           eps=1e-3, alpha=0.9)
+    ref = timm_optim.RMSpropTF(reference.parameters(), lr=0.01, alpha=0.9, eps=1e-3, momentum=momentum,
+                               weight_decay=weight_decay, foreach=False)
+    _train(model, ours, BATCHES, lrs=lrs)
+    _train(reference, ref, BATCHES, lrs=lrs)
+    torch.testing.assert_close(model.weight, reference.weight)
+    torch.testing.assert_close(model.bias, reference.bias)
+
+
+def test_rmsprop_equals_torch_reference():
+    """"rmsprop" is torch's RMSprop with the recipe's alpha and eps (torchvision's MobileNetV3: 0.9, 0.0316)."""
+    torch.manual_seed(0)
+    model, reference = nn.Linear(5, 3), nn.Linear(5, 3)
+    reference.load_state_dict(model.state_dict())
+    ours = build_optimizer("rmsprop", param_groups(model, 1e-5), lr=0.064, momentum=0.9, eps=0.0316, alpha=0.9)
+    assert isinstance(ours, torch.optim.RMSprop) and ours.param_groups[0]["foreach"]
+    ref = torch.optim.RMSprop([{"params": [reference.weight], "weight_decay": 1e-5},
+                               {"params": [reference.bias], "weight_decay": 0.0}],
+                              lr=0.064, alpha=0.9, eps=0.0316, momentum=0.9, foreach=False)
+    _train(model, ours, BATCHES)
+    _train(reference, ref, BATCHES)
+    torch.testing.assert_close(model.weight, reference.weight)
+    torch.testing.assert_close(model.bias, reference.bias)
+
+
+def test_rmsproptf_resumes_bitwise():
+    """Its state (square average from 1, momentum buffer) travels in state_dict: 3 + 3 steps equal 6, bitwise."""
+    torch.manual_seed(0)
+    straight, resumed = nn.Linear(5, 3), nn.Linear(5, 3)
+    resumed.load_state_dict(straight.state_dict())
+    kw = dict(lr=0.01, momentum=0.9, eps=1e-3, weight_decay=1e-2)
+    _train(straight, build_optimizer("rmsproptf", straight.parameters(), **kw), BATCHES[:6])
+    first = build_optimizer("rmsproptf", resumed.parameters(), **kw)
+    _train(resumed, first, BATCHES[:3])
+    second = build_optimizer("rmsproptf", resumed.parameters(), **kw)
+    second.load_state_dict(first.state_dict())
+    _train(resumed, second, BATCHES[3:6])
+    assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
+
+
 # ------------------------------------------------------------------------------------- layer-wise LR decay
 #
 # The published rules, written out on the names their code uses (timm-style ViT, the official Swin and

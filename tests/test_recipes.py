@@ -16,6 +16,7 @@ import train
 from imnet.run import config as imconfig
 from imnet.run import audit as audit_module
 from imnet.run.audit import audit, notes, recipe_policy
+from imnet.run.flags import parse_args
 from imnet.run.recipes import (DEMO_MIN_TOP1, IMAGENET_TRAIN_IMAGES, META, RECIPES, gpu_hours, reference_global_batch,
                            reference_lr, torchvision_ema_decay)
 from imnet.transforms import resolve_eval_sizes
@@ -235,7 +236,7 @@ def test_audit_warnings_reach_the_dry_run_output(tiny_root, capsys):
 def config(name: str, world_size: int | None = None, lr: float | None = None, **flags) -> imconfig.Config:
     """The Config train.py gives audit(): recipe `name` on its reference world size (or `world_size`), with
     `flags` as if given on the command line (None: given as "unset"), resolved by the real resolver."""
-    below, given = train.parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"]
+    below, given = parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"]
                                     + (["--lr", str(lr)] if lr is not None else []))
     return imconfig.resolve(below, {**given, **flags}, META[name]["gpus"] if world_size is None else world_size)
 

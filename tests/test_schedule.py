@@ -73,6 +73,46 @@ def test_step_and_constant_with_warmup():
         lr_at(0, sched="linear", **kw)
 
 
+def _tf_efficientnet_lr(t, initial_lr, steps_per_epoch, decay_epochs, decay_factor, warmup_epochs):
+    """tensorflow/tpu models/official/efficientnet/utils.py build_learning_rate('exponential'), written out."""
+    lr = initial_lr * decay_factor ** math.floor(t / (steps_per_epoch * decay_epochs))
+    warmup_steps = int(warmup_epochs * steps_per_epoch)
+    return initial_lr * t / warmup_steps if t < warmup_steps else lr
+
+
+@pytest.mark.parametrize("steps_per_epoch, warmup_epochs", [(3, 0), (3, 5), (10, 2), (7, 1)])
+def test_exp_is_tensorflows_staircase_decay(steps_per_epoch, warmup_epochs):
+    """N = 2.4 epochs of steps: at 3 steps an epoch the LR drops after steps 7.2, 14.4, ... (within epochs)."""
+    spe, total = steps_per_epoch, 20 * steps_per_epoch
+    ours = [lr_at(t, base_lr=0.256, total_steps=total, warmup_steps=warmup_epochs * spe, sched="exp",
+                  gamma=0.97, decay_steps=2.4 * spe) for t in range(total)]
+    reference = [_tf_efficientnet_lr(t, 0.256, spe, 2.4, 0.97, warmup_epochs) for t in range(total)]
+    assert ours == pytest.approx(reference, rel=1e-12)
+
+
+def test_exp_closed_form_and_warmup_boundary():
+    kw = dict(base_lr=1.0, total_steps=100, sched="exp", gamma=0.5, decay_steps=7.2)
+    assert [lr_at(t, **kw) for t in (0, 7, 8, 14, 15, 99)] == [1.0, 1.0, 0.5, 0.5, 0.25, 0.5 ** 13]
+    # warmup 25 steps from 0.1: the decay counts from step 0, so step 25 is already 3 decays down
+    kw.update(warmup_steps=25, warmup_start_factor=0.1)
+    assert lr_at(24, **kw) == pytest.approx(0.1 + 0.9 * 24 / 25)
+    assert lr_at(25, **kw) == 0.5 ** 3
+
+
+@pytest.mark.parametrize("decay_steps", [1, 4])
+def test_exp_equals_steplr_and_exponentiallr(decay_steps):
+    """A whole N: StepLR(N, gamma) stepped per iteration (per epoch when N is an epoch of steps); N = 1 is
+    ExponentialLR."""
+    total = 40
+    ours = [lr_at(t, base_lr=0.064, total_steps=total, sched="exp", gamma=0.973, decay_steps=decay_steps)
+            for t in range(total)]
+    reference = _torch_lrs(lambda o: torch.optim.lr_scheduler.StepLR(o, decay_steps, 0.973), total, 0.064)
+    assert ours == pytest.approx(reference, rel=1e-12)
+    if decay_steps == 1:
+        exponential = _torch_lrs(lambda o: torch.optim.lr_scheduler.ExponentialLR(o, 0.973), total, 0.064)
+        assert ours == pytest.approx(exponential, rel=1e-12)
+
+
 def test_scale_lr():
     assert scale_lr(0.1, 1024) == pytest.approx(0.4)
     assert scale_lr(0.1, 64, base_batch=256) == pytest.approx(0.025)

@@ -64,11 +64,15 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
         model = models.build_model(cfg.model, 1000)
     ours = no_decay_names(model, cfg.no_decay_on)
     if source == "torchvision":
-        flags = row["source's exemption"]
-        assert ours == torchvision_exempt(model, "" if flags == "(none)" else flags)
+        exemption = row["source's exemption"]
+        assert ours == torchvision_exempt(model, "" if exemption == "(none)" else exemption)
     elif source == "DeiT":
         assert row["source's exemption"] == "timm filter_bias_and_bn + no_weight_decay()"
         assert ours == timm_exempt(model)
+    elif source == "TensorFlow":  # main.py: weight_decay x l2_loss of the variables outside batch_normalization
+        assert row["source's exemption"] == "'batch_normalization' not in the name"
+        bn = [name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+        assert ours == {f"{name}.{p}" for name in bn for p in ("weight", "bias")}
     else:
         assert source == "imnet" and name == "demo"
 
@@ -77,7 +81,8 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
     start = "off" if not cfg.ema else "copy during warmup" if cfg.ema_copy_warmup else "initial weights"
     assert row["EMA start"] == start
     if cfg.ema:
-        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights"}[source]
+        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights",
+                         "TensorFlow": "initial weights"}[source]
         tiny = torch.nn.Linear(2, 2)
         ema = train.build_parts(cfg, tiny, param_groups(tiny, 0.0), 3, dist.DistInfo()).ema
         if cfg.ema_copy_warmup:  # the copy phase is the LR warmup, counted in optimizer steps

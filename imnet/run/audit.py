@@ -12,6 +12,7 @@ import torch
 
 from imnet.run import dist
 from imnet.run.config import Config, EvalPolicy, policy_keys, policy_mismatch, resolve_eval_policy
+from imnet.run.models import normalization
 from imnet.optim import count_param_groups
 from imnet.run.recipes import META, RECIPES, reference_global_batch, reference_lr
 from imnet.schedule import scale_lr
@@ -20,7 +21,8 @@ LARGE_BATCH = 1024
 
 
 def recipe_policy(recipe: dict):
-    return resolve_eval_policy({}, policy_keys(recipe))
+    mean, std, _ = normalization(recipe.get("model", ""))
+    return resolve_eval_policy({}, {"mean": mean, "std": std, **policy_keys(recipe)})
 
 
 def device_type(cfg: Config) -> str:
@@ -193,13 +195,15 @@ def plan(cfg: Config, groups: list[dict], train_tf, device: str | None = None) -
               f"data: {cfg.train_images} train / {cfg.val_images} val images, {cfg.classes} classes; "
               f"{spe} steps/epoch, {total} steps",
               *(group_lines(cfg, groups) or [f"parameter groups: {count_param_groups(groups)}"]), loss_line(cfg)]
-    keys = sorted({0, 1, round(cfg.warmup_epochs * spe), total // 2, total - 1})
+    first_decay = math.ceil(cfg.lr_decay_epochs * spe) if cfg.sched == "exp" else 0
+    keys = sorted({0, 1, round(cfg.warmup_epochs * spe), first_decay, total // 2, total - 1})
     lines.append("LR at steps: " + ", ".join(f"{s}: {cfg.lr_at(s):.6g}" for s in keys if 0 <= s < total))
     if cfg.progressive_res is not None:
         lines += progressive_plan(cfg)
     p = cfg.eval_policy
     lines += [f"train transform: {train_tf}", f"eval transform: {p.transform()}",
-              f"eval policy: {p.describe()}"]
+              f"eval policy: {p.describe()}",
+              f"normalisation (training and evaluation) of {cfg.model}: {normalization(cfg.model)[2]}"]
     lines += [f"NOTE: {n}" for n in notes(cfg)]
     lines += [f"WARNING: {w}" for w in audit(cfg, device=device)]
     return "\n".join(lines)

@@ -16,7 +16,7 @@ from imnet.run.atomic import write_text
 from imnet.deit import DEIT_DISTILLED
 from imnet.run.errors import UsageError
 from imnet.run.flags import AMP_CHOICES, DECODE_MODES, DERIVED, build_parser, settings
-from imnet.run.models import fixed_input_size
+from imnet.run.models import fixed_input_size, normalization
 from imnet.sam import check_accum_steps
 from imnet.schedule import PROGRESSIVE_MULTIPLE, lr_at, progressive_size, scale_lr
 from imnet.transforms import DEFAULT_CROP_PCT, IMAGENET_MEAN, IMAGENET_STD, eval_transform, resize_for_crop
@@ -144,7 +144,8 @@ def _lr_at(self, step: int) -> float:
         return self.swa_lr
     return lr_at(step, base_lr=self.peak_lr, total_steps=self.total_steps, warmup_steps=self.warmup_steps,
                  warmup_start_factor=self.warmup_start_factor, sched=self.sched, min_lr=self.min_lr,
-                 milestones=[m * spe for m in self.lr_milestones], gamma=self.lr_gamma)
+                 milestones=[m * spe for m in self.lr_milestones], gamma=self.lr_gamma,
+                 decay_steps=self.lr_decay_epochs * spe)
 
 
 def _train_size_at(self, epoch: int) -> int:
@@ -220,7 +221,8 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     lr_given = f["lr"] is not None  # recipes give --lr-base; only the user (or a config file) sets --lr
     lr = f["lr"] if f["lr"] is not None else scale_lr(f["lr_base"], total)
 
-    policy = resolve_eval_policy(policy_keys(given), policy_keys(below))
+    mean, std, _ = normalization(f["model"])  # the pixels its source fed it; training normalises the same way
+    policy = resolve_eval_policy(policy_keys(given), {"mean": mean, "std": std, **policy_keys(below)})
     if f["swa_start"] is not None:
         if f["swa_start"] > f["epochs"]:
             raise ConfigError(f"--swa-start {f['swa_start']} is not an epoch of this run (1 to --epochs "

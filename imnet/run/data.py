@@ -368,9 +368,9 @@ def to_device(images: torch.Tensor, labels: torch.Tensor, device, channels_last:
     return normalize(images, mean=mean, std=std, dtype=dtype, channels_last=channels_last), labels
 
 
-def images_on(loader, device, channels_last: bool = False):
+def images_on(loader, device, channels_last: bool = False, mean=IMAGENET_MEAN, std=IMAGENET_STD):
     for images, labels, *_ in loader:
-        yield to_device(images, labels, device, channels_last=channels_last)[0]
+        yield to_device(images, labels, device, channels_last=channels_last, mean=mean, std=std)[0]
 
 
 def parse_max_bad(value, total: int) -> int:

@@ -176,10 +176,11 @@ def settings(parser: Parser) -> dict:
 # torchvision's and timm's spellings with imnet's meaning are option strings of its flags (--wd); the others follow.
 
 # theirs, with another meaning than any imnet flag's -> what to type instead
-_STEP = "for timm's step decay type --sched step --lr-milestones E 2E 3E ... --lr-gamma RATE"
+_STEP = ("for timm's step decay type --sched exp --lr-decay-epochs E --lr-gamma RATE (imnet decays per optimizer "
+         "step, timm by default per epoch)")
 _DECAY = "type --no-decay-on {0} for --{1}-decay 0 (imnet decays {0} at --weight-decay or not at all)"
 POINTERS = {
-    "--lr-step-size": "type --sched step --lr-milestones S 2S 3S ... (below --epochs)",
+    "--lr-step-size": "for torchvision's StepLR type --sched exp --lr-decay-epochs S --lr-gamma G",
     "--print-freq": "torchvision's counts batches: type --log-every N (optimizer steps of --accum-steps batches)",
     "--test-only": "type python eval.py --checkpoint RUN/best.pt --data ROOT (--use-ema for the EMA weights)",
     "--model-ema-decay": "type --ema-decay D for timm's; imnet.run.recipes.torchvision_ema_decay converts "
@@ -203,8 +204,8 @@ POINTERS = {
 # behaviour, dropped), what to type for the others)
 VALUES = {
     "--lr-scheduler": ("sched", {"cosineannealinglr": "cosine"},
-                       "for steplr type --sched step --lr-milestones S 2S 3S ...; exponentiallr has no imnet "
-                       "counterpart"),
+                       "for steplr type --sched exp --lr-decay-epochs S --lr-gamma G, for exponentiallr "
+                       "--sched exp --lr-decay-epochs 1 --lr-gamma G"),
     "--hflip": (None, {"0.5": None}, "imnet always flips with probability 0.5, so drop --hflip"),
     "--lr-warmup-method": (None, {"linear": None},
                            "imnet's warmup is linear: type --warmup-epochs N --warmup-start-factor F"),
@@ -332,12 +333,15 @@ def build_parser() -> Parser:
                    help="total batch per optimizer step; sets --batch-size = global / (world size * accum steps)")
     g.add_argument("--accum-steps", "--grad-accum-steps", type=COUNT, default=1,
                    help="micro-steps accumulated per optimizer step")
-    g.add_argument("--opt", choices=["sgd", "adamw", "lars", "lamb"], default="sgd",
-                   help="optimizer (sgd: momentum, Nesterov with --nesterov; lars, lamb: for large batches)")
+    g.add_argument("--opt", choices=["sgd", "adamw", "lars", "lamb", "rmsprop", "rmsproptf"], default="sgd",
+                   help="optimizer (sgd: momentum, Nesterov with --nesterov; lars, lamb: for large batches; "
+                        "rmsprop: torch's, rmsproptf: TensorFlow's, epsilon inside the square root)")
     g.add_argument("--lr", type=MAGNITUDE, default=None, help="learning rate as is (overrides --lr-base)")
     g.add_argument("--lr-base", type=MAGNITUDE, default=0.1,
                    help="learning rate per 256 images, scaled linearly to the global batch (Goyal et al. 2017)")
-    g.add_argument("--momentum", type=FRACTION_OPEN, default=0.9, help="SGD momentum")
+    g.add_argument("--momentum", type=FRACTION_OPEN, default=0.9, help="SGD and RMSProp momentum")
+    g.add_argument("--opt-eps", type=MAGNITUDE, default=1e-8,
+                   help="AdamW and RMSProp epsilon (TensorFlow's RMSProp: 1e-3; torchvision's: 0.0316)")
     g.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=False, help="Nesterov momentum")
     g.add_argument("--weight-decay", "--wd", type=MAGNITUDE, default=1e-4,
                    help="L2 (SGD) or decoupled (AdamW) weight decay")
@@ -352,7 +356,8 @@ def build_parser() -> Parser:
     g.add_argument("--sam-adaptive", action="store_true", help="adaptive SAM (ASAM; use a larger RHO, e.g. 0.5)")
 
     g = p.add_argument_group("schedule")
-    g.add_argument("--sched", choices=["cosine", "step", "constant"], default="cosine", help="LR schedule")
+    g.add_argument("--sched", choices=["cosine", "step", "exp", "constant"], default="cosine",
+                   help="LR schedule (exp: x --lr-gamma every --lr-decay-epochs, stepped per optimizer step)")
     g.add_argument("--warmup-epochs", "--lr-warmup-epochs", type=Range(float, 0.0), default=0.0,
                    help="linear warmup length")
     g.add_argument("--warmup-start-factor", "--lr-warmup-decay", type=PROB, default=0.01,
@@ -360,7 +365,10 @@ def build_parser() -> Parser:
     g.add_argument("--min-lr", "--lr-min", type=MAGNITUDE, default=0.0, help="cosine floor")
     g.add_argument("--lr-milestones", type=NATURAL, nargs="*", default=[30, 60, 80],
                    help="epochs of the step decays")
-    g.add_argument("--lr-gamma", type=Range(float, 0.0, 1.0, lo_open=True), default=0.1, help="step decay factor")
+    g.add_argument("--lr-gamma", type=Range(float, 0.0, 1.0, lo_open=True), default=0.1,
+                   help="step and exp decay factor")
+    g.add_argument("--lr-decay-epochs", type=Range(float, 0.0, lo_open=True), default=2.4,
+                   help="epochs between exp decays, fractional allowed (TensorFlow's EfficientNet: 2.4)")
 
     g = p.add_argument_group("regularization")
     g.add_argument("--label-smoothing", "--smoothing", type=FRACTION_OPEN, default=0.0,

@@ -1,5 +1,5 @@
-"""Models: any torchvision classifier by name, DeiT-Ti/S and the distilled DeiTs, with stochastic depth where it
-fits; their initial weights (`load_init`)."""
+"""Models: any torchvision classifier by name, DeiT-Ti/S and the distilled DeiTs, EfficientNet-Lite0-4, with
+stochastic depth where it fits; their input normalisation (`normalization`); their initial weights (`load_init`)."""
 
 from __future__ import annotations
 
@@ -17,10 +17,16 @@ from torchvision.models.vision_transformer import EncoderBlock, VisionTransforme
 from torchvision.ops import StochasticDepth, stochastic_depth
 
 from imnet.deit import DEIT_DISTILLED, DistilledVisionTransformer, interpolate_pos_embedding
+from imnet.efficientnet_lite import LITE, LITE_MEAN, LITE_STD, efficientnet_lite
 from imnet.ema import unwrap  # noqa: F401  (DDP / torch.compile -> the plain module; re-exported)
+from imnet.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 # DeiT widths (Touvron et al. 2021, Table 1) as (hidden_dim, num_heads), like DEIT_DISTILLED: patch 16, depth 12.
 DEIT = {"deit_tiny": (192, 3), "deit_small": (384, 6)}
+
+# EfficientNet-Lite by timm's names: efficientnet_lite* pads as PyTorch does (symmetric), tf_efficientnet_lite*
+# as TensorFlow's "SAME" (the reference's own weights, converted, evaluate exactly only with it).
+LITE_PADDING = {**{name: "symmetric" for name in LITE}, **{"tf_" + name: "same" for name in LITE}}
 
 # torchvision families whose constructors take ``stochastic_depth_prob``; the builders of the second set pass
 # it themselves (a second one is a TypeError), so they are built with their own rate and rescaled.
@@ -34,7 +40,15 @@ def fixed_input_size(name: str) -> bool:
 
 
 def model_names() -> list[str]:
-    return sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT) + sorted(DEIT_DISTILLED)
+    return (sorted(torchvision.models.list_models(module=torchvision.models)) + sorted(DEIT) + sorted(DEIT_DISTILLED)
+            + sorted(LITE_PADDING))
+
+
+def normalization(name: str) -> tuple[tuple, tuple, str]:
+    """-> (mean, std, why) of the pixels ``name`` takes, on [0, 1]: its source's."""
+    if name in LITE_PADDING:
+        return LITE_MEAN, LITE_STD, "(x - 127) / 128 on 0-255, as TensorFlow's EfficientNet-Lite takes"
+    return IMAGENET_MEAN, IMAGENET_STD, "ImageNet's mean and std, as torchvision's and timm's models take"
 
 
 def check_name(name: str) -> None:
@@ -42,12 +56,10 @@ def check_name(name: str) -> None:
         return
     close = difflib.get_close_matches(name, model_names(), n=3)
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    if "lite" in name.lower() and "efficientnet" in name.lower():
-        hint = (" (EfficientNet-Lite is not in torchvision, timm has it; torchvision has efficientnet_b0 to "
-                "efficientnet_b7 and efficientnet_v2_s/m/l)")
     raise ValueError(f"Unknown model '{name}'{hint}. Use a torchvision classifier "
                      f"(torchvision.models.list_models(module=torchvision.models)), deit_tiny, deit_small, "
-                     f"or with --teacher {', '.join(sorted(DEIT_DISTILLED))}.")
+                     f"efficientnet_lite0-4, tf_efficientnet_lite0-4, or with --teacher "
+                     f"{', '.join(sorted(DEIT_DISTILLED))}.")
 
 
 def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str, object, dict]:
@@ -58,6 +70,9 @@ def constructor(name: str, num_classes: int, image_size: int = 224) -> tuple[str
         cls = DistilledVisionTransformer if name in DEIT_DISTILLED else VisionTransformer
         return cls.__name__, cls, dict(image_size=image_size, patch_size=16, num_layers=12, num_heads=num_heads,
                                        hidden_dim=hidden_dim, mlp_dim=4 * hidden_dim, num_classes=num_classes)
+    if name in LITE_PADDING:
+        return "efficientnet_lite", efficientnet_lite, dict(name=name.removeprefix("tf_"), num_classes=num_classes,
+                                                            padding=LITE_PADDING[name])
     kwargs: dict = {"num_classes": num_classes}
     if fixed_input_size(name):
         kwargs["image_size"] = image_size
@@ -71,7 +86,7 @@ def build_model(name: str, num_classes: int, drop_path: float | None = None, ima
     model's own default. ViT/DeiT get it on their residual branches with DeiT's linear depth rule."""
     _, build, kwargs = constructor(name, num_classes, image_size)
     is_vit = fixed_input_size(name)
-    if drop_path is not None and name.startswith(_DROP_PATH_FAMILIES):
+    if drop_path is not None and (name.startswith(_DROP_PATH_FAMILIES) or name in LITE_PADDING):
         if not name.startswith(_FIXED_DROP_PATH):
             kwargs["stochastic_depth_prob"] = drop_path
     elif drop_path and not is_vit:

@@ -96,6 +96,20 @@ _DEIT = dict(
 RECIPES["deit_small"] = dict(_DEIT, model="deit_small")
 RECIPES["deit_tiny"] = dict(_DEIT, model="deit_tiny")
 
+# TensorFlow's EfficientNet-Lite0 (tensorflow/tpu models/official/efficientnet: main.py's defaults, which the Lite
+# models train with; utils.build_learning_rate and build_optimizer; efficientnet_lite_builder.py): 350 epochs
+# (218,949 steps of 2,048), RMSProp (decay 0.9, epsilon 1e-3 inside the root, momentum 0.9), 0.016 per 256, x 0.97
+# every 2.4 epochs after 5 warmup epochs from 0, L2 1e-5 on all but BatchNorm, label smoothing 0.1, EMA 0.9999
+# with num_updates, dropout 0.2 and survival 0.8 (drop path 0.2), bicubic, no auto-augment.
+RECIPES["efficientnet_lite0"] = dict(
+    model="efficientnet_lite0", epochs=350, batch_size=256, opt="rmsproptf", opt_eps=1e-3, momentum=0.9,
+    lr_base=0.016, weight_decay=1e-5, no_decay_on=["norm"], sched="exp", lr_decay_epochs=2.4, lr_gamma=0.97,
+    warmup_epochs=5, warmup_start_factor=0.0, label_smoothing=0.1, mixup=0.0, cutmix=0.0, auto_augment="none",
+    random_erase=0.0, drop_path=0.2, train_crop_size=224, val_resize_size=256, val_crop_size=224,
+    interpolation="bicubic", ema=True, ema_decay=0.9999, ema_every=1, ema_warmup=True, ema_copy_warmup=False,
+    amp="bf16", channels_last=True,
+)
+
 # The demo: `python train.py` on the generated dataset (imnet.tools.demo); recipes.md ("demo") says why.
 RECIPES["demo"] = dict(
     model="resnet18", epochs=7, batch_size=32, opt="adamw", lr_base=2e-3 * 256 / 32, weight_decay=0.05,
@@ -147,6 +161,9 @@ META: dict[str, dict] = {
     "swin_t": dict(
         expected_top1=81.474, approximate=True, gpus=8, img_per_s=1000,
         source=_TORCHVISION_TABLE.format("Swin_T_Weights.IMAGENET1K_V1")),
+    "efficientnet_lite0": dict(
+        expected_top1=75.1, approximate=True, gpus=8, img_per_s=3000,
+        source="tensorflow/tpu models/official/efficientnet/lite/README.md, efficientnet-lite0 FP32 accuracy"),
     "demo": dict(
         expected_top1=DEMO_MIN_TOP1, approximate=False, gpus=1, img_per_s=None,
         source="measured in this repository on a 2-core CPU (recipes.md, 'demo')"),

@@ -102,9 +102,9 @@ def export(src: Path, out: Path, ema: bool) -> None:
                           for k, v in state.items())
     if hasattr(state, "_metadata"):  # per-module versions, read by load_state_dict (e.g. BatchNorm's)
         weights._metadata = state._metadata
-    module = "torchvision.models" if fn.__module__.startswith("torchvision.") else "deit"
-    imports = ("import torch, torchvision" if module == "torchvision.models" else
-               "import torch, deit  # deit.py: imnet/deit.py copied beside this code (it needs only torchvision)")
+    module = "torchvision.models" if fn.__module__.startswith("torchvision.") else fn.__module__.split(".")[-1]
+    imports = ("import torch, torchvision" if module == "torchvision.models" else f"import torch, {module}  # "
+               f"{module}.py: imnet/{module}.py copied beside this code (it needs only torchvision)")
     call = f"{module}.{fn_name}({', '.join(f'{k}={v!r}' for k, v in kwargs.items())})"
     try:
         fn(**kwargs).load_state_dict(weights, strict=True)
@@ -125,7 +125,7 @@ def export(src: Path, out: Path, ema: bool) -> None:
         digest = sha256(out)
         side = {
             "format": SIDECAR_FORMAT, "weights_file": out.name, "sha256": digest, "model": name,
-            "constructor": f"torchvision.models.{fn_name}", "kwargs": kwargs, "image_size": image_size,
+            "constructor": f"{module}.{fn_name}", "kwargs": kwargs, "image_size": image_size,
             "num_classes": len(classes), "classes_file": classes_path.name, "weights": "ema" if ema else "model",
             "eval_policy": policy.to_dict() if policy else None, "recorded": info["recorded"],
             "checkpoint": str(src)}
