@@ -394,8 +394,13 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
 
     # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
     resume_path = runfolder.find_resume(cfg)
+    train_set_record = train_set.index.record() if hasattr(train_set, "index") else {}
     if resume_path is not None:
+        data_change = checkpoint.check_train_set(resume_path, train_set_record)
         progress = checkpoint.restore(resume_path, cfg, classes, parts, meter, bad_counter, info, log)
+        progress.train_set = train_set_record
+        if data_change:
+            log.event("train_set_changed", echo=f"note: {data_change}", change=data_change)
         resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
         if forks:
             progress.fork()
@@ -404,7 +409,7 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
         if info.is_main and resume_path == output / "last.pt":
             runfolder.repair_best(output, progress, log)
     else:
-        progress = checkpoint.Progress()
+        progress = checkpoint.Progress(train_set=train_set_record)
         log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
                   val_images=len(val_set), run_id=progress.run_id)
         if init_report:

@@ -1,0 +1,90 @@
+"""What a second red team broke where faults and the run's pieces meet: a rewind that would overwrite the later
+last.pt, a resume over a changed training set, a peer's death and a full disk under torchrun, a Ctrl-C during an
+evaluation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import torch
+
+import train
+from imnet.run import checkpoint as ckpt_io
+from test_faults import LIGHT, files, light_data, light_run, load, one_paragraph  # noqa: F401 (fixtures)
+
+
+def events(folder: Path) -> list[dict]:
+    return [json.loads(line) for line in open(folder / "log.jsonl")]
+
+
+def test_a_resume_behind_last_is_refused_before_anything_is_written(light_data, light_run, tmp_path, capsys):
+    """`--resume RUN/best.pt --output RUN` where last.pt is further on (and a backup of an earlier last.pt) is
+    refused, the folder untouched, with the two ways on; a best.pt that is last.pt's epoch resumes."""
+    run = tmp_path / "run"
+    shutil.copytree(light_run, run)
+    common = LIGHT + ["--data", str(light_data), "--epochs", "3", "--output", str(run)]
+    backup = tmp_path / "backup.pt"
+    shutil.copy(run / "last.pt", backup)
+    assert train.main(common + ["--resume", "auto", "--stop-at-step", "7"]) == 0
+    before = files(run)
+    capsys.readouterr()
+    for behind in (run / "best.pt", backup):
+        assert train.main(common + ["--resume", str(behind)]) == 2
+        err = one_paragraph(capsys.readouterr().err)
+        assert f"{behind} is behind {run / 'last.pt'}" in err and "vs epoch 3, step 1)" in err
+        assert f"--resume auto --output {run}" in err and f"--resume {behind} --output NEW" in err
+        assert files(run) == before
+    assert train.main(common + ["--resume", str(run / "last.pt"), "--stop-at-step", "8"]) == 0
+    assert load(run / "last.pt")["global_step"] == 8
+
+
+def changed(light_data: Path, dst: Path, how: str) -> Path:
+    """A copy of the data with one training file swapped for another name, or four files missing."""
+    shutil.copytree(light_data, dst)
+    jpegs = sorted((dst / "train").rglob("*.JPEG"))
+    if how == "swapped":
+        jpegs[0].rename(jpegs[0].with_name("zz_other.JPEG"))
+    else:
+        for p in jpegs[:4]:
+            p.unlink()
+    return dst
+
+
+def test_a_resume_on_a_changed_training_set_is_refused_mid_epoch_and_noted_at_a_boundary(light_data, light_run,
+                                                                                         tmp_path, capsys):
+    """Each checkpoint records the training set's size and file-list digest. Mid-epoch, a swapped file (same
+    count) or four missing ones are refused before anything is written, naming the counts; at an epoch boundary
+    the resume goes on with a note; a checkpoint without the record (older) resumes without one."""
+    record = load(light_run / "last.pt")["train_set"]
+    assert record["images"] == 24 and record["digest"].startswith("sha256:")
+    run = tmp_path / "run"
+    shutil.copytree(light_run, run)
+    common = LIGHT + ["--epochs", "3", "--output", str(run)]
+    assert train.main(common + ["--data", str(light_data), "--resume", "auto", "--stop-at-step", "7"]) == 0
+    before = files(run)
+    capsys.readouterr()
+    for how, count in (("swapped", 24), ("missing", 20)):
+        other = changed(light_data, tmp_path / how, how)
+        assert train.main(common + ["--data", str(other), "--resume", "auto"]) == 2
+        err = one_paragraph(capsys.readouterr().err)
+        assert f"file list changed since the checkpoint (24 images then, {count} now), in the middle of epoch 3" in err
+        assert f"--init-from {run / 'last.pt'}" in err
+        assert files(run) == before
+
+    old = tmp_path / "old"
+    old.mkdir()
+    state = load(run / "last.pt")
+    del state["train_set"]
+    state["checksum"] = ckpt_io.content_digest(state)
+    torch.save(state, old / "last.pt")
+    assert train.main(common[:-1] + [str(old), "--data", str(tmp_path / "swapped"), "--resume", "auto",
+                                     "--stop-at-step", "8"]) == 0
+
+    boundary = tmp_path / "boundary"
+    shutil.copytree(light_run, boundary)
+    assert train.main(common[:-1] + [str(boundary), "--data", str(tmp_path / "missing"), "--resume", "auto"]) == 0
+    notes = [e["change"] for e in events(boundary) if e["event"] == "train_set_changed"]
+    assert notes == ["the training set's file list changed since the checkpoint (24 images then, 20 now)"]
+    assert load(boundary / "last.pt")["train_set"]["images"] == 20
