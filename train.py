@@ -314,10 +314,11 @@ def evaluate_epoch(training: Training, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
     cfg, parts = training.cfg, training.parts
-    run_eval = functools.partial(evaluate, loader=training.val_loader, device=parts.device, policy=cfg.eval_policy,
+    run_eval = functools.partial(evaluate, loader=training.preemption.forking(training.val_loader),
+                                 device=parts.device, policy=cfg.eval_policy,
                                  num_classes=len(training.classes), amp_dtype=cfg.amp_dtype,
                                  channels_last=cfg.channels_last)
-    with training.preemption.deferred():  # workers may be forked here; a signal waits until the evaluation ends
+    with training.preemption.waiting_for(f"the evaluation of epoch {epoch + 1}"):  # a stop waits for its end
         scores = run_eval(parts.eval_model)
         row = val_row("model", scores)
         for path in scores.unreadable:

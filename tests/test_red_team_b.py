@@ -4,14 +4,18 @@ evaluation."""
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 import shutil
+import signal
 from pathlib import Path
 
 import torch
 
 import train
 from imnet.run import checkpoint as ckpt_io
+from imnet.run import log as imnet_log
 from test_faults import LIGHT, files, light_data, light_run, load, one_paragraph  # noqa: F401 (fixtures)
 
 
@@ -88,3 +92,43 @@ def test_a_resume_on_a_changed_training_set_is_refused_mid_epoch_and_noted_at_a_
     notes = [e["change"] for e in events(boundary) if e["event"] == "train_set_changed"]
     assert notes == ["the training set's file list changed since the checkpoint (24 images then, 20 now)"]
     assert load(boundary / "last.pt")["train_set"]["images"] == 20
+
+
+def test_a_ctrl_c_during_an_evaluation_is_acknowledged_at_once(light_data, tmp_path, monkeypatch, capsys):
+    """Ctrl-C as epoch 1's evaluation begins: one line at once (what the run waits for, a second Ctrl-C stops at
+    once); the evaluation ends, best.pt and last.pt are written as today, and the run stops with 130."""
+    real, seen = train.evaluate, []
+
+    def evaluate(*args, **kwargs):
+        if not seen:
+            capsys.readouterr()
+            os.kill(os.getpid(), signal.SIGINT)
+            seen.append(capsys.readouterr().err)
+        return real(*args, **kwargs)
+    monkeypatch.setattr(train, "evaluate", evaluate)
+    out = tmp_path / "run"
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == signal.SIGINT + 128
+    assert seen == ["Ctrl-C: the run stops after the evaluation of epoch 1 and its checkpoint writes; a second "
+                    "Ctrl-C stops at once.\n"]
+    assert [e["epoch"] for e in events(out) if e["event"] == "preempted"] == [1]
+    state = load(out / "last.pt")
+    assert state["epoch"] == 1 and not state["pending_eval"] and (out / "best.pt").exists()
+
+
+def test_a_full_disk_while_logging_is_the_no_space_paragraph(light_data, tmp_path, monkeypatch, capsys):
+    """ENOSPC on the 6th append to log.jsonl: one paragraph, exit 2, naming the file and the way on."""
+    real_open, appends = open, []
+
+    def fake_open(path, mode="r", *args, **kwargs):
+        if Path(path).name == "log.jsonl" and mode == "a":
+            appends.append(path)
+            if len(appends) >= 6:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_open(path, mode, *args, **kwargs)
+    monkeypatch.setattr(imnet_log, "open", fake_open, raising=False)
+    out = tmp_path / "run"
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == 2
+    err = one_paragraph(capsys.readouterr().err)
+    assert f"Cannot append to {out / 'log.jsonl'}: the disk is full" in err
+    assert f"--resume auto --output {out}" in err
