@@ -9,13 +9,18 @@ import json
 import os
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import train
+from conftest import REPO
 from imnet.run import checkpoint as ckpt_io
 from imnet.run import log as imnet_log
+from test_distributed import env, free_port
 from test_faults import LIGHT, files, light_data, light_run, load, one_paragraph  # noqa: F401 (fixtures)
 
 
@@ -132,3 +137,52 @@ def test_a_full_disk_while_logging_is_the_no_space_paragraph(light_data, tmp_pat
     err = one_paragraph(capsys.readouterr().err)
     assert f"Cannot append to {out / 'log.jsonl'}: the disk is full" in err
     assert f"--resume auto --output {out}" in err
+
+
+WRAPPER = """
+import os, signal, sys
+sys.path.insert(0, {repo!r})
+rank, mode, folder = int(os.environ["RANK"]), sys.argv.pop(1), sys.argv.pop(1)
+fd = os.open(os.path.join(folder, f"err-{{rank}}"), os.O_WRONLY | os.O_CREAT)
+os.dup2(fd, 2)
+import train
+from imnet.run import atomic, checkpoint
+if mode == "kill" and rank == 1:  # a kill -9 of rank 1 as it starts optimizer step 3
+    real_step = train.train_step
+    def train_step(cfg, parts, micro, epoch, step, global_step, meter):
+        if global_step == 2:
+            os.kill(os.getpid(), signal.SIGKILL)
+        return real_step(cfg, parts, micro, epoch, step, global_step, meter)
+    train.train_step = train_step
+if mode == "full" and rank == 0:  # rank 0's first checkpoint write finds the disk full
+    def save_atomic(obj, path):
+        raise atomic.NoSpace(f"Cannot write {{path}}: the disk is full.")
+    checkpoint.save_atomic = save_atomic
+rc = train.main()
+open(os.path.join(folder, f"rc-{{rank}}"), "w").write(str(rc))
+sys.exit(rc)
+"""
+
+
+@pytest.mark.parametrize("mode", ["kill", "full"])
+def test_under_torchrun_a_dead_peer_or_a_full_disk_stops_every_rank_with_one_paragraph(mode, light_data, tmp_path):
+    """2 processes (gloo). kill: rank 1 is killed with SIGKILL mid-run; rank 0 says which rank died, that the
+    checkpoints are intact and how to continue, without a traceback, and exits 1 by itself. full: rank 0 cannot
+    write its checkpoint; both ranks exit 2 by themselves (rank 1 does not wait for rank 0 at a collective)."""
+    wrapper = tmp_path / "wrapper.py"
+    wrapper.write_text(WRAPPER.format(repo=str(REPO)))
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "2",
+           "--master_addr", "127.0.0.1", "--master_port", str(free_port()), str(wrapper), mode, str(tmp_path),
+           *LIGHT, "--epochs", "6", "--data", str(light_data), "--output", str(out)]
+    res = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=300)
+    assert res.returncode != 0
+    errs = {r: (tmp_path / f"err-{r}").read_text() for r in (0, 1)}
+    if mode == "kill":
+        assert (tmp_path / "rc-0").read_text() == "1", errs[0][-3000:]
+        err = one_paragraph(errs[0])
+        assert "rank 0 stopped: rank 1 ended" in err and f"checkpoints in {out} are intact" in err
+        assert f"--resume auto --output {out}" in err
+    else:
+        assert [(tmp_path / f"rc-{r}").read_text() for r in (0, 1)] == ["2", "2"], errs
+        assert "Cannot write" in one_paragraph(errs[0]) and "Traceback" not in errs[1]
