@@ -78,7 +78,7 @@ DIFFERENT = {
 def resolved(argv):
     argv = BASE + argv + ([] if any(a.split("=")[0] in ("--data", "--data-path", "--data-dir") for a in argv)
                           else ["--data", "d"])
-    below, given = train.parse_args(argv)
+    below, given = flags.parse_args(argv)
     return config.resolve(below, given, 1)
 
 

@@ -267,7 +267,8 @@ def ranks_statistics(root: Path, weights: dict, epoch: int) -> dict:
     activations than at batch 8.)"""
     from torch.optim.swa_utils import update_bn
     import train
-    below, given = train.parse_args(["--model", "resnet18", "--train-crop-size", "32", "--seed", "5",
+    from imnet.run import flags
+    below, given = flags.parse_args(["--model", "resnet18", "--train-crop-size", "32", "--seed", "5",
                                      "--data", str(root), "--output", "unused"])
     _, train_set, _ = train.build_datasets(imconfig.resolve(below, given, 1))
     per_rank = []

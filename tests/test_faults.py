@@ -21,7 +21,7 @@ import torch
 import train
 from conftest import REPO, make_imagefolder, signal_at
 from imnet.run import checkpoint as ckpt_io
-from imnet.run import dist
+from imnet.run import dist, flags
 from imnet.run import log as imnet_log
 from imnet.run import signals as imnet_signals
 
@@ -262,9 +262,9 @@ def test_bad_input_exits_2_before_any_work(data, tmp_path, capsys):
 
 
 def test_only_a_bare_command_is_the_demo():
-    below, given = train.parse_args([])
+    below, given = flags.parse_args([])
     assert given["recipe"] == "demo" and below["model"] == "resnet18"  # the demo recipe's values
-    below, given = train.parse_args(["--model", "resnet18"])
+    below, given = flags.parse_args(["--model", "resnet18"])
     assert below["recipe"] is None and "recipe" not in given
 
 
@@ -280,7 +280,7 @@ def test_aliases_map_to_the_flags_and_every_option_has_help():
     by_option = {s: a for a in parser._actions for s in a.option_strings}
     for alias, dest in ALIASES.items():
         assert alias in by_option and by_option[alias].dest == dest, alias
-    below, given = train.parse_args(["-b", "12", "-j", "3", "--output-dir", "o", "--model-ema", "--smoothing", "0.1",
+    below, given = flags.parse_args(["-b", "12", "-j", "3", "--output-dir", "o", "--model-ema", "--smoothing", "0.1",
                                      "--reprob", "0.25", "--data", "d"])
     assert given == {"batch_size": 12, "workers": 3, "output": "o", "ema": True, "label_smoothing": 0.1,
                      "random_erase": 0.25, "data": "d"}
@@ -295,7 +295,7 @@ def test_aliases_map_to_the_flags_and_every_option_has_help():
 
 
 def test_bare_amp_means_bf16_on_gpus_that_have_it(monkeypatch, data, tmp_path, capsys):
-    assert train.parse_args(["--amp", "--data", "d"])[1]["amp"] == "auto"
+    assert flags.parse_args(["--amp", "--data", "d"])[1]["amp"] == "auto"
     assert dist.auto_amp(torch.device("cpu")) == "none"
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
     assert dist.auto_amp(torch.device("cuda:0")) == "bf16"
@@ -728,14 +728,14 @@ def test_a_world_size_change_is_named_with_the_global_batch(tmp_path):
     that the number of processes changed, not only "batch_size: 2 -> 4"; on 4 processes with batch 2 the refusal
     names both splits and the flag that keeps the global batch."""
     from imnet.run import config as imnet_config
-    below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
+    below, given = flags.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
     then = imnet_config.resolve(below, given, world_size=2)
     state = {"config": then.to_dict(), "classes": ["a", "b"]}
-    below, given = train.parse_args(["--fake-data", "--batch-size", "4", "--output", str(tmp_path)])
+    below, given = flags.parse_args(["--fake-data", "--batch-size", "4", "--output", str(tmp_path)])
     notes = ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=1), ["a", "b"], "last.pt")
     assert notes[0].startswith("processes: 2 -> 1, global batch 4 kept (2 processes x batch 2 x accum 1 -> 1 "
                                "process x batch 4 x accum 1"), notes
-    below, given = train.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
+    below, given = flags.parse_args(["--fake-data", "--batch-size", "2", "--output", str(tmp_path)])
     with pytest.raises(ckpt_io.CheckpointError) as e:
         ckpt_io.check_compatible(state, imnet_config.resolve(below, given, world_size=4), ["a", "b"], "last.pt")
     assert ("global batch 4 (2 processes x batch 2 x accum 1) vs 8 (4 processes x batch 2 x accum 1): "

@@ -9,12 +9,13 @@ from torch import nn
 
 import train
 from imnet.run import config, dist
+from imnet.run.flags import parse_args
 from imnet.metrics import Meter
 from imnet.optim import no_decay_names
 
 
 def resolved(*flags: str) -> config.Config:
-    below, given = train.parse_args(["--data", "d", "--output", "o", "--lr", "0.1", "--epochs", "1",
+    below, given = parse_args(["--data", "d", "--output", "o", "--lr", "0.1", "--epochs", "1",
                                      "--batch-size", "4", *flags])
     return config.resolve(below, given, 1).with_data(8, 1, 3)
 

@@ -82,8 +82,8 @@ def golden_run(tmp: Path) -> dict:
     assert train.main(ARGS + ["--data", str(root), "--output", str(out)]) == 0
     state = torch.load(out / "last.pt", map_location="cpu", weights_only=True)
     # The data stream: what the loader hands the first epoch's steps, through the run's own transform and sampler.
-    below, given = train.parse_args(ARGS + ["--data", str(root), "--output", str(tmp / "unused")])
-    from imnet.run import config
+    from imnet.run import config, flags
+    below, given = flags.parse_args(ARGS + ["--data", str(root), "--output", str(tmp / "unused")])
     cfg = config.resolve(below, given, 1)
     _, train_set, _ = train.build_datasets(cfg)
     sampler = imnet_data.TrainSampler(len(train_set), 1, 0, seed=cfg.seed, drop_last=True)

@@ -12,6 +12,7 @@ import torch
 import train
 from conftest import parse_table
 from imnet.run import config, dist, models
+from imnet.run.flags import parse_args
 from imnet.optim import no_decay_names, param_groups
 from imnet.run.recipes import META, RECIPES
 from test_optim import timm_exempt, torchvision_exempt
@@ -24,7 +25,7 @@ ROWS = parse_table(MD, after="## Against the sources")
 
 def resolved(name: str) -> config.Config:
     """The recipe on its reference world size and ImageNet's size, as train.py resolves it."""
-    below, given = train.parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"])
+    below, given = parse_args(["--recipe", name, "--data", "x", "--output", "runs/x"])
     return config.resolve(below, given, META[name]["gpus"]).with_data(1_281_167, 50_000, 1000)
 
 
@@ -44,7 +45,7 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
         assert cfg.random_erase_mode == {"torchvision": "const", "DeiT": "pixel"}.get(source, cfg.random_erase_mode)
 
     # auto-augment, at the interpolation of the transform train.py builds; both sources pass the training one
-    _, train_set, _ = train.build_datasets(config.resolve(*train.parse_args(
+    _, train_set, _ = train.build_datasets(config.resolve(*parse_args(
         ["--recipe", name, "--data", str(tiny_data), "--output", "x", "--train-crop-size", "32",
          "--val-crop-size", "32", "--val-resize-size", "36"]), 1))
     op = train_set.transform._aa

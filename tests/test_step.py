@@ -94,10 +94,10 @@ def test_label_smoothing_is_applied_once_with_mixing():
     have the loss of smoothing applied once: F.cross_entropy(label_smoothing=0.1) of the same logits."""
     import torch.nn.functional as F
 
-    from imnet.run import config, dist
+    from imnet.run import config, dist, flags
     from imnet.run.data import to_device
     from imnet.optim import param_groups
-    below, given = train.parse_args(["--data", "d", "--output", "o", "--mixup", "0.2", "--mix-prob", "0",
+    below, given = flags.parse_args(["--data", "d", "--output", "o", "--mixup", "0.2", "--mix-prob", "0",
                                      "--label-smoothing", "0.1", "--opt", "sgd", "--lr", "0.1", "--epochs", "1",
                                      "--batch-size", "4"])
     cfg = config.resolve(below, given, 1).with_data(8, 1, 3)

@@ -19,7 +19,7 @@ from torch.optim.swa_utils import update_bn
 import eval as evaluate
 import train
 from conftest import REPO, make_imagefolder, signal_at
-from imnet.run import config, data, evaluation, models
+from imnet.run import config, data, evaluation, flags, models
 
 # 3 classes x 16 train images at batch 8: 6 steps per epoch; averaging at the end of epochs 2 and 3.
 from imnet import schedule
@@ -63,7 +63,7 @@ def swa_weights(state: dict) -> dict:
 def recomputed(root: Path, args: list[str], weights: dict, epoch: int) -> torch.nn.Module:
     """The average's weights with BatchNorm statistics from torch's update_bn over (0-based) ``epoch``'s training
     data (its augmentation, one process, batch 8), computed here independently of train.py."""
-    below, given = train.parse_args(args + ["--data", str(root), "--output", "unused"])
+    below, given = flags.parse_args(args + ["--data", str(root), "--output", "unused"])
     cfg = config.resolve(below, given, 1)
     _, train_set, _ = train.build_datasets(cfg)
     sampler = data.TrainSampler(len(train_set), 1, 0, seed=3, drop_last=True)
@@ -139,7 +139,7 @@ def test_swa_learning_rate_starts_at_the_first_step_of_epoch_swa_start(runs):
     _, _, ref, _, _, _, out = runs
     rows = ref["history"]
     assert rows[0].get("swa_val_top1") is None and rows[1]["swa_val_top1"] is not None
-    below, given = train.parse_args(ARGS + ["--data", "unused", "--output", "unused"])
+    below, given = flags.parse_args(ARGS + ["--data", "unused", "--output", "unused"])
     cfg = config.resolve(below, given, 1).with_data(48, 15, 3)
     cosine = [schedule.lr_at(t, base_lr=0.05, total_steps=18) for t in range(18)]
     assert [cfg.lr_at(t) for t in range(18)] == cosine[:6] + [0.02] * 12
