@@ -186,3 +186,48 @@ def test_under_torchrun_a_dead_peer_or_a_full_disk_stops_every_rank_with_one_par
     else:
         assert [(tmp_path / f"rc-{r}").read_text() for r in (0, 1)] == ["2", "2"], errs
         assert "Cannot write" in one_paragraph(errs[0]) and "Traceback" not in errs[1]
+
+
+def test_the_last_epoch_is_evaluated_whatever_eval_every_is(light_data, tmp_path):
+    out = tmp_path / "run"
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out), "--epochs", "3",
+                               "--eval-every", "2"]) == 0
+    assert [row.get("val_top1") is not None for row in load(out / "last.pt")["history"]] == [False, True, True]
+
+
+def test_a_resume_refuses_another_seed_and_another_class_list_of_the_same_length(light_data, light_run, tmp_path,
+                                                                                 capsys):
+    renamed = tmp_path / "renamed"
+    shutil.copytree(light_data, renamed)
+    for split in ("train", "val"):
+        (renamed / split / "class_2").rename(renamed / split / "class_9")
+    resume = ["--resume", str(light_run / "last.pt"), "--epochs", "3"]
+    for args, problem in ((["--data", str(light_data), "--seed", "2"], "seed 1 vs 2"),
+                          (["--data", str(renamed)], "classes differ (3 in the checkpoint, 3 in the data)")):
+        out = tmp_path / f"out{len(args)}"
+        capsys.readouterr()
+        assert train.main(LIGHT + args + resume + ["--output", str(out)]) == 2
+        assert problem in one_paragraph(capsys.readouterr().err)
+        assert not (out / "last.pt").exists()
+
+
+def test_a_preemption_on_an_epochs_last_step_resumes(light_data, light_run, tmp_path):
+    """Stopped right after step 3, the last of epoch 1 (last.pt at step 3 of 3): the resumed run ends bitwise as
+    the uninterrupted one."""
+    from test_faults import same_weights
+    out = tmp_path / "run"
+    args = LIGHT + ["--data", str(light_data), "--output", str(out)]
+    assert train.main(args + ["--stop-at-step", "3"]) == 0
+    assert (load(out / "last.pt")["epoch"], load(out / "last.pt")["step_in_epoch"]) == (0, 3)
+    assert train.main(args + ["--resume", "auto"]) == 0
+    assert same_weights(load(out / "last.pt"), load(light_run / "last.pt"))
+
+
+def test_a_folder_that_holds_only_best_holds_a_run(light_data, light_run, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    shutil.copy(light_run / "best.pt", out / "best.pt")
+    capsys.readouterr()
+    assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == 2
+    assert f"{out} already holds a run (best.pt)" in one_paragraph(capsys.readouterr().err)
+    assert [p.name for p in out.iterdir() if p.name != ".lock"] == ["best.pt"]
