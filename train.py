@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -190,6 +191,7 @@ def save(training: Training, name: str, like: str | None = None) -> None:
     """Write OUTPUT/name (every rank takes part: metric sums and RNG states are gathered), or make it a hard link
     of OUTPUT/like, just written from the same state."""
     output, progress = training.output, training.progress
+    failure = ""
     try:
         if like is None:
             checkpoint.save(output / name, training.cfg, training.classes, training.parts, progress, training.meter,
@@ -203,8 +205,13 @@ def save(training: Training, name: str, like: str | None = None) -> None:
                     f"step {at['step_in_epoch']})")
         else:
             then = "no last.pt was written yet, so the run starts again from the beginning"
-        raise NoSpace(f"{e} Training stopped at epoch {progress.epoch + 1}, step {progress.step_in_epoch}; "
-                      f"{then}.") from None
+        failure = f"{e} Training stopped at epoch {progress.epoch + 1}, step {progress.step_in_epoch}; {then}."
+    if training.info.distributed:  # every rank stops now, none waits for rank 0 at the next collective
+        shared = [failure]
+        torch.distributed.broadcast_object_list(shared, src=0, group=training.info.control_group)
+        failure = shared[0]
+    if failure:
+        raise NoSpace(failure)
 
 
 def start_epoch(training: Training):
@@ -316,10 +323,11 @@ def evaluate_epoch(training: Training, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
     cfg, parts = training.cfg, training.parts
-    run_eval = functools.partial(evaluate, loader=training.val_loader, device=parts.device, policy=cfg.eval_policy,
+    run_eval = functools.partial(evaluate, loader=training.preemption.forking(training.val_loader),
+                                 device=parts.device, policy=cfg.eval_policy,
                                  num_classes=len(training.classes), amp_dtype=cfg.amp_dtype,
                                  channels_last=cfg.channels_last)
-    with training.preemption.deferred():  # workers may be forked here; a signal waits until the evaluation ends
+    with training.preemption.waiting_for(f"the evaluation of epoch {epoch + 1}"):  # a stop waits for its end
         scores = run_eval(parts.eval_model)
         row = val_row("model", scores)
         for path in scores.unreadable:
@@ -335,8 +343,9 @@ def evaluate_epoch(training: Training, epoch: int) -> dict:
 # ----------------------------------------------------------------------------------------------- the run
 
 def main(argv: list[str] | None = None) -> int:
-    """-> the exit code: 0 done (or stopped by a scheduler's signal, last.pt written), 1 the loss became NaN, 2 bad
-    input or no room on the disk (one paragraph), 130 stopped by Ctrl-C (imnet.run.signals.INTERRUPTED)."""
+    """-> the exit code: 0 done (or stopped by a scheduler's signal, last.pt written), 1 the loss became NaN (or,
+    under torchrun, another process died), 2 bad input or no room on the disk (one paragraph), 130 stopped by
+    Ctrl-C (imnet.run.signals.INTERRUPTED)."""
     argv = sys.argv[1:] if argv is None else list(argv)
     # A scheduler's SIGTERM or a Ctrl-C during startup only sets a flag: the run stops before training.
     preemption = signals.PreemptionSignals().install().take_early()
@@ -346,6 +355,11 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as e:
         dist.eprint0(f"error: {message_of(e)}")
         return 2
+    except (RuntimeError, torch.distributed.DistError) as e:
+        if not peer_lost(e):
+            raise
+        print(f"error: {peer_lost_message(argv)}", file=sys.stderr, flush=True)
+        return 1
     except KeyboardInterrupt:  # the second Ctrl-C (imnet.run.signals.PreemptionSignals)
         dist.eprint0("stopped at once by a second Ctrl-C, keeping the checkpoints written before it; --resume auto "
                      "continues from last.pt.")
@@ -353,6 +367,23 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         dist.cleanup()
         preemption.uninstall()
+
+
+def peer_lost(error: Exception) -> bool:
+    """Whether ``error`` is a collective that failed because another torchrun process is gone."""
+    return dist.env_world_size() > 1 and (isinstance(error, torch.distributed.DistError) or
+                                          any(w in str(error) for w in ("gloo", "NCCL", "Connection closed")))
+
+
+def peer_lost_message(argv: list[str]) -> str:
+    """A peer's death, said on each surviving rank: which rank (in a pair, the other), the checkpoint, the way on."""
+    rank, world = int(os.environ.get("RANK", "0")), dist.env_world_size()
+    who = f"rank {1 - rank}" if world == 2 else f"another of the {world} processes"
+    below, given = flags.parse_args(argv)
+    output = output_folder({**below, **given})
+    return (f"rank {rank} stopped: {who} ended (killed, or its node lost) while they trained together. The "
+            f"checkpoints in {output} are intact (they are written whole or not at all); run the same torchrun "
+            f"command with --resume auto --output {output} to continue from last.pt.")
 
 
 def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: contextlib.ExitStack) -> int:
@@ -396,8 +427,13 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
 
     # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
     resume_path = runfolder.find_resume(cfg)
+    train_set_record = train_set.index.record() if hasattr(train_set, "index") else {}
     if resume_path is not None:
+        data_change = checkpoint.check_train_set(resume_path, train_set_record)
         progress = checkpoint.restore(resume_path, cfg, classes, parts, meter, bad_counter, info, log)
+        progress.train_set = train_set_record
+        if data_change:
+            log.event("train_set_changed", echo=f"note: {data_change}", change=data_change)
         resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
         if forks:
             progress.fork()
@@ -406,7 +442,7 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
         if info.is_main and resume_path == output / "last.pt":
             runfolder.repair_best(output, progress, log)
     else:
-        progress = checkpoint.Progress()
+        progress = checkpoint.Progress(train_set=train_set_record)
         log.event("start", config=cfg.to_dict(), classes=len(classes), train_images=len(train_set),
                   val_images=len(val_set), run_id=progress.run_id)
         if init_report:
@@ -501,8 +537,12 @@ def resolve_config(below: dict, given: dict, info) -> Config:
         raise ConfigError("No data: pass --data ROOT, where ROOT holds train/<class>/*.JPEG and val/<class>/*.JPEG "
                           "(the ImageNet layout), or --fake-data for a throughput run, or run with no arguments "
                           "for the demo.")
-    given["output"] = flags_now["output"] or str(Path("runs") / (flags_now["recipe"] or flags_now["model"]))
+    given["output"] = output_folder(flags_now)
     return config.resolve(below, given, info.world_size)
+
+
+def output_folder(flags_now: dict) -> str:
+    return flags_now["output"] or str(Path("runs") / (flags_now["recipe"] or flags_now["model"]))
 
 
 def build_datasets(cfg: Config):

@@ -61,3 +61,51 @@ def test_parameter_groups_exempt_the_configured_categories(flags, fc_bias_exempt
     assert exempt == no_decay_names(model, cfg.no_decay_on)
     assert ("fc.bias" in exempt) == fc_bias_exempt
     assert sum(len(g["params"]) for g in groups) == len(names)
+
+
+def test_each_micro_step_gets_its_own_seeds(monkeypatch):
+    """Under accumulation every micro-step of every step draws its dropout and mixing seeds at its own place:
+    no two micro-steps of neighbouring steps share one."""
+    from imnet.run import seeds
+    from test_step import batches, run, tiny_model
+    real, drawn = seeds.derive, []
+    monkeypatch.setattr(seeds, "derive", lambda *key: drawn.append(key) or real(*key))
+    run(tiny_model(), batches(6), 3, accum=2)
+    for purpose in (seeds.DROPOUT, seeds.MIXING):
+        keys = [key for key in drawn if key[0] == purpose]
+        assert len(keys) == 6 and len(set(keys)) == 6, keys
+
+
+def test_the_ema_flags_reach_the_ema():
+    """--ema-warmup: the decay warms up with the updates; --ema-copy-warmup: the EMA copies the weights during
+    the LR warmup's steps (imnet.ema.ModelEma)."""
+    info = dist.DistInfo()
+    copy_warmup = ["--ema", "--ema-copy-warmup", "--warmup-epochs", "1", "--epochs", "2"]
+    for flags, warmup, copies in ((["--ema"], False, False), (["--ema", "--ema-warmup"], True, False),
+                                  (copy_warmup, False, True)):
+        cfg = resolved(*flags)
+        model = nn.Linear(3, 3)
+        parts = train.build_parts(cfg, model, train.build_param_groups(cfg, model), 3, info)
+        assert parts.ema.warmup is warmup, flags
+        assert parts.ema.copy_steps == (cfg.warmup_steps if copies else None), flags
+        assert not copies or cfg.warmup_steps > 0
+
+
+class Scores:
+    def __init__(self, top1):
+        self.loss, self.top1, self.top5, self.count, self.unreadable = 1.0, top1, 100.0, 8, []
+
+
+def test_each_row_of_the_summary_evaluates_its_own_weights(monkeypatch):
+    """evaluate_epoch: the model row scores the trained weights, the EMA row the EMA's, the SWA row the average's."""
+    from types import SimpleNamespace
+    from imnet.run import signals
+    trained, ema, swa = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
+    top1 = {id(trained): 10.0, id(ema): 20.0, id(swa): 30.0}
+    monkeypatch.setattr(train, "evaluate", lambda model, **kw: Scores(top1[id(model)]))
+    parts = SimpleNamespace(eval_model=trained, ema=SimpleNamespace(module=ema), device=torch.device("cpu"),
+                            swa=SimpleNamespace(module=swa, n_averaged=torch.tensor(1)))
+    training = SimpleNamespace(cfg=resolved(), parts=parts, val_loader=[], classes=[0, 1, 2],
+                               preemption=signals.PreemptionSignals())
+    row = train.evaluate_epoch(training, 0)
+    assert (row["val_top1"], row["ema_val_top1"], row["swa_val_top1"]) == (10.0, 20.0, 30.0)

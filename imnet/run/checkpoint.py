@@ -72,7 +72,7 @@ def identity(path: str | os.PathLike) -> dict:
         ckpt = _torch_load(path, mmap=True)
     except CheckpointError:
         ckpt = _torch_load(path)  # the older, non-zip format cannot be mapped (or the message is the same)
-    defaults = {"run_id": "", "forked_from": "", "epoch": 0, "step_in_epoch": 0, "global_step": 0}
+    defaults = {"run_id": "", "forked_from": "", "epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_set": {}}
     return {k: ckpt[k] if isinstance(ckpt.get(k), type(d)) else d for k, d in defaults.items()}
 
 
@@ -127,6 +127,7 @@ class Progress:
     pending_eval: bool = False
     run_id: str = field(default_factory=new_run_id)
     forked_from: str = ""
+    train_set: dict = field(default_factory=dict)  # data.SampleIndex.record(); {} for --fake-data and old files
 
     def fork(self) -> None:
         self.run_id, self.forked_from = new_run_id(), self.run_id
@@ -343,6 +344,23 @@ def _restoring(path, what: str, into: str = ""):
         detail = (str(e).strip().splitlines() or [""])[0][:300] or type(e).__name__
         refuse_resume(path, [f"its {what} cannot be restored{f' into {into}' if into else ''} "
                              f"({type(e).__name__}: {detail})"])
+
+
+def check_train_set(path, now: dict) -> str | None:
+    """A resume on another training-set file list (``now``: data.SampleIndex.record()): refused mid-epoch, where the
+    rest of the epoch's permutation would index other images; -> a note at an epoch boundary. A checkpoint
+    without the record (older, or --fake-data) resumes: no refusal without evidence."""
+    at = identity(path)
+    then = at["train_set"]
+    if not then or not now or then == now:
+        return None
+    change = (f"the training set's file list changed since the checkpoint ({then.get('images')} images then, "
+              f"{now['images']} now)")
+    if at["step_in_epoch"]:
+        refuse_resume(path, [f"{change}, in the middle of epoch {at['epoch'] + 1}, whose order of images would then "
+                             f"mean other images"], f"Restore the data as they were to finish the epoch, or start a "
+                                                    f"new run from these weights with --init-from {path}.")
+    return change
 
 
 def check_progress(state: dict, cfg, path) -> Progress:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import math
 import os
 import signal
@@ -111,6 +112,13 @@ class SampleIndex:
     @property
     def nbytes(self) -> int:
         return len(self.blob) + self.offsets.nbytes + self.labels.nbytes
+
+    def record(self) -> dict:
+        """The size and the sha256 of the sorted (relative path, label) list, which checkpoints keep: a resume
+        checks that an epoch's permutation still means the same images."""
+        h = hashlib.sha256(self.blob)
+        h.update(self.labels.astype("<i4").tobytes())
+        return {"images": len(self), "digest": "sha256:" + h.hexdigest()}
 
 
 class ImageFolder(torch.utils.data.Dataset):

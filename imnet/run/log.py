@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from imnet.run.atomic import write_text
+from imnet.run.atomic import NoSpace, no_space, write_text
 from imnet.run.errors import UsageError
 
 WEIGHTS = ("model", "ema", "swa")   # the weights a run evaluates: trained, EMA, SWA average
@@ -103,8 +103,15 @@ class RunLog:
         if not self.enabled:
             return
         rec = {"time": round(time.time(), 3), "event": kind, **fields}
-        with open(self.output / "log.jsonl", "a") as f:
-            f.write(json.dumps(rec, default=str) + "\n")
+        try:
+            with open(self.output / "log.jsonl", "a") as f:
+                f.write(json.dumps(rec, default=str) + "\n")
+        except OSError as e:
+            if not no_space(e):
+                raise
+            raise NoSpace(f"Cannot append to {self.output / 'log.jsonl'}: the disk is full (or the quota spent). "
+                          f"The checkpoints written so far are intact; free some space (or write to another disk) "
+                          f"and continue with --resume auto --output {self.output}.") from None
         if self.writer is not None:
             found = scalars(kind, fields)
             if found:

@@ -94,6 +94,7 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
         raise CheckpointError(f"{output} already holds a run ({held.name}), which a new run would overwrite. To "
                               f"continue it {how}; to start a new one pass another --output (or delete the folder).")
     if resume.resolve().parent == output.resolve():
+        check_not_behind(output, resume)
         return False
     try:
         here = identity(held)
@@ -102,6 +103,7 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
                               f"is not continued there. Pass another --output (or repair or remove {held}).") from None
     theirs = identity(resume)
     if here["run_id"] and here["run_id"] == theirs["run_id"]:
+        check_not_behind(output, resume)
         return False
     where = f"its {held.name}, at epoch {here['epoch'] + 1}, step {here['step_in_epoch']}"
     if here["forked_from"] and here["forked_from"] == theirs["run_id"]:
@@ -110,6 +112,21 @@ def check_continues(cfg, output: Path, resume: Path | None) -> bool:
     raise CheckpointError(f"{output} holds another run ({where}), whose checkpoints and log.jsonl resuming {resume} "
                           f"would overwrite. Pass a new --output or --output {resume.parent}; --resume auto --output "
                           f"{output} continues that run.")
+
+
+def check_not_behind(output: Path, resume: Path) -> None:
+    """Refuse a resume into ``output`` from a checkpoint of its run that is behind its last.pt (best.pt, a backup),
+    which the resumed run would overwrite (and log.jsonl would hold two trajectories)."""
+    last = output / "last.pt"
+    if not last.is_file() or resume.resolve() == last.resolve():
+        return
+    ahead, behind = identity(last), identity(resume)
+    if behind["global_step"] >= ahead["global_step"]:
+        return
+    at = lambda ident: f"epoch {ident['epoch'] + 1}, step {ident['step_in_epoch']}"
+    raise CheckpointError(f"{resume} is behind {last} ({at(behind)} vs {at(ahead)}), which resuming it in {output} "
+                          f"would overwrite. Continue from last.pt with --resume auto --output {output}, or fork "
+                          f"{resume.name} into a new folder with --resume {resume} --output NEW.")
 
 
 def find_resume(cfg) -> Path | None:

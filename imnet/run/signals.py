@@ -53,6 +53,7 @@ class PreemptionSignals:
     def __init__(self):
         self.requested = False
         self.received: list[int] = []  # in order, those recorded by `record_early` first
+        self.waiting = ""  # what a stop waits for, said as the signal arrives (`waiting_for`)
         self._old = {}
 
     def _handler(self, signum, frame):
@@ -60,6 +61,10 @@ class PreemptionSignals:
             raise KeyboardInterrupt
         self.requested = True
         self.received.append(signum)
+        if self.waiting and os.environ.get("RANK", "0") == "0":
+            again = "; a second Ctrl-C stops at once" if signum == signal.SIGINT and not under_torchrun() else ""
+            print(f"{self.name}: the run stops after {self.waiting} and its checkpoint writes{again}.",
+                  file=sys.stderr, flush=True)
 
     def take_early(self) -> "PreemptionSignals":
         """Adopt the signals `record_early` recorded before `install` (a stop asked during startup)."""
@@ -90,6 +95,18 @@ class PreemptionSignals:
         self._old.clear()
 
     @contextlib.contextmanager
+    def waiting_for(self, what: str):
+        """A stop asked during the block is acknowledged at once, naming ``what`` it waits for."""
+        self.waiting = what
+        try:
+            yield
+        finally:
+            self.waiting = ""
+
+    def forking(self, loader) -> "Forking":
+        return Forking(loader, self)
+
+    @contextlib.contextmanager
     def deferred(self):
         """Block the signals for the block's duration; one that arrives is delivered when the block ends. A worker
         forked here cannot be killed in the instant before its worker init makes it ignore them."""
@@ -101,3 +118,15 @@ class PreemptionSignals:
             yield
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+class Forking:
+    """``loader``, its iterators made under `PreemptionSignals.deferred` (a DataLoader forks its workers there):
+    the signals stay deliverable while it is read."""
+
+    def __init__(self, loader, preemption: PreemptionSignals):
+        self.loader, self.preemption = loader, preemption
+
+    def __iter__(self):
+        with self.preemption.deferred():
+            return iter(self.loader)
