@@ -49,7 +49,7 @@ from imnet.run import audit, checkpoint, config, data, dist, folders, models, ru
 from imnet.run.atomic import NoSpace, link_file
 from imnet.run.config import Config, ConfigError
 from imnet.run.errors import UsageError, message_of
-from imnet.run.evaluation import autocast, evaluate
+from imnet.run.evaluation import autocast, evaluate_all
 from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,
                           summary, train_row, val_row)
 from imnet.run.teacher import build_teacher
@@ -314,19 +314,20 @@ def evaluate_epoch(training: Training, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
     cfg, parts = training.cfg, training.parts
-    run_eval = functools.partial(evaluate, loader=training.val_loader, device=parts.device, policy=cfg.eval_policy,
-                                 num_classes=len(training.classes), amp_dtype=cfg.amp_dtype,
-                                 channels_last=cfg.channels_last)
+    evaluated = {"model": parts.eval_model}
+    if parts.ema is not None:
+        evaluated["ema"] = parts.ema.module
+    if parts.swa is not None and int(parts.swa.n_averaged) > 0:  # its BatchNorm statistics are its own
+        evaluated["swa"] = parts.swa.module
     with training.preemption.deferred():  # workers may be forked here; a signal waits until the evaluation ends
-        scores = run_eval(parts.eval_model)
-        row = val_row("model", scores)
-        for path in scores.unreadable:
-            print(f"warning: validation image {path} could not be read and was replaced by another, so this "
-                  f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
-        if parts.ema is not None:
-            row.update(val_row("ema", run_eval(parts.ema.module)))
-        if parts.swa is not None and int(parts.swa.n_averaged) > 0:  # its BatchNorm statistics are its own
-            row.update(val_row("swa", run_eval(parts.swa.module)))
+        results = evaluate_all(list(evaluated.values()), training.val_loader, parts.device, cfg.eval_policy,
+                               len(training.classes), amp_dtype=cfg.amp_dtype, channels_last=cfg.channels_last)
+    for path in results[0].unreadable:
+        print(f"warning: validation image {path} could not be read and was replaced by another, so this "
+              f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
+    row = {}
+    for name, scores in zip(evaluated, results):
+        row.update(val_row(name, scores))
     return row
 
 
