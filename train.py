@@ -484,10 +484,9 @@ def resolve_config(below: dict, given: dict, info) -> Config:
     """The run's Config, with what depends on this machine filled in first: a bare --amp, --workers within the
     cores, the demo's generated data, the default output folder."""
     given, flags_now = dict(given), {**below, **given}
-    workers, note = data.cap_workers(flags_now["workers"])
+    given["workers"], note = data.cap_workers(flags_now["workers"])
     if note:
         dist.print0(f"note: {note}")
-        given["workers"] = workers
     if flags_now["amp"] == "auto":
         given["amp"] = dist.auto_amp(info.device)
         if given["amp"] == "none":

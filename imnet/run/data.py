@@ -329,13 +329,20 @@ def shutdown_workers(loader) -> None:
         loader._iterator = None
 
 
-def cap_workers(workers: int) -> tuple[int, str | None]:
-    """-> (--workers lowered to 4 per usable CPU core shared by the node's processes, a note when lowered)."""
+MAX_DEFAULT_WORKERS = 16  # decoding many more per process rarely pays: the node's cores are shared
+
+
+def cap_workers(workers: int | None) -> tuple[int, str | None]:
+    """--workers -> (the count to use, a note when a given count was lowered). None, the default: the CPUs this
+    process may use, shared by the node's LOCAL_WORLD_SIZE processes, less one for the main process (at least 1,
+    at most MAX_DEFAULT_WORKERS). A given count is lowered to 4 per CPU core so shared."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if workers is None:
+        return min(MAX_DEFAULT_WORKERS, max(1, cores // processes - 1)), None
     limit = max(1, 4 * cores // processes)
     if workers <= limit:
         return workers, None
