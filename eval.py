@@ -42,7 +42,7 @@ def build_parser():
     g.add_argument("--data", "--data-path", "--data-dir", metavar="ROOT",
                    help="folder holding val/<class>/..., or the val folder itself")
     g.add_argument("--batch-size", "-b", type=COUNT, default=128, help="images per batch per process")
-    g.add_argument("--workers", "-j", type=WORKERS, default=4,
+    g.add_argument("--workers", "-j", type=WORKERS, default=None,
                    help="decoding processes per rank (0: in the main process)" + WORKERS_HELP)
 
     g = parser.add_argument_group("evaluation policy (default: the checkpoint's)")

@@ -50,7 +50,7 @@ from imnet.run import audit, checkpoint, config, data, dist, folders, models, ru
 from imnet.run.atomic import NoSpace, link_file
 from imnet.run.config import Config, ConfigError
 from imnet.run.errors import UsageError, message_of
-from imnet.run.evaluation import autocast, evaluate
+from imnet.run.evaluation import autocast, evaluate_all
 from imnet.run.log import (RunLog, Window, epoch_line, log_window, require_tensorboard, resume_lr_note,
                           summary, train_row, val_row)
 from imnet.run.teacher import build_teacher
@@ -323,20 +323,21 @@ def evaluate_epoch(training: Training, epoch: int) -> dict:
     """The validation figures of (0-based) ``epoch``'s summary row: the trained weights, and the EMA and SWA
     weights when the run keeps them."""
     cfg, parts = training.cfg, training.parts
-    run_eval = functools.partial(evaluate, loader=training.preemption.forking(training.val_loader),
-                                 device=parts.device, policy=cfg.eval_policy,
-                                 num_classes=len(training.classes), amp_dtype=cfg.amp_dtype,
-                                 channels_last=cfg.channels_last)
+    evaluated = {"model": parts.eval_model}
+    if parts.ema is not None:
+        evaluated["ema"] = parts.ema.module
+    if parts.swa is not None and int(parts.swa.n_averaged) > 0:  # its BatchNorm statistics are its own
+        evaluated["swa"] = parts.swa.module
     with training.preemption.waiting_for(f"the evaluation of epoch {epoch + 1}"):  # a stop waits for its end
-        scores = run_eval(parts.eval_model)
-        row = val_row("model", scores)
-        for path in scores.unreadable:
-            print(f"warning: validation image {path} could not be read and was replaced by another, so this "
-                  f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
-        if parts.ema is not None:
-            row.update(val_row("ema", run_eval(parts.ema.module)))
-        if parts.swa is not None and int(parts.swa.n_averaged) > 0:  # its BatchNorm statistics are its own
-            row.update(val_row("swa", run_eval(parts.swa.module)))
+        results = evaluate_all(list(evaluated.values()), training.preemption.forking(training.val_loader),
+                               parts.device, cfg.eval_policy, len(training.classes), amp_dtype=cfg.amp_dtype,
+                               channels_last=cfg.channels_last)
+    for path in results[0].unreadable:
+        print(f"warning: validation image {path} could not be read and was replaced by another, so this "
+              f"evaluation is not exact; repair or remove the file", file=sys.stderr, flush=True)
+    row = {}
+    for name, scores in zip(evaluated, results):
+        row.update(val_row(name, scores))
     return row
 
 
@@ -521,10 +522,9 @@ def resolve_config(below: dict, given: dict, info) -> Config:
     """The run's Config, with what depends on this machine filled in first: a bare --amp, --workers within the
     cores, the demo's generated data, the default output folder."""
     given, flags_now = dict(given), {**below, **given}
-    workers, note = data.cap_workers(flags_now["workers"])
+    given["workers"], note = data.cap_workers(flags_now["workers"])
     if note:
         dist.print0(f"note: {note}")
-        given["workers"] = workers
     if flags_now["amp"] == "auto":
         given["amp"] = dist.auto_amp(info.device)
         if given["amp"] == "none":

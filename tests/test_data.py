@@ -6,6 +6,7 @@ That survives JPEG, CMYK, greyscale, palette and resizing, so a test can tell wh
 """
 
 import io
+import math
 import os
 import pickle
 import struct
@@ -19,7 +20,7 @@ import torchvision.transforms as T
 from torchvision.datasets.folder import make_dataset
 from PIL import Image
 
-from imnet.run import data, folders
+from imnet.run import data, folders, seeds
 from imnet.run.data import (BadImageCounter, EvalSampler, FakeData, ImageFolder, SampleIndex, TrainSampler,
                         build_loader, collate, parse_max_bad, to_device)
 from imnet.run.folders import DataError, check_data_root, find_classes
@@ -513,9 +514,9 @@ def test_repeated_augmentation_sampler():
     for replicas in (1, 2, 4):
         samplers = [TrainSampler(n, replicas, r, seed=7, repeats=reps) for r in range(replicas)]
         # Before truncation (as DeiT's / torchvision's RASampler): every index exactly N times, in runs of N.
-        order = samplers[0].order(2)
-        assert Counter(i for i, _ in order) == {i: reps for i in range(n)}
-        assert all(order[k * reps + j] == (order[k * reps][0], j) for k in range(n) for j in range(reps))
+        perm = samplers[0].order(2).tolist()
+        assert sorted(perm) == list(range(n))
+        order = [(i, j) for i in perm for j in range(reps)]
         # The epoch keeps its length: n // R items per rank, i.e. about n / N distinct images, N times each
         # (the last one seen may be cut).
         for s in samplers:
@@ -546,6 +547,27 @@ def test_repeated_augmentation_sampler():
     assert list(resumed) == list(full)[5:]
     with pytest.raises(ValueError):
         TrainSampler(n, repeats=0)
+
+
+def reference_keys(n, replicas, rank, seed, epoch, drop_last, reps, start):
+    """The epoch order as TrainSampler built it in Python lists, the reference for the numpy one."""
+    generator = torch.Generator().manual_seed(seeds.derive(seeds.SHUFFLE, seed, epoch))
+    order = [(i, k) for i in torch.randperm(n, generator=generator).tolist() for k in range(reps)]
+    total = (n // replicas if drop_last else math.ceil(n / replicas)) * replicas
+    return (order * 2)[:total][rank::replicas][start:]
+
+
+def test_train_sampler_order_equals_the_list_algorithm():
+    cases = [(37, 1, 1, True), (37, 4, 3, True), (37, 4, 1, False), (10, 3, 2, False), (11, 4, 4, False),
+             (101, 8, 4, True), (101, 8, 4, False), (5, 5, 1, False), (64, 2, 3, True)]
+    for n, replicas, reps, drop_last in cases:
+        for epoch, start in ((0, 0), (3, 1), (7, n // replicas - 1), (2, n // replicas)):
+            for rank in range(replicas):
+                sampler = TrainSampler(n, replicas, rank, seed=11, drop_last=drop_last, repeats=reps)
+                sampler.set_epoch(epoch)
+                sampler.set_start(start)
+                got = [(key[0], key[2] if reps > 1 else 0) for key in sampler]
+                assert got == reference_keys(n, replicas, rank, 11, epoch, drop_last, reps, start), (n, replicas)
 
 
 def test_repeated_copies_get_different_crops_and_ranks_add_up(tree):

@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms import v2
 
 import eval as imnet_eval
-from imnet.run import benchmark, checkpoint, tta
+from imnet.run import benchmark, checkpoint, data, evaluation, tta
 from imnet import transforms
 from imnet.run.config import EvalPolicy
 
@@ -410,3 +410,24 @@ def test_unwritable_outputs_are_refused_before_evaluating(three_images, ckpt, tm
     fresh = tmp_path / "fresh.json"
     code, out, err = run_eval(capsys, "--checkpoint", ckpt, "--data", three_images, "--workers", "0", "--json", fresh)
     assert code == 0 and json.loads(fresh.read_text())["count"] == 3
+
+
+@pytest.mark.parametrize("view", ["none", "flip"])
+def test_several_models_share_one_decode_and_keep_their_own_figures(tiny_data, monkeypatch, view):
+    policy = EvalPolicy(36, 32)
+    val = data.ImageFolder(tiny_data / "val", CLASSES, policy.transform())
+    loader = data.build_loader(val, data.EvalSampler(len(val)), batch_size=8, workers=0)
+    models = [random_resnet(seed) for seed in (0, 1, 2)]
+    alone = [evaluation.evaluate(m, loader, torch.device("cpu"), policy, 3, tta=view) for m in models]
+    batches = iter(list(loader))  # one pass only: a second decode of the set would find it empty
+    with monkeypatch.context() as m:  # the loop reads nothing back to the host
+        m.setattr(torch, "bincount", None)
+        m.setattr(torch.Tensor, "item", None)
+        together = evaluation.evaluate_all(models, batches, torch.device("cpu"), policy, 3, tta=view)
+    for a, b in zip(alone, together, strict=True):
+        assert (a.loss, a.top1, a.top5, a.count, a.views) == (b.loss, b.top1, b.top5, b.count, b.views)
+        for name in ("confusion", "top_idx", "top_prob", "labels"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        expected = torch.bincount(b.labels * 3 + b.top_idx[:, 0], minlength=9).view(3, 3)
+        assert torch.equal(b.confusion, expected)
+    assert not torch.equal(together[0].top_prob, together[1].top_prob)  # the models differ

@@ -259,26 +259,24 @@ class TrainSampler(torch.utils.data.Sampler):
             raise ValueError(f"start must be in [0, {self.per_rank}] (samples per rank), got {start}")
         self.start = int(start)
 
-    def order(self, epoch: int) -> list[tuple[int, int]]:
-        """The epoch's (index, repeat) sequence over all ranks, before truncation."""
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's permutation of the indices, shared by all ranks."""
         generator = torch.Generator().manual_seed(seeds.derive(seeds.SHUFFLE, self.seed, epoch))
-        perm = torch.randperm(self.num_samples, generator=generator).tolist()
-        return [(i, k) for i in perm for k in range(self.repeats)]
+        return torch.randperm(self.num_samples, generator=generator).numpy()
 
-    def keys(self, epoch: int) -> list[tuple[int, int]]:
-        """All (index, repeat) pairs this rank reads in `epoch`, ignoring set_start."""
-        total = self.per_rank * self.num_replicas
-        order = self.order(epoch)
-        order = (order * 2)[:total]  # truncates (drop_last, repeats) or pads with the start of the permutation
-        return order[self.rank::self.num_replicas]
-
-    def indices(self, epoch: int) -> list[int]:
-        return [i for i, _ in self.keys(epoch)]
+    def keys(self, epoch: int, start: int = 0) -> tuple[np.ndarray, np.ndarray]:
+        """This rank's (indices, repeats) in `epoch` from its `start`-th sample on. The ranks deal out the sequence
+        perm[0] x N, perm[1] x N, ... (N = repeats): rank r reads positions p = r + R t, p taken modulo its length
+        (its beginning pads when not drop_last; p stays below twice the length)."""
+        positions = np.arange(start, self.per_rank, dtype=np.int64) * self.num_replicas + self.rank
+        positions %= self.num_samples * self.repeats
+        return self.order(epoch)[positions // self.repeats], positions % self.repeats
 
     def __iter__(self):
         epoch = self.epoch
-        for index, repeat in self.keys(epoch)[self.start:]:
-            yield (index, epoch) if self.repeats == 1 else (index, epoch, repeat)
+        indices, repeats = self.keys(epoch, self.start)
+        for index, repeat in zip(indices, repeats):
+            yield (int(index), epoch) if self.repeats == 1 else (int(index), epoch, int(repeat))
         self.start = 0  # the resumed pass is complete: the next one is a whole epoch
 
     def __len__(self) -> int:
@@ -339,13 +337,20 @@ def shutdown_workers(loader) -> None:
         loader._iterator = None
 
 
-def cap_workers(workers: int) -> tuple[int, str | None]:
-    """-> (--workers lowered to 4 per usable CPU core shared by the node's processes, a note when lowered)."""
+MAX_DEFAULT_WORKERS = 16  # decoding many more per process rarely pays: the node's cores are shared
+
+
+def cap_workers(workers: int | None) -> tuple[int, str | None]:
+    """--workers -> (the count to use, a note when a given count was lowered). None, the default: the CPUs this
+    process may use, shared by the node's LOCAL_WORLD_SIZE processes, less one for the main process (at least 1,
+    at most MAX_DEFAULT_WORKERS). A given count is lowered to 4 per CPU core so shared."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
     processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if workers is None:
+        return min(MAX_DEFAULT_WORKERS, max(1, cores // processes - 1)), None
     limit = max(1, 4 * cores // processes)
     if workers <= limit:
         return workers, None

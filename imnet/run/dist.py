@@ -64,10 +64,18 @@ def init(device: str | None = None, timeout_minutes: int = 30) -> DistInfo:
     info = DistInfo(rank, local_rank, world_size, dev)
     if world_size > 1 and not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
-                                device_id=dev if dev.type == "cuda" else None)
-        # Host-side flags (stop, timed saves) are agreed on over gloo: checking them never waits for the GPU.
-        info.control_group = dist.new_group(backend="gloo")
+        try:
+            dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes),
+                                    device_id=dev if dev.type == "cuda" else None)
+            # Host-side flags (stop, timed saves) are agreed on over gloo: checking them never waits for the GPU.
+            info.control_group = dist.new_group(backend="gloo")
+        except RuntimeError as e:
+            if "gloo" not in str(e).lower():
+                raise
+            reason = str(e).splitlines()[0].split("] ")[-1]  # without gloo's source location
+            raise UsageError(f"The processes could not connect over gloo ({reason}). Set GLOO_SOCKET_IFNAME (and "
+                             f"NCCL_SOCKET_IFNAME on GPUs) to the network interface the nodes reach each other on, "
+                             f"as docs/multinode.md shows.") from None
     return info
 
 

@@ -38,39 +38,52 @@ class EvalResult:
         return {"loss": self.loss, "top1": self.top1, "top5": self.top5, "count": self.count}
 
 
-@torch.inference_mode()
 def evaluate(model: nn.Module, loader, device: torch.device, policy, num_classes: int, tta: str = "none",
              amp_dtype=None, channels_last: bool = False) -> EvalResult:
-    """Summed over all ranks (each reads its EvalSampler shard): equal to a single-process evaluation. Nothing is
-    read back to the host inside the loop."""
-    model.eval()
-    meter = Meter(device)
-    confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
+    """One model's evaluation: `evaluate_all` with one model."""
+    return evaluate_all([model], loader, device, policy, num_classes, tta, amp_dtype, channels_last)[0]
+
+
+@torch.inference_mode()
+def evaluate_all(models: list[nn.Module], loader, device: torch.device, policy, num_classes: int,
+                 tta: str = "none", amp_dtype=None, channels_last: bool = False) -> list[EvalResult]:
+    """Every model on the same decoded batches (one decode per image, whatever the number of models), a result per
+    model. Summed over all ranks (each reads its EvalSampler shard): equal to a single-process evaluation. Nothing
+    is read back to the host inside the loop (the confusion counts by index_add_: bincount reads its range back)."""
+    for model in models:
+        model.eval()
     k = min(5, num_classes)
-    top_idx, top_prob, all_labels, bad, v = [], [], [], [], 1
+    meters = [Meter(device) for _ in models]
+    confusions = [torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device) for _ in models]
+    top_idx, top_prob = [[] for _ in models], [[] for _ in models]
+    all_labels, bad, v = [], [], 1
     for images, labels, bad_paths in loader:
         bad += bad_paths
         images = images.to(device, non_blocking=True)
         labels = labels.to(device, non_blocking=True)
         views, v = make_views(images, tta)
         x = normalize(views, policy.mean, policy.std, channels_last=channels_last)
-        with autocast(device, amp_dtype):
-            logits = model(x).float()
-        if v == 1:
-            scores, probs = logits, logits.softmax(dim=1)
-            loss = cross_entropy(logits, labels)
-        else:  # cross-entropy of the averaged distribution; tiny floor so that p = 0 gives a large, finite loss
-            scores = probs = logits.softmax(dim=1).view(images.shape[0], v, -1).mean(dim=1)
-            loss = F.nll_loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
-        meter.update(loss, scores, labels, n=labels.shape[0])
-        ranked = scores.topk(k, dim=1).indices
-        confusion += torch.bincount(labels * num_classes + ranked[:, 0], minlength=num_classes ** 2)
-        top_idx.append(ranked)
-        top_prob.append(probs.gather(1, ranked))
+        for j, model in enumerate(models):
+            with autocast(device, amp_dtype):
+                logits = model(x).float()
+            if v == 1:
+                scores, probs = logits, logits.softmax(dim=1)
+                loss = cross_entropy(logits, labels)
+            else:  # cross-entropy of the averaged distribution; tiny floor so that p = 0 gives a large, finite loss
+                scores = probs = logits.softmax(dim=1).view(images.shape[0], v, -1).mean(dim=1)
+                loss = F.nll_loss(probs.clamp_min(torch.finfo(torch.float32).tiny).log(), labels)
+            meters[j].update(loss, scores, labels, n=labels.shape[0])
+            ranked = scores.topk(k, dim=1).indices
+            confusions[j].index_add_(0, labels * num_classes + ranked[:, 0], torch.ones_like(labels))
+            top_idx[j].append(ranked)
+            top_prob[j].append(probs.gather(1, ranked))
         all_labels.append(labels)
-    m = meter.compute(distributed=True)
-    dist.all_reduce_sum(confusion)
     cat = lambda xs, shape: torch.cat(xs).cpu() if xs else torch.zeros(shape)
-    return EvalResult(m["loss"], m["top1"], m["top5"], m["count"], confusion.view(num_classes, num_classes).cpu(),
-                      cat(top_idx, (0, k)).long(), cat(top_prob, (0, k)), cat(all_labels, (0,)).long(),
-                      sorted(set(bad)), v)
+    results = []
+    for j in range(len(models)):
+        m = meters[j].compute(distributed=True)
+        dist.all_reduce_sum(confusions[j])
+        results.append(EvalResult(m["loss"], m["top1"], m["top5"], m["count"],
+                                  confusions[j].view(num_classes, num_classes).cpu(), cat(top_idx[j], (0, k)).long(),
+                                  cat(top_prob[j], (0, k)), cat(all_labels, (0,)).long(), sorted(set(bad)), v))
+    return results

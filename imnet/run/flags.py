@@ -88,7 +88,8 @@ MAGNITUDE = Range(float, 0.0)               # learning rates, weight decay, norm
 FRACTION_OPEN = Range(float, 0.0, 1.0, hi_open=True)   # [0, 1): smoothing, momentum, drop path
 SEED = Range(int, 0, 2**63 - 1)
 WORKERS = Range(int, 0, 256)                # data-loading processes per process (also capped by the cores)
-WORKERS_HELP = "; above 4 per CPU core of this machine it is lowered to that at setup, with a note"
+WORKERS_HELP = ("; default: the CPUs this process may use, shared by the node's processes, less one, at most 16; "
+                "above 4 per CPU core it is lowered to that, with a note")
 
 
 def max_bad_images(text, total: int | None = None):
@@ -290,7 +291,7 @@ def build_parser() -> Parser:
     g = p.add_argument_group("data")
     g.add_argument("--data", "--data-path", "--data-dir",
                    help="root folder holding train/ and val/ (class subfolders in each)")
-    g.add_argument("--workers", "-j", type=WORKERS, default=4,
+    g.add_argument("--workers", "-j", type=WORKERS, default=None,
                    help="data loading processes per training process" + WORKERS_HELP)
     g.add_argument("--train-crop-size", type=SIZE, default=224, help="RandomResizedCrop output size")
     add_eval_policy_flags(g, crop_default=224, decode_default="full")

@@ -16,9 +16,9 @@ import torch
 from imnet.run import config, dist, folders
 from imnet.tools import export
 from imnet.run.atomic import check_writable
-from imnet.run.data import why_unreadable
+from imnet.run.data import cap_workers, why_unreadable
 from imnet.run.errors import UsageError, message_of
-from imnet.run.flags import COUNT, NATURAL, Parser, add_eval_policy_flags
+from imnet.run.flags import COUNT, WORKERS, WORKERS_HELP, Parser, add_eval_policy_flags
 from imnet.transforms import normalize
 
 
@@ -35,7 +35,8 @@ def build_parser() -> Parser:
     g.add_argument("--csv", metavar="PATH", help="write the predictions as CSV: file, class1, prob1, ...")
     g = p.add_argument_group("speed")
     g.add_argument("--batch-size", "-b", type=COUNT, default=64, help="images per batch")
-    g.add_argument("--workers", "-j", type=NATURAL, default=4, help="decoding processes (0: in this process)")
+    g.add_argument("--workers", "-j", type=WORKERS, default=None,
+                   help="decoding processes (0: in this process)" + WORKERS_HELP)
     g.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), cpu, cuda, mps...")
     add_eval_policy_flags(p.add_argument_group("evaluation policy (default: the checkpoint's)"))
     return p
@@ -110,8 +111,11 @@ def run(args) -> int:
     device = dist.init(args.device).device
     model = export.build_model(name, state, len(classes), policy, train_size)[0].to(device)
     topk = min(args.topk, len(classes))
+    workers, note = cap_workers(args.workers)
+    if note:
+        dist.eprint0(f"imnet.tools.predict: note: {note}")
     loader = torch.utils.data.DataLoader(Files(files, policy.transform()), batch_size=args.batch_size,
-                                         num_workers=args.workers, collate_fn=collate,
+                                         num_workers=workers, collate_fn=collate,
                                          pin_memory=device.type == "cuda")
     dist.eprint0(f"imnet.tools.predict: {name}, {len(classes)} classes, {len(files)} files; policy: "
                  f"{policy.describe()}")
