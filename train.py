@@ -353,8 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with contextlib.ExitStack() as cleanup:
             return run(argv, preemption, cleanup)
-    except UsageError as e:
-        dist.eprint0(f"error: {message_of(e)}")
+    except UsageError as e:  # on every rank: each may log on its own node (dist.agree gives them one paragraph)
+        print(f"error: {message_of(e)}", file=sys.stderr, flush=True)
         return 2
     except (RuntimeError, torch.distributed.DistError) as e:
         if not peer_lost(e):
@@ -396,9 +396,8 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     if cfg.tensorboard:
         require_tensorboard()  # installed, or say so before any work
     output = Path(cfg.output)
-    forks = False  # whether this run continues another folder's checkpoint here, as a run of its own
-    if info.is_main and not cfg.dry_run:
-        forks = runfolder.claim(cfg, output, cleanup, dist.print0)
+    # Rank 0 claims the folder and decides what the run resumes; its refusal stops every rank here (dist.agree).
+    resume = dist.agree(info, lambda: runfolder.claim(cfg, output, cleanup, dist.print0) if info.is_main else None)[0]
     torch.manual_seed(cfg.seed)  # identical initial weights on every rank (DDP also broadcasts them)
     dist.set_backends(info.device, deterministic=cfg.deterministic)
 
@@ -411,7 +410,7 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     # ---- model and optimizer
     model = build_model(cfg, len(classes), info)
     init_report = None
-    if (cfg.init_from or cfg.weights) and runfolder.find_resume(cfg) is None:  # a resumed run has its own weights
+    if (cfg.init_from or cfg.weights) and resume.path is None:  # a resumed run has its own weights
         init_report = init_weights(cfg, model, classes, info)
     teacher, cfg = build_teacher(cfg, classes, info) if cfg.teacher else (None, cfg)
     groups = build_param_groups(cfg, model)
@@ -427,20 +426,20 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     log = RunLog(output, enabled=info.is_main, quiet=cfg.quiet, tensorboard=cfg.tensorboard)
 
     # ---- resume, or start (config.json once the checkpoint is accepted: a refused resume leaves the folder as it was)
-    resume_path = runfolder.find_resume(cfg)
     train_set_record = train_set.index.record() if hasattr(train_set, "index") else {}
-    if resume_path is not None:
-        data_change = checkpoint.check_train_set(resume_path, train_set_record)
-        progress = checkpoint.restore(resume_path, cfg, classes, parts, meter, bad_counter, info, log)
+    if resume.path is not None:  # every rank restores rank 0's choice before DDP is wrapped around the model
+        progress = checkpoint.restore_agreed(resume.path, resume.checksum, cfg, classes, parts, meter, bad_counter,
+                                             info, log)
+        data_change = checkpoint.check_train_set(progress, resume.path, train_set_record)
         progress.train_set = train_set_record
         if data_change:
             log.event("train_set_changed", echo=f"note: {data_change}", change=data_change)
         resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
-        if forks:
+        if resume.forks:
             progress.fork()
-            log.event("fork", echo=f"note: {resume_path} continues here as a new run", path=str(resume_path),
+            log.event("fork", echo=f"note: {resume.path} continues here as a new run", path=str(resume.path),
                       run_id=progress.run_id, forked_from=progress.forked_from)
-        if info.is_main and resume_path == output / "last.pt":
+        if info.is_main and resume.path == output / "last.pt":
             runfolder.repair_best(output, progress, log)
     else:
         progress = checkpoint.Progress(train_set=train_set_record)
@@ -448,6 +447,7 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
                   val_images=len(val_set), run_id=progress.run_id)
         if init_report:
             log.event("init", echo=models.describe_init(init_report), **init_report)
+    wrap(cfg, parts, info)
     training = Training(cfg=cfg, info=info, parts=parts, classes=classes, output=output, train_loader=train_loader,
                         sampler=sampler, val_loader=val_loader, meter=meter, bad_counter=bad_counter, log=log,
                         preemption=preemption, progress=progress, nan_guard=NonFiniteGuard(info.device),
@@ -618,7 +618,8 @@ def build_param_groups(cfg: Config, model: nn.Module) -> list[dict]:
 
 def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: int, info,
                 teacher: nn.Module | None = None) -> Parts:
-    """The objects the steps act on; the teacher is never wrapped (it takes no gradient)."""
+    """The objects the steps act on, the model not wrapped yet (`wrap`); the teacher never is (it takes no
+    gradient)."""
     if cfg.opt in ("lars", "lamb"):  # over the same groups: no decay and no trust ratio where wd is 0 (lars.py)
         with refused(f"--opt {cfg.opt}: "):
             optimizer = LARS(groups, lr=cfg.peak_lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay,
@@ -627,16 +628,8 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
     else:
         optimizer = build_optimizer(cfg.opt, groups, lr=cfg.peak_lr, weight_decay=cfg.weight_decay,
                                     momentum=cfg.momentum, nesterov=cfg.nesterov, eps=cfg.opt_eps)
-    train_model = model
-    if info.distributed:
-        train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
-            gradient_as_bucket_view=True)
-    eval_model = model
-    if cfg.compile:
-        train_model, eval_model = torch.compile(train_model), torch.compile(model)
     return Parts(
-        model=model, train_model=train_model, eval_model=eval_model, optimizer=optimizer, device=info.device,
+        model=model, train_model=model, eval_model=model, optimizer=optimizer, device=info.device,
         rank=info.rank, scaler=torch.amp.GradScaler(info.device.type) if cfg.amp == "fp16" else None,
         sam=SAM(optimizer, rho=cfg.sam, adaptive=cfg.sam_adaptive) if cfg.sam > 0 else None,
         ema=ModelEma(model, decay=cfg.ema_decay, warmup=cfg.ema_warmup, every=cfg.ema_every,
@@ -645,6 +638,17 @@ def build_parts(cfg: Config, model: nn.Module, groups: list[dict], num_classes: 
                     switch_prob=cfg.switch_prob, label_smoothing=cfg.mix_label_smoothing) if cfg.mixing else None,
         swa=AveragedModel(model) if cfg.swa_start is not None else None,  # a copy on the model's device
         teacher=teacher)
+
+
+def wrap(cfg: Config, parts: Parts, info) -> None:
+    """DDP (which broadcasts rank 0's weights: every rank has restored the same ones before) and torch.compile
+    around the model, once its state is restored."""
+    if info.distributed:
+        parts.train_model = nn.parallel.DistributedDataParallel(
+            parts.model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            gradient_as_bucket_view=True)
+    if cfg.compile:
+        parts.train_model, parts.eval_model = torch.compile(parts.train_model), torch.compile(parts.model)
 
 
 def start_notes(training: Training, train_set, val_set, unreadable_val: list) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
 import os
 import pickle
 import random
@@ -38,8 +39,10 @@ def tensors(obj):
             yield from tensors(x)
 
 
-def load(path: str | os.PathLike) -> dict:
-    ckpt = _torch_load(Path(path))
+def load(path: str | os.PathLike, data: bytes | None = None) -> dict:
+    """``data``: the file's bytes, when they came from rank 0 (a rank that does not see ``path``)."""
+    ckpt = _torch_load(Path(path)) if data is None else \
+        torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     if "checksum" in ckpt and ckpt["checksum"] != content_digest(ckpt):
         raise CheckpointError(f"Checkpoint '{path}' is corrupt: its content does not match the checksum; {ANOTHER}")
     return ckpt
@@ -66,13 +69,14 @@ def _torch_load(path: Path, mmap: bool = False) -> dict:
 
 
 def identity(path: str | os.PathLike) -> dict:
-    """A checkpoint's ids and position, its tensors only memory-mapped ("" for ids written before run ids)."""
+    """A checkpoint's ids, position and checksum, its tensors only memory-mapped ("" for ids written before run
+    ids)."""
     path = Path(path)
     try:
         ckpt = _torch_load(path, mmap=True)
     except CheckpointError:
         ckpt = _torch_load(path)  # the older, non-zip format cannot be mapped (or the message is the same)
-    defaults = {"run_id": "", "forked_from": "", "epoch": 0, "step_in_epoch": 0, "global_step": 0, "train_set": {}}
+    defaults = {"run_id": "", "forked_from": "", "epoch": 0, "step_in_epoch": 0, "global_step": 0, "checksum": ""}
     return {k: ckpt[k] if isinstance(ckpt.get(k), type(d)) else d for k, d in defaults.items()}
 
 
@@ -150,8 +154,8 @@ def make_state(*, model: dict, optimizer: dict, progress: Progress, config: dict
     return state
 
 
-def read_state(path: str | os.PathLike) -> dict:
-    return check_state(load(path), path)
+def read_state(path: str | os.PathLike, data: bytes | None = None) -> dict:
+    return check_state(load(path, data), path)
 
 
 def check_state(state: dict, path) -> dict:
@@ -299,9 +303,33 @@ def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_c
         imnet_version=imnet.__version__), path)
 
 
-def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
+def restore_agreed(path: Path, checksum: str, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
+    """Every rank restores the checkpoint rank 0 chose (``path``, whose content digest is ``checksum``): from its
+    own view of ``path`` when that holds the same content, else from the bytes rank 0 sends (a node that does not
+    see rank 0's --output); a refusal on any rank stops every rank with its paragraph (`dist.agree`)."""
+    data = None
+    if info.distributed:
+        seen = dist.gather_object(info.is_main or holds(path, checksum), info.control_group)
+        if not all(seen):
+            log.event("checkpoint_sent", echo=f"note: {seen.count(False)} of {info.world_size} processes do not see "
+                      f"{path} (or see another file there); rank 0 sent it to them", path=str(path))
+            data = dist.broadcast_bytes(Path(path).read_bytes() if info.is_main else None, info)
+            data = None if seen[info.rank] else data
+    return dist.agree(info, lambda: restore(path, cfg, classes, parts, meter, bad_counter, info, log, data))[info.rank]
+
+
+def holds(path: Path, checksum: str) -> bool:
+    """Whether ``path`` is here and holds the checkpoint whose content digest is ``checksum``."""
+    try:
+        return bool(checksum) and identity(path)["checksum"] == checksum
+    except CheckpointError:
+        return False
+
+
+def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log,
+            data: bytes | None = None) -> Progress:
     """`save`'s counterpart: every check before the first load, the changes logged only once all is accepted."""
-    state = read_state(path)
+    state = read_state(path, data)
     changes = check_compatible(state, cfg, classes, path)
     progress = check_progress(state, cfg, path)
     check_fits(parts.model.state_dict(), state["model"], path, "model", cfg.model)
@@ -346,20 +374,20 @@ def _restoring(path, what: str, into: str = ""):
                              f"({type(e).__name__}: {detail})"])
 
 
-def check_train_set(path, now: dict) -> str | None:
-    """A resume on another training-set file list (``now``: data.SampleIndex.record()): refused mid-epoch, where the
-    rest of the epoch's permutation would index other images; -> a note at an epoch boundary. A checkpoint
-    without the record (older, or --fake-data) resumes: no refusal without evidence."""
-    at = identity(path)
-    then = at["train_set"]
+def check_train_set(progress: Progress, path, now: dict) -> str | None:
+    """A resume (``progress``: the restored one) on another training-set file list (``now``:
+    data.SampleIndex.record()): refused mid-epoch, where the rest of the epoch's permutation would index other
+    images; -> a note at an epoch boundary. A checkpoint without the record (older, or --fake-data) resumes: no
+    refusal without evidence."""
+    then = progress.train_set
     if not then or not now or then == now:
         return None
     change = (f"the training set's file list changed since the checkpoint ({then.get('images')} images then, "
               f"{now['images']} now)")
-    if at["step_in_epoch"]:
-        refuse_resume(path, [f"{change}, in the middle of epoch {at['epoch'] + 1}, whose order of images would then "
-                             f"mean other images"], f"Restore the data as they were to finish the epoch, or start a "
-                                                    f"new run from these weights with --init-from {path}.")
+    if progress.step_in_epoch:
+        refuse_resume(path, [f"{change}, in the middle of epoch {progress.epoch + 1}, whose order of images would "
+                             f"then mean other images"], f"Restore the data as they were to finish the epoch, or "
+                                                         f"start a new run from these weights with --init-from {path}.")
     return change
 
 

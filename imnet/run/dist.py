@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-from imnet.run.errors import UsageError
+from imnet.run.errors import UsageError, message_of
 
 
 @dataclass
@@ -114,13 +114,36 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def gather_object(obj) -> list:
+def gather_object(obj, group=None) -> list:
     """Every rank's ``obj``, in rank order, on every rank."""
     if not dist.is_initialized():
         return [obj]
     out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
+    dist.all_gather_object(out, obj, group=group)
     return out
+
+
+def agree(info: DistInfo, decide) -> list:
+    """``decide()`` on every rank, then one exchange over the control group: a UsageError on any rank is raised on
+    every rank, with the paragraph of the lowest rank that refused; otherwise -> every rank's result, in rank order.
+    A refusal decided on one rank (rank 0 claims the run folder) thus stops every rank at once, none left waiting
+    in a later collective."""
+    try:
+        outcome = (None, decide())
+    except UsageError as e:
+        outcome = (message_of(e), None)
+    outcomes = gather_object(outcome, info.control_group) if info.distributed else [outcome]
+    refusal = next((message for message, _ in outcomes if message is not None), None)
+    if refusal is not None:
+        raise UsageError(refusal)
+    return [result for _, result in outcomes]
+
+
+def broadcast_bytes(data: bytes | None, info: DistInfo) -> bytes:
+    """Rank 0's ``data`` on every rank (over the control group: host memory, no GPU)."""
+    box = [data]
+    dist.broadcast_object_list(box, src=0, group=info.control_group)
+    return box[0]
 
 
 class Flags:

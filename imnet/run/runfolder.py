@@ -7,6 +7,7 @@ import contextlib
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from imnet.run.atomic import link_file
@@ -68,13 +69,25 @@ def check_output(output: Path) -> None:
                               f"write to.") from None
 
 
-def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> bool:
-    """Rank 0 takes the run folder (lock, `check_continues`, stale temporaries removed); -> whether it forks."""
+@dataclass
+class Resume:
+    """What rank 0 decided the run starts from, told to every rank: ``path`` None is a fresh start."""
+    path: Path | None = None
+    checksum: str = ""    # the checkpoint's content digest: another rank reads its own view of path only if equal
+    forks: bool = False   # it continues another folder's checkpoint here, as a run of its own
+
+
+def claim(cfg, output: Path, cleanup: contextlib.ExitStack, note) -> Resume:
+    """Rank 0 takes the run folder (lock, `check_continues`, stale temporaries removed) and decides the resume
+    (with --dry-run it only decides)."""
+    path = find_resume(cfg)
+    if cfg.dry_run:
+        return Resume(path)
     check_output(output)
     lock(output, cleanup)
-    forks = check_continues(cfg, output, find_resume(cfg))
+    forks = check_continues(cfg, output, path)
     remove_stale_temporaries(output, note)
-    return forks
+    return Resume(path, identity(path)["checksum"] if path else "", forks)
 
 
 def first_sentence(error: Exception) -> str:
