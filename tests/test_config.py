@@ -12,13 +12,13 @@ import pytest
 import eval as imnet_eval
 import train
 from conftest import make_imagefolder
-from imnet.run import config
+from imnet.run import config, flags
 from imnet.run.config import ConfigError, EvalPolicy, resolve_eval_policy
 
 
 def resolved(*argv: str, world_size: int = 1) -> config.Config:
     """What train.py resolves for this command line (before the data is read)."""
-    below, given = train.parse_args(list(argv) + ["--data", "unused", "--output", "runs/x"])
+    below, given = flags.parse_args(list(argv) + ["--data", "unused", "--output", "runs/x"])
     return config.resolve(below, given, world_size)
 
 
