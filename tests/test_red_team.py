@@ -137,7 +137,7 @@ def test_eval_predict_export_refuse_a_config_entry_that_is_not_a_dict(bad_config
 
 # ------------------------------------------------------------------------------------------ 7. input parsers
 
-def test_every_input_parser_turns_a_failure_into_one_paragraph(tmp_path, monkeypatch):
+def test_every_input_parser_turns_a_failure_into_one_paragraph(tmp_path):
     nested = "[" * 100_000 + "]" * 100_000
     (tmp_path / "config.json").write_text(nested)
     with pytest.raises(FlagError, match="Cannot read --config"):
