@@ -163,8 +163,12 @@ def class_names(classes, val_dir):
     for folder in (val_dir, os.path.dirname(os.path.abspath(val_dir))):
         mapping = os.path.join(folder, "LOC_synset_mapping.txt")
         if os.path.isfile(mapping):
-            with open(mapping) as f:
-                names = dict(line.rstrip("\n").split(" ", 1) for line in f if " " in line)
+            try:
+                with open(mapping, encoding="utf-8") as f:
+                    names = dict(line.rstrip("\n").split(" ", 1) for line in f if " " in line)
+            except (OSError, ValueError) as e:  # ValueError: not UTF-8
+                raise UsageError(f"Cannot read {mapping} (the class names of the report): {e}. Repair or "
+                                 f"remove it.") from None
             return {c: names[c] for c in classes if c in names} or None
     if len(classes) == 1000 and all(re.fullmatch(r"n\d{8}", c) for c in classes):
         categories = torchvision.models.ResNet50_Weights.IMAGENET1K_V2.meta["categories"]  # no download

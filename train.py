@@ -12,6 +12,7 @@ around it, `finish_epoch` the evaluation and the writes of best.pt and last.pt. 
 from __future__ import annotations
 
 import contextlib
+import copy
 import functools
 import os
 import sys
@@ -478,6 +479,12 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     except NonFiniteLoss as e:
         return nonfinite(training, e.step)
 
+    if forks and not (output / "last.pt").exists():  # the fork trained nothing: there is no checkpoint to name
+        log.event("done", echo=f"nothing left to train: {resume_path} has trained {progress.epoch} epochs (--epochs "
+                  f"{cfg.epochs}), so {output} holds no checkpoint. To train on, pass --epochs above {progress.epoch}; "
+                  f"to evaluate it, python eval.py --checkpoint {resume_path} --data {cfg.data or 'ROOT'}.",
+                  wall_s=time.time() - t_start, nothing_left=True)
+        return 0
     summary(log, progress, output, time.time() - t_start)
     return 0
 
@@ -590,12 +597,30 @@ def build_model(cfg: Config, num_classes: int, info) -> nn.Module:
                           "--sync-bn or use a BatchNorm-free model such as convnext_tiny.")
     with refused():
         model = models.build_model(cfg.model, num_classes, drop_path=cfg.drop_path, image_size=cfg.train_crop_size)
-    if cfg.sync_bn and info.distributed:
+    if cfg.sync_bn and info.distributed:  # SyncBatchNorm normalises over the batches of all processes
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    else:  # at the smallest training crop, epoch 0's
+        check_batchnorm_batch(model, cfg.model, cfg.batch_size, cfg.train_size_at(0))
     model.to(info.device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     return model
+
+
+def check_batchnorm_batch(model: nn.Module, name: str, batch: int, size: int) -> None:
+    """Refuse a batch whose training forward gives a BatchNorm one value per channel (torch's ValueError): batch x
+    height x width = 1, so batch 1 only, tried on a copy of the fresh model (its buffers and the RNG untouched)."""
+    if batch > 1 or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        try:
+            copy.deepcopy(model).train()(torch.zeros(batch, 3, size, size))
+        except ValueError as e:
+            if "more than 1 value per channel" not in str(e):
+                raise
+            raise ConfigError(f"{name} at {size} px with --batch-size {batch} leaves a BatchNorm layer one value "
+                              f"per channel, which it cannot normalise in training. Use a larger --batch-size or "
+                              f"training crop.") from None
 
 
 def init_weights(cfg: Config, model: nn.Module, classes: list, info) -> dict:

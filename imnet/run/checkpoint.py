@@ -165,6 +165,9 @@ def check_state(state: dict, path) -> dict:
         hint = (" It looks like a plain state_dict: use --model NAME --weights-file FILE."
                 if state and all(torch.is_tensor(v) for v in state.values()) else "")
         raise CheckpointError(f"'{path}' is not a train.py checkpoint (it has no {', '.join(missing)} entries).{hint}")
+    if not isinstance(state["config"], dict):
+        raise CheckpointError(f"Cannot use {path}: its config entry is a {type(state['config']).__name__}, not the "
+                              f"run's settings. {PIECED}")
     if state["version"] == 2:
         kept = {key: state.get(key) for key in ("swa", "scaler", "meter", "bad_images")}
         upgraded = make_state(model=state["model"], optimizer=state["optimizer"], progress=progress_of(state),
@@ -238,9 +241,7 @@ def refuse_resume(path, problems: list[str], advice: str = PIECED) -> None:
 
 def check_compatible(state: dict, cfg, classes: list, path) -> list[str]:
     """Refuse a resume of another model, global batch, optimizer, seed or class list; -> the other changes."""
-    then = state["config"]
-    if not isinstance(then, dict):
-        refuse_resume(path, [f"its config entry is a {type(then).__name__}, not the run's settings"])
+    then = state["config"]  # a dict (check_state)
     split = lambda c: (f"{c.get('world_size', '?')} process{'' if c.get('world_size') == 1 else 'es'} x batch "
                        f"{c.get('batch_size', '?')} x accum {c.get('accum_steps', '?')}")
     now = cfg.to_dict()

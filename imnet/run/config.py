@@ -221,6 +221,14 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     lr_given = f["lr"] is not None  # recipes give --lr-base; only the user (or a config file) sets --lr
     lr = f["lr"] if f["lr"] is not None else scale_lr(f["lr_base"], total)
 
+    peak = f"the peak LR {lr:g}" + ("" if lr_given else f" (--lr-base {f['lr_base']:g} at batch {total})")
+    if f["sched"] == "cosine" and f["min_lr"] > lr:
+        raise ConfigError(f"--min-lr {f['min_lr']:g} is above {peak}, so the cosine would climb. Give a --min-lr "
+                          f"below the peak (e.g. 0), or a higher --lr.")
+    if f["swa_lr"] is not None and f["swa_lr"] > lr:
+        raise ConfigError(f"--swa-lr {f['swa_lr']:g} is above {peak}. Give an SWA LR at most the peak (SWA: about "
+                          f"half of it, e.g. 0.05 for SGD at batch 256).")
+
     mean, std, _ = normalization(f["model"])  # the pixels its source fed it; training normalises the same way
     policy = resolve_eval_policy(policy_keys(given), {"mean": mean, "std": std, **policy_keys(below)})
     if f["swa_start"] is not None:

@@ -64,7 +64,7 @@ class Range:
         except (TypeError, ValueError):
             noun = "a whole number" if self.kind is int else "a number"
             raise argparse.ArgumentTypeError(f"must be {noun} {self.describe()} (got {text!r})") from None
-        bad = (not math.isfinite(value)
+        bad = ((self.kind is float and not math.isfinite(value))  # (an int is finite; isfinite(10**400) raises)
                or (self.lo is not None and (value <= self.lo if self.lo_open else value < self.lo))
                or (self.hi is not None and (value >= self.hi if self.hi_open else value > self.hi)))
         if bad:
@@ -530,7 +530,7 @@ def read_config_file(path: str, parser: Parser | None = None) -> dict:
     try:
         with open(path) as fh:
             d = json.load(fh)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
         raise FlagError(f"Cannot read --config {path}: {e}. Pass a config.json written by train.py.") from None
     if not isinstance(d, dict):
         raise FlagError(f"--config {path} holds a {type(d).__name__}, not a JSON object of settings.")

@@ -156,9 +156,25 @@ def has_image(folder) -> bool:
         with os.scandir(folder) as listing:
             if any(is_image_name(e.name) and e.is_file() for e in listing):
                 return True
+    except PermissionError as exc:
+        raise no_permission(folder, exc) from None
     except OSError:
         pass  # the walk below meets the same error and finds nothing there
     return any(names for _, names in walk_images(folder))
+
+
+def user_name() -> str:
+    """The user this process runs as, for permission messages: 'name (uid N)', or the uid alone."""
+    try:
+        import pwd  # POSIX only
+        return f"{pwd.getpwuid(os.geteuid()).pw_name} (uid {os.geteuid()})"
+    except (ImportError, KeyError, AttributeError):
+        return f"uid {os.geteuid()}" if hasattr(os, "geteuid") else "this user"
+
+
+def no_permission(path, exc: OSError) -> DataError:
+    return DataError(f"{display_path(path)!r} cannot be read by {user_name()}: {exc.strerror or exc}. Give that "
+                     f"user read and search permission on it (e.g. chmod -R a+rX), or run as a user who has it.")
 
 
 def _not_a_folder(path: str) -> str | None:
@@ -170,6 +186,8 @@ def _not_a_folder(path: str) -> str | None:
 def _visible_entries(folder: str) -> list:
     try:
         return [e for e in os.scandir(folder) if not e.name.startswith(".")]
+    except PermissionError as exc:
+        raise no_permission(folder, exc) from None
     except OSError as exc:
         raise DataError(f"Cannot list {display_path(folder)!r} ({exc}). Check the path and its "
                         f"permissions.") from exc
@@ -225,6 +243,9 @@ def check_data_root(data_root) -> tuple[str, str, list[str]]:
                         f"{short_list(found) or 'no folder'}{split}. Pass --data the folder with train/ and val/ "
                         f"inside (rename e.g. 'validation' to 'val'), each laid out as {train_layout}.")
     classes = find_classes(train_dir)
+    if len(classes) < 2:  # one label for every image: a loss of 0 and 100% top-1 that mean nothing
+        raise DataError(f"{display_path(train_dir)!r} holds one class folder, {classes[0]!r}, so every image has "
+                        f"the same label. Sort the images into one folder per class: {train_layout}.")
     val_classes = find_classes(val_dir)
     if classes != val_classes:
         only_val = sorted(set(val_classes) - set(classes))

@@ -157,7 +157,7 @@ def read_sidecar(weights) -> dict | None:
     again = f"export again: python -m imnet.tools.export RUN/best.pt -o {weights}"
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, RecursionError) as e:  # RecursionError: JSON nested too deeply
         raise UsageError(f"Cannot read the sidecar '{path}' of '{weights}': {e}. Fix it or {again}.") from None
     if not isinstance(d, dict) or d.get("format") != SIDECAR_FORMAT:
         return None
@@ -165,16 +165,28 @@ def read_sidecar(weights) -> dict | None:
     if actual != d.get("sha256"):
         raise UsageError(f"'{weights}' does not match its sidecar '{path}': sha256 {actual}, the sidecar records "
                          f"{d.get('sha256')}. Keep the files of one export together, or {again}.")
+    kinds = {"model": str, "weights": str, "classes_file": str, "num_classes": int, "image_size": int,
+             "eval_policy": (dict, type(None))}
+    wrong = [key for key, kind in kinds.items() if not isinstance(d.get(key), kind)]
+    if wrong:
+        raise UsageError(f"The sidecar '{path}' of '{weights}' lacks valid {', '.join(wrong)} entries. Fix it or "
+                         f"{again}.")
     classes_path = path.parent / d["classes_file"]
     try:
         classes = classes_path.read_text(encoding="utf-8").splitlines()
-    except OSError as e:
-        raise UsageError(f"Cannot read the class file '{classes_path}' that '{path}' names: {e.strerror or e}. "
-                         f"Keep the .pth, .json and .classes.txt of one export together.") from None
+    except (OSError, ValueError) as e:  # ValueError: not UTF-8
+        raise UsageError(f"Cannot read the class file '{classes_path}' that '{path}' names: "
+                         f"{getattr(e, 'strerror', None) or e}. Keep the .pth, .json and .classes.txt of one "
+                         f"export together.") from None
     if len(classes) != d["num_classes"]:
         raise UsageError(f"'{classes_path}' holds {len(classes)} class names, but the model of '{path}' has "
                          f"{d['num_classes']} outputs. Keep the files of one export together, or {again}.")
-    return {**d, "path": path, "classes": classes, "policy": EvalPolicy.from_dict(d.get("eval_policy"))}
+    try:
+        policy = EvalPolicy.from_dict(d["eval_policy"])
+    except (TypeError, ValueError) as e:
+        raise UsageError(f"The sidecar '{path}' of '{weights}' holds an invalid eval_policy ({e}). Fix it or "
+                         f"{again}.") from None
+    return {**d, "path": path, "classes": classes, "policy": policy}
 
 
 def parse_args(argv=None):

@@ -68,7 +68,11 @@ def read_labels(path, synsets_path=None):
     text = _read(path, "labels", newline="")
     first = text.lstrip().split("\n", 1)[0].strip()
     if first.lower().startswith("imageid"):
-        return _read_csv_labels(path, text)
+        try:
+            return _read_csv_labels(path, text)
+        except csv.Error as e:  # e.g. a field over csv's size limit
+            raise UsageError(f"cannot read the labels file {path}: {e}. Give LOC_val_solution.csv as "
+                             f"downloaded.") from None
     if first.isdigit():
         if synsets_path is None:
             raise UsageError(f"{path} is a list of class indices, which needs --synsets FILE (one wnid per line, "
