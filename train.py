@@ -479,10 +479,10 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     except NonFiniteLoss as e:
         return nonfinite(training, e.step)
 
-    if forks and not (output / "last.pt").exists():  # the fork trained nothing: there is no checkpoint to name
-        log.event("done", echo=f"nothing left to train: {resume_path} has trained {progress.epoch} epochs (--epochs "
+    if resume.forks and not (output / "last.pt").exists():  # the fork trained nothing: no checkpoint to name
+        log.event("done", echo=f"nothing left to train: {resume.path} has trained {progress.epoch} epochs (--epochs "
                   f"{cfg.epochs}), so {output} holds no checkpoint. To train on, pass --epochs above {progress.epoch}; "
-                  f"to evaluate it, python eval.py --checkpoint {resume_path} --data {cfg.data or 'ROOT'}.",
+                  f"to evaluate it, python eval.py --checkpoint {resume.path} --data {cfg.data or 'ROOT'}.",
                   wall_s=time.time() - t_start, nothing_left=True)
         return 0
     summary(log, progress, output, time.time() - t_start)
