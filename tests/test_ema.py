@@ -181,10 +181,12 @@ def test_train_step_updates_the_ema_once_per_optimizer_step_under_accumulation(e
 
     import train
     from imnet.metrics import Meter
+    from imnet.run.config import EvalPolicy
     model, decay, accum = _model(), 0.5, 3
     opt = torch.optim.SGD(model.parameters(), lr=0.2)
     cfg = SimpleNamespace(lr_at=lambda s: 0.2, accum_steps=accum, clip_grad=0.0, channels_last=False, seed=0,
-                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False)
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False,
+                          eval_policy=EvalPolicy(32, 32))
     parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
                         ema=ModelEma(model, decay=decay, every=every))
     g = torch.Generator().manual_seed(2)

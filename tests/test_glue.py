@@ -102,7 +102,7 @@ def test_each_row_of_the_summary_evaluates_its_own_weights(monkeypatch):
     from imnet.run import signals
     trained, ema, swa = nn.Linear(3, 3), nn.Linear(3, 3), nn.Linear(3, 3)
     top1 = {id(trained): 10.0, id(ema): 20.0, id(swa): 30.0}
-    monkeypatch.setattr(train, "evaluate", lambda model, **kw: Scores(top1[id(model)]))
+    monkeypatch.setattr(train, "evaluate_all", lambda models, *a, **kw: [Scores(top1[id(m)]) for m in models])
     parts = SimpleNamespace(eval_model=trained, ema=SimpleNamespace(module=ema), device=torch.device("cpu"),
                             swa=SimpleNamespace(module=swa, n_averaged=torch.tensor(1)))
     training = SimpleNamespace(cfg=resolved(), parts=parts, val_loader=[], classes=[0, 1, 2],

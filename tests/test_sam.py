@@ -446,6 +446,7 @@ def test_train_step_second_pass_leaves_batchnorm_statistics_alone():
     from types import SimpleNamespace
 
     import train
+    from imnet.run.config import EvalPolicy
     from imnet.run.data import to_device
     from imnet.metrics import Meter
     torch.manual_seed(0)
@@ -457,7 +458,8 @@ def test_train_step_second_pass_leaves_batchnorm_statistics_alone():
     first_pass(to_device(images, labels, "cpu")[0])  # the statistics one forward at w gives
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     cfg = SimpleNamespace(lr_at=lambda s: 0.1, accum_steps=1, clip_grad=0.0, channels_last=False, seed=0,
-                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False)
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False,
+                          eval_policy=EvalPolicy(32, 32))
     parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
                         sam=SAM(opt, rho=0.5))
     train.train_step(cfg, parts, [(images, labels)], 0, 0, 0, Meter("cpu"))

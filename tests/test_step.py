@@ -12,6 +12,7 @@ from torch import nn
 
 import train
 from imnet.metrics import Meter
+from imnet.run.config import EvalPolicy
 
 
 def tiny_model() -> nn.Module:
@@ -29,7 +30,8 @@ def run(model, loader, steps, scaler=None, clip=0.0, accum=1, lr=0.5):
     """`steps` optimizer steps as train.py runs them, with the NaN guard checked at the end."""
     opt = torch.optim.SGD(model.parameters(), lr=lr)
     cfg = SimpleNamespace(lr_at=lambda s: lr, accum_steps=accum, clip_grad=clip, channels_last=False, seed=0,
-                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False)
+                          random_erase=0.0, loss_label_smoothing=0.0, amp_dtype=None, bce=False,
+                          eval_policy=EvalPolicy(32, 32))
     parts = train.Parts(model=model, train_model=model, eval_model=model, optimizer=opt, device=torch.device("cpu"),
                         scaler=scaler)
     guard, it = train.NonFiniteGuard("cpu"), iter(loader)
