@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import train  # noqa: E402
-from imnet.run import config, models, seeds  # noqa: E402
+from imnet.run import config, flags, models, seeds  # noqa: E402
 from imnet.run.data import to_device  # noqa: E402
 from imnet.ema import ModelEma  # noqa: E402
 from imnet.run.log import RunLog, peak_memory_gib, progress_line  # noqa: E402
@@ -99,7 +99,7 @@ class Bare:
 
 def make_config(args, full: bool, output: str):
     """The resolved Config train.py would build for this benchmark (train.py's own parser and resolver)."""
-    below = vars(train.build_parser().parse_args([]))
+    below = vars(flags.build_parser().parse_args([]))
     given = dict(model=args.model, train_crop_size=args.size, batch_size=args.batch_size, epochs=1000,
                  num_classes=args.num_classes, channels_last=args.channels_last, opt="sgd", lr=LR, momentum=MOMENTUM,
                  weight_decay=WD, warmup_epochs=1, warmup_start_factor=0.01, data="unused", output=output,

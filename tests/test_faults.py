@@ -276,7 +276,7 @@ ALIASES = {"-b": "batch_size", "-j": "workers", "--output-dir": "output", "--mod
 
 def test_aliases_map_to_the_flags_and_every_option_has_help():
     import eval as imnet_eval
-    parser = train.build_parser()
+    parser = flags.build_parser()
     by_option = {s: a for a in parser._actions for s in a.option_strings}
     for alias, dest in ALIASES.items():
         assert alias in by_option and by_option[alias].dest == dest, alias

@@ -10,7 +10,7 @@ import pytest
 
 import train
 from conftest import make_imagefolder
-from imnet.run import config, data
+from imnet.run import config, data, flags
 
 # 3 classes x 16 images, global batch 8 (4 x 2 micro-steps): 6 optimizer steps per epoch, 12 in all; a
 # half-epoch warmup so that consecutive steps have different LRs.
@@ -41,7 +41,7 @@ def watched(tmp_path_factory):
         assert train.main(args + ["--resume", "auto"]) == 0
     finally:
         mp.undo()
-    below, given = train.parse_args(ARGS + ["--data", str(root), "--output", str(out)])
+    below, given = flags.parse_args(ARGS + ["--data", str(root), "--output", str(out)])
     cfg = config.resolve(below, given, 1).with_data(48, 9, 3)
     events = [json.loads(line) for line in open(out / "log.jsonl")]
     return cfg, lrs, keys, events
