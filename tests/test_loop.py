@@ -59,8 +59,8 @@ def test_each_epoch_reads_its_permutation_once_across_the_resume(watched):
     sampler = data.TrainSampler(48, seed=4)
     assert [k[1] for k in keys] == [0] * 48 + [1] * 48  # (index, epoch) keys: epoch 1, then epoch 2
     for epoch in (0, 1):
-        assert [k[0] for k in keys if k[1] == epoch] == sampler.indices(epoch), epoch
-    assert sampler.indices(0) != sampler.indices(1)
+        assert [k[0] for k in keys if k[1] == epoch] == sampler.keys(epoch)[0].tolist(), epoch
+    assert sampler.keys(0)[0].tolist() != sampler.keys(1)[0].tolist()
 
 
 def test_each_epoch_row_is_the_mean_of_its_own_steps(watched):
