@@ -430,11 +430,8 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     train_set_record = train_set.index.record() if hasattr(train_set, "index") else {}
     if resume.path is not None:  # every rank restores rank 0's choice before DDP is wrapped around the model
         progress = checkpoint.restore_agreed(resume.path, resume.checksum, cfg, classes, parts, meter, bad_counter,
-                                             info, log)
-        data_change = checkpoint.check_train_set(progress, resume.path, train_set_record)
+                                             info, log, train_set_record)
         progress.train_set = train_set_record
-        if data_change:
-            log.event("train_set_changed", echo=f"note: {data_change}", change=data_change)
         resume_lr_note(log, cfg, parts.optimizer, progress.global_step)  # a changed schedule's LR jump
         if resume.forks:
             progress.fork()

@@ -756,7 +756,7 @@ def test_an_unreadable_validation_set_stops_before_training(tmp_path, capsys):
     capsys.readouterr()
     assert train.main(LIGHT + ["--data", str(root), "--output", str(out)]) == 2
     err = one_paragraph(capsys.readouterr().err)
-    assert "The validation set" in err and "looks unreadable: 6 of the 6 files checked at setup" in err
+    assert "The validation set" in err and "looks unreadable: 6 of the 6 files checked" in err
     assert not (out / "last.pt").exists() and not (out / "log.jsonl").exists()
 
     big = make_imagefolder(tmp_path / "big", num_classes=2, train_per_class=1, val_per_class=20, size=16)

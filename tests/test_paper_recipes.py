@@ -325,10 +325,10 @@ def test_a_plain_state_dict_teacher_with_its_network(teacher, tmp_path):
     assert "plain state_dict" in note and "unknown" in note
 
 
-def audit_of(teacher_record=None, **flags):
+def audit_of(teacher_record=None, **settings):
     from imnet.run.audit import audit
     below, given = flags.parse_args(["--data", "x", "--output", "o", "--model", "resnet50"])
-    cfg = config.resolve(below, {**given, **flags}, 1)
+    cfg = config.resolve(below, {**given, **settings}, 1)
     return audit(cfg.with_teacher(teacher_record) if teacher_record else cfg)
 
 

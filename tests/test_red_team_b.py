@@ -102,7 +102,7 @@ def test_a_resume_on_a_changed_training_set_is_refused_mid_epoch_and_noted_at_a_
 def test_a_ctrl_c_during_an_evaluation_is_acknowledged_at_once(light_data, tmp_path, monkeypatch, capsys):
     """Ctrl-C as epoch 1's evaluation begins: one line at once (what the run waits for, a second Ctrl-C stops at
     once); the evaluation ends, best.pt and last.pt are written as today, and the run stops with 130."""
-    real, seen = train.evaluate, []
+    real, seen = train.evaluate_all, []
 
     def evaluate(*args, **kwargs):
         if not seen:
@@ -110,7 +110,7 @@ def test_a_ctrl_c_during_an_evaluation_is_acknowledged_at_once(light_data, tmp_p
             os.kill(os.getpid(), signal.SIGINT)
             seen.append(capsys.readouterr().err)
         return real(*args, **kwargs)
-    monkeypatch.setattr(train, "evaluate", evaluate)
+    monkeypatch.setattr(train, "evaluate_all", evaluate)
     out = tmp_path / "run"
     assert train.main(LIGHT + ["--data", str(light_data), "--output", str(out)]) == signal.SIGINT + 128
     assert seen == ["Ctrl-C: the run stops after the evaluation of epoch 1 and its checkpoint writes; a second "

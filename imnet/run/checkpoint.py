@@ -304,7 +304,8 @@ def save(path: Path, cfg, classes: list, parts, progress: Progress, meter, bad_c
         imnet_version=imnet.__version__), path)
 
 
-def restore_agreed(path: Path, checksum: str, cfg, classes: list, parts, meter, bad_counter, info, log) -> Progress:
+def restore_agreed(path: Path, checksum: str, cfg, classes: list, parts, meter, bad_counter, info, log,
+                   train_set: dict | None = None) -> Progress:
     """Every rank restores the checkpoint rank 0 chose (``path``, whose content digest is ``checksum``): from its
     own view of ``path`` when that holds the same content, else from the bytes rank 0 sends (a node that does not
     see rank 0's --output); a refusal on any rank stops every rank with its paragraph (`dist.agree`)."""
@@ -316,7 +317,8 @@ def restore_agreed(path: Path, checksum: str, cfg, classes: list, parts, meter, 
                       f"{path} (or see another file there); rank 0 sent it to them", path=str(path))
             data = dist.broadcast_bytes(Path(path).read_bytes() if info.is_main else None, info)
             data = None if seen[info.rank] else data
-    return dist.agree(info, lambda: restore(path, cfg, classes, parts, meter, bad_counter, info, log, data))[info.rank]
+    return dist.agree(info, lambda: restore(path, cfg, classes, parts, meter, bad_counter, info, log, data,
+                                            train_set))[info.rank]
 
 
 def holds(path: Path, checksum: str) -> bool:
@@ -328,11 +330,13 @@ def holds(path: Path, checksum: str) -> bool:
 
 
 def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log,
-            data: bytes | None = None) -> Progress:
-    """`save`'s counterpart: every check before the first load, the changes logged only once all is accepted."""
+            data: bytes | None = None, train_set: dict | None = None) -> Progress:
+    """`save`'s counterpart: every check before the first load, the changes logged only once all is accepted.
+    ``train_set``: this run's data.SampleIndex.record() (`check_train_set`)."""
     state = read_state(path, data)
     changes = check_compatible(state, cfg, classes, path)
     progress = check_progress(state, cfg, path)
+    data_change = check_train_set(progress, path, train_set or {})
     check_fits(parts.model.state_dict(), state["model"], path, "model", cfg.model)
     ema = parts.ema is not None and has_weights(state, "ema")
     if ema:
@@ -359,6 +363,8 @@ def restore(path: Path, cfg, classes: list, parts, meter, bad_counter, info, log
             set_rng_state(rngs[info.rank])
     for change in changes:
         log.event("setting_changed", echo=f"note: setting changed since the checkpoint: {change}", change=change)
+    if data_change:
+        log.event("train_set_changed", echo=f"note: {data_change}", change=data_change)
     log.event("resume", echo=f"resumed from {path} at epoch {progress.epoch + 1}, step {progress.step_in_epoch}",
               path=str(path), epoch=progress.epoch, step_in_epoch=progress.step_in_epoch, run_id=progress.run_id)
     return progress
