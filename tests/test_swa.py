@@ -209,7 +209,7 @@ def test_a_kill_between_the_save_and_its_evaluation_leaves_a_consistent_average(
 def test_bad_swa_flags_are_refused(tmp_path, capsys):
     root = make_imagefolder(tmp_path / "d", num_classes=2, train_per_class=4, val_per_class=1)
     base = ARGS[:-4] + ["--data", str(root), "--output", str(tmp_path / "o")]
-    for extra, words in ((["--swa-start", "2"], "needs --swa-lr"), (["--swa-start", "4", "--swa-lr", "0.1"], "1 to"),
-                         (["--swa-lr", "0.1"], "give --swa-start")):
+    for extra, words in ((["--swa-start", "2"], "needs --swa-lr"), (["--swa-start", "4", "--swa-lr", "0.01"], "1 to"),
+                         (["--swa-lr", "0.01"], "give --swa-start")):
         assert train.main(base + extra) == 2
         assert words in capsys.readouterr().err
