@@ -469,6 +469,30 @@ def test_layer_decay_groups_follow_the_published_rules(family, build):
     assert counts[groups[0]["name"]]["lr_scale"] == groups[0]["lr_scale"]
 
 
+def test_layer_decay_against_timm_differs_only_in_the_final_norm():
+    """docs/sources.md: timm's param_groups_layer_decay gives ViT's final norm the last block's scale; imnet (BEiT's
+    and MAE's rule) the head's 1.0. Every other parameter gets the same scale."""
+    timm = pytest.importorskip("timm")
+    from timm.optim import param_groups_layer_decay
+    ours_model = _small_vit(num_layers=3)
+    theirs_model = timm.models.VisionTransformer(img_size=32, patch_size=8, depth=3, num_heads=2, embed_dim=16,
+                                                 num_classes=10)
+    def scales(model, groups):
+        by_id = {id(p): n for n, p in model.named_parameters()}
+        return {by_id[id(p)]: g["lr_scale"] for g in groups for p in g["params"]}
+    def unit(name):  # a block, or a top-level tensor / module: the two name the insides of a block differently
+        parts = timm_vit_name(name).split(".")
+        return ".".join(parts[:2]) if parts[0] == "blocks" else parts[0]
+    ours, theirs = {}, {}
+    for n, scale in scales(ours_model, layer_decay_groups(ours_model, 0.05, 0.5)).items():
+        ours.setdefault(unit(n), set()).add(scale)
+    for n, scale in scales(theirs_model, param_groups_layer_decay(theirs_model, 0.05, layer_decay=0.5)).items():
+        theirs.setdefault(unit(n), set()).add(scale)
+    assert set(ours) == set(theirs)
+    assert {u for u in ours if ours[u] != theirs[u]} == {"norm"}
+    assert ours["norm"] == {1.0} and theirs["norm"] == theirs["blocks.2"] == {0.5}
+
+
 def test_layer_decay_specific_ids():
     """A few ids spelled out: DeiT's tokens are embeddings, its second head is a head; Swin's merging layer
     goes with the last block before it; convnext_small's stage 2 in threes."""

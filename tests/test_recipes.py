@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import shlex
 import sys
 from pathlib import Path
@@ -111,7 +112,9 @@ def test_recipe_numbers_are_the_sources_numbers():
     """Closed-form checks against the published commands (see the comments in imnet/run/recipes.py)."""
     expected = {  # name: (global batch, LR at that batch) as in the sources
         "resnet50": (1024, 0.5), "resnet101": (1024, 0.5), "resnext50_32x4d": (1024, 0.5),
-        "mobilenet_v3_large": (1024, 0.5), "efficientnet_b0": (1024, 0.5), "resnet50_classic": (256, 0.1),
+        "shufflenet_v2_x2_0": (1024, 0.5), "mobilenet_v3_large": (1024, 0.064), "mobilenet_v2": (256, 0.045),
+        "alexnet": (256, 0.01), "vgg16": (256, 0.01), "efficientnet_b0": (768, 0.048),
+        "efficientnet_lite0": (2048, 0.016 * 2048 / 256), "resnet50_classic": (256, 0.1),
         "regnet_y_8gf": (512, 0.4), "convnext_tiny": (1024, 1e-3), "vit_b_16": (4096, 3e-3),
         "swin_t": (1024, 1e-3), "deit_small": (1024, 5e-4 * 1024 / 512), "deit_tiny": (1024, 5e-4 * 1024 / 512)}
     for name, (batch, lr) in expected.items():
@@ -125,6 +128,20 @@ def test_recipe_numbers_are_the_sources_numbers():
     assert math.isclose(RECIPES["resnet50"]["ema_decay"] ** 32, 1 - 2e-5 * 1024 * 32 / 600, rel_tol=1e-12)
     assert torchvision_ema_decay(10 ** 9, 1) == 0.0  # alpha is capped at 1
     assert math.isclose(gpu_hours("resnet50"), 600 * IMAGENET_TRAIN_IMAGES / META["resnet50"]["img_per_s"] / 3600)
+
+
+def test_torchvision_figures_are_torchvision_s():
+    """Each number sourced from torchvision's weights table is that table's, at the eval policy of those weights."""
+    import torchvision
+    for name, m in META.items():
+        match = re.search(r"torchvision\.models\.(\w+\.\w+)\.meta", m["source"])
+        if match is None:
+            continue
+        weights = torchvision.models.get_weight(match.group(1))
+        assert m["expected_top1"] == weights.meta["_metrics"]["ImageNet-1K"]["acc@1"], name
+        t, p = weights.transforms(), recipe_policy(RECIPES[name])
+        assert (p.resize_size, p.crop_size, p.interpolation) == (t.resize_size[0], t.crop_size[0],
+                                                                 t.interpolation.value), name
 
 
 def test_eval_policy_resolution_matches_transforms():
@@ -268,6 +285,8 @@ def test_audit_no_warmup_with_large_batch():
     one(audit(config("resnet50", warmup_epochs=0)), "No LR warmup with a global batch of 1024")
     assert audit(config("resnet50", world_size=4, warmup_epochs=0)) == []  # 512
     one(audit(config("resnet50_classic", batch_size=128)), "No LR warmup with a global batch of 1024")
+    assert audit(config("mobilenet_v3_large")) == []  # its source's batch of 1024 without warmup: as published
+    one(audit(config("mobilenet_v3_large", batch_size=256)), "No LR warmup with a global batch of 2048")
 
 
 def test_audit_eval_policy_differs():

@@ -42,7 +42,7 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
     erasing = "off" if cfg.random_erase == 0 else f"{cfg.random_erase_mode} {cfg.random_erase:g}"
     assert row["random erasing"] == erasing
     if cfg.random_erase > 0:
-        assert cfg.random_erase_mode == {"torchvision": "const", "DeiT": "pixel"}.get(source, cfg.random_erase_mode)
+        assert cfg.random_erase_mode == {"torchvision": "const", "DeiT": "pixel", "timm": "pixel"}.get(source, cfg.random_erase_mode)
 
     # auto-augment, at the interpolation of the transform train.py builds; both sources pass the training one
     _, train_set, _ = train.build_datasets(config.resolve(*parse_args(
@@ -69,6 +69,9 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
     elif source == "DeiT":
         assert row["source's exemption"] == "timm filter_bias_and_bn + no_weight_decay()"
         assert ours == timm_exempt(model)
+    elif source == "timm":  # create_optimizer's default filter; timm's EfficientNet has no no_weight_decay()
+        assert row["source's exemption"] == "timm filter_bias_and_bn"
+        assert ours == timm_exempt(model, no_weight_decay=())
     elif source == "TensorFlow":  # main.py: weight_decay x l2_loss of the variables outside batch_normalization
         assert row["source's exemption"] == "'batch_normalization' not in the name"
         bn = [name for name, m in model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -81,7 +84,7 @@ def test_row_is_the_resolved_recipe_and_its_sources_rule(name, tiny_data):
     start = "off" if not cfg.ema else "copy during warmup" if cfg.ema_copy_warmup else "initial weights"
     assert row["EMA start"] == start
     if cfg.ema:
-        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights",
+        assert start == {"torchvision": "copy during warmup", "DeiT": "initial weights", "timm": "initial weights",
                          "TensorFlow": "initial weights"}[source]
         tiny = torch.nn.Linear(2, 2)
         ema = train.build_parts(cfg, tiny, param_groups(tiny, 0.0), 3, dist.DistInfo()).ema

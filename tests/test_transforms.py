@@ -3,6 +3,7 @@
 Test images are generated: smooth, photo-like content (gradients, blurred shapes, a little texture) so
 that JPEG and PSNR comparisons mean something.
 """
+import inspect
 import json
 import math
 import shutil
@@ -750,6 +751,16 @@ def test_random_erase_area_matches_torchvision_and_noise_is_normal():
     k = int(mask.flatten(1).sum(1).argmax())
     region = x[k][:, mask[k]]
     assert not torch.equal(region[0], region[1])
+
+
+def test_random_erase_aspect_range_is_torchvisions_not_timms():
+    """docs/sources.md: the box's aspect ratio is drawn from torchvision's (0.3, 3.3), in both modes; timm's (and
+    DeiT's) pixel-mode RandomErasing draws it from (0.3, 1 / 0.3)."""
+    assert inspect.signature(tr.random_erase).parameters["ratio"].default == (0.3, 3.3)
+    assert inspect.signature(T.RandomErasing).parameters["ratio"].default == (0.3, 3.3)
+    timm_data = pytest.importorskip("timm.data.random_erasing")
+    assert timm_data.RandomErasing(probability=0.25, mode="pixel").log_aspect_ratio == (math.log(0.3),
+                                                                                       math.log(1 / 0.3))
 
 
 def test_random_erase_generator_determinism():

@@ -31,31 +31,50 @@ _NEW_RECIPE = dict(
     ema_copy_warmup=True, amp="bf16", channels_last=True,
 )
 
+# torchvision's defaults (references/classification/README.md: 8 GPUs x 32, SGD 0.1, /10 every 30 epochs of 90).
+_CLASSIC = dict(
+    epochs=90, batch_size=32, opt="sgd", momentum=0.9, lr_base=0.1, weight_decay=1e-4, no_decay_on=[],
+    sched="step", lr_milestones=[30, 60], lr_gamma=0.1, warmup_epochs=0, label_smoothing=0.0, mixup=0.0,
+    cutmix=0.0, auto_augment="none", random_erase=0.0, train_crop_size=224, val_resize_size=256,
+    val_crop_size=224, interpolation="bilinear", ema=False, amp="bf16", channels_last=True,
+)
+
 RECIPES: dict[str, dict] = {
     "resnet50": dict(_NEW_RECIPE, model="resnet50", ra_reps=4),
-    "resnet50_classic": dict(
-        model="resnet50", epochs=90, batch_size=32, opt="sgd", momentum=0.9, lr_base=0.1, weight_decay=1e-4,
-        no_decay_on=[], sched="step", lr_milestones=[30, 60, 80], lr_gamma=0.1, warmup_epochs=0,
-        label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0,
-        train_crop_size=224, val_resize_size=256, val_crop_size=224, interpolation="bilinear", ema=False,
-        amp="bf16", channels_last=True,
-    ),
+    "resnet50_classic": dict(_CLASSIC, model="resnet50", lr_milestones=[30, 60, 80]),
     "resnet101": dict(_NEW_RECIPE, model="resnet101"),
     "resnext50_32x4d": dict(_NEW_RECIPE, model="resnext50_32x4d", ra_reps=4),
     # references/classification/README.md, "RegNet / Medium models"
     "regnet_y_8gf": dict(
-        model="regnet_y_8gf", epochs=100, batch_size=64, opt="sgd", momentum=0.9, lr_base=0.4 * 256 / 512,
-        weight_decay=5e-5, no_decay_on=[], sched="cosine", warmup_epochs=5, warmup_start_factor=0.1,
-        min_lr=0.0, label_smoothing=0.0, mixup=0.0, cutmix=0.0, auto_augment="none", random_erase=0.0,
-        train_crop_size=224, val_resize_size=256, val_crop_size=224, interpolation="bilinear", ema=False,
-        amp="bf16", channels_last=True,
+        _CLASSIC, model="regnet_y_8gf", epochs=100, batch_size=64, lr_base=0.4 * 256 / 512, weight_decay=5e-5,
+        sched="cosine", warmup_epochs=5, warmup_start_factor=0.1, min_lr=0.0,
     ),
-    # the new recipe as for MobileNetV2's V2 weights (pytorch/vision PR #5560), evaluated as timm's ported weights
+    # references/classification/README.md, "AlexNet and VGG": the defaults at LR 0.01 (no BatchNorm)
+    "alexnet": dict(_CLASSIC, model="alexnet", lr_base=0.01),
+    "vgg16": dict(_CLASSIC, model="vgg16", lr_base=0.01),
+    # references/classification/README.md, "MobileNetV2": x 0.98 every epoch
+    "mobilenet_v2": dict(
+        _CLASSIC, model="mobilenet_v2", epochs=300, lr_base=0.045, weight_decay=4e-5, sched="exp",
+        lr_decay_epochs=1, lr_gamma=0.98,
+    ),
+    # references/classification/README.md, "MobileNetV3 Large & Small": torch's RMSprop (alpha 0.9, eps 0.0316)
+    "mobilenet_v3_large": dict(
+        _CLASSIC, model="mobilenet_v3_large", epochs=600, batch_size=128, opt="rmsprop", opt_eps=0.0316,
+        lr_base=0.064 * 256 / 1024, weight_decay=1e-5, sched="exp", lr_decay_epochs=2, lr_gamma=0.973,
+        auto_augment="imagenet", random_erase=0.2, random_erase_mode="const",
+    ),
+    # references/classification/README.md, "ShuffleNet V2"
+    "shufflenet_v2_x2_0": dict(_NEW_RECIPE, model="shufflenet_v2_x2_0", ra_reps=4),
+    # timm docs/training_hparam_examples.md, "EfficientNet-B0 with RandAugment" (2 GPUs x 384 there, 8 x 96 here):
+    # TF's RMSProp, x 0.97 every 2.4 epochs after 3 warmup epochs from 1e-6, timm's defaults (label smoothing
+    # 0.1, no decay on biases and norms); torchvision's efficientnet_b0 weights are these, ported.
     "efficientnet_b0": dict(
-        _NEW_RECIPE, model="efficientnet_b0", train_crop_size=224, val_resize_size=256, val_crop_size=224,
-        interpolation="bicubic", drop_path=0.2,
+        _CLASSIC, model="efficientnet_b0", epochs=450, batch_size=96, opt="rmsproptf", opt_eps=1e-3,
+        lr_base=0.048 * 256 / 768, weight_decay=1e-5, no_decay_on=["1d"], sched="exp", lr_decay_epochs=2.4,
+        lr_gamma=0.97, warmup_epochs=3, warmup_start_factor=1e-6 / 0.048, label_smoothing=0.1, auto_augment="ra",
+        ra_num_ops=2, ra_magnitude=9, random_erase=0.2, random_erase_mode="pixel", drop_path=0.2,
+        interpolation="bicubic", ema=True, ema_decay=0.9999, ema_every=1, ema_copy_warmup=False,
     ),
-    "mobilenet_v3_large": dict(_NEW_RECIPE, model="mobilenet_v3_large"),
     # references/classification/README.md, "ConvNeXt"
     "convnext_tiny": dict(
         _NEW_RECIPE, model="convnext_tiny", opt="adamw", lr_base=1e-3 * 256 / 1024, weight_decay=0.05,
@@ -140,12 +159,24 @@ META: dict[str, dict] = {
     "regnet_y_8gf": dict(
         expected_top1=80.032, approximate=False, gpus=8, img_per_s=700,
         source=_TORCHVISION_TABLE.format("RegNet_Y_8GF_Weights.IMAGENET1K_V1")),
+    "alexnet": dict(
+        expected_top1=56.522, approximate=False, gpus=8, img_per_s=6000,
+        source=_TORCHVISION_TABLE.format("AlexNet_Weights.IMAGENET1K_V1")),
+    "vgg16": dict(
+        expected_top1=71.592, approximate=False, gpus=8, img_per_s=600,
+        source=_TORCHVISION_TABLE.format("VGG16_Weights.IMAGENET1K_V1")),
+    "mobilenet_v2": dict(
+        expected_top1=71.878, approximate=False, gpus=8, img_per_s=4000,
+        source=_TORCHVISION_TABLE.format("MobileNet_V2_Weights.IMAGENET1K_V1")),
+    "mobilenet_v3_large": dict(
+        expected_top1=74.042, approximate=True, gpus=8, img_per_s=5000,
+        source=_TORCHVISION_TABLE.format("MobileNet_V3_Large_Weights.IMAGENET1K_V1")),
+    "shufflenet_v2_x2_0": dict(
+        expected_top1=76.23, approximate=False, gpus=8, img_per_s=4000,
+        source=_TORCHVISION_TABLE.format("ShuffleNet_V2_X2_0_Weights.IMAGENET1K_V1")),
     "efficientnet_b0": dict(
         expected_top1=77.692, approximate=True, gpus=8, img_per_s=1800,
         source=_TORCHVISION_TABLE.format("EfficientNet_B0_Weights.IMAGENET1K_V1")),
-    "mobilenet_v3_large": dict(
-        expected_top1=75.274, approximate=True, gpus=8, img_per_s=5000,
-        source=_TORCHVISION_TABLE.format("MobileNet_V3_Large_Weights.IMAGENET1K_V2")),
     "convnext_tiny": dict(
         expected_top1=82.52, approximate=True, gpus=8, img_per_s=1900,
         source=_TORCHVISION_TABLE.format("ConvNeXt_Tiny_Weights.IMAGENET1K_V1")),
