@@ -418,6 +418,9 @@ def run(argv: list[str], preemption: signals.PreemptionSignals, cleanup: context
     if cfg.dry_run:
         if info.is_main:
             print(audit.plan(cfg, groups, getattr(train_set, "transform", None), info.device.type), flush=True)
+            print(data.describe_workers({**below, **given}["workers"], cfg.workers), flush=True)
+            if cfg.dry_run == "loader":  # seconds: decodes a few dozen training images here
+                print(data.describe_rate(train_set, cfg.workers, cfg.train_size_at(0)), flush=True)
             if init_report:
                 print(models.describe_init(init_report), flush=True)
         return 0

@@ -1,6 +1,7 @@
 """A run's config.json replays the run: every setting declared in the parser is written and read back."""
 
 import dataclasses
+import json
 
 from imnet.run import config, flags
 
@@ -22,3 +23,14 @@ def test_config_json_holds_every_setting_and_replays_the_run(tmp_path):
     # what differs is only how the settings were given: from this file, not typed
     assert dataclasses.replace(again, config=None, opt_given=True) == cfg
     assert (again.ema_decay, again.eval_policy.resize_size) == (0.99, 200)
+
+
+def test_dry_run_is_off_in_config_json_and_older_files_replay(tmp_path):
+    """A run's file holds dry_run null (--dry-run takes an optional value: plan, loader); a file of the time it was
+    a switch (false) replays, and true means the bare flag."""
+    cfg = resolved(["--data", "d", "--output", "o", "--dry-run", "loader"])
+    assert cfg.dry_run == "loader" and cfg.flags()["dry_run"] is None
+    path = tmp_path / "config.json"
+    for stored, replayed in ((False, None), (True, "plan")):
+        path.write_text(json.dumps({**cfg.flags(), "dry_run": stored}))
+        assert resolved(["--config", str(path)]).dry_run == replayed

@@ -176,7 +176,7 @@ def _flags(self) -> dict:
     d = {k: v for k, v in self.to_dict().items() if k not in DERIVED}
     p = self.eval_policy
     d.update(val_resize_size=p.resize_size, val_crop_size=p.crop_size, crop_pct=None, val_decode=p.decode,
-             val_interpolation=p.interpolation, config=None, dry_run=False)
+             val_interpolation=p.interpolation, config=None, dry_run=None)
     return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
 
 
@@ -209,6 +209,9 @@ def resolve(below: dict, given: dict, world_size: int) -> Config:
     if "num_classes" in given and not f["fake_data"]:
         raise ConfigError(f"--num-classes {given['num_classes']} is for --fake-data (real data has its folders' "
                           f"classes): drop --num-classes.")
+    if f["dry_run"] == "loader" and f["fake_data"]:
+        raise ConfigError("--dry-run loader times the decoding of the training images of --data; --fake-data has "
+                          "none to decode. Drop --fake-data, or use a bare --dry-run.")
 
     requested = f["global_batch"]
     if requested is not None:

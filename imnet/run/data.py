@@ -17,6 +17,7 @@ import hashlib
 import math
 import os
 import signal
+import time
 import warnings
 
 import numpy as np
@@ -340,15 +341,20 @@ def shutdown_workers(loader) -> None:
 MAX_DEFAULT_WORKERS = 16  # decoding many more per process rarely pays: the node's cores are shared
 
 
-def cap_workers(workers: int | None) -> tuple[int, str | None]:
-    """--workers -> (the count to use, a note when a given count was lowered). None, the default: the CPUs this
-    process may use, shared by the node's LOCAL_WORLD_SIZE processes, less one for the main process (at least 1,
-    at most MAX_DEFAULT_WORKERS). A given count is lowered to 4 per CPU core so shared."""
+def cpus_and_processes() -> tuple[int, int]:
+    """(the CPUs this process may use, the node's processes that share them: LOCAL_WORLD_SIZE, else 1)."""
     try:
         cores = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
         cores = os.cpu_count() or 1
-    processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return cores, max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def cap_workers(workers: int | None) -> tuple[int, str | None]:
+    """--workers -> (the count to use, a note when a given count was lowered). None, the default: the CPUs this
+    process may use, shared by the node's LOCAL_WORLD_SIZE processes, less one for the main process (at least 1,
+    at most MAX_DEFAULT_WORKERS). A given count is lowered to 4 per CPU core so shared."""
+    cores, processes = cpus_and_processes()
     if workers is None:
         return min(MAX_DEFAULT_WORKERS, max(1, cores // processes - 1)), None
     limit = max(1, 4 * cores // processes)
@@ -356,6 +362,48 @@ def cap_workers(workers: int | None) -> tuple[int, str | None]:
         return workers, None
     shared = f", shared by {processes} processes" if processes > 1 else ""
     return limit, f"--workers {workers} is more than 4 per CPU core ({cores} cores here{shared}): using {limit}"
+
+
+def describe_workers(given: int | None, used: int) -> str:
+    """The dry run's line: the workers per process (`used`, cap_workers' count for --workers `given`) and why."""
+    if given == used:
+        return f"workers: {used} per process (--workers {given} as given)"
+    cores, processes = cpus_and_processes()
+    why = [f"{cores} CPU{'s' * (cores != 1)} this process may use",
+           f"{processes} local process{'es' * (processes != 1)}"]
+    if given is not None:
+        return f"workers: {used} per process (--workers {given} lowered to 4 per CPU: {', '.join(why)})"
+    why.append("1 left for the main process")
+    share = cores // processes - 1
+    why += ["at least 1"] if share < 1 else [f"at most {MAX_DEFAULT_WORKERS}"] if share > MAX_DEFAULT_WORKERS else []
+    return f"workers: {used} per process ({', '.join(why)})"
+
+
+def decode_rate(dataset: ImageFolder, count: int = 64) -> tuple[float, int]:
+    """-> (images/s, images timed): the dataset's items (decode + training transform) of epoch 0, spread over the
+    set, read here on one thread as a worker reads them (torch's threads restored after), one warm-up first."""
+    n = min(count, len(dataset))
+    picks = [i * len(dataset) // n for i in range(n)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # a worker's setting (_worker_init): the figure is per core
+    try:
+        dataset[(picks[-1], 0)]  # warm-up: imports, first-call allocations
+        start = time.perf_counter()
+        for i in picks:
+            dataset[(i, 0)]
+        seconds = time.perf_counter() - start
+    finally:
+        torch.set_num_threads(threads)
+    return n / seconds, n
+
+
+def describe_rate(dataset: ImageFolder, workers: int, size: int) -> str:
+    """The dry run's loader line (--dry-run loader): decode_rate per core, and x `workers` per process."""
+    rate, n = decode_rate(dataset)
+    rate = round(rate, 1)  # as printed, so that the product reads right
+    return (f"loader: {rate} images/s per core ({n} training images decoded and transformed at {size} px on "
+            f"this process); x {workers} worker{'s' * (workers != 1)} = {rate * workers:.0f} images/s per process, "
+            f"the most its training step can be fed")
 
 
 def build_loader(dataset, sampler, batch_size: int, workers: int, pin_memory: bool = False,
