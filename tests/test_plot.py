@@ -1,4 +1,5 @@
-"""imnet.tools.plot: the SVG parses, has one polyline per (run, metric), and its points follow the values."""
+"""imnet.tools.plot: the SVG parses, has one polyline per (run, metric), and its points follow the values; the recipes
+picture has one marker per recipe (the demo aside), at its top-1 and GPU-hours, and docs/recipes.svg is up to date."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from imnet.tools.plot import nice_ticks, read_summary, write_curves_svg, write_overlay_svg
+from imnet.run.recipes import META, RECIPES, gpu_hours
+from imnet.tools.plot import family, log_ticks, main, nice_ticks, read_summary, write_curves_svg, write_overlay_svg
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -151,3 +153,62 @@ def test_nice_ticks_cover_the_range():
         steps = {round(b - a, 9) for a, b in zip(t, t[1:])}
         assert len(steps) == 1  # evenly spaced
     assert all(float(t).is_integer() for t in nice_ticks(1, 7, integer=True))
+    assert log_ticks(17.8, 125.6) == [10, 20, 50, 100, 200] and log_ticks(0.3, 0.5) == [0.2, 0.5]
+
+
+def recipe_markers(path):
+    """{recipe: (marker element, (x, y) of its centre)}: circles and squares alike."""
+    out = {}
+    for e in ET.parse(path).getroot().iter():
+        if e.get("data-recipe"):
+            square = e.tag == SVG + "rect"  # 8 x 8, (x, y) its corner
+            c = (float(e.get("x" if square else "cx")) + 4 * square, float(e.get("y" if square else "cy")) + 4 * square)
+            out[e.get("data-recipe")] = (e, c)
+    return out
+
+
+def test_recipe_picture_draws_every_recipe_but_the_demo(tmp_path):
+    out = tmp_path / "recipes.svg"
+    assert main(["--recipes", "-o", str(out)]) == 0
+    marks = recipe_markers(out)
+    assert set(marks) == set(RECIPES) - {"demo"}
+    assert "The demo is not drawn" in out.read_text() and "hollow: approximate," in out.read_text()
+    for name, (e, _) in marks.items():
+        assert float(e.get("data-top1")) == META[name]["expected_top1"], name
+        assert float(e.get("data-gpu-hours")) == round(gpu_hours(name), 1), name
+        assert e.get("data-family") == family(RECIPES[name]["model"]), name
+        assert (e.get("fill") == "white") == META[name]["approximate"], name
+    # x affine in log GPU-hours (as written: 0.1 h) rightwards, y affine in top-1 upwards (smaller y)
+    for axis, value, sign in ((0, lambda n: math.log(round(gpu_hours(n), 1)), 1),
+                              (1, lambda n: META[n]["expected_top1"], -1)):
+        lo, hi = min(marks, key=value), max(marks, key=value)
+        k = (marks[hi][1][axis] - marks[lo][1][axis]) / (value(hi) - value(lo))
+        assert k * sign > 0
+        for n, (_, xy) in marks.items():
+            assert math.isclose(marks[lo][1][axis] + k * (value(n) - value(lo)), xy[axis], abs_tol=0.05), (n, axis)
+    assert [family(m) for m in ("resnext50_32x4d", "vit_b_16", "vgg16", "shufflenet_v2_x2_0")] == [
+        "resnext", "vit", "vgg", "shufflenet"]
+
+
+def test_recipe_picture_takes_new_recipes_and_families(tmp_path, monkeypatch):
+    """Recipes to come (and a model no family rule knows) are drawn; past the palette's colours, family markers stay
+    distinct by shape."""
+    for name, top1 in [("mobilenet_v2", 72.154), ("shufflenet_v2_x2_0", 76.23), ("alexnet", 56.522), ("vgg16", 71.592),
+                       ("Mystery", 70.0)]:
+        monkeypatch.setitem(RECIPES, name, dict(RECIPES["resnet50_classic"], model=name))
+        monkeypatch.setitem(META, name, dict(META["resnet50_classic"], expected_top1=top1))
+    out = tmp_path / "recipes.svg"
+    assert main(["--recipes", "-o", str(out)]) == 0
+    marks = recipe_markers(out)
+    assert set(marks) == set(RECIPES) - {"demo"} and marks["Mystery"][0].get("data-family") == "Mystery"
+    look = {(e.get("data-family"), e.tag, e.get("stroke")) for e, _ in marks.values()}
+    assert len(look) == len({f for f, _, _ in look}) == len({(t, s) for _, t, s in look}) > 10
+
+
+def test_committed_recipe_picture_is_current(tmp_path):
+    out = tmp_path / "recipes.svg"
+    res = subprocess.run([sys.executable, "-m", "imnet.tools.plot", "--recipes", "-o", str(out)], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0 and res.stdout.strip() == str(out), res.stderr
+    assert (REPO / "docs" / "recipes.svg").read_text() == out.read_text(), \
+        "docs/recipes.svg is stale: redraw it with `python -m imnet.tools.plot --recipes -o docs/recipes.svg`"
