@@ -136,11 +136,13 @@ def check_classes(data_classes, model_classes, val_dir, source):
                          + "; ".join(parts) + "). Evaluate on a folder with exactly the training classes.")
 
 
-def resolve_policy(args, stored: EvalPolicy | None) -> EvalPolicy:
-    return config.resolve_eval_policy({**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}, stored)
+def resolve_policy(args, stored: EvalPolicy | None, name: str | None = None) -> EvalPolicy:
+    """Over the training run's policy; weights without one get their model's normalisation (models.normalization)."""
+    base = stored or (dict(zip(("mean", "std"), models.normalization(name)[:2])) if name else None)
+    return config.resolve_eval_policy({**config.policy_keys(vars(args)), "mean": args.mean, "std": args.std}, base)
 
 
-def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
+def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None, name: str):
     """The policy's differences from the training run's; for weights without one, the parts no flag gave."""
     if stored:
         return config.policy_mismatch(p, stored, "the training run's validation")
@@ -152,7 +154,7 @@ def policy_warnings(args, p: EvalPolicy, stored: EvalPolicy | None):
     if args.val_interpolation is None:
         parts.append(f"{p.interpolation} interpolation")
     if args.mean is None or args.std is None:
-        parts.append("ImageNet's mean and std")
+        parts.append(f"normalisation ({models.normalization(name)[2]})")
     return [f"{args.weights_file} has no sidecar ({export.sidecar_path(args.weights_file)}), so the policy's "
             f"{', '.join(parts)} are defaults. Give --val-resize-size, --val-crop-size, --val-interpolation, --mean, "
             f"--std as trained, or evaluate an export of its checkpoint."] if parts else []
@@ -259,7 +261,7 @@ def run_bench(args, name, model, policy, device):
 
 def run(args, info):
     name, state, classes, stored, source = load_source(args)
-    policy = resolve_policy(args, stored)
+    policy = resolve_policy(args, stored, name)
     label = args.checkpoint or args.weights_file or args.weights or f"random {name}"
     memory_format = torch.channels_last if args.channels_last else torch.preserve_format
     if args.bench:
@@ -296,7 +298,7 @@ def run(args, info):
                 f"{len(dataset)} images in {val_dir}, {info.world_size} process(es) on {info.device}")
     views = TTA_VIEWS[args.tta]
     dist.print0(f"policy: {policy.describe()}; tta {args.tta} ({views} view{'s' if views > 1 else ''} per image)")
-    for warning in policy_warnings(args, policy, stored):
+    for warning in policy_warnings(args, policy, stored, name):
         dist.eprint0(f"eval.py: warning: {warning}")
 
     start = time.perf_counter()

@@ -82,6 +82,13 @@ def test_eval_export_and_predict_use_the_lite_normalisation(reference, data, tmp
     assert (side["eval_policy"]["mean"], side["eval_policy"]["std"]) == (list(LITE_MEAN), list(LITE_STD))
     assert predict.main(["--weights-file", str(out), str(data / "val"), "--workers", "0"]) == 0
     assert expected in capsys.readouterr().err
+    # the same weights without their sidecar: the model's own normalisation, said to be a default
+    out.with_suffix(".json").rename(tmp_path / "elsewhere.json")
+    assert imnet_eval.main(["--model", "efficientnet_lite0", "--weights-file", str(out), "--data", str(data),
+                            "--workers", "0"]) == 0
+    printed = capsys.readouterr()
+    assert expected in printed.out and "normalisation ((x - 127) / 128 on 0-255" in printed.err
+    out.with_suffix(".json").write_text((tmp_path / "elsewhere.json").read_text())
 
     # the printed lines build the model with nothing of imnet but a copy of efficientnet_lite.py
     lines = stdout.splitlines()

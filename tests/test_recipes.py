@@ -130,6 +130,24 @@ def test_recipe_numbers_are_the_sources_numbers():
     assert math.isclose(gpu_hours("resnet50"), 600 * IMAGENET_TRAIN_IMAGES / META["resnet50"]["img_per_s"] / 3600)
 
 
+def test_per_epoch_decays_are_torchvisions_steplr():
+    """The classic and mobile recipes' LR, every step of every epoch, is torch's StepLR stepped per epoch as
+    torchvision's train.py steps it (--lr-step-size, --lr-gamma of their commands), at ImageNet's size."""
+    import torch
+    for name, step_size, gamma in [("alexnet", 30, 0.1), ("vgg16", 30, 0.1), ("mobilenet_v2", 1, 0.98),
+                                   ("mobilenet_v3_large", 2, 0.973)]:
+        cfg = config(name).with_data(IMAGENET_TRAIN_IMAGES, 50_000, 1000)
+        spe = cfg.steps_per_epoch
+        optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=reference_lr(name))
+        scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size, gamma)
+        for epoch in range(cfg.epochs):
+            lr = optimizer.param_groups[0]["lr"]
+            assert math.isclose(cfg.lr_at(epoch * spe), lr, rel_tol=1e-9), (name, epoch)
+            assert math.isclose(cfg.lr_at((epoch + 1) * spe - 1), lr, rel_tol=1e-9), (name, epoch)
+            optimizer.step()  # no gradient: only the order torch expects
+            scheduler.step()
+
+
 def test_torchvision_figures_are_torchvision_s():
     """Each number sourced from torchvision's weights table is that table's, at the eval policy of those weights."""
     import torchvision
