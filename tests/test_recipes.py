@@ -99,6 +99,15 @@ def test_table_matches_code():
         assert row["GPU-hours"] == ("-" if hours is None else str(round(hours)))
 
 
+def test_every_architecture_of_the_brief_has_a_recipe():
+    """AlexNet, VGG, ResNet-50/101, ResNeXt, RegNet, EfficientNet, ConvNeXt, ViT, DeiT, Swin, MobileNetV2/V3,
+    ShuffleNetV2 and EfficientNet-Lite: the baselines imnet's brief names, each trainable by a sourced recipe."""
+    brief = ("alexnet", "vgg", "resnet50", "resnet101", "resnext", "regnet", "efficientnet_b", "convnext", "vit_",
+             "deit_", "swin_", "mobilenet_v2", "mobilenet_v3", "shufflenet_v2", "efficientnet_lite")
+    models_with_recipes = {RECIPES[name]["model"] for name in META if name != "demo"}
+    assert all(any(m.startswith(family) for m in models_with_recipes) for family in brief)
+
+
 def test_sources_are_in_the_doc():
     flat = " ".join(MD.split())
     for name, m in META.items():
