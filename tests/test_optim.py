@@ -315,16 +315,17 @@ def test_rmsprop_equals_torch_reference():
     torch.testing.assert_close(model.bias, reference.bias)
 
 
-def test_rmsproptf_resumes_bitwise():
-    """Its state (square average from 1, momentum buffer) travels in state_dict: 3 + 3 steps equal 6, bitwise."""
+@pytest.mark.parametrize("name", ["rmsproptf", "rmsprop"])
+def test_rmsprop_resumes_bitwise(name):
+    """The state (square average, momentum buffer) travels in state_dict: 3 + 3 steps equal 6, bitwise."""
     torch.manual_seed(0)
     straight, resumed = nn.Linear(5, 3), nn.Linear(5, 3)
     resumed.load_state_dict(straight.state_dict())
     kw = dict(lr=0.01, momentum=0.9, eps=1e-3, weight_decay=1e-2)
-    _train(straight, build_optimizer("rmsproptf", straight.parameters(), **kw), BATCHES[:6])
-    first = build_optimizer("rmsproptf", resumed.parameters(), **kw)
+    _train(straight, build_optimizer(name, straight.parameters(), **kw), BATCHES[:6])
+    first = build_optimizer(name, resumed.parameters(), **kw)
     _train(resumed, first, BATCHES[:3])
-    second = build_optimizer("rmsproptf", resumed.parameters(), **kw)
+    second = build_optimizer(name, resumed.parameters(), **kw)
     second.load_state_dict(first.state_dict())
     _train(resumed, second, BATCHES[3:6])
     assert torch.equal(straight.weight, resumed.weight) and torch.equal(straight.bias, resumed.bias)
