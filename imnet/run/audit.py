@@ -97,7 +97,7 @@ def audit(cfg: Config, recipe: dict | None = None, device: str | None = None) ->
     warnings += teacher_warnings(cfg)
 
     global_batch = cfg.global_batch_size
-    source_without_warmup = recipe is not None and not recipe.get("warmup_epochs") and global_batch <= ref_batch
+    source_without_warmup = bool(ref_batch) and not recipe.get("warmup_epochs") and global_batch <= ref_batch
     if global_batch >= LARGE_BATCH and not cfg.warmup_epochs and not source_without_warmup:
         warnings.append(
             f"No LR warmup with a global batch of {global_batch}: the linearly scaled LR can diverge or lose "
